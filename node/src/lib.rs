@@ -1,0 +1,10 @@
+//! ferrokv: one member of a Raft-replicated key-value store that speaks etcd's v3 API.
+//!
+//! Layers, from the wire down; each talks only to the one below it:
+//! `api` (gRPC and plain HTTP) → `server` (proposals, reads, leases) → `raft` (openraft glue:
+//! log store, state machine, peer network) → `storage` (WAL, MVCC store, member identity).
+
+pub mod error;
+pub mod storage;
+
+pub use error::{Error, Result};

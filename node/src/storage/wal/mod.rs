@@ -1,0 +1,1 @@
+//! The write-ahead log: the Raft log and vote, durable before a write is acknowledged.
