@@ -13,7 +13,11 @@ pub enum Error {
     /// A record in the middle of the log failed its checksum or could not be decoded: the node
     /// refuses to start and leaves the files as they are.
     #[error("wal: corrupt record in {} at offset {offset}: {reason}; refusing to start, the files are left untouched", segment.display())]
-    WalCorrupt { segment: PathBuf, offset: u64, reason: String },
+    WalCorrupt {
+        segment: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("wal: {context}: {source}")]
     WalIo { context: String, source: io::Error },
 
@@ -31,4 +35,32 @@ pub enum Error {
     /// redb failed underneath the MVCC store.
     #[error("mvcc: backend: {0}")]
     Backend(String),
+
+    // ---- server and api -----------------------------------------------------------------
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// Raft itself failed (shutting down, or an unexpected protocol error).
+    #[error("etcdserver: raft: {0}")]
+    Raft(String),
+    /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
+    #[error("data dir: {0}")]
+    DataDir(String),
 }

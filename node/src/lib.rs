@@ -1,10 +1,16 @@
 //! ferrokv: one member of a Raft-replicated key-value store that speaks etcd's v3 API.
 //!
 //! Layers, from the wire down; each talks only to the one below it:
-//! `api` (gRPC and plain HTTP) → `server` (proposals, reads, leases) → `raft` (openraft glue:
-//! log store, state machine, peer network) → `storage` (WAL, MVCC store, member identity).
+//! `api` (gRPC and plain HTTP) → `server` (proposals, reads) → `raft` (openraft glue: log
+//! store, state machine, peer network) → `storage` (WAL, MVCC store, member identity).
+//! `config` parses the flags, `run` wires the layers together.
 
+pub mod api;
+pub mod config;
 pub mod error;
+pub mod raft;
+pub mod run;
+pub mod server;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -1,4 +1,6 @@
-//! Everything ferrokv keeps on disk: the Raft log (`wal`) and the key-value state machine (`mvcc`).
+//! Everything ferrokv keeps on disk: the Raft log (`wal`), the key-value state machine
+//! (`mvcc`) and the member's identity.
 
+pub mod identity;
 pub mod mvcc;
 pub mod wal;

@@ -1,0 +1,126 @@
+//! Plain HTTP on the client port: `/health` (etcd's JSON shape), `/livez`, `/readyz`,
+//! `/version` and `/metrics` (Prometheus text with etcd's metric names).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::server::{Server, ETCD_API_VERSION};
+
+pub fn router(server: Server) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .with_state(server)
+}
+
+/// etcd's /health: healthy when a leader is known and a linearizable read completes.
+async fn health(State(server): State<Server>) -> impl IntoResponse {
+    let (status, body) = if server.leader().is_none() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
+        )
+    } else {
+        match tokio::time::timeout(Duration::from_secs(1), server.read_barrier()).await {
+            Ok(Ok(())) => (StatusCode::OK, r#"{"health":"true","reason":""}"#),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"health":"false","reason":"QGET ERROR"}"#,
+            ),
+        }
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The process is alive and serving HTTP.
+async fn livez() -> impl IntoResponse {
+    (StatusCode::OK, "ok")
+}
+
+/// Ready to serve clients: a leader is known and this member is a voter.
+async fn readyz(State(server): State<Server>) -> impl IntoResponse {
+    if server.leader().is_none() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[-]leader: no leader\n".to_string(),
+        );
+    }
+    let learner = server
+        .members()
+        .map(|ms| {
+            ms.iter()
+                .any(|m| m.id == server.member_id() && m.is_learner)
+        })
+        .unwrap_or(true);
+    if learner {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[-]learner: not yet a voting member\n".to_string(),
+        );
+    }
+    (StatusCode::OK, "ok".to_string())
+}
+
+async fn version() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            r#"{{"etcdserver":"{ETCD_API_VERSION}","etcdcluster":"{ETCD_API_VERSION}","ferrokv":"{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+}
+
+async fn metrics(State(server): State<Server>) -> impl IntoResponse {
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str, value: i64| {
+        let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
+        g.set(value);
+        registry.register(Box::new(g)).expect("unique metric");
+    };
+    let m = server.raft().metrics().borrow().clone();
+    gauge(
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        m.current_leader.is_some() as i64,
+    );
+    gauge(
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        server.is_leader() as i64,
+    );
+    gauge(
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Total size of the underlying database physically allocated in bytes.",
+        server.store().db_size_bytes() as i64,
+    );
+    gauge(
+        "etcd_debugging_mvcc_current_revision",
+        "The current revision of store.",
+        server.store().current_revision().unwrap_or(0),
+    );
+    gauge(
+        "etcd_server_proposals_committed_total",
+        "The total number of consensus proposals committed.",
+        m.last_applied.map(|l| l.index).unwrap_or(0) as i64,
+    );
+    gauge(
+        "etcd_server_proposals_applied_total",
+        "The total number of consensus proposals applied.",
+        m.last_applied.map(|l| l.index).unwrap_or(0) as i64,
+    );
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,51 @@
+//! The client API: etcd's v3 gRPC services and plain HTTP endpoints, both on every
+//! `--listen-client-urls` address. This layer translates and validates; it never touches
+//! storage directly.
+
+pub mod cluster;
+pub mod http;
+pub mod kv;
+pub mod maintenance;
+pub mod status;
+pub mod validate;
+
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::server::Server;
+
+/// etcd lets a gRPC message exceed `--max-request-bytes` by this much, so that an oversized
+/// request is answered with etcd's "request is too large" rather than a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Serves clients on `listener` until `shutdown` resolves.
+pub async fn serve_clients(
+    server: Server,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let routes = Routes::from(http::router(server.clone()))
+        .add_service(
+            PbKvServer::new(kv::KvService::new(server.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            PbMaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            PbClusterServer::new(cluster::ClusterService::new(server.clone()))
+                .max_decoding_message_size(max),
+        );
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,489 @@
+//! The node's configuration: etcd's command-line flags, parsed and checked in one place.
+//!
+//! Every flag has etcd's name, meaning and default, and can also be set through the
+//! environment variable etcd reads for it (`ETCD_NAME`, `ETCD_DATA_DIR`, ...), so etcd runbooks
+//! and manifests work unchanged. A malformed or contradictory flag stops the process with one
+//! line naming the flag.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// etcd's default for `--quota-backend-bytes` when it is 0: 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ferrokv",
+    version,
+    about = "ferrokv: a distributed, reliable key-value store that speaks etcd's v3 API.",
+    long_about = "ferrokv: a distributed, reliable key-value store that speaks etcd's v3 API.\n\n\
+        Flags are etcd's: each can also be given as --flag=value, -flag value, or through the \
+        environment variable etcd reads (ETCD_NAME for --name, and so on). With no flags, \
+        ferrokv is a one-member cluster named 'default' serving clients on \
+        http://localhost:2379 and peers on http://localhost:2380, with its data in \
+        default.ferrokv."
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: <name>.ferrokv].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Path to the dedicated WAL directory [default: <data-dir>/member/wal].
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// List of URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub listen_client_urls: String,
+
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub advertise_client_urls: String,
+
+    /// List of URLs to listen on for peer traffic (comma-separated).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration for bootstrapping, as name=peer-url,... [default:
+    /// <name>=<initial-advertise-peer-urls>]. Ignored once the data dir is initialised.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state ('new' or 'existing'). Ignored once the data dir is initialised.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token, which makes the member and cluster IDs of distinct clusters differ.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Raise an alarm when the backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: u32,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: u32,
+
+    /// Log level: debug, info, warn, error, panic, or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Whether this member founds a new cluster or joins a running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// The configuration after checking: every URL parsed, every default resolved.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub wal_dir: PathBuf,
+    pub listen_client_urls: Vec<HostPort>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<HostPort>,
+    pub advertise_peer_urls: Vec<String>,
+    /// name → peer URLs, from `--initial-cluster`.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    /// Whether `--initial-cluster-token` was given explicitly (flag or environment).
+    pub token_given: bool,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_count: u64,
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub log_level: String,
+}
+
+/// A `host:port` to listen on, from an `http://host:port` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeConfig {
+    /// Parses the process arguments; prints help/version or a one-line error and exits as clap
+    /// does when they are wrong.
+    pub fn from_args() -> Result<NodeConfig, String> {
+        let args = etcd_style_args(std::env::args_os());
+        let token_given = std::env::var_os("ETCD_INITIAL_CLUSTER_TOKEN").is_some()
+            || args
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("--initial-cluster-token"));
+        let config = Config::parse_from(args);
+        NodeConfig::check(config, token_given)
+    }
+
+    /// Checks the raw flags and resolves their defaults.
+    pub fn check(c: Config, token_given: bool) -> Result<NodeConfig, String> {
+        if c.name.is_empty() {
+            return Err("--name must not be empty".into());
+        }
+        let data_dir = c
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.ferrokv", c.name)));
+        let wal_dir = c
+            .wal_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("member").join("wal"));
+        let listen_client_urls = parse_listen_urls("--listen-client-urls", &c.listen_client_urls)?;
+        let listen_peer_urls = parse_listen_urls("--listen-peer-urls", &c.listen_peer_urls)?;
+        let advertise_client_urls =
+            parse_url_list("--advertise-client-urls", &c.advertise_client_urls)?;
+        let advertise_peer_urls = parse_url_list(
+            "--initial-advertise-peer-urls",
+            &c.initial_advertise_peer_urls,
+        )?;
+        let initial_cluster_text = c
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", c.name, advertise_peer_urls.join(",")));
+        let initial_cluster = parse_initial_cluster(&initial_cluster_text)?;
+        let initial_cluster_state = match c.initial_cluster_state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => return Err(format!(
+                "--initial-cluster-state: invalid value {other:?} (expected 'new' or 'existing')"
+            )),
+        };
+        match initial_cluster.get(&c.name) {
+            None => {
+                return Err(format!(
+                    "--initial-cluster has no member named {:?} (--name); it lists {}",
+                    c.name,
+                    initial_cluster
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            Some(urls) => {
+                let mut mine = advertise_peer_urls.clone();
+                let mut listed = urls.clone();
+                mine.sort();
+                listed.sort();
+                if mine != listed {
+                    return Err(format!(
+                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
+                         (they must be the same URLs)",
+                        c.name,
+                        urls.join(","),
+                        advertise_peer_urls.join(",")
+                    ));
+                }
+            }
+        }
+        if c.initial_cluster_token.is_empty() {
+            return Err("--initial-cluster-token must not be empty".into());
+        }
+        if c.heartbeat_interval == 0 {
+            return Err("--heartbeat-interval must be greater than 0".into());
+        }
+        if c.election_timeout < 5 * c.heartbeat_interval {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                c.election_timeout, c.heartbeat_interval
+            ));
+        }
+        if c.election_timeout > 50_000 {
+            return Err(format!(
+                "--election-timeout[{}ms] is too long, and should be set less than 50 seconds",
+                c.election_timeout
+            ));
+        }
+        if c.snapshot_count == 0 {
+            return Err("--snapshot-count must be greater than 0".into());
+        }
+        if c.max_txn_ops == 0 {
+            return Err("--max-txn-ops must be greater than 0".into());
+        }
+        if c.max_request_bytes == 0 {
+            return Err("--max-request-bytes must be greater than 0".into());
+        }
+        let log_level = match c.log_level.as_str() {
+            "debug" | "info" | "warn" | "error" => c.log_level.clone(),
+            "panic" | "fatal" | "dpanic" => "error".to_string(),
+            other => {
+                return Err(format!(
+                    "--log-level: invalid value {other:?} (expected debug, info, warn, error, panic or fatal)"
+                ))
+            }
+        };
+        Ok(NodeConfig {
+            name: c.name,
+            data_dir,
+            wal_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token: c.initial_cluster_token,
+            token_given,
+            heartbeat: Duration::from_millis(c.heartbeat_interval),
+            election_timeout: Duration::from_millis(c.election_timeout),
+            snapshot_count: c.snapshot_count,
+            quota_backend_bytes: if c.quota_backend_bytes == 0 {
+                DEFAULT_QUOTA_BYTES
+            } else {
+                c.quota_backend_bytes
+            },
+            max_request_bytes: c.max_request_bytes as usize,
+            max_txn_ops: c.max_txn_ops as usize,
+            log_level,
+        })
+    }
+}
+
+/// Go's flag package, which etcd uses, accepts `-name value` as well as `--name value`;
+/// clap only knows the double dash, so single-dash long flags are rewritten.
+fn etcd_style_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    args.map(|arg| match arg.to_str() {
+        Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
+            OsString::from(format!("-{s}"))
+        }
+        _ => arg,
+    })
+    .collect()
+}
+
+fn parse_url_list(flag: &str, text: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(format!("{flag} must list at least one URL"));
+    }
+    for url in &urls {
+        parse_url(url).map_err(|e| format!("{flag}: {e}"))?;
+    }
+    Ok(urls)
+}
+
+fn parse_listen_urls(flag: &str, text: &str) -> Result<Vec<HostPort>, String> {
+    parse_url_list(flag, text)?
+        .iter()
+        .map(|u| parse_url(u).map_err(|e| format!("{flag}: {e}")))
+        .collect()
+}
+
+/// Parses `http://host:port` (https is refused: TLS is not supported yet).
+pub fn parse_url(url: &str) -> Result<HostPort, String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(format!(
+            "{url:?}: TLS URLs are not supported by ferrokv yet"
+        ));
+    } else {
+        return Err(format!(
+            "{url:?} is not a valid URL (expected http://host:port)"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port (expected http://host:port)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?} has an invalid port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(HostPort {
+        url: url.to_string(),
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parses `name1=url1,name1=url2,name2=url3` into name → URLs.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = item.split_once('=').ok_or_else(|| {
+            format!("--initial-cluster: {item:?} is not of the form name=http://host:port")
+        })?;
+        parse_url(url).map_err(|e| format!("--initial-cluster: {e}"))?;
+        cluster
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    if cluster.is_empty() {
+        return Err("--initial-cluster must list at least one member".into());
+    }
+    let mut seen = BTreeMap::new();
+    for (name, urls) in &cluster {
+        for url in urls {
+            if let Some(other) = seen.insert(url.clone(), name.clone()) {
+                return Err(format!(
+                    "--initial-cluster: peer URL {url} is given to both {other:?} and {name:?}"
+                ));
+            }
+        }
+    }
+    Ok(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> Result<NodeConfig, String> {
+        let mut argv = vec!["ferrokv"];
+        argv.extend_from_slice(args);
+        let args = etcd_style_args(argv.into_iter().map(OsString::from));
+        let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
+        NodeConfig::check(config, false)
+    }
+
+    #[test]
+    fn no_flags_is_a_one_member_cluster_named_default() {
+        let c = check(&[]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.ferrokv"));
+        assert_eq!(c.wal_dir, PathBuf::from("default.ferrokv/member/wal"));
+        assert_eq!(c.listen_client_urls[0].port, 2379);
+        assert_eq!(c.listen_peer_urls[0].port, 2380);
+        assert_eq!(
+            c.initial_cluster,
+            BTreeMap::from([("default".into(), vec!["http://localhost:2380".into()])])
+        );
+        assert_eq!(c.initial_cluster_state, ClusterState::New);
+    }
+
+    #[test]
+    fn single_dash_flags_work_as_in_etcd() {
+        let c = check(&[
+            "-name",
+            "infra1",
+            "-data-dir",
+            "/tmp/x",
+            "-initial-cluster",
+            "infra1=http://localhost:2380",
+        ])
+        .unwrap();
+        assert_eq!(c.name, "infra1");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn member_missing_from_initial_cluster_is_refused_naming_the_flag() {
+        let err = check(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "b=http://127.0.0.1:2380",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--initial-cluster"), "{err}");
+    }
+
+    #[test]
+    fn advertised_peer_urls_must_match_initial_cluster() {
+        let err = check(&[
+            "--name",
+            "a",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:1",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--initial-advertise-peer-urls"), "{err}");
+    }
+
+    #[test]
+    fn election_timeout_must_be_five_heartbeats() {
+        let err = check(&["--heartbeat-interval", "100", "--election-timeout", "300"]).unwrap_err();
+        assert!(err.contains("--election-timeout"), "{err}");
+    }
+
+    #[test]
+    fn malformed_urls_and_states_name_the_flag() {
+        assert!(check(&["--listen-client-urls", "localhost:2379"])
+            .unwrap_err()
+            .contains("--listen-client-urls"));
+        assert!(check(&["--initial-cluster-state", "old"])
+            .unwrap_err()
+            .contains("--initial-cluster-state"));
+        assert!(check(&["--snapshot-count", "abc"])
+            .unwrap_err()
+            .contains("--snapshot-count"));
+    }
+
+    #[test]
+    fn duplicate_peer_urls_are_refused() {
+        let err = check(&[
+            "--initial-cluster",
+            "default=http://localhost:2380,b=http://localhost:2380",
+        ])
+        .unwrap_err();
+        assert!(err.contains("given to both"), "{err}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The peer gRPC service: receives openraft's RPCs and forwarded client requests from other
+//! members. Messages from another cluster are refused.
+
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use super::network::PeerNetwork;
+use super::types::{codec, Raft, Request, Response};
+
+pub mod pb {
+    tonic::include_proto!("ferrokv.peerpb");
+}
+
+use pb::peer_server::Peer;
+use pb::{PeerReply, PeerRequest};
+
+/// The leader's answer to a forwarded write.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ProposeReply {
+    /// Committed and applied on the leader at log `index`.
+    Applied {
+        index: u64,
+        response: Response,
+    },
+    NotLeader {
+        leader: Option<u64>,
+    },
+    Failed(String),
+}
+
+/// The leader's answer to a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    Index(u64),
+    NotLeader { leader: Option<u64> },
+    Failed(String),
+}
+
+pub struct PeerService {
+    raft: Raft,
+    network: PeerNetwork,
+    /// How long a forwarded write may wait for its commit.
+    request_timeout: Duration,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft, network: PeerNetwork, request_timeout: Duration) -> PeerService {
+        PeerService {
+            raft,
+            network,
+            request_timeout,
+        }
+    }
+
+    fn open<T: DeserializeOwned>(&self, req: GrpcRequest<PeerRequest>) -> Result<T, Status> {
+        let req = req.into_inner();
+        let ours = self.network.cluster_id();
+        if req.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: member {:x} belongs to cluster {:x}, this member to cluster {:x}",
+                req.from, req.cluster_id, ours
+            )));
+        }
+        codec::decode(&req.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<GrpcResponse<PeerReply>, Status> {
+    Ok(GrpcResponse::new(PeerReply {
+        payload: codec::encode(value),
+    }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let rpc = self.open(req)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: GrpcRequest<PeerRequest>) -> Result<GrpcResponse<PeerReply>, Status> {
+        let rpc = self.open(req)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let rpc = self.open(req)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let request: Request = self.open(req)?;
+        let outcome =
+            tokio::time::timeout(self.request_timeout, self.raft.client_write(request)).await;
+        let answer = match outcome {
+            Err(_) => ProposeReply::Failed("etcdserver: request timed out".into()),
+            Ok(Ok(written)) => ProposeReply::Applied {
+                index: written.log_id.index,
+                response: written.data,
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                ProposeReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Ok(Err(e)) => ProposeReply::Failed(e.to_string()),
+        };
+        reply(&answer)
+    }
+
+    async fn read_index(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let () = self.open(req)?;
+        let outcome = tokio::time::timeout(self.request_timeout, self.raft.get_read_log_id()).await;
+        let answer = match outcome {
+            Err(_) => ReadIndexReply::Failed("etcdserver: request timed out".into()),
+            Ok(Ok((read_log_id, _applied))) => {
+                ReadIndexReply::Index(read_log_id.map(|l| l.index).unwrap_or(0))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                ReadIndexReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Ok(Err(e)) => ReadIndexReply::Failed(e.to_string()),
+        };
+        reply(&answer)
+    }
+}

@@ -1,0 +1,183 @@
+//! The Raft type configuration: what a log entry carries (`Request`), what applying it yields
+//! (`Response`), and what the cluster knows of each member (`MemberNode`).
+//!
+//! Requests hold etcd's own protobuf messages, so the log records exactly what the client sent;
+//! they travel through serde as their protobuf encoding.
+
+use std::fmt;
+use std::io::Cursor;
+
+use etcd_client::proto::{
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbPutRequest,
+    PbPutResponse, PbTxnRequest, PbTxnResponse,
+};
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// ferrokv's Raft: member IDs are etcd's 64-bit IDs, entries carry `Request`s.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = MemberNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
+pub type StorageError = openraft::StorageError<u64>;
+
+/// What the Raft membership records of a member: its name and peer URLs. Client URLs are
+/// published by the member itself once it runs (`Request::PublishMember`), as in etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// A state machine command: one Raft log entry's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Put(#[serde(with = "pb")] PbPutRequest),
+    DeleteRange(#[serde(with = "pb")] PbDeleteRequest),
+    Txn(#[serde(with = "pb")] PbTxnRequest),
+    Compact(#[serde(with = "pb")] PbCompactionRequest),
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    /// A member announces its name and client URLs (etcd's "publish" step).
+    PublishMember {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+}
+
+/// The result of applying a `Request`. Errors that applying can deterministically produce
+/// (a compacted revision, a missing lease, ...) are results too: every member computes the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Put(#[serde(with = "pb")] PbPutResponse),
+    DeleteRange(#[serde(with = "pb")] PbDeleteResponse),
+    Txn(#[serde(with = "pb")] PbTxnResponse),
+    Compact(#[serde(with = "pb")] PbCompactionResponse),
+    /// Applied; nothing to report besides the store revision after it.
+    Done {
+        revision: i64,
+    },
+    Rejected(ApplyError),
+}
+
+/// Why applying a request failed; the same on every member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyError {
+    Compacted,
+    FutureRev,
+    LeaseNotFound,
+    LeaseExists,
+    KeyNotFound,
+    NoSpace,
+}
+
+impl From<ApplyError> for crate::Error {
+    fn from(e: ApplyError) -> crate::Error {
+        use crate::Error;
+        match e {
+            ApplyError::Compacted => Error::Compacted,
+            ApplyError::FutureRev => Error::FutureRev,
+            ApplyError::LeaseNotFound => Error::LeaseNotFound,
+            ApplyError::LeaseExists => Error::LeaseExists,
+            ApplyError::KeyNotFound => Error::KeyNotFound,
+            ApplyError::NoSpace => Error::NoSpace,
+        }
+    }
+}
+
+impl ApplyError {
+    /// The deterministic apply errors; any other error is a failure of this member's storage.
+    pub fn from_error(e: &crate::Error) -> Option<ApplyError> {
+        use crate::Error;
+        Some(match e {
+            Error::Compacted => ApplyError::Compacted,
+            Error::FutureRev => ApplyError::FutureRev,
+            Error::LeaseNotFound => ApplyError::LeaseNotFound,
+            Error::LeaseExists => ApplyError::LeaseExists,
+            Error::KeyNotFound => ApplyError::KeyNotFound,
+            Error::NoSpace => ApplyError::NoSpace,
+            _ => return None,
+        })
+    }
+}
+
+/// serde for prost messages: their protobuf encoding as bytes.
+mod pb {
+    use prost::Message;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<M: Message, S: Serializer>(msg: &M, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&msg.encode_to_vec())
+    }
+
+    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<M, D::Error> {
+        let bytes: Vec<u8> = serde_bytes_vec(d)?;
+        M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+    }
+
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Vec::<u8>::deserialize(d)
+    }
+}
+
+/// The encoding of everything Raft stores or sends: bincode.
+pub mod codec {
+    use serde::{de::DeserializeOwned, Serialize};
+
+    pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+        bincode::serialize(value).expect("in-memory values always serialise")
+    }
+
+    pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        bincode::deserialize(bytes).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_the_codec() {
+        let req = Request::Put(PbPutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 5,
+            prev_kv: true,
+            ..Default::default()
+        });
+        let back: Request = codec::decode(&codec::encode(&req)).unwrap();
+        match back {
+            Request::Put(p) => {
+                assert_eq!(p.key, b"k");
+                assert_eq!(p.lease, 5);
+                assert!(p.prev_kv);
+            }
+            other => panic!("decoded {other:?}"),
+        }
+    }
+}

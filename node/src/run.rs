@@ -1,0 +1,247 @@
+//! Starting a member: decides who it is (from its data dir, or from `--initial-cluster` when
+//! the data dir is new), opens storage, starts Raft, the peer server and the client servers,
+//! and runs until SIGTERM or SIGINT.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{ClusterState, HostPort, NodeConfig};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{PeerNetwork, MAX_PEER_MESSAGE_BYTES};
+use crate::raft::peer::pb::peer_server::PeerServer;
+use crate::raft::peer::PeerService;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{MemberNode, Raft};
+use crate::server::Server;
+use crate::storage::identity::{self, Identity};
+use crate::storage::mvcc::MvccStore;
+use crate::{api, Error, Result};
+
+/// Works out this member's identity: the one kept in its data dir, or, for a new data dir,
+/// the one `--initial-cluster` and `--initial-cluster-token` define.
+fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
+    let member_dir = identity::member_dir(&config.data_dir);
+    let in_data_dir = Identity::load(&member_dir)?;
+    let in_wal_dir = Identity::load(&config.wal_dir)?;
+    match (in_data_dir, in_wal_dir) {
+        (Some(id), wal) => {
+            if let Some(w) = wal {
+                if w != id {
+                    return Err(Error::DataDir(format!(
+                        "--wal-dir {} belongs to member {:x} of cluster {:x}, but --data-dir {} to member {:x} of cluster {:x}",
+                        config.wal_dir.display(), w.member_id, w.cluster_id,
+                        config.data_dir.display(), id.member_id, id.cluster_id
+                    )));
+                }
+            }
+            if config.token_given && config.initial_cluster_token != id.cluster_token {
+                return Err(Error::DataDir(format!(
+                    "--data-dir {} belongs to the cluster with token {:?} (cluster ID {:x}), not to {:?} given by --initial-cluster-token",
+                    config.data_dir.display(), id.cluster_token, id.cluster_id, config.initial_cluster_token
+                )));
+            }
+            if id.name != config.name {
+                tracing::warn!(stored = %id.name, flag = %config.name, "--name differs from the name this data dir was created with; keeping member ID {:x}", id.member_id);
+            }
+            Ok((id, false))
+        }
+        (None, Some(w)) => Err(Error::DataDir(format!(
+            "--data-dir {} is empty but --wal-dir {} holds the log of member {} ({:x}) of cluster {:x}; refusing to start",
+            config.data_dir.display(), config.wal_dir.display(), w.name, w.member_id, w.cluster_id
+        ))),
+        (None, None) => {
+            if config.initial_cluster_state == ClusterState::Existing {
+                return Err(Error::DataDir(
+                    "--initial-cluster-state=existing: joining a running cluster is not supported yet; \
+                     start every founding member with --initial-cluster-state=new"
+                        .into(),
+                ));
+            }
+            let ids: BTreeMap<String, u64> = config
+                .initial_cluster
+                .iter()
+                .map(|(name, urls)| (name.clone(), identity::member_id(urls, &config.initial_cluster_token, None)))
+                .collect();
+            let all: Vec<u64> = ids.values().copied().collect();
+            Ok((
+                Identity {
+                    name: config.name.clone(),
+                    member_id: ids[&config.name],
+                    cluster_id: identity::cluster_id(&all),
+                    cluster_token: config.initial_cluster_token.clone(),
+                },
+                true,
+            ))
+        }
+    }
+}
+
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
+    let election = config.election_timeout.as_millis() as u64;
+    let raft_config = openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
+        ..Default::default()
+    };
+    raft_config
+        .validate()
+        .map_err(|e| Error::Raft(format!("invalid raft configuration: {e}")))
+}
+
+async fn bind(url: &HostPort, flag: &str) -> Result<TcpListener> {
+    TcpListener::bind((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| Error::DataDir(format!("{flag}: cannot listen on {}: {e}", url.url)))
+}
+
+pub async fn run(config: NodeConfig) -> Result<()> {
+    let config = Arc::new(config);
+    let (identity, fresh) = resolve_identity(&config)?;
+    let member_dir = identity::member_dir(&config.data_dir);
+    std::fs::create_dir_all(&member_dir)
+        .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", member_dir.display())))?;
+    std::fs::create_dir_all(&config.wal_dir)
+        .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", config.wal_dir.display())))?;
+
+    let log_store = LogStore::open(&config.wal_dir)?;
+    if fresh && !log_store.is_empty() {
+        return Err(Error::DataDir(format!(
+            "--wal-dir {} holds a Raft log but no member identity; refusing to start",
+            config.wal_dir.display()
+        )));
+    }
+    let store = MvccStore::open(&member_dir.join("db.redb"))?;
+    if fresh {
+        identity.store(&member_dir)?;
+        identity.store(&config.wal_dir)?;
+    }
+    tracing::info!(
+        name = %config.name,
+        member_id = format!("{:x}", identity.member_id),
+        cluster_id = format!("{:x}", identity.cluster_id),
+        data_dir = %config.data_dir.display(),
+        wal_dir = %config.wal_dir.display(),
+        "starting member"
+    );
+
+    let network = PeerNetwork::new(identity.cluster_id, identity.member_id);
+    let state_machine = StateMachine::new(store.clone());
+    let raft = Raft::new(
+        identity.member_id,
+        Arc::new(raft_config(&config)?),
+        network.clone(),
+        log_store,
+        state_machine.clone(),
+    )
+    .await
+    .map_err(|e| Error::Raft(e.to_string()))?;
+
+    if fresh {
+        let members: BTreeMap<u64, MemberNode> = config
+            .initial_cluster
+            .iter()
+            .map(|(name, urls)| {
+                (
+                    identity::member_id(urls, &config.initial_cluster_token, None),
+                    MemberNode {
+                        name: name.clone(),
+                        peer_urls: urls.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Every founding member proposes the same initial membership at log index 0.
+        raft.initialize(members)
+            .await
+            .map_err(|e| Error::Raft(format!("bootstrapping the cluster: {e}")))?;
+    }
+
+    let server = Server::new(
+        raft.clone(),
+        store,
+        state_machine,
+        network.clone(),
+        identity.clone(),
+        config.clone(),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
+    for url in &config.listen_peer_urls {
+        let listener = bind(url, "--listen-peer-urls").await?;
+        let peer = PeerServer::new(PeerService::new(
+            raft.clone(),
+            network.clone(),
+            request_timeout,
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+                .map_err(|e| Error::Raft(format!("peer server: {e}")))
+        });
+    }
+    for url in &config.listen_client_urls {
+        let listener = bind(url, "--listen-client-urls").await?;
+        let stop = stopped(stop_rx.clone());
+        let server = server.clone();
+        tasks.spawn(async move {
+            api::serve_clients(server, listener, stop)
+                .await
+                .map_err(|e| Error::Raft(format!("client server: {e}")))
+        });
+    }
+    tracing::info!(
+        clients = %config.advertise_client_urls.join(","),
+        peers = %config.advertise_peer_urls.join(","),
+        "serving"
+    );
+    {
+        let server = server.clone();
+        tokio::spawn(async move { server.publish_self().await });
+    }
+
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
+        },
+    };
+    tracing::info!("stopping member");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), raft.shutdown()).await;
+    outcome
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
