@@ -30,6 +30,9 @@ pub enum Error {
     /// have dropped the failed pages and a retry could claim durability that is not there.
     #[error("wal: an earlier write failed ({reason}); no further writes are accepted, restart the member")]
     WalFailed { reason: String },
+    /// Another process (or another open WAL in this one) holds the WAL directory.
+    #[error("wal: {} is in use by another process", dir.display())]
+    WalLocked { dir: PathBuf },
     /// The WAL's writer thread has stopped.
     #[error("wal: closed")]
     WalClosed,

@@ -18,6 +18,7 @@
 
 mod frame;
 mod log_state;
+mod preallocate;
 mod record;
 mod recovery;
 mod segment;
@@ -26,7 +27,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::fs;
+use std::fs::{self, File, TryLockError};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SendError, Sender};
@@ -84,6 +85,8 @@ struct Shared {
     requests: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     syncs: Arc<AtomicU64>,
+    /// Released after the writer has stopped, when this is dropped.
+    _lock: File,
 }
 
 impl Drop for Shared {
@@ -122,6 +125,7 @@ impl Wal {
             }
         }
 
+        let lock = lock_dir(dir)?;
         let found = recovery::read(dir)?;
         // Only now that the whole directory was read and found sound is anything changed.
         for temp in segment::list_temp_files(dir)? {
@@ -177,7 +181,7 @@ impl Wal {
             segments,
             active,
             Arc::clone(&syncs),
-        );
+        )?;
         // A crash between a purge and deleting its segments leaves them behind.
         writer.delete_purged_segments();
         let (sender, receiver) = mpsc::channel();
@@ -189,6 +193,7 @@ impl Wal {
             requests: Some(sender),
             writer: Some(writer),
             syncs,
+            _lock: lock,
         };
         Ok((
             Wal {
@@ -264,6 +269,24 @@ impl Wal {
             if let Some(done) = request.into_completion() {
                 done(Err(Error::WalClosed));
             }
+        }
+    }
+}
+
+/// Holds `dir` against other writers for as long as the WAL is open, as etcd locks its segment
+/// files: two writers would interleave frames and corrupt the log.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let handle =
+        File::open(dir).map_err(|e| segment::io_error(format!("opening {}", dir.display()), e))?;
+    // `File::try_lock` is Rust 1.89; the workspace's dependencies (redb 4) already need 1.90.
+    #[allow(clippy::incompatible_msrv)]
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(TryLockError::WouldBlock) => Err(Error::WalLocked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(e)) => {
+            Err(segment::io_error(format!("locking {}", dir.display()), e))
         }
     }
 }

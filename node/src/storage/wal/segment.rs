@@ -6,21 +6,22 @@
 //! records, not the name).
 //!
 //! Segments are created whole and filled with zeroes before they get their name: the file is
-//! written under a `.tmp` name, its start frame put at offset 0, synced, then renamed and the
-//! directory synced. So a segment with a proper name always begins with its start record, and
+//! written under a `.tmp` name (ahead of need, by `preallocate`), its start frame put at offset
+//! 0, synced, then renamed and the directory synced. So a segment with a proper name always begins with its start record, and
 //! writing frames into it later overwrites blocks that already exist — `fdatasync` then flushes
 //! data only, not block allocations.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::preallocate::{create_zero_filled, PreallocatedFile};
 use crate::{Error, Result};
 
 const SEGMENT_SUFFIX: &str = ".wal";
-const TEMP_SUFFIX: &str = ".wal.tmp";
+pub(crate) const TEMP_SUFFIX: &str = ".wal.tmp";
 
 /// The parsed name of a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,22 +136,40 @@ impl ActiveSegment {
         start_frame: &[u8],
         syncs: &AtomicU64,
     ) -> Result<Self> {
-        let path = dir.join(name.file_name());
-        let temp_path = dir.join(format!("{:016x}{TEMP_SUFFIX}", name.seq));
+        let path = dir.join(format!("{:016x}{TEMP_SUFFIX}", name.seq));
+        let file = create_zero_filled(&path, len, || false)
+            .map_err(|e| io_error(format!("preallocating new segment {}", path.display()), e))?
+            .expect("never asked to stop");
+        Self::install(
+            dir,
+            name,
+            PreallocatedFile { file, path, len },
+            start_frame,
+            syncs,
+        )
+    }
+
+    /// Turns a zero-filled file into segment `name`: puts `start_frame` at offset 0, syncs, and
+    /// renames it to its final name.
+    pub(crate) fn install(
+        dir: &Path,
+        name: SegmentName,
+        prepared: PreallocatedFile,
+        start_frame: &[u8],
+        syncs: &AtomicU64,
+    ) -> Result<Self> {
+        let PreallocatedFile {
+            file,
+            path: temp_path,
+            len,
+        } = prepared;
         let context = |what: &str| format!("{what} new segment {}", temp_path.display());
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp_path)
-            .map_err(|e| io_error(context("creating"), e))?;
-        write_zeroes(&mut file, len).map_err(|e| io_error(context("preallocating"), e))?;
         file.write_all_at(start_frame, 0)
             .map_err(|e| io_error(context("writing the start of"), e))?;
         file.sync_all()
             .map_err(|e| io_error(context("syncing"), e))?;
         syncs.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(name.file_name());
         fs::rename(&temp_path, &path).map_err(|e| io_error(context("renaming"), e))?;
         sync_dir(dir, syncs)?;
         Ok(ActiveSegment {
@@ -182,18 +201,6 @@ impl ActiveSegment {
         syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn write_zeroes(file: &mut File, len: u64) -> io::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let zeroes = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        file.write_all(&zeroes[..n])?;
-        left -= n as u64;
-    }
-    Ok(())
 }
 
 /// Makes renames and deletions in `dir` durable.

@@ -12,6 +12,12 @@ use super::frame::{self, FrameAt};
 use super::record::Record;
 use super::*;
 
+/// Segments that the tests here do not fill, smaller than the default so that preallocating the
+/// next one stays cheap.
+const OPTIONS: WalOptions = WalOptions {
+    segment_bytes: 1 << 20,
+};
+
 /// Segments small enough that a few dozen entries fill one.
 const SMALL_SEGMENTS: WalOptions = WalOptions {
     segment_bytes: 1024,
@@ -113,7 +119,7 @@ fn expect_corrupt(dir: &Path, options: WalOptions) -> (PathBuf, u64, String) {
 #[test]
 fn reopen_returns_everything_written() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, recovered) = open(dir.path(), WalOptions::default());
+    let (wal, recovered) = open(dir.path(), OPTIONS);
     assert_eq!(recovered, Recovered::default());
     append(&wal, entries(0..=9, "a")).unwrap();
     append_one_by_one(&wal, entries(10..=19, "a"));
@@ -121,7 +127,7 @@ fn reopen_returns_everything_written() {
     wal.save_committed(b"committed 15".to_vec());
     append(&wal, entries(20..=20, "a")).unwrap();
 
-    let recovered = reopen(wal, dir.path(), WalOptions::default());
+    let recovered = reopen(wal, dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=20, "a"));
     assert_eq!(recovered.vote.as_deref(), Some(&b"term 2 voted 1"[..]));
     assert_eq!(recovered.committed.as_deref(), Some(&b"committed 15"[..]));
@@ -132,14 +138,14 @@ fn reopen_returns_everything_written() {
 #[test]
 fn writing_continues_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=4, "a")).unwrap();
     let wal = {
         drop(wal);
-        open(dir.path(), WalOptions::default()).0
+        open(dir.path(), OPTIONS).0
     };
     append(&wal, entries(5..=9, "a")).unwrap();
-    let recovered = reopen(wal, dir.path(), WalOptions::default());
+    let recovered = reopen(wal, dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=9, "a"));
     assert_eq!(
         segment_paths(dir.path()).len(),
@@ -151,7 +157,7 @@ fn writing_continues_after_a_reopen() {
 #[test]
 fn acknowledged_writes_are_in_the_files_before_the_wal_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=2, "a")).unwrap();
     block_on(wal.save_vote(b"vote".to_vec())).unwrap();
     block_on(wal.truncate(2)).unwrap();
@@ -161,7 +167,7 @@ fn acknowledged_writes_are_in_the_files_before_the_wal_closes() {
     for (path, bytes) in snapshot(dir.path()) {
         fs::write(copy.path().join(path.file_name().unwrap()), bytes).unwrap();
     }
-    let (_, recovered) = open(copy.path(), WalOptions::default());
+    let (_, recovered) = open(copy.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=1, "a"));
     assert_eq!(recovered.vote.as_deref(), Some(&b"vote"[..]));
     drop(wal);
@@ -170,7 +176,7 @@ fn acknowledged_writes_are_in_the_files_before_the_wal_closes() {
 #[test]
 fn committed_marker_rides_along_with_the_next_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     let syncs_before = wal.sync_count();
     wal.save_committed(b"committed 1".to_vec());
     append(&wal, entries(0..=1, "a")).unwrap();
@@ -179,24 +185,24 @@ fn committed_marker_rides_along_with_the_next_sync() {
         1,
         "the committed marker cost a sync of its own"
     );
-    let recovered = reopen(wal, dir.path(), WalOptions::default());
+    let recovered = reopen(wal, dir.path(), OPTIONS);
     assert_eq!(recovered.committed.as_deref(), Some(&b"committed 1"[..]));
 }
 
 #[test]
 fn committed_marker_alone_is_written_when_the_wal_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     wal.save_committed(b"first".to_vec());
     wal.save_committed(b"latest".to_vec());
-    let recovered = reopen(wal, dir.path(), WalOptions::default());
+    let recovered = reopen(wal, dir.path(), OPTIONS);
     assert_eq!(recovered.committed.as_deref(), Some(&b"latest"[..]));
 }
 
 #[test]
 fn truncate_then_append_replaces_the_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=9, "old")).unwrap();
     block_on(wal.truncate(5)).unwrap();
     assert!(matches!(
@@ -210,31 +216,25 @@ fn truncate_then_append_replaces_the_tail() {
 
     let mut expected = entries(0..=4, "old");
     expected.extend(entries(5..=6, "new"));
-    assert_eq!(
-        reopen(wal, dir.path(), WalOptions::default()).entries,
-        expected
-    );
+    assert_eq!(reopen(wal, dir.path(), OPTIONS).entries, expected);
 }
 
 #[test]
 fn appending_over_existing_entries_replaces_them_and_everything_after() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=9, "old")).unwrap();
     append(&wal, entries(3..=4, "new")).unwrap();
 
     let mut expected = entries(0..=2, "old");
     expected.extend(entries(3..=4, "new"));
-    assert_eq!(
-        reopen(wal, dir.path(), WalOptions::default()).entries,
-        expected
-    );
+    assert_eq!(reopen(wal, dir.path(), OPTIONS).entries, expected);
 }
 
 #[test]
 fn appends_that_would_leave_a_gap_are_refused_without_a_trace() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=2, "a")).unwrap();
     assert!(matches!(
         append(&wal, entries(4..=5, "a")),
@@ -253,7 +253,7 @@ fn appends_that_would_leave_a_gap_are_refused_without_a_trace() {
     ));
     append(&wal, entries(3..=3, "a")).unwrap();
     assert_eq!(
-        reopen(wal, dir.path(), WalOptions::default()).entries,
+        reopen(wal, dir.path(), OPTIONS).entries,
         entries(0..=3, "a")
     );
 }
@@ -261,7 +261,7 @@ fn appends_that_would_leave_a_gap_are_refused_without_a_trace() {
 #[test]
 fn nothing_at_or_below_the_purge_point_can_be_appended_or_truncated() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=9, "a")).unwrap();
     block_on(wal.purge(4, b"purged 4".to_vec())).unwrap();
     assert!(matches!(
@@ -285,7 +285,7 @@ fn nothing_at_or_below_the_purge_point_can_be_appended_or_truncated() {
             purged: 4
         })
     ));
-    let recovered = reopen(wal, dir.path(), WalOptions::default());
+    let recovered = reopen(wal, dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(5..=9, "a"));
     assert_eq!(recovered.purged.as_deref(), Some(&b"purged 4"[..]));
 }
@@ -400,7 +400,7 @@ fn an_entry_larger_than_a_segment_gets_a_segment_of_its_own() {
 #[test]
 fn a_tail_cut_mid_frame_is_discarded_and_earlier_entries_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append_one_by_one(&wal, entries(0..=9, "a"));
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
@@ -412,7 +412,7 @@ fn a_tail_cut_mid_frame_is_discarded_and_earlier_entries_kept() {
         .set_len(last_frame as u64 + 20)
         .unwrap();
 
-    let (wal, recovered) = open(dir.path(), WalOptions::default());
+    let (wal, recovered) = open(dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=8, "a"));
     let torn = recovered.torn_tail.expect("the torn tail is reported");
     assert_eq!((torn.segment, torn.offset), (segment, last_frame as u64));
@@ -420,7 +420,7 @@ fn a_tail_cut_mid_frame_is_discarded_and_earlier_entries_kept() {
     append(&wal, entries(9..=10, "b")).unwrap();
     let mut expected = entries(0..=8, "a");
     expected.extend(entries(9..=10, "b"));
-    let recovered = reopen(wal, dir.path(), WalOptions::default());
+    let recovered = reopen(wal, dir.path(), OPTIONS);
     assert_eq!(recovered.entries, expected);
     assert_eq!(recovered.torn_tail, None);
 }
@@ -428,14 +428,14 @@ fn a_tail_cut_mid_frame_is_discarded_and_earlier_entries_kept() {
 #[test]
 fn a_damaged_last_frame_is_zeroed_and_earlier_entries_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append_one_by_one(&wal, entries(0..=9, "a"));
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
     let last_frame = *frame_offsets(&segment).last().unwrap();
     flip_byte(&segment, last_frame + frame::HEADER_LEN + 3);
 
-    let (wal, recovered) = open(dir.path(), WalOptions::default());
+    let (wal, recovered) = open(dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=8, "a"));
     assert_eq!(recovered.torn_tail.unwrap().offset, last_frame as u64);
     let bytes = fs::read(&segment).unwrap();
@@ -450,7 +450,7 @@ fn a_damaged_last_frame_is_zeroed_and_earlier_entries_kept() {
 fn stray_bytes_after_the_last_frame_are_a_torn_tail() {
     // A torn write whose header sector never reached the disk but a later sector did.
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append_one_by_one(&wal, entries(0..=4, "a"));
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
@@ -460,7 +460,7 @@ fn stray_bytes_after_the_last_frame_are_a_torn_tail() {
     file.write_all_at(&[0x33; 100], (frame::align(end) + 512) as u64)
         .unwrap();
 
-    let (_, recovered) = open(dir.path(), WalOptions::default());
+    let (_, recovered) = open(dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=4, "a"));
     assert!(recovered.torn_tail.is_some());
 }
@@ -468,14 +468,14 @@ fn stray_bytes_after_the_last_frame_are_a_torn_tail() {
 #[test]
 fn a_damaged_frame_followed_by_an_intact_one_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append_one_by_one(&wal, entries(0..=9, "a"));
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
     let damaged = frame_offsets(&segment)[4];
     flip_byte(&segment, damaged + frame::HEADER_LEN + 1);
 
-    let (path, offset, reason) = expect_corrupt(dir.path(), WalOptions::default());
+    let (path, offset, reason) = expect_corrupt(dir.path(), OPTIONS);
     assert_eq!((path, offset), (segment, damaged as u64));
     assert!(reason.contains("intact frame follows"), "{reason}");
 }
@@ -498,7 +498,7 @@ fn damage_in_a_segment_that_is_not_the_last_is_refused_untouched() {
 #[test]
 fn an_undecodable_record_in_an_intact_frame_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=2, "a")).unwrap();
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
@@ -512,7 +512,7 @@ fn an_undecodable_record_in_an_intact_frame_is_refused_untouched() {
     file.write_all_at(&frame::encode_raw(&[0x7f, 1, 2, 3]), at as u64)
         .unwrap();
 
-    let (path, offset, reason) = expect_corrupt(dir.path(), WalOptions::default());
+    let (path, offset, reason) = expect_corrupt(dir.path(), OPTIONS);
     assert_eq!((path, offset), (segment, at as u64));
     assert!(reason.contains("undecodable"), "{reason}");
 }
@@ -520,7 +520,7 @@ fn an_undecodable_record_in_an_intact_frame_is_refused_untouched() {
 #[test]
 fn an_entry_that_leaves_a_gap_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=2, "a")).unwrap();
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
@@ -537,7 +537,7 @@ fn an_entry_that_leaves_a_gap_is_refused_untouched() {
         .write_all_at(&gap, at as u64)
         .unwrap();
 
-    let (_, offset, reason) = expect_corrupt(dir.path(), WalOptions::default());
+    let (_, offset, reason) = expect_corrupt(dir.path(), OPTIONS);
     assert_eq!(offset, at as u64);
     assert!(reason.contains("entry 5 does not follow"), "{reason}");
 }
@@ -560,13 +560,13 @@ fn a_missing_segment_is_refused_untouched() {
 #[test]
 fn a_half_made_segment_is_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=2, "a")).unwrap();
     drop(wal);
     let temp = dir.path().join("0000000000000002.wal.tmp");
     fs::write(&temp, [0u8; 4096]).unwrap();
 
-    let (_, recovered) = open(dir.path(), WalOptions::default());
+    let (_, recovered) = open(dir.path(), OPTIONS);
     assert_eq!(recovered.entries, entries(0..=2, "a"));
     assert!(!temp.exists());
 }
@@ -578,16 +578,29 @@ fn exists_tells_whether_a_wal_is_there() {
     assert!(!Wal::exists(&wal_dir).unwrap(), "missing directory");
     fs::create_dir_all(&wal_dir).unwrap();
     assert!(!Wal::exists(&wal_dir).unwrap(), "empty directory");
-    let (wal, recovered) = open(&wal_dir, WalOptions::default());
+    let (wal, recovered) = open(&wal_dir, OPTIONS);
     assert_eq!(recovered, Recovered::default());
     assert!(Wal::exists(&wal_dir).unwrap());
     drop(wal);
 }
 
 #[test]
-fn operations_after_close_fail_with_closed() {
+fn a_wal_cannot_be_opened_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
+    match Wal::open(dir.path(), OPTIONS) {
+        Err(Error::WalLocked { dir: locked }) => assert_eq!(locked, dir.path()),
+        Err(other) => panic!("expected WalLocked, got {other}"),
+        Ok(_) => panic!("the WAL was opened twice"),
+    }
+    drop(wal);
+    open(dir.path(), OPTIONS);
+}
+
+#[test]
+fn a_completion_holding_the_last_handle_neither_deadlocks_nor_loses_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), OPTIONS);
     let (sender, receiver) = mpsc::channel();
     // A completion that keeps a clone alive past the last outside handle: the writer thread
     // must neither deadlock joining itself nor lose the write.
@@ -600,10 +613,7 @@ fn operations_after_close_fail_with_closed() {
     let (result, clone) = receiver.recv_timeout(Duration::from_secs(30)).unwrap();
     result.unwrap();
     drop(clone);
-    assert_eq!(
-        open(dir.path(), WalOptions::default()).1.entries,
-        entries(0..=0, "a")
-    );
+    assert_eq!(open(dir.path(), OPTIONS).1.entries, entries(0..=0, "a"));
 }
 
 /// Appends from `writers` threads at once, `per_writer` appends each, one entry per append.
@@ -637,7 +647,7 @@ fn concurrent_appends(wal: &Wal, writers: usize, per_writer: usize, payload: usi
 #[test]
 fn concurrent_appends_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open(dir.path(), WalOptions::default());
+    let (wal, _) = open(dir.path(), OPTIONS);
     let (writers, per_writer) = (16, 40);
     let syncs_before = wal.sync_count();
     concurrent_appends(&wal, writers, per_writer, 100);
@@ -648,7 +658,7 @@ fn concurrent_appends_share_syncs() {
         "{appends} concurrent appends took {syncs} syncs"
     );
     assert_eq!(
-        reopen(wal, dir.path(), WalOptions::default()).entries.len() as u64,
+        reopen(wal, dir.path(), OPTIONS).entries.len() as u64,
         appends
     );
 }

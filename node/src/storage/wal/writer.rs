@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::frame::{self, FrameBuilder};
 use super::log_state::LogState;
+use super::preallocate::Preallocator;
 use super::record::Record;
 use super::recovery::SegmentSummary;
 use super::segment::{self, ActiveSegment, SegmentName};
@@ -90,6 +91,8 @@ pub(crate) struct Writer {
     /// Every segment, oldest first; the last is `active`.
     segments: Vec<SegmentSummary>,
     active: ActiveSegment,
+    /// Prepares the next segment's file while this one fills up.
+    preallocator: Preallocator,
     /// The newest committed marker not yet written: it rides along with the next frame that has
     /// to be synced anyway, or is written when the WAL closes.
     pending_committed: Option<Vec<u8>>,
@@ -106,17 +109,20 @@ impl Writer {
         segments: Vec<SegmentSummary>,
         active: ActiveSegment,
         syncs: Arc<AtomicU64>,
-    ) -> Self {
-        Writer {
+    ) -> Result<Self> {
+        let preallocator = Preallocator::start(&dir, options.segment_bytes)
+            .map_err(|e| segment::io_error("starting the preallocation thread".into(), e))?;
+        Ok(Writer {
             dir,
             options,
             state,
             segments,
             active,
+            preallocator,
             pending_committed: None,
             failure: None,
             syncs,
-        }
+        })
     }
 
     /// Serves requests until every sender is gone, then writes any pending committed marker.
@@ -287,12 +293,23 @@ impl Writer {
             first_index: state.next_index().unwrap_or(0),
         };
         let start_frame = frame::encode(&[Record::SegmentStart(state.segment_start(name.seq))]);
-        // A frame larger than a segment gets a segment of its own size.
-        let len = self
-            .options
-            .segment_bytes
-            .max((start_frame.len() + first_frame_len) as u64);
-        self.active = ActiveSegment::create(&self.dir, name, len, &start_frame, &self.syncs)?;
+        let needed = (start_frame.len() + first_frame_len) as u64;
+        // A frame larger than a segment gets a segment of its own size; and if preallocation
+        // failed, the writer creates the file itself.
+        let prepared = if needed <= self.options.segment_bytes {
+            self.preallocator.take()
+        } else {
+            None
+        };
+        self.active = match prepared {
+            Some(prepared) => {
+                ActiveSegment::install(&self.dir, name, prepared, &start_frame, &self.syncs)?
+            }
+            None => {
+                let len = self.options.segment_bytes.max(needed);
+                ActiveSegment::create(&self.dir, name, len, &start_frame, &self.syncs)?
+            }
+        };
         self.segments.push(SegmentSummary {
             name,
             path: self.active.path.clone(),
