@@ -20,6 +20,22 @@ pub enum Error {
     },
     #[error("wal: {context}: {source}")]
     WalIo { context: String, source: io::Error },
+    /// An append would leave a hole in the log: entries are contiguous.
+    #[error("wal: entry {got} does not follow the log, whose next index is {expected}")]
+    WalIndexGap { expected: u64, got: u64 },
+    /// An append, truncation or purge reaches at or below the purge point.
+    #[error("wal: index {index} is at or below the purge point {purged}")]
+    WalBelowPurge { index: u64, purged: u64 },
+    /// An earlier write or fdatasync failed; the WAL accepts nothing more, since the kernel may
+    /// have dropped the failed pages and a retry could claim durability that is not there.
+    #[error("wal: an earlier write failed ({reason}); no further writes are accepted, restart the member")]
+    WalFailed { reason: String },
+    /// Another process (or another open WAL in this one) holds the WAL directory.
+    #[error("wal: {} is in use by another process", dir.display())]
+    WalLocked { dir: PathBuf },
+    /// The WAL's writer thread has stopped.
+    #[error("wal: closed")]
+    WalClosed,
 
     // ---- storage: MVCC ------------------------------------------------------------------
     #[error("mvcc: required revision has been compacted")]
