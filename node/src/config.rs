@@ -200,9 +200,11 @@ impl NodeConfig {
         let initial_cluster_state = match c.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "--initial-cluster-state: invalid value {other:?} (expected 'new' or 'existing')"
-            )),
+            ))
+            }
         };
         match initial_cluster.get(&c.name) {
             None => {

@@ -51,6 +51,13 @@ pub enum Error {
     /// redb failed underneath the MVCC store.
     #[error("mvcc: backend: {0}")]
     Backend(String),
+    /// A value read back from the MVCC store's tables does not decode: the file was damaged or
+    /// written by an incompatible version.
+    #[error("mvcc: stored data is corrupt: {0}")]
+    MvccCorrupt(String),
+    /// A state machine snapshot handed to `restore` is not one `snapshot` wrote.
+    #[error("mvcc: invalid snapshot: {0}")]
+    SnapshotInvalid(String),
 
     // ---- server and api -----------------------------------------------------------------
     #[error("etcdserver: mvcc: database space exceeded")]
@@ -80,3 +87,24 @@ pub enum Error {
     #[error("data dir: {0}")]
     DataDir(String),
 }
+
+// redb reports failures through one error type per step (open, begin, table, commit); to the
+// store they are all the same condition: the backend failed.
+macro_rules! backend_error_from {
+    ($($source:ty),+) => {$(
+        impl From<$source> for Error {
+            fn from(e: $source) -> Error {
+                Error::Backend(e.to_string())
+            }
+        }
+    )+};
+}
+backend_error_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
