@@ -1,1 +1,19 @@
-//! End-to-end harness for ferrokv: starts real member processes and drives them with real clients.
+//! End-to-end harness for ferrokv: starts real member processes on loopback and drives them with
+//! real clients — Debian's `etcdctl` and the `etcd-client` crate.
+//!
+//! The harness speaks only etcd's flags and etcd's v3 API, so every test runs unchanged against
+//! etcd: `FERROKV_E2E_SERVER=/usr/bin/etcd cargo test -p ferrokv-e2e`. Without that variable the
+//! tests run the `ferrokv` binary of this workspace (`cargo build -p ferrokv-node` first).
+//!
+//! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench.rs`); its
+//! latency statistics are in [`latency`].
+
+pub mod binaries;
+pub mod cluster;
+pub mod etcdctl;
+pub mod keyspace;
+pub mod latency;
+pub mod ports;
+
+pub use cluster::{ClusterBuilder, TestCluster};
+pub use etcdctl::EtcdctlOutput;

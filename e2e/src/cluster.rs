@@ -1,0 +1,616 @@
+//! [`TestCluster`]: a cluster of real member processes on loopback, and the operations tests
+//! perform on it — wait for health, find the leader, SIGKILL / SIGTERM / restart members, talk to
+//! them with etcdctl and the `etcd-client` crate.
+//!
+//! Members are started with exactly etcd's flags, so the same test runs against ferrokv or, with
+//! `FERROKV_E2E_SERVER=/usr/bin/etcd`, against etcd itself. Every member gets its own reserved
+//! ports, its own directories under one temporary directory and a log file there; dropping the
+//! cluster kills every member, and a panicking test prints the tail of each member's log.
+//! Set `FERROKV_E2E_KEEP_DIRS=1` to keep the temporary directory for a post-mortem.
+//!
+//! Member processes are started with `PR_SET_PDEATHSIG = SIGKILL`, so they die even when the test
+//! process is killed before `Drop` runs. Linux delivers that signal when the *thread* that spawned
+//! the member exits, so start and restart members from the test's own task (as all tests do), not
+//! from `spawn_blocking`.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use etcd_client::{Client, ConnectOptions};
+use tempfile::TempDir;
+
+use crate::binaries::{etcdctl_binary, server_binary};
+use crate::etcdctl::{run_etcdctl, EtcdctlOutput};
+use crate::ports::ReservedPort;
+
+/// How long [`TestCluster::wait_healthy`] and [`TestCluster::leader`] wait by default. Generous:
+/// a loaded 2-core CI machine elects slowly.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`TestCluster::stop`] waits after SIGTERM before it sends SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Lines of each member's log printed when a test panics.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Set to keep a cluster's temporary directory (data dirs and logs) after the test.
+const KEEP_DIRS_ENV: &str = "FERROKV_E2E_KEEP_DIRS";
+
+/// How members learn who their peers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bootstrap {
+    /// `--initial-cluster`, `--initial-cluster-state new`, `--initial-cluster-token`, `--name`.
+    Static,
+    /// No cluster flags at all: the server's defaults make it a one-member cluster.
+    Defaults,
+}
+
+/// Options for a [`TestCluster`]; start from [`TestCluster::builder`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    members: usize,
+    bootstrap: Bootstrap,
+    separate_wal_dir: bool,
+    snapshot_count: Option<u64>,
+    heartbeat_interval_ms: u64,
+    election_timeout_ms: u64,
+}
+
+impl ClusterBuilder {
+    /// Gives every member `--wal-dir` outside its `--data-dir`, as the operator does with two
+    /// volumes.
+    pub fn separate_wal_dir(mut self) -> Self {
+        self.separate_wal_dir = true;
+        self
+    }
+
+    /// Passes `--snapshot-count`, e.g. a small one so a test exercises snapshots and WAL
+    /// truncation.
+    pub fn snapshot_count(mut self, entries: u64) -> Self {
+        self.snapshot_count = Some(entries);
+        self
+    }
+
+    /// Starts a single member with no cluster flags, only its directories, its client URLs and
+    /// `--listen-peer-urls`, relying on the server's defaults to form a one-member cluster: named
+    /// `default`, advertising the default peer URL `http://localhost:2380` (which nothing dials
+    /// in a one-member cluster, so no other test's port is touched).
+    pub fn without_cluster_flags(mut self) -> Self {
+        assert_eq!(
+            self.members, 1,
+            "only a single member can bootstrap from defaults"
+        );
+        self.bootstrap = Bootstrap::Defaults;
+        self
+    }
+
+    /// Spawns the members and waits until every one of them is healthy.
+    pub async fn start(self) -> anyhow::Result<TestCluster> {
+        let mut cluster = self.spawn()?;
+        cluster.wait_healthy().await?;
+        Ok(cluster)
+    }
+
+    /// Spawns the members without waiting for them.
+    pub fn spawn(self) -> anyhow::Result<TestCluster> {
+        assert!(self.members > 0, "a cluster needs at least one member");
+        let server = server_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("ferrokv-e2e-")
+            .tempdir()
+            .context("creating the cluster's temporary directory")?;
+
+        let mut ports = Vec::with_capacity(self.members);
+        for _ in 0..self.members {
+            ports.push((ReservedPort::reserve()?, ReservedPort::reserve()?));
+        }
+        let names: Vec<String> = (0..self.members).map(|i| format!("member-{i}")).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (_, peer))| format!("{name}={}", peer.url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Unique per cluster, so members of two concurrent tests could never join each other.
+        let token = format!("ferrokv-e2e-{}-{}", std::process::id(), ports[0].0.port());
+
+        let mut members = Vec::with_capacity(self.members);
+        for (name, (client_port, peer_port)) in names.into_iter().zip(ports) {
+            let member_dir = dir.path().join(&name);
+            let data_dir = member_dir.join("data");
+            let wal_dir = self.separate_wal_dir.then(|| member_dir.join("wal"));
+            let mut args = vec![
+                format!("--data-dir={}", data_dir.display()),
+                format!("--listen-client-urls={}", client_port.url()),
+                format!("--advertise-client-urls={}", client_port.url()),
+                format!("--listen-peer-urls={}", peer_port.url()),
+            ];
+            if let Some(wal_dir) = &wal_dir {
+                args.push(format!("--wal-dir={}", wal_dir.display()));
+            }
+            let name = match self.bootstrap {
+                Bootstrap::Static => {
+                    args.extend([
+                        format!("--initial-advertise-peer-urls={}", peer_port.url()),
+                        format!("--name={name}"),
+                        format!("--initial-cluster={initial_cluster}"),
+                        "--initial-cluster-state=new".to_string(),
+                        format!("--initial-cluster-token={token}"),
+                        format!("--heartbeat-interval={}", self.heartbeat_interval_ms),
+                        format!("--election-timeout={}", self.election_timeout_ms),
+                    ]);
+                    if let Some(entries) = self.snapshot_count {
+                        args.push(format!("--snapshot-count={entries}"));
+                    }
+                    name
+                }
+                // etcd's default member name.
+                Bootstrap::Defaults => "default".to_string(),
+            };
+            fs::create_dir_all(&member_dir)
+                .with_context(|| format!("creating {}", member_dir.display()))?;
+            members.push(Member {
+                log_path: dir.path().join(format!("{name}.log")),
+                name,
+                client_port,
+                peer_port,
+                data_dir,
+                wal_dir,
+                args,
+                process: None,
+                starts: 0,
+            });
+        }
+
+        let mut cluster = TestCluster {
+            server,
+            etcdctl: etcdctl_binary(),
+            members,
+            dir: Some(dir),
+        };
+        for i in 0..cluster.members.len() {
+            cluster.restart(i)?;
+        }
+        Ok(cluster)
+    }
+}
+
+/// One member: its identity, its directories and, while it runs, its process.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: ReservedPort,
+    peer_port: ReservedPort,
+    data_dir: PathBuf,
+    wal_dir: Option<PathBuf>,
+    log_path: PathBuf,
+    /// The exact flags of the first start; restarts reuse them.
+    args: Vec<String>,
+    process: Option<Child>,
+    /// How many times the member has been started, for the log's section markers.
+    starts: u32,
+}
+
+/// A cluster of real member processes on loopback. See the module documentation.
+#[derive(Debug)]
+pub struct TestCluster {
+    server: PathBuf,
+    etcdctl: PathBuf,
+    members: Vec<Member>,
+    /// `None` only after `Drop` decided to keep it.
+    dir: Option<TempDir>,
+}
+
+impl TestCluster {
+    /// Options for a cluster of `members` members bootstrapped statically.
+    pub fn builder(members: usize) -> ClusterBuilder {
+        ClusterBuilder {
+            members,
+            bootstrap: Bootstrap::Static,
+            separate_wal_dir: false,
+            snapshot_count: None,
+            // etcd's defaults, passed explicitly so the flags are exercised.
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+        }
+    }
+
+    /// Starts `members` members with default options and waits until all are healthy.
+    pub async fn start(members: usize) -> anyhow::Result<TestCluster> {
+        Self::builder(members).start().await
+    }
+
+    /// Number of members, running or not.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the cluster has no members (never true for a started cluster).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The server binary the members run.
+    pub fn server(&self) -> &Path {
+        &self.server
+    }
+
+    /// Member `i`'s `--name`.
+    pub fn name(&self, i: usize) -> &str {
+        &self.members[i].name
+    }
+
+    /// Member `i`'s client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].client_port.url()
+    }
+
+    /// Member `i`'s peer URL (what it listens on; a member started
+    /// [`without_cluster_flags`](ClusterBuilder::without_cluster_flags) advertises the default).
+    pub fn peer_url(&self, i: usize) -> String {
+        self.members[i].peer_port.url()
+    }
+
+    /// Client URLs of all members, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Member `i`'s `--data-dir`.
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.members[i].data_dir
+    }
+
+    /// Member `i`'s `--wal-dir`, when the cluster was built with a separate one.
+    pub fn wal_dir(&self, i: usize) -> Option<&Path> {
+        self.members[i].wal_dir.as_deref()
+    }
+
+    /// The file member `i` writes its stdout and stderr to.
+    pub fn log_path(&self, i: usize) -> &Path {
+        &self.members[i].log_path
+    }
+
+    /// Process ID of member `i`, if it is running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].process.as_ref().map(Child::id)
+    }
+
+    /// Whether member `i` has a process (that has not been reaped).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].process.is_some()
+    }
+
+    /// Indices of the members that have a process.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.is_running(i)).collect()
+    }
+
+    /// Starts member `i` again with the flags and directories of its first start (including
+    /// `--initial-cluster-state new`: a member with an initialised data dir ignores it). Does not
+    /// wait; follow with [`wait_healthy`](Self::wait_healthy).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let server = self.server.clone();
+        let member = &mut self.members[i];
+        if member.process.is_some() {
+            bail!("member {} is already running", member.name);
+        }
+        member.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)
+            .with_context(|| format!("opening {}", member.log_path.display()))?;
+        writeln!(
+            log,
+            "=== ferrokv-e2e: start #{} of {}: {} {}",
+            member.starts,
+            member.name,
+            server.display(),
+            member.args.join(" ")
+        )?;
+        let mut command = Command::new(&server);
+        command
+            .args(&member.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Variables such as ETCD_NAME would override the flags of an etcd under test.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(key);
+            }
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", server.display()))?;
+        member.process = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs member `i` and reaps it, like a machine losing power.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGKILL)?;
+        self.reap(i)
+    }
+
+    /// SIGKILLs every running member before reaping any, so none outlives another by more
+    /// than the few microseconds between two kill(2) calls.
+    pub fn kill_all(&mut self) -> anyhow::Result<()> {
+        let running = self.running();
+        for &i in &running {
+            self.signal(i, libc::SIGKILL)?;
+        }
+        for &i in &running {
+            self.reap(i)?;
+        }
+        Ok(())
+    }
+
+    /// Stops member `i` with SIGTERM, SIGKILLing it if it has not exited after 10 seconds.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGTERM)?;
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            let child = self.members[i].process.as_mut().expect("signalled member");
+            if child.try_wait()?.is_some() {
+                self.members[i].process = None;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return self.kill(i);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&mut self, i: usize, signal: libc::c_int) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        let child = member
+            .process
+            .as_mut()
+            .ok_or_else(|| anyhow!("member {} is not running", member.name))?;
+        // A member that exited on its own crashed: that is a finding, not something to paper over.
+        if let Some(status) = child.try_wait()? {
+            member.process = None;
+            bail!(
+                "member {} had already exited ({status}) before it was signalled; log tail:\n{}",
+                member.name,
+                log_tail(&member.log_path, LOG_TAIL_LINES)
+            );
+        }
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on a child we have not reaped, so the pid cannot have been reused.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("signalling member {}", member.name));
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.members[i].process.take() {
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every running member answers Maintenance.Status and a linearizable Range,
+    /// failing fast (with its log) if a member process exits.
+    pub async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        self.wait_healthy_within(HEALTH_TIMEOUT).await
+    }
+
+    /// [`wait_healthy`](Self::wait_healthy) with a chosen timeout.
+    pub async fn wait_healthy_within(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let running = self.running();
+        if running.is_empty() {
+            bail!("no member is running");
+        }
+        let deadline = Instant::now() + timeout;
+        for i in running {
+            let endpoint = self.endpoint(i);
+            loop {
+                self.check_alive(i)?;
+                let error = match probe_health(&endpoint).await {
+                    Ok(()) => break,
+                    Err(error) => error,
+                };
+                if Instant::now() >= deadline {
+                    bail!(
+                        "member {} ({endpoint}) not healthy after {timeout:?}: {error:#}; \
+                         log tail:\n{}",
+                        self.name(i),
+                        self.log_tail(i)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with the member's log if its process has exited.
+    fn check_alive(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        if let Some(child) = member.process.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                member.process = None;
+                bail!(
+                    "member {} exited ({status}); log tail:\n{}",
+                    member.name,
+                    log_tail(&member.log_path, LOG_TAIL_LINES)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of the leader, once every running member that answers agrees on one and a
+    /// majority of the cluster answers.
+    pub async fn leader(&mut self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        let majority = self.len() / 2 + 1;
+        loop {
+            let mut member_ids = Vec::new();
+            let mut leaders = Vec::new();
+            for i in self.running() {
+                self.check_alive(i)?;
+                if let Ok(status) = member_status(&self.endpoint(i)).await {
+                    member_ids.push((status.member_id, i));
+                    leaders.push(status.leader);
+                }
+            }
+            if leaders.len() >= majority && leaders.iter().all(|&l| l != 0 && l == leaders[0]) {
+                if let Some(&(_, index)) = member_ids.iter().find(|(id, _)| *id == leaders[0]) {
+                    return Ok(index);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no agreed leader after {HEALTH_TIMEOUT:?}: members (id, index) \
+                     {member_ids:x?} report leaders {leaders:x?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Member `i`'s 64-bit member ID, from its Maintenance.Status response header.
+    pub async fn member_id(&self, i: usize) -> anyhow::Result<u64> {
+        Ok(member_status(&self.endpoint(i)).await?.member_id)
+    }
+
+    /// An `etcd-client` connection balanced over all members.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        connect(&self.endpoints()).await
+    }
+
+    /// An `etcd-client` connection to member `i` only, e.g. for a linearizable read served by
+    /// that member.
+    pub async fn member_client(&self, i: usize) -> anyhow::Result<Client> {
+        connect(&[self.endpoint(i)]).await
+    }
+
+    /// Runs `etcdctl --endpoints=<all members> <args>`.
+    pub async fn etcdctl(&self, args: &[&str]) -> EtcdctlOutput {
+        self.etcdctl_at(&self.endpoints(), args, None).await
+    }
+
+    /// Runs `etcdctl --endpoints=<all members> <args>` with `stdin` as its standard input.
+    pub async fn etcdctl_with_stdin(&self, args: &[&str], stdin: &str) -> EtcdctlOutput {
+        self.etcdctl_at(&self.endpoints(), args, Some(stdin)).await
+    }
+
+    /// Runs `etcdctl --endpoints=<member i> <args>`.
+    pub async fn member_etcdctl(&self, i: usize, args: &[&str]) -> EtcdctlOutput {
+        self.etcdctl_at(&[self.endpoint(i)], args, None).await
+    }
+
+    async fn etcdctl_at(
+        &self,
+        endpoints: &[String],
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> EtcdctlOutput {
+        run_etcdctl(&self.etcdctl, endpoints, args, stdin)
+            .await
+            .unwrap_or_else(|error| panic!("running etcdctl {args:?}: {error:#}"))
+    }
+
+    /// The last lines of member `i`'s log.
+    pub fn log_tail(&self, i: usize) -> String {
+        log_tail(self.log_path(i), LOG_TAIL_LINES)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.process.take() {
+                // Errors here mean the process is already gone, which is what we want.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for member in &self.members {
+                eprintln!(
+                    "----- tail of {} ({}) -----\n{}",
+                    member.name,
+                    member.log_path.display(),
+                    log_tail(&member.log_path, LOG_TAIL_LINES)
+                );
+            }
+        }
+        if std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("ferrokv-e2e: kept {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// The parts of a Maintenance.Status answer the harness uses.
+struct MemberStatus {
+    member_id: u64,
+    leader: u64,
+}
+
+async fn member_status(endpoint: &str) -> anyhow::Result<MemberStatus> {
+    let mut client = connect(&[endpoint.to_string()]).await?;
+    let status = client.status().await?;
+    let member_id = status
+        .header()
+        .ok_or_else(|| anyhow!("status response without a header"))?
+        .member_id();
+    Ok(MemberStatus {
+        member_id,
+        leader: status.leader(),
+    })
+}
+
+async fn probe_health(endpoint: &str) -> anyhow::Result<()> {
+    let mut client = connect(&[endpoint.to_string()]).await?;
+    client.status().await.context("Maintenance.Status")?;
+    // A linearizable read needs a leader and a quorum, unlike Status.
+    client
+        .get("ferrokv-e2e/health", None)
+        .await
+        .context("linearizable Range")?;
+    Ok(())
+}
+
+async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(options))
+        .await
+        .with_context(|| format!("connecting to {endpoints:?}"))
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(error) => format!("(cannot read {}: {error})", path.display()),
+    }
+}
