@@ -8,8 +8,9 @@ pub mod kv;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
-use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer};
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbWatchServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -41,6 +42,11 @@ pub async fn serve_clients(
         .add_service(
             PbClusterServer::new(cluster::ClusterService::new(server.clone()))
                 .max_decoding_message_size(max),
+        )
+        .add_service(
+            PbWatchServer::new(watch::WatchService::new(server.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
         );
     tonic::transport::Server::builder()
         .accept_http1(true)

@@ -5,6 +5,8 @@
 //! through sees its write. Linearizable reads wait for a read index confirmed by the leader
 //! (ReadIndex); serializable reads are served from the local store as it is.
 
+pub mod watch;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
