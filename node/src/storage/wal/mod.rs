@@ -140,7 +140,11 @@ impl Wal {
                     seq: 1,
                     first_index: 0,
                 };
-                let start = frame::encode(&[Record::SegmentStart(state.segment_start(name.seq))]);
+                let start = frame::encode(
+                    &[Record::SegmentStart(state.segment_start(name.seq))],
+                    name.seq,
+                    0,
+                );
                 let len = options.segment_bytes.max(start.len() as u64);
                 let active = ActiveSegment::create(dir, name, len, &start, &syncs)?;
                 let segments = vec![SegmentSummary {

@@ -92,7 +92,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<ReadLog>> {
             .map_err(|e| io_error(format!("reading segment {}", path.display()), e))?;
         let (summary, end) = replay.segment(*name, path, &bytes)?;
         segments.push(summary);
-        match classify_end(&bytes, end) {
+        match classify_end(&bytes, name.seq, end) {
             SegmentEnd::Clean => {}
             SegmentEnd::Damaged {
                 reason,
@@ -185,7 +185,7 @@ impl Replay {
         };
         let mut offset = 0;
         let mut first_of_segment = true;
-        while let FrameAt::Valid { payload, next } = frame::read_at(bytes, offset) {
+        while let FrameAt::Valid { payload, next } = frame::read_at(bytes, name.seq, offset) {
             let records = Record::decode_all(payload).map_err(|e| {
                 corrupt(
                     path,
@@ -201,7 +201,7 @@ impl Replay {
             offset = next;
         }
         if offset == 0 {
-            let reason = match frame::read_at(bytes, 0) {
+            let reason = match frame::read_at(bytes, name.seq, 0) {
                 FrameAt::Invalid { reason } => reason,
                 _ => "nothing written".into(),
             };
@@ -348,8 +348,8 @@ enum SegmentEnd {
     },
 }
 
-fn classify_end(bytes: &[u8], end: usize) -> SegmentEnd {
-    let reason = match frame::read_at(bytes, end) {
+fn classify_end(bytes: &[u8], segment_seq: u64, end: usize) -> SegmentEnd {
+    let reason = match frame::read_at(bytes, segment_seq, end) {
         FrameAt::Valid { .. } => unreachable!("replay stops at the first frame that is not intact"),
         FrameAt::Invalid { reason } => reason,
         FrameAt::Unwritten if bytes[end..].iter().all(|&b| b == 0) => return SegmentEnd::Clean,
@@ -357,7 +357,7 @@ fn classify_end(bytes: &[u8], end: usize) -> SegmentEnd {
     };
     SegmentEnd::Damaged {
         reason,
-        later_intact: frame::find_valid_at_or_after(bytes, end + ALIGN),
+        later_intact: frame::find_valid_at_or_after(bytes, segment_seq, end + ALIGN),
     }
 }
 

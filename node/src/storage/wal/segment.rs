@@ -181,6 +181,10 @@ impl ActiveSegment {
         })
     }
 
+    pub(crate) fn write_offset(&self) -> u64 {
+        self.write_offset
+    }
+
     pub(crate) fn has_room_for(&self, frame_len: usize) -> bool {
         self.write_offset + frame_len as u64 <= self.len
     }

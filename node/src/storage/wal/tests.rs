@@ -83,11 +83,17 @@ fn frame_offsets(path: &Path) -> Vec<usize> {
     let bytes = fs::read(path).unwrap();
     let mut offsets = Vec::new();
     let mut offset = 0;
-    while let FrameAt::Valid { next, .. } = frame::read_at(&bytes, offset) {
+    while let FrameAt::Valid { next, .. } = frame::read_at(&bytes, seq_of(path), offset) {
         offsets.push(offset);
         offset = next;
     }
     offsets
+}
+
+fn seq_of(segment: &Path) -> u64 {
+    SegmentName::parse(segment.file_name().unwrap().to_str().unwrap())
+        .unwrap()
+        .seq
 }
 
 fn flip_byte(path: &Path, offset: usize) {
@@ -509,8 +515,11 @@ fn an_undecodable_record_in_an_intact_frame_is_refused_untouched() {
         .map(|p| frame::align(p + 1))
         .unwrap();
     let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
-    file.write_all_at(&frame::encode_raw(&[0x7f, 1, 2, 3]), at as u64)
-        .unwrap();
+    file.write_all_at(
+        &frame::encode_raw(&[0x7f, 1, 2, 3], seq_of(&segment), at as u64),
+        at as u64,
+    )
+    .unwrap();
 
     let (path, offset, reason) = expect_corrupt(dir.path(), OPTIONS);
     assert_eq!((path, offset), (segment, at as u64));
@@ -526,10 +535,14 @@ fn an_entry_that_leaves_a_gap_is_refused_untouched() {
     let segment = segment_paths(dir.path()).pop().unwrap();
     let bytes = fs::read(&segment).unwrap();
     let at = frame::align(bytes.iter().rposition(|&b| b != 0).unwrap() + 1);
-    let gap = frame::encode(&[Record::Entry {
-        index: 5,
-        payload: b"gap".to_vec(),
-    }]);
+    let gap = frame::encode(
+        &[Record::Entry {
+            index: 5,
+            payload: b"gap".to_vec(),
+        }],
+        seq_of(&segment),
+        at as u64,
+    );
     fs::OpenOptions::new()
         .write(true)
         .open(&segment)
@@ -582,6 +595,31 @@ fn exists_tells_whether_a_wal_is_there() {
     assert_eq!(recovered, Recovered::default());
     assert!(Wal::exists(&wal_dir).unwrap());
     drop(wal);
+}
+
+#[test]
+fn after_a_failed_write_every_later_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let (wal, _) = open(&wal_dir, SMALL_SEGMENTS);
+    append(&wal, entries(0..=2, "a")).unwrap();
+    // With the directory gone, the next segment cannot be created.
+    fs::remove_dir_all(&wal_dir).unwrap();
+    let too_big_for_the_active_segment =
+        vec![(3, vec![1; 2 * SMALL_SEGMENTS.segment_bytes as usize])];
+    assert!(matches!(
+        append(&wal, too_big_for_the_active_segment),
+        Err(Error::WalFailed { .. })
+    ));
+    // Even a write that would fit where the active segment still is.
+    assert!(matches!(
+        append(&wal, entries(3..=3, "a")),
+        Err(Error::WalFailed { .. })
+    ));
+    assert!(matches!(
+        block_on(wal.save_vote(b"v".to_vec())),
+        Err(Error::WalFailed { .. })
+    ));
 }
 
 #[test]

@@ -284,7 +284,8 @@ impl Writer {
         if !self.active.has_room_for(frame.frame_len()) {
             self.start_segment(before, frame.frame_len())?;
         }
-        self.active.write_durably(&frame.finish(), &self.syncs)
+        let frame = frame.finish(self.active.name.seq, self.active.write_offset());
+        self.active.write_durably(&frame, &self.syncs)
     }
 
     fn start_segment(&mut self, state: &LogState, first_frame_len: usize) -> Result<()> {
@@ -292,7 +293,11 @@ impl Writer {
             seq: self.active.name.seq + 1,
             first_index: state.next_index().unwrap_or(0),
         };
-        let start_frame = frame::encode(&[Record::SegmentStart(state.segment_start(name.seq))]);
+        let start_frame = frame::encode(
+            &[Record::SegmentStart(state.segment_start(name.seq))],
+            name.seq,
+            0,
+        );
         let needed = (start_frame.len() + first_frame_len) as u64;
         // A frame larger than a segment gets a segment of its own size; and if preallocation
         // failed, the writer creates the file itself.
