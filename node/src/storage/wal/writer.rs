@@ -140,9 +140,9 @@ impl Writer {
             self.commit(batch);
         }
         if self.pending_committed.is_some() && self.failure.is_none() {
+            let before = self.state.clone();
             let mut frame = FrameBuilder::new();
             self.push_pending_committed(&mut frame);
-            let before = self.state.clone();
             if let Err(e) = self.write_frame(frame, &before) {
                 tracing::error!(error = %e, "wal: could not write the committed marker on close");
             }
