@@ -11,10 +11,20 @@
 //! - `log_state`: the rules of the log, shared by the writer and by recovery.
 //! - `writer`: the writer thread, which batches concurrent requests into one frame (group
 //!   commit) and rotates and deletes segments.
+//! - `preallocate`: zero-filling the next segment file ahead of need, off the writer thread.
 //! - `recovery`: reading a directory back, repairing a torn tail, refusing corruption.
 //!
 //! All operations go through the one writer thread in the order they were sent, so the order of
 //! operations is total: an append sent after a truncate is applied after it.
+//!
+//! Durability: an append's callback, and `save_vote`, `truncate` and `purge`, complete only
+//! after the frame holding them was written and fdatasync'ed. `save_committed` is ordered with
+//! the rest but not synced on its own. Every segment begins with the vote, committed marker and
+//! purge point as they were when it was started, so deleting older segments never loses them.
+//! The directory is locked (`flock`) while the WAL is open.
+//!
+//! `open` and dropping the last handle do blocking file I/O; call them where blocking is fine
+//! (before the runtime starts, or in `spawn_blocking`).
 
 mod frame;
 mod log_state;

@@ -233,11 +233,12 @@ impl Replay {
             let started = LogState::from_segment_start(start);
             match &self.state {
                 None => self.state = Some(started),
-                Some(state) if *state == started => {}
                 Some(state) => {
-                    return Err(format!(
-                        "segment start {started:?} disagrees with the end of the previous segment {state:?}"
-                    ))
+                    if let Some(field) = first_difference(state, &started) {
+                        return Err(format!(
+                            "the segment starts with a different {field} than the previous segment ends with"
+                        ));
+                    }
                 }
             }
             return Ok(());
@@ -250,32 +251,29 @@ impl Replay {
         }
         let state = self
             .state
-            .as_ref()
+            .as_mut()
             .expect("the segment start record was replayed");
         state.check(&record).map_err(|e| e.to_string())?;
-        match &record {
+        state.apply(&record);
+        match record {
             Record::Entry { index, payload } => {
-                self.discard_from(*index);
-                self.entries.push_back((*index, payload.clone()));
-                summary.lowest_appended = Some(
-                    summary
-                        .lowest_appended
-                        .map_or(*index, |low| low.min(*index)),
-                );
+                self.discard_from(index);
+                self.entries.push_back((index, payload));
+                summary.lowest_appended =
+                    Some(summary.lowest_appended.map_or(index, |low| low.min(index)));
             }
-            Record::Truncate { from } => self.discard_from(*from),
+            Record::Truncate { from } => self.discard_from(from),
             Record::Purge { up_to, .. } => {
                 while self
                     .entries
                     .front()
-                    .is_some_and(|(index, _)| index <= up_to)
+                    .is_some_and(|(index, _)| *index <= up_to)
                 {
                     self.entries.pop_front();
                 }
             }
             Record::Vote(_) | Record::Committed(_) | Record::SegmentStart(_) => {}
         }
-        self.state.as_mut().expect("checked above").apply(&record);
         Ok(())
     }
 
@@ -283,6 +281,20 @@ impl Replay {
         while self.entries.back().is_some_and(|(index, _)| *index >= from) {
             self.entries.pop_back();
         }
+    }
+}
+
+fn first_difference(a: &LogState, b: &LogState) -> Option<&'static str> {
+    if a.vote != b.vote {
+        Some("vote")
+    } else if a.committed != b.committed {
+        Some("committed marker")
+    } else if a.purged != b.purged {
+        Some("purge point")
+    } else if a.last_index != b.last_index {
+        Some("last index")
+    } else {
+        None
     }
 }
 

@@ -123,6 +123,24 @@ fn expect_corrupt(dir: &Path, options: WalOptions) -> (PathBuf, u64, String) {
 }
 
 #[test]
+fn the_handle_and_its_futures_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), OPTIONS);
+    assert_send_sync(&wal);
+    let vote = wal.save_vote(b"v".to_vec());
+    assert_send(&vote);
+    block_on(vote).unwrap();
+    let truncate = wal.truncate(0);
+    assert_send(&truncate);
+    block_on(truncate).unwrap();
+    let purge = wal.purge(0, Vec::new());
+    assert_send(&purge);
+    block_on(purge).unwrap();
+}
+
+#[test]
 fn reopen_returns_everything_written() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, recovered) = open(dir.path(), OPTIONS);
