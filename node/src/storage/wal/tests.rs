@@ -722,6 +722,26 @@ fn a_completion_holding_the_last_handle_neither_deadlocks_nor_loses_the_write() 
     assert_eq!(open(dir.path(), OPTIONS).1.entries, entries(0..=0, "a"));
 }
 
+#[test]
+fn sync_latencies_are_exported_under_etcds_metric_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), OPTIONS);
+    append(&wal, entries(0..=0, "a")).unwrap();
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(wal.fsync_duration_histogram()))
+        .unwrap();
+    let families = registry.gather();
+    let family = families
+        .iter()
+        .find(|f| f.name() == "etcd_disk_wal_fsync_duration_seconds")
+        .expect("the fsync histogram is registered under etcd's name");
+    let histogram = family.get_metric()[0].get_histogram();
+    assert_eq!(histogram.get_sample_count(), wal.sync_count());
+    assert!(wal.sync_count() >= 1);
+    assert_eq!(histogram.get_bucket().len(), 14);
+}
+
 /// Appends from `writers` threads at once, `per_writer` appends each, one entry per append.
 /// Index assignment and sending happen under one lock so the WAL receives indexes in order;
 /// waiting for durability happens outside it, which is where appends pile up and share syncs.

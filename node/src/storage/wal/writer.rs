@@ -12,16 +12,14 @@
 //! have dropped the failed pages, so a retry could report durability that is not there.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 
 use super::frame::{self, FrameBuilder};
 use super::log_state::LogState;
 use super::preallocate::Preallocator;
 use super::record::Record;
 use super::recovery::SegmentSummary;
-use super::segment::{self, ActiveSegment, SegmentName};
+use super::segment::{self, ActiveSegment, SegmentName, Syncs};
 use super::WalOptions;
 use crate::{Error, Result};
 
@@ -98,7 +96,7 @@ pub(crate) struct Writer {
     pending_committed: Option<Vec<u8>>,
     /// Set after a failed write or sync; every later request gets this reason.
     failure: Option<String>,
-    syncs: Arc<AtomicU64>,
+    syncs: Syncs,
 }
 
 impl Writer {
@@ -108,7 +106,7 @@ impl Writer {
         state: LogState,
         segments: Vec<SegmentSummary>,
         active: ActiveSegment,
-        syncs: Arc<AtomicU64>,
+        syncs: Syncs,
     ) -> Result<Self> {
         let preallocator = Preallocator::start(&dir, options.segment_bytes)
             .map_err(|e| segment::io_error("starting the preallocation thread".into(), e))?;
