@@ -26,9 +26,11 @@ pub enum Error {
     /// An append, truncation or purge reaches at or below the purge point.
     #[error("wal: index {index} is at or below the purge point {purged}")]
     WalBelowPurge { index: u64, purged: u64 },
-    /// An earlier write or fdatasync failed; the WAL accepts nothing more, since the kernel may
-    /// have dropped the failed pages and a retry could claim durability that is not there.
-    #[error("wal: an earlier write failed ({reason}); no further writes are accepted, restart the member")]
+    /// A write or fdatasync failed; the WAL accepts nothing more from then on, since the kernel
+    /// may have dropped the failed pages and a retry could claim durability that is not there.
+    #[error(
+        "wal: a write failed ({reason}); the log accepts no further writes, restart the member"
+    )]
     WalFailed { reason: String },
     /// Another process (or another open WAL in this one) holds the WAL directory.
     #[error("wal: {} is in use by another process", dir.display())]

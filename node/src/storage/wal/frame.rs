@@ -9,8 +9,10 @@
 //! | magic | payload len | checksum | reserved | payload ... | zero padding to 8 |
 //! ```
 //!
-//! The checksum is CRC-32 over the payload length and the payload, so a header whose length was
-//! torn does not pass. Segments are preallocated with zeroes, so an all-zero header marks the
+//! The checksum is CRC-32 over the segment's sequence number, the frame's offset, the payload
+//! length and the payload: a header whose length was torn does not pass, and neither does a
+//! frame found anywhere but where it was written — say inside an entry's payload that happens
+//! to hold WAL bytes, or left over from another file. Segments are preallocated with zeroes, so an all-zero header marks the
 //! place after the last frame written. This module reads and writes single frames; deciding
 //! whether a bad frame is a torn tail or corruption is `recovery`'s job.
 
@@ -62,10 +64,10 @@ impl FrameBuilder {
     }
 
     /// Fills in the header and the padding; the result is written to disk as is.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self, segment_seq: u64, offset: u64) -> Vec<u8> {
         let payload_len =
             u32::try_from(self.payload_len()).expect("frame payload larger than 4 GiB");
-        let checksum = checksum(payload_len, &self.buf[HEADER_LEN..]);
+        let checksum = checksum(segment_seq, offset, payload_len, &self.buf[HEADER_LEN..]);
         self.buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         self.buf[4..8].copy_from_slice(&payload_len.to_le_bytes());
         self.buf[8..12].copy_from_slice(&checksum.to_le_bytes());
@@ -76,26 +78,28 @@ impl FrameBuilder {
     }
 }
 
-/// Encodes `records` as one finished frame.
-pub(crate) fn encode(records: &[Record]) -> Vec<u8> {
+/// Encodes `records` as one finished frame, to be written at `offset` of segment `segment_seq`.
+pub(crate) fn encode(records: &[Record], segment_seq: u64, offset: u64) -> Vec<u8> {
     let mut frame = FrameBuilder::new();
     for record in records {
         frame.push(record);
     }
-    frame.finish()
+    frame.finish(segment_seq, offset)
 }
 
 /// Wraps arbitrary bytes in an intact frame, for tests of what recovery does with records that
 /// pass the checksum but make no sense.
 #[cfg(test)]
-pub(crate) fn encode_raw(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_raw(payload: &[u8], segment_seq: u64, offset: u64) -> Vec<u8> {
     let mut frame = FrameBuilder::new();
     frame.buf.extend_from_slice(payload);
-    frame.finish()
+    frame.finish(segment_seq, offset)
 }
 
-fn checksum(payload_len: u32, payload: &[u8]) -> u32 {
+fn checksum(segment_seq: u64, offset: u64, payload_len: u32, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&segment_seq.to_le_bytes());
+    hasher.update(&offset.to_le_bytes());
     hasher.update(&payload_len.to_le_bytes());
     hasher.update(payload);
     hasher.finalize()
@@ -112,8 +116,9 @@ pub(crate) enum FrameAt<'a> {
     Invalid { reason: String },
 }
 
-/// Reads the frame that starts at `offset` of `segment` (the whole segment's bytes).
-pub(crate) fn read_at(segment: &[u8], offset: usize) -> FrameAt<'_> {
+/// Reads the frame that starts at `offset` of `segment`, the whole bytes of the segment with
+/// sequence number `segment_seq`.
+pub(crate) fn read_at(segment: &[u8], segment_seq: u64, offset: usize) -> FrameAt<'_> {
     let Some(header) = segment.get(offset..offset + HEADER_LEN) else {
         let rest = &segment[offset.min(segment.len())..];
         return if rest.iter().all(|&b| b == 0) {
@@ -145,7 +150,7 @@ pub(crate) fn read_at(segment: &[u8], offset: usize) -> FrameAt<'_> {
             reason: format!("frame of {payload_len} bytes runs past the end of the segment"),
         };
     };
-    let actual_checksum = checksum(payload_len, payload);
+    let actual_checksum = checksum(segment_seq, offset as u64, payload_len, payload);
     if actual_checksum != stored_checksum {
         return FrameAt::Invalid {
             reason: format!("checksum mismatch: stored {stored_checksum:#010x}, computed {actual_checksum:#010x}"),
@@ -159,51 +164,60 @@ pub(crate) fn read_at(segment: &[u8], offset: usize) -> FrameAt<'_> {
 
 /// The offset of the first intact frame at or after `from`, looking at every aligned offset.
 /// Recovery uses it to tell a torn tail (nothing intact follows) from a damaged middle.
-pub(crate) fn find_valid_at_or_after(segment: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_valid_at_or_after(
+    segment: &[u8],
+    segment_seq: u64,
+    from: usize,
+) -> Option<usize> {
     let magic = MAGIC.to_le_bytes();
     (align(from)..segment.len())
         .step_by(ALIGN)
         .filter(|&offset| segment[offset..].starts_with(&magic))
-        .find(|&offset| matches!(read_at(segment, offset), FrameAt::Valid { .. }))
+        .find(|&offset| matches!(read_at(segment, segment_seq, offset), FrameAt::Valid { .. }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample_frame() -> Vec<u8> {
-        encode(&[
-            Record::Entry {
-                index: 1,
-                payload: b"abc".to_vec(),
-            },
-            Record::Vote(b"v".to_vec()),
-        ])
+    /// A frame for offset `offset` of segment 1.
+    fn sample_frame(offset: u64) -> Vec<u8> {
+        encode(
+            &[
+                Record::Entry {
+                    index: 1,
+                    payload: b"abc".to_vec(),
+                },
+                Record::Vote(b"v".to_vec()),
+            ],
+            1,
+            offset,
+        )
     }
 
     #[test]
     fn frames_are_aligned_and_read_back() {
-        let frame = sample_frame();
+        let frame = sample_frame(0);
         assert_eq!(frame.len() % ALIGN, 0);
         let mut segment = frame.clone();
         segment.resize(256, 0);
-        let FrameAt::Valid { payload, next } = read_at(&segment, 0) else {
+        let FrameAt::Valid { payload, next } = read_at(&segment, 1, 0) else {
             panic!("frame not valid")
         };
         assert_eq!(next, frame.len());
         assert_eq!(Record::decode_all(payload).unwrap().len(), 2);
-        assert_eq!(read_at(&segment, next), FrameAt::Unwritten);
+        assert_eq!(read_at(&segment, 1, next), FrameAt::Unwritten);
     }
 
     #[test]
     fn any_flipped_byte_invalidates_the_frame() {
-        let frame = sample_frame();
+        let frame = sample_frame(0);
         let payload_end = HEADER_LEN + frame_payload_len(&frame);
         for at in 0..payload_end {
             let mut damaged = frame.clone();
             damaged[at] ^= 0x40;
             assert!(
-                matches!(read_at(&damaged, 0), FrameAt::Invalid { .. }),
+                matches!(read_at(&damaged, 1, 0), FrameAt::Invalid { .. }),
                 "flipping byte {at} went unnoticed"
             );
         }
@@ -211,19 +225,34 @@ mod tests {
 
     #[test]
     fn a_frame_cut_short_is_invalid() {
-        let frame = sample_frame();
+        let frame = sample_frame(0);
         let cut = &frame[..frame.len() - ALIGN];
-        assert!(matches!(read_at(cut, 0), FrameAt::Invalid { .. }));
+        assert!(matches!(read_at(cut, 1, 0), FrameAt::Invalid { .. }));
     }
 
     #[test]
     fn finds_the_next_intact_frame_past_damage() {
         let mut segment = vec![0xee; 24];
         let second_at = segment.len();
-        segment.extend(sample_frame());
+        segment.extend(sample_frame(second_at as u64));
         segment.resize(512, 0);
-        assert_eq!(find_valid_at_or_after(&segment, 0), Some(second_at));
-        assert_eq!(find_valid_at_or_after(&segment, second_at + ALIGN), None);
+        assert_eq!(find_valid_at_or_after(&segment, 1, 0), Some(second_at));
+        assert_eq!(find_valid_at_or_after(&segment, 1, second_at + ALIGN), None);
+    }
+
+    #[test]
+    fn a_frame_is_intact_only_where_it_was_written() {
+        let frame = sample_frame(0);
+        let mut moved = vec![0; 16];
+        moved.extend(&frame);
+        assert!(
+            matches!(read_at(&moved, 1, 16), FrameAt::Invalid { .. }),
+            "at another offset"
+        );
+        assert!(
+            matches!(read_at(&frame, 2, 0), FrameAt::Invalid { .. }),
+            "in another segment"
+        );
     }
 
     fn frame_payload_len(frame: &[u8]) -> usize {

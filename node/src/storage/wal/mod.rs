@@ -11,10 +11,20 @@
 //! - `log_state`: the rules of the log, shared by the writer and by recovery.
 //! - `writer`: the writer thread, which batches concurrent requests into one frame (group
 //!   commit) and rotates and deletes segments.
+//! - `preallocate`: zero-filling the next segment file ahead of need, off the writer thread.
 //! - `recovery`: reading a directory back, repairing a torn tail, refusing corruption.
 //!
 //! All operations go through the one writer thread in the order they were sent, so the order of
 //! operations is total: an append sent after a truncate is applied after it.
+//!
+//! Durability: an append's callback, and `save_vote`, `truncate` and `purge`, complete only
+//! after the frame holding them was written and fdatasync'ed. `save_committed` is ordered with
+//! the rest but not synced on its own. Every segment begins with the vote, committed marker and
+//! purge point as they were when it was started, so deleting older segments never loses them.
+//! The directory is locked (`flock`) while the WAL is open.
+//!
+//! `open` and dropping the last handle do blocking file I/O; call them where blocking is fine
+//! (before the runtime starts, or in `spawn_blocking`).
 
 mod frame;
 mod log_state;
@@ -29,7 +39,6 @@ mod tests;
 
 use std::fs::{self, File, TryLockError};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SendError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -40,7 +49,7 @@ use crate::{Error, Result};
 use log_state::LogState;
 use record::Record;
 use recovery::SegmentSummary;
-use segment::{ActiveSegment, SegmentName};
+use segment::{ActiveSegment, SegmentName, Syncs};
 use writer::{Completion, Request, Writer};
 
 /// How the WAL lays out its files.
@@ -84,7 +93,7 @@ struct Shared {
     /// `Some` until drop, which closes the channel to stop the writer.
     requests: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
-    syncs: Arc<AtomicU64>,
+    syncs: Syncs,
     /// Released after the writer has stopped, when this is dropped.
     _lock: File,
 }
@@ -115,7 +124,7 @@ impl Wal {
     /// but in its last, unacknowledged write; that torn tail is zeroed and reported in
     /// `Recovered::torn_tail`.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
-        let syncs = Arc::new(AtomicU64::new(0));
+        let syncs = Syncs::new();
         let dir_existed = dir.exists();
         fs::create_dir_all(dir)
             .map_err(|e| segment::io_error(format!("creating {}", dir.display()), e))?;
@@ -140,7 +149,11 @@ impl Wal {
                     seq: 1,
                     first_index: 0,
                 };
-                let start = frame::encode(&[Record::SegmentStart(state.segment_start(name.seq))]);
+                let start = frame::encode(
+                    &[Record::SegmentStart(state.segment_start(name.seq))],
+                    name.seq,
+                    0,
+                );
                 let len = options.segment_bytes.max(start.len() as u64);
                 let active = ActiveSegment::create(dir, name, len, &start, &syncs)?;
                 let segments = vec![SegmentSummary {
@@ -180,7 +193,7 @@ impl Wal {
             state,
             segments,
             active,
-            Arc::clone(&syncs),
+            syncs.clone(),
         )?;
         // A crash between a purge and deleting its segments leaves them behind.
         writer.delete_purged_segments();
@@ -247,7 +260,14 @@ impl Wal {
     /// How many fsync/fdatasync calls this WAL has made since it was opened. With group commit
     /// this grows with the number of batches, not of appends.
     pub fn sync_count(&self) -> u64 {
-        self.shared.syncs.load(Ordering::Relaxed)
+        self.shared.syncs.count()
+    }
+
+    /// The latency of every fsync and fdatasync this WAL makes, as the histogram etcd exports as
+    /// `etcd_disk_wal_fsync_duration_seconds` (same name, help and buckets). Registering it is
+    /// the metrics endpoint's business.
+    pub fn fsync_duration_histogram(&self) -> prometheus::Histogram {
+        self.shared.syncs.histogram()
     }
 
     async fn call(&self, request: impl FnOnce(Completion) -> Request) -> Result<()> {

@@ -92,7 +92,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<ReadLog>> {
             .map_err(|e| io_error(format!("reading segment {}", path.display()), e))?;
         let (summary, end) = replay.segment(*name, path, &bytes)?;
         segments.push(summary);
-        match classify_end(&bytes, end) {
+        match classify_end(&bytes, name.seq, end) {
             SegmentEnd::Clean => {}
             SegmentEnd::Damaged {
                 reason,
@@ -185,7 +185,7 @@ impl Replay {
         };
         let mut offset = 0;
         let mut first_of_segment = true;
-        while let FrameAt::Valid { payload, next } = frame::read_at(bytes, offset) {
+        while let FrameAt::Valid { payload, next } = frame::read_at(bytes, name.seq, offset) {
             let records = Record::decode_all(payload).map_err(|e| {
                 corrupt(
                     path,
@@ -201,7 +201,7 @@ impl Replay {
             offset = next;
         }
         if offset == 0 {
-            let reason = match frame::read_at(bytes, 0) {
+            let reason = match frame::read_at(bytes, name.seq, 0) {
                 FrameAt::Invalid { reason } => reason,
                 _ => "nothing written".into(),
             };
@@ -233,11 +233,12 @@ impl Replay {
             let started = LogState::from_segment_start(start);
             match &self.state {
                 None => self.state = Some(started),
-                Some(state) if *state == started => {}
                 Some(state) => {
-                    return Err(format!(
-                        "segment start {started:?} disagrees with the end of the previous segment {state:?}"
-                    ))
+                    if let Some(field) = first_difference(state, &started) {
+                        return Err(format!(
+                            "the segment starts with a different {field} than the previous segment ends with"
+                        ));
+                    }
                 }
             }
             return Ok(());
@@ -250,32 +251,29 @@ impl Replay {
         }
         let state = self
             .state
-            .as_ref()
+            .as_mut()
             .expect("the segment start record was replayed");
         state.check(&record).map_err(|e| e.to_string())?;
-        match &record {
+        state.apply(&record);
+        match record {
             Record::Entry { index, payload } => {
-                self.discard_from(*index);
-                self.entries.push_back((*index, payload.clone()));
-                summary.lowest_appended = Some(
-                    summary
-                        .lowest_appended
-                        .map_or(*index, |low| low.min(*index)),
-                );
+                self.discard_from(index);
+                self.entries.push_back((index, payload));
+                summary.lowest_appended =
+                    Some(summary.lowest_appended.map_or(index, |low| low.min(index)));
             }
-            Record::Truncate { from } => self.discard_from(*from),
+            Record::Truncate { from } => self.discard_from(from),
             Record::Purge { up_to, .. } => {
                 while self
                     .entries
                     .front()
-                    .is_some_and(|(index, _)| index <= up_to)
+                    .is_some_and(|(index, _)| *index <= up_to)
                 {
                     self.entries.pop_front();
                 }
             }
             Record::Vote(_) | Record::Committed(_) | Record::SegmentStart(_) => {}
         }
-        self.state.as_mut().expect("checked above").apply(&record);
         Ok(())
     }
 
@@ -283,6 +281,20 @@ impl Replay {
         while self.entries.back().is_some_and(|(index, _)| *index >= from) {
             self.entries.pop_back();
         }
+    }
+}
+
+fn first_difference(a: &LogState, b: &LogState) -> Option<&'static str> {
+    if a.vote != b.vote {
+        Some("vote")
+    } else if a.committed != b.committed {
+        Some("committed marker")
+    } else if a.purged != b.purged {
+        Some("purge point")
+    } else if a.last_index != b.last_index {
+        Some("last index")
+    } else {
+        None
     }
 }
 
@@ -348,8 +360,8 @@ enum SegmentEnd {
     },
 }
 
-fn classify_end(bytes: &[u8], end: usize) -> SegmentEnd {
-    let reason = match frame::read_at(bytes, end) {
+fn classify_end(bytes: &[u8], segment_seq: u64, end: usize) -> SegmentEnd {
+    let reason = match frame::read_at(bytes, segment_seq, end) {
         FrameAt::Valid { .. } => unreachable!("replay stops at the first frame that is not intact"),
         FrameAt::Invalid { reason } => reason,
         FrameAt::Unwritten if bytes[end..].iter().all(|&b| b == 0) => return SegmentEnd::Clean,
@@ -357,7 +369,7 @@ fn classify_end(bytes: &[u8], end: usize) -> SegmentEnd {
     };
     SegmentEnd::Damaged {
         reason,
-        later_intact: frame::find_valid_at_or_after(bytes, end + ALIGN),
+        later_intact: frame::find_valid_at_or_after(bytes, segment_seq, end + ALIGN),
     }
 }
 

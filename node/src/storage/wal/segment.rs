@@ -15,7 +15,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus::{exponential_buckets, Histogram, HistogramOpts};
 
 use super::preallocate::{create_zero_filled, PreallocatedFile};
 use crate::{Error, Result};
@@ -134,7 +136,7 @@ impl ActiveSegment {
         name: SegmentName,
         len: u64,
         start_frame: &[u8],
-        syncs: &AtomicU64,
+        syncs: &Syncs,
     ) -> Result<Self> {
         let path = dir.join(format!("{:016x}{TEMP_SUFFIX}", name.seq));
         let file = create_zero_filled(&path, len, || false)
@@ -156,7 +158,7 @@ impl ActiveSegment {
         name: SegmentName,
         prepared: PreallocatedFile,
         start_frame: &[u8],
-        syncs: &AtomicU64,
+        syncs: &Syncs,
     ) -> Result<Self> {
         let PreallocatedFile {
             file,
@@ -166,9 +168,9 @@ impl ActiveSegment {
         let context = |what: &str| format!("{what} new segment {}", temp_path.display());
         file.write_all_at(start_frame, 0)
             .map_err(|e| io_error(context("writing the start of"), e))?;
-        file.sync_all()
+        syncs
+            .timed(|| file.sync_all())
             .map_err(|e| io_error(context("syncing"), e))?;
-        syncs.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(name.file_name());
         fs::rename(&temp_path, &path).map_err(|e| io_error(context("renaming"), e))?;
         sync_dir(dir, syncs)?;
@@ -181,12 +183,16 @@ impl ActiveSegment {
         })
     }
 
+    pub(crate) fn write_offset(&self) -> u64 {
+        self.write_offset
+    }
+
     pub(crate) fn has_room_for(&self, frame_len: usize) -> bool {
         self.write_offset + frame_len as u64 <= self.len
     }
 
     /// Writes one frame and makes it durable: one write, one fdatasync.
-    pub(crate) fn write_durably(&mut self, frame: &[u8], syncs: &AtomicU64) -> Result<()> {
+    pub(crate) fn write_durably(&mut self, frame: &[u8], syncs: &Syncs) -> Result<()> {
         let at = self.write_offset;
         self.file.write_all_at(frame, at).map_err(|e| {
             io_error(
@@ -195,22 +201,56 @@ impl ActiveSegment {
             )
         })?;
         self.write_offset += frame.len() as u64;
-        self.file
-            .sync_data()
+        syncs
+            .timed(|| self.file.sync_data())
             .map_err(|e| io_error(format!("syncing {}", self.path.display()), e))?;
-        syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
 /// Makes renames and deletions in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path, syncs: &AtomicU64) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path, syncs: &Syncs) -> Result<()> {
     let context = || format!("syncing directory {}", dir.display());
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(context(), e))?;
-    syncs.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    let handle = File::open(dir).map_err(|e| io_error(context(), e))?;
+    syncs
+        .timed(|| handle.sync_all())
+        .map_err(|e| io_error(context(), e))
+}
+
+/// Times every fsync and fdatasync the WAL makes, in the histogram etcd calls
+/// `etcd_disk_wal_fsync_duration_seconds` (same name, help and buckets, so etcd's dashboards and
+/// alerts on disk latency work); its sample count is the number of syncs.
+#[derive(Clone)]
+pub(crate) struct Syncs(Histogram);
+
+impl Syncs {
+    pub(crate) fn new() -> Self {
+        // 1 ms to 8.192 s, as etcd.
+        let buckets = exponential_buckets(0.001, 2.0, 14).expect("valid bucket parameters");
+        let options = HistogramOpts::new(
+            "wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+        )
+        .namespace("etcd")
+        .subsystem("disk")
+        .buckets(buckets);
+        Syncs(Histogram::with_opts(options).expect("valid histogram options"))
+    }
+
+    pub(crate) fn timed(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let started = Instant::now();
+        let result = sync();
+        self.0.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.0.get_sample_count()
+    }
+
+    pub(crate) fn histogram(&self) -> Histogram {
+        self.0.clone()
+    }
 }
 
 pub(crate) fn io_error(context: String, source: io::Error) -> Error {
@@ -241,7 +281,7 @@ mod tests {
     #[test]
     fn a_created_segment_is_zero_filled_after_its_start_frame() {
         let dir = tempfile::tempdir().unwrap();
-        let syncs = AtomicU64::new(0);
+        let syncs = Syncs::new();
         let name = SegmentName {
             seq: 1,
             first_index: 0,

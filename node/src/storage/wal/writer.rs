@@ -12,16 +12,14 @@
 //! have dropped the failed pages, so a retry could report durability that is not there.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 
 use super::frame::{self, FrameBuilder};
 use super::log_state::LogState;
 use super::preallocate::Preallocator;
 use super::record::Record;
 use super::recovery::SegmentSummary;
-use super::segment::{self, ActiveSegment, SegmentName};
+use super::segment::{self, ActiveSegment, SegmentName, Syncs};
 use super::WalOptions;
 use crate::{Error, Result};
 
@@ -98,7 +96,7 @@ pub(crate) struct Writer {
     pending_committed: Option<Vec<u8>>,
     /// Set after a failed write or sync; every later request gets this reason.
     failure: Option<String>,
-    syncs: Arc<AtomicU64>,
+    syncs: Syncs,
 }
 
 impl Writer {
@@ -108,7 +106,7 @@ impl Writer {
         state: LogState,
         segments: Vec<SegmentSummary>,
         active: ActiveSegment,
-        syncs: Arc<AtomicU64>,
+        syncs: Syncs,
     ) -> Result<Self> {
         let preallocator = Preallocator::start(&dir, options.segment_bytes)
             .map_err(|e| segment::io_error("starting the preallocation thread".into(), e))?;
@@ -140,9 +138,9 @@ impl Writer {
             self.commit(batch);
         }
         if self.pending_committed.is_some() && self.failure.is_none() {
+            let before = self.state.clone();
             let mut frame = FrameBuilder::new();
             self.push_pending_committed(&mut frame);
-            let before = self.state.clone();
             if let Err(e) = self.write_frame(frame, &before) {
                 tracing::error!(error = %e, "wal: could not write the committed marker on close");
             }
@@ -284,7 +282,8 @@ impl Writer {
         if !self.active.has_room_for(frame.frame_len()) {
             self.start_segment(before, frame.frame_len())?;
         }
-        self.active.write_durably(&frame.finish(), &self.syncs)
+        let frame = frame.finish(self.active.name.seq, self.active.write_offset());
+        self.active.write_durably(&frame, &self.syncs)
     }
 
     fn start_segment(&mut self, state: &LogState, first_frame_len: usize) -> Result<()> {
@@ -292,7 +291,11 @@ impl Writer {
             seq: self.active.name.seq + 1,
             first_index: state.next_index().unwrap_or(0),
         };
-        let start_frame = frame::encode(&[Record::SegmentStart(state.segment_start(name.seq))]);
+        let start_frame = frame::encode(
+            &[Record::SegmentStart(state.segment_start(name.seq))],
+            name.seq,
+            0,
+        );
         let needed = (start_frame.len() + first_frame_len) as u64;
         // A frame larger than a segment gets a segment of its own size; and if preallocation
         // failed, the writer creates the file itself.
