@@ -99,6 +99,10 @@ impl MvccWrite {
     /// Forgets history before `revision`: every key keeps its latest version at or before
     /// `revision` unless that version is a deletion. Reads below `revision` then fail with
     /// `Compacted`; reads at `revision` and later are unchanged.
+    ///
+    /// Changes made at `revision` itself are all kept, deletions included (etcd drops a deletion
+    /// at the compaction point; reads cannot tell the difference), so that a watcher starting
+    /// at the compaction point is replayed every event of that revision.
     pub fn compact(&mut self, revision: i64) -> Result<PbCompactionResponse> {
         if revision <= self.compacted {
             return Err(Error::Compacted);
