@@ -62,6 +62,14 @@ pub struct MvccStore {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MvccStore {
     /// Opens the store in the redb file at `path`, creating the file (and its directory) if
     /// missing.

@@ -159,6 +159,14 @@ fn history_len(store: &MvccStore) -> u64 {
         .unwrap()
 }
 
+#[test]
+fn store_is_shareable_across_threads_and_a_batch_can_move_between_them() {
+    fn shareable<T: Send + Sync>() {}
+    fn movable<T: Send>() {}
+    shareable::<MvccStore>();
+    movable::<MvccWrite>();
+}
+
 // ---- revisions, put, delete ---------------------------------------------------------------------
 
 #[test]
