@@ -7,7 +7,9 @@
 
 use std::cmp::Ordering;
 
-use etcd_client::proto::{PbCompare, PbKeyValue, PbTargetUnion, PbTxnOpRequest, PbTxnRequest};
+use etcd_client::proto::{
+    PbCompare, PbKeyValue, PbTargetUnion, PbTxnOpRequest, PbTxnRequest, PbTxnRequestOp,
+};
 use redb::ReadableTable;
 
 use super::key_span::KeySpan;
@@ -55,7 +57,7 @@ where
 }
 
 /// The ops of the branch a transaction takes.
-pub(super) fn branch(txn: &PbTxnRequest, succeeded: bool) -> &[etcd_client::proto::PbTxnRequestOp] {
+pub(super) fn branch(txn: &PbTxnRequest, succeeded: bool) -> &[PbTxnRequestOp] {
     if succeeded {
         &txn.success
     } else {

@@ -12,6 +12,13 @@
 //! entries through one [`MvccWrite`] and records its applied log ID in the same commit with
 //! [`MvccWrite::set_meta`], so replay after a crash is idempotent.
 //!
+//! Applying a batch: `begin_write`, then `put` / `delete_range` / `txn` / `compact` /
+//! `lease_grant` / `lease_revoke` per entry (a request error such as `LeaseNotFound` is that
+//! entry's answer and leaves the batch intact), `set_meta` for the applied log ID, and
+//! `commit(durable)`, which returns the batch's watch events. Non-durable commits are cheap and
+//! visible at once; a durable commit (or `persist`) makes them and everything before them
+//! survive a crash. A clean close of the database also persists them.
+//!
 //! Layout on disk: `tables`; reads: `read`; writes: `write`; transaction compares:
 //! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`.
 
@@ -60,6 +67,14 @@ pub struct LeaseInfo {
 pub struct MvccStore {
     db: Arc<Database>,
     path: PathBuf,
+}
+
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MvccStore {

@@ -159,6 +159,14 @@ fn history_len(store: &MvccStore) -> u64 {
         .unwrap()
 }
 
+#[test]
+fn store_is_shareable_across_threads_and_a_batch_can_move_between_them() {
+    fn shareable<T: Send + Sync>() {}
+    fn movable<T: Send>() {}
+    shareable::<MvccStore>();
+    movable::<MvccWrite>();
+}
+
 // ---- revisions, put, delete ---------------------------------------------------------------------
 
 #[test]
@@ -937,6 +945,74 @@ fn txn_whose_checks_fail_writes_nothing() {
     assert_eq!((kv.value.as_slice(), kv.version), (&b"v"[..], 2));
 }
 
+#[test]
+fn txn_ops_see_deletes_and_repeated_puts_of_the_same_txn() {
+    let (_dir, store) = open_store();
+    put(&store, "a", "0"); // 2
+    put(&store, "b", "0"); // 3
+    let req = PbTxnRequest {
+        success: vec![
+            op_delete("a", ""),
+            op_range("a", "c"),
+            op_put("b", "1"),
+            op_put("b", "2"),
+            op_range("b", ""),
+        ],
+        ..Default::default()
+    };
+    let mut batch = store.begin_write().unwrap();
+    let resp = batch.txn(&req).unwrap();
+    let events = batch.commit(false).unwrap();
+    assert_eq!(keys(&range_response(&resp, 1).kvs), ["b"]);
+    let b = &range_response(&resp, 4).kvs[0];
+    assert_eq!(
+        (
+            b.value.as_slice(),
+            b.version,
+            b.mod_revision,
+            b.create_revision
+        ),
+        (&b"2"[..], 3, 4, 3)
+    );
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        events[2].prev_kv.as_ref().unwrap().value,
+        b"1",
+        "prev_kv of the second put"
+    );
+    assert_eq!(store.events_since(4).unwrap(), events);
+    // An old revision still reads the state before the txn.
+    assert_eq!(value_at(&store, "a", 3).as_deref(), Some("0"));
+    assert_eq!(value_at(&store, "b", 3).as_deref(), Some("0"));
+}
+
+#[test]
+fn events_between_stops_at_the_requested_and_the_current_revision() {
+    let (_dir, store) = open_store();
+    for value in ["1", "2", "3"] {
+        put(&store, "k", value); // 2, 3, 4
+    }
+    let mod_revisions = |events: Vec<PbEvent>| -> Vec<i64> {
+        events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect()
+    };
+    assert_eq!(mod_revisions(store.events_between(3, 3).unwrap()), [3]);
+    assert_eq!(
+        mod_revisions(store.events_between(0, 100).unwrap()),
+        [2, 3, 4]
+    );
+    assert_eq!(
+        mod_revisions(store.events_since(5).unwrap()),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        mod_revisions(store.events_between(4, 2).unwrap()),
+        Vec::<i64>::new()
+    );
+}
+
 // ---- compaction -------------------------------------------------------------------------------
 
 #[test]
@@ -1236,6 +1312,24 @@ fn crash_loses_non_durable_commits_but_keeps_durable_ones() {
         recovered.meta("applied").unwrap().as_deref(),
         Some(&b"51"[..])
     );
+}
+
+/// The other half of redb's contract: closing the database cleanly (dropping the last handle)
+/// makes pending non-durable commits durable, so only a crash loses them.
+#[test]
+fn clean_close_keeps_non_durable_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let store = MvccStore::open(&path).unwrap();
+        let mut batch = store.begin_write().unwrap();
+        batch.put(&put_req("a", "1")).unwrap();
+        batch.set_meta("applied", b"1").unwrap();
+        batch.commit(false).unwrap();
+    }
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!(value_at(&store, "a", 0).as_deref(), Some("1"));
+    assert_eq!(store.meta("applied").unwrap().as_deref(), Some(&b"1"[..]));
 }
 
 // ---- snapshot and hash ------------------------------------------------------------------------

@@ -6,6 +6,8 @@
 //! revisions 0, 1, 2... A request that changes nothing does not consume a revision. Requests are
 //! checked before they write anything, so a request that fails leaves the batch as it was.
 
+use std::collections::BTreeSet;
+
 use etcd_client::proto::{
     PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue, PbPutRequest,
     PbPutResponse, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
@@ -17,8 +19,8 @@ use super::events::event_type;
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
-    encode_kv, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION, CURRENT_REVISION,
-    EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
+    decode_kv, encode_kv, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION,
+    CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
 };
 use crate::error::{Error, Result};
 
@@ -99,6 +101,10 @@ impl MvccWrite {
     /// Forgets history before `revision`: every key keeps its latest version at or before
     /// `revision` unless that version is a deletion. Reads below `revision` then fail with
     /// `Compacted`; reads at `revision` and later are unchanged.
+    ///
+    /// Changes made at `revision` itself are all kept, deletions included (etcd drops a deletion
+    /// at the compaction point; reads cannot tell the difference), so that a watcher starting
+    /// at the compaction point is replayed every event of that revision.
     pub fn compact(&mut self, revision: i64) -> Result<PbCompactionResponse> {
         if revision <= self.compacted {
             return Err(Error::Compacted);
@@ -107,7 +113,7 @@ impl MvccWrite {
             return Err(Error::FutureRev);
         }
         let mut tables = KvTables::open(&self.txn)?;
-        let mut changed_keys = std::collections::BTreeSet::new();
+        let mut changed_keys = BTreeSet::new();
         for entry in tables.events.range(..(revision, i64::MIN))? {
             let (_, key) = entry?;
             changed_keys.insert(key.value().to_vec());
@@ -425,7 +431,7 @@ impl Request<'_, '_> {
     /// Deletes `key` at the next sub revision, if it is live.
     fn delete_key(&mut self, key: &[u8]) -> Result<()> {
         let prev = match self.tables.latest.remove(key)? {
-            Some(prev) => super::tables::decode_kv(prev.value())?,
+            Some(prev) => decode_kv(prev.value())?,
             None => return Ok(()),
         };
         let main = self.main;
