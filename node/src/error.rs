@@ -78,6 +78,8 @@ pub enum Error {
     RequestTooLarge,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]

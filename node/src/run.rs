@@ -188,6 +188,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let peer = PeerServer::new(PeerService::new(
             raft.clone(),
             network.clone(),
+            Arc::new(server.clone()),
             request_timeout,
         ))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
@@ -221,6 +222,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let server = server.clone();
         tokio::spawn(async move { server.publish_self().await });
     }
+    tokio::spawn(server.clone().run_lease_expiry());
 
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),

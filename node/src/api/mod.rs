@@ -5,12 +5,15 @@
 pub mod cluster;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
 pub mod watch;
 
-use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbWatchServer};
+use etcd_client::proto::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -41,6 +44,10 @@ pub async fn serve_clients(
         )
         .add_service(
             PbClusterServer::new(cluster::ClusterService::new(server.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            PbLeaseServer::new(lease::LeaseService::new(server.clone()))
                 .max_decoding_message_size(max),
         )
         .add_service(

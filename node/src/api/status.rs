@@ -7,7 +7,7 @@ use crate::Error;
 
 pub fn to_status(e: Error) -> Status {
     let code = match &e {
-        Error::Compacted | Error::FutureRev => Code::OutOfRange,
+        Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
         Error::LeaseNotFound => Code::NotFound,
         Error::LeaseExists => Code::FailedPrecondition,
         Error::KeyNotFound

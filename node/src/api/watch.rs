@@ -43,7 +43,8 @@ fn command(req: PbWatchRequest) -> Option<WatchCommand> {
 
 #[tonic::async_trait]
 impl PbWatchService for WatchService {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + Send + 'static>>;
+    type WatchStream =
+        Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + Send + 'static>>;
 
     async fn watch(
         &self,

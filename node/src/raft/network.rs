@@ -18,8 +18,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::peer::pb::peer_client::PeerClient;
 use super::peer::pb::PeerRequest;
-use super::peer::{ProposeReply, ReadIndexReply};
+use super::peer::{LeaseQuery, ProposeReply, ReadIndexReply};
 use super::types::{codec, MemberNode, Request, TypeConfig};
+use crate::server::lease::LeaseTtl;
 
 /// Largest message between members: snapshot chunks and batches of entries.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -101,6 +102,7 @@ impl PeerNetwork {
             PeerMethod::InstallSnapshot => client.install_snapshot(request).await,
             PeerMethod::Propose => client.propose(request).await,
             PeerMethod::ReadIndex => client.read_index(request).await,
+            PeerMethod::Lease => client.lease(request).await,
         };
         let reply = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable
@@ -139,6 +141,18 @@ impl PeerNetwork {
     ) -> Result<ReadIndexReply, PeerError> {
         self.call(url, PeerMethod::ReadIndex, &(), timeout).await
     }
+
+    /// Asks the leader at `url` to renew lease `id` (or, with `renew` false, for its TTL).
+    pub async fn lease(
+        &self,
+        url: &str,
+        id: i64,
+        renew: bool,
+        timeout: Duration,
+    ) -> Result<Result<LeaseTtl, String>, PeerError> {
+        self.call(url, PeerMethod::Lease, &LeaseQuery { id, renew }, timeout)
+            .await
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -148,6 +162,7 @@ enum PeerMethod {
     InstallSnapshot,
     Propose,
     ReadIndex,
+    Lease,
 }
 
 /// openraft's view of one peer.

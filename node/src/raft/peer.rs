@@ -1,6 +1,7 @@
 //! The peer gRPC service: receives openraft's RPCs and forwarded client requests from other
 //! members. Messages from another cluster are refused.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -9,6 +10,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use super::network::PeerNetwork;
 use super::types::{codec, Raft, Request, Response};
+use crate::server::lease::LeaseTtl;
 
 pub mod pb {
     tonic::include_proto!("ferrokv.peerpb");
@@ -39,18 +41,39 @@ pub enum ReadIndexReply {
     Failed(String),
 }
 
+/// A lease request forwarded to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaseQuery {
+    pub id: i64,
+    /// Renew the lease (keep-alive), or only report its TTL.
+    pub renew: bool,
+}
+
+/// The leader's side of forwarded lease requests, served by the layer above Raft.
+#[tonic::async_trait]
+pub trait LeaseAuthority: Send + Sync + 'static {
+    async fn answer(&self, query: LeaseQuery) -> Result<LeaseTtl, String>;
+}
+
 pub struct PeerService {
     raft: Raft,
     network: PeerNetwork,
+    leases: Arc<dyn LeaseAuthority>,
     /// How long a forwarded write may wait for its commit.
     request_timeout: Duration,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, network: PeerNetwork, request_timeout: Duration) -> PeerService {
+    pub fn new(
+        raft: Raft,
+        network: PeerNetwork,
+        leases: Arc<dyn LeaseAuthority>,
+        request_timeout: Duration,
+    ) -> PeerService {
         PeerService {
             raft,
             network,
+            leases,
             request_timeout,
         }
     }
@@ -140,5 +163,13 @@ impl Peer for PeerService {
             Ok(Err(e)) => ReadIndexReply::Failed(e.to_string()),
         };
         reply(&answer)
+    }
+
+    async fn lease(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let query: LeaseQuery = self.open(req)?;
+        reply(&self.leases.answer(query).await)
     }
 }

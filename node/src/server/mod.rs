@@ -5,6 +5,7 @@
 //! through sees its write. Linearizable reads wait for a read index confirmed by the leader
 //! (ReadIndex); serializable reads are served from the local store as it is.
 
+pub mod lease;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,8 @@ struct Inner {
     identity: Identity,
     config: Arc<NodeConfig>,
     request_timeout: Duration,
+    lease_clock: std::sync::Mutex<lease::LeaseClock>,
+    lease_ids: lease::LeaseIds,
 }
 
 impl Server {
@@ -69,9 +72,11 @@ impl Server {
                 store,
                 state_machine,
                 network,
+                lease_ids: lease::LeaseIds::new(identity.member_id),
                 identity,
                 config,
                 request_timeout,
+                lease_clock: Default::default(),
             }),
         }
     }

@@ -257,8 +257,11 @@ async fn catch_up(
                 .map_err(|_| ())?;
             match history {
                 Ok(events) => {
-                    let matching: Vec<PbEvent> =
-                        events.iter().filter(|e| w.matches(e)).map(|e| w.shape(e)).collect();
+                    let matching: Vec<PbEvent> = events
+                        .iter()
+                        .filter(|e| w.matches(e))
+                        .map(|e| w.shape(e))
+                        .collect();
                     w.next = to + 1;
                     if !matching.is_empty() {
                         let reply = PbWatchResponse {
