@@ -222,7 +222,7 @@ impl Server {
             if !self.is_leader() {
                 continue;
             }
-            if ticks % RECONCILE_TICKS == 0 {
+            if ticks.is_multiple_of(RECONCILE_TICKS) {
                 if let Err(e) = self.reconcile_lease_clock() {
                     tracing::warn!(error = %e, "reading leases failed");
                 }

@@ -57,7 +57,7 @@ impl KeySpan {
         match self {
             KeySpan::Single(k) => k == key,
             KeySpan::Interval { start, end } => {
-                key >= start.as_slice() && end.as_deref().map_or(true, |end| key < end)
+                key >= start.as_slice() && end.as_deref().is_none_or(|end| key < end)
             }
         }
     }

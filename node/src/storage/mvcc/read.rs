@@ -227,7 +227,7 @@ struct RangeCollector {
 
 impl RangeCollector {
     fn wants_more(&self) -> bool {
-        self.collect.map_or(true, |max| self.kvs.len() < max)
+        self.collect.is_none_or(|max| self.kvs.len() < max)
     }
 
     fn add(&mut self, kv: Option<PbKeyValue>) {

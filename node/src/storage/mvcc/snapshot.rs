@@ -158,7 +158,7 @@ pub(super) fn load(txn: &WriteTransaction, snapshot: &[u8]) -> Result<()> {
         let is_last_of_key = body
             .history
             .get(i + 1)
-            .map_or(true, |next| next.key != change.key);
+            .is_none_or(|next| next.key != change.key);
         if let (true, HistoryRecord::Put(kv)) = (is_last_of_key, &record) {
             latest.insert(key, encode_kv(kv).as_slice())?;
             if kv.lease != 0 {

@@ -356,7 +356,7 @@ pub(crate) fn purgeable_segments(segments: &[SegmentSummary], state: &LogState) 
     let Some(purged) = state.purged_index() else {
         return 0;
     };
-    let everything_purged = state.last_index.map_or(true, |last| last <= purged);
+    let everything_purged = state.last_index.is_none_or(|last| last <= purged);
     let mut lowest_later: Option<u64> = None;
     for older in (0..segments.len().saturating_sub(1)).rev() {
         if let Some(low) = segments[older + 1].lowest_appended {
