@@ -163,10 +163,7 @@ impl NodeConfig {
     /// does when they are wrong.
     pub fn from_args() -> Result<NodeConfig, String> {
         let args = etcd_style_args(std::env::args_os());
-        let token_given = std::env::var_os("ETCD_INITIAL_CLUSTER_TOKEN").is_some()
-            || args
-                .iter()
-                .any(|a| a.to_string_lossy().starts_with("--initial-cluster-token"));
+        let token_given = token_given(&args);
         let config = Config::parse_from(args);
         NodeConfig::check(config, token_given)
     }
@@ -297,9 +294,17 @@ impl NodeConfig {
     }
 }
 
+/// Whether `--initial-cluster-token` was given, on the command line or in the environment.
+pub fn token_given(args: &[OsString]) -> bool {
+    std::env::var_os("ETCD_INITIAL_CLUSTER_TOKEN").is_some()
+        || args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--initial-cluster-token"))
+}
+
 /// Go's flag package, which etcd uses, accepts `-name value` as well as `--name value`;
 /// clap only knows the double dash, so single-dash long flags are rewritten.
-fn etcd_style_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+pub fn etcd_style_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     args.map(|arg| match arg.to_str() {
         Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
             OsString::from(format!("-{s}"))

@@ -3,12 +3,14 @@
 //! Layers, from the wire down; each talks only to the one below it:
 //! `api` (gRPC and plain HTTP) → `server` (proposals, reads) → `raft` (openraft glue: log
 //! store, state machine, peer network) → `storage` (WAL, MVCC store, member identity).
-//! `config` parses the flags, `run` wires the layers together.
+//! `config` parses the flags, `run` wires the layers together, `restore` builds a data dir
+//! from a snapshot file.
 
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod raft;
+pub mod restore;
 pub mod run;
 pub mod server;
 pub mod storage;

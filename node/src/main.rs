@@ -1,21 +1,46 @@
-//! The `ferrokv` binary: parses etcd's flags and runs one member.
+//! The `ferrokv` binary: parses etcd's flags and runs one member; `ferrokv snapshot restore`
+//! builds a data dir from a snapshot file.
 
 use std::process::ExitCode;
 
-use ferrokv_node::config::NodeConfig;
+use clap::Parser;
+use ferrokv_node::config::{etcd_style_args, token_given, NodeConfig};
+use ferrokv_node::restore::{restore, RestoreArgs};
 
 fn main() -> ExitCode {
+    let args = etcd_style_args(std::env::args_os());
+    let is_restore =
+        args.get(1).is_some_and(|a| a == "snapshot") && args.get(2).is_some_and(|a| a == "restore");
+    if is_restore {
+        let rest: Vec<_> = std::iter::once(args[0].clone())
+            .chain(args[3..].iter().cloned())
+            .collect();
+        let given = token_given(&rest);
+        let parsed = RestoreArgs::parse_from(rest);
+        let config = match NodeConfig::check(parsed.member, given) {
+            Ok(c) => c,
+            Err(message) => return fail(&format!("ferrokv snapshot restore: {message}")),
+        };
+        init_logging(&config.log_level);
+        return match restore(&parsed.file, &config) {
+            Ok(id) => {
+                println!(
+                    "restored {} into {} as member {:x} of cluster {:x}",
+                    parsed.file.display(),
+                    config.data_dir.display(),
+                    id.member_id,
+                    id.cluster_id
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("ferrokv snapshot restore: {e}")),
+        };
+    }
     let config = match NodeConfig::from_args() {
         Ok(c) => c,
         Err(message) => return fail(&format!("ferrokv: {message}")),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERROKV_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.log_level))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,6 +49,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("ferrokv: {e}")),
     }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERROKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=off")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Reports why the member cannot run, on stderr and — under Kubernetes — in the container's

@@ -22,6 +22,9 @@ use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
 use crate::{api, Error, Result};
 
+/// The MVCC store's file inside `<data-dir>/member`.
+pub const DB_FILE: &str = "db.redb";
+
 /// Works out this member's identity: the one kept in its data dir, or, for a new data dir,
 /// the one `--initial-cluster` and `--initial-cluster-token` define.
 fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
@@ -62,22 +65,30 @@ fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
                         .into(),
                 ));
             }
-            let ids: BTreeMap<String, u64> = config
-                .initial_cluster
-                .iter()
-                .map(|(name, urls)| (name.clone(), identity::member_id(urls, &config.initial_cluster_token, None)))
-                .collect();
-            let all: Vec<u64> = ids.values().copied().collect();
-            Ok((
-                Identity {
-                    name: config.name.clone(),
-                    member_id: ids[&config.name],
-                    cluster_id: identity::cluster_id(&all),
-                    cluster_token: config.initial_cluster_token.clone(),
-                },
-                true,
-            ))
+            Ok((founding_identity(config), true))
         }
+    }
+}
+
+/// The identity of a founding member of the cluster `--initial-cluster` describes.
+pub fn founding_identity(config: &NodeConfig) -> Identity {
+    let ids: BTreeMap<String, u64> = config
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| {
+            (
+                name.clone(),
+                identity::member_id(urls, &config.initial_cluster_token, None),
+            )
+        })
+        .collect();
+    let all: Vec<u64> = ids.values().copied().collect();
+    Identity {
+        name: config.name.clone(),
+        member_id: ids[&config.name],
+        cluster_id: identity::cluster_id(&all),
+        cluster_token: config.initial_cluster_token.clone(),
+        initial_cluster: config.initial_cluster.clone(),
     }
 }
 
@@ -121,7 +132,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             config.wal_dir.display()
         )));
     }
-    let store = MvccStore::open(&member_dir.join("db.redb"))?;
+    let needs_bootstrap = log_store.is_empty();
+    let store = MvccStore::open(&member_dir.join(DB_FILE))?;
     if fresh {
         identity.store(&member_dir)?;
         identity.store(&config.wal_dir)?;
@@ -147,13 +159,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     .await
     .map_err(|e| Error::Raft(e.to_string()))?;
 
-    if fresh {
-        let members: BTreeMap<u64, MemberNode> = config
+    // A founding member bootstraps until its log shows it has: a fresh data dir, a restored
+    // snapshot, or a first start that died before the bootstrap reached the WAL.
+    if needs_bootstrap && !identity.initial_cluster.is_empty() {
+        let members: BTreeMap<u64, MemberNode> = identity
             .initial_cluster
             .iter()
             .map(|(name, urls)| {
                 (
-                    identity::member_id(urls, &config.initial_cluster_token, None),
+                    identity::member_id(urls, &identity.cluster_token, None),
                     MemberNode {
                         name: name.clone(),
                         peer_urls: urls.clone(),

@@ -128,6 +128,7 @@ impl PbKvService for KvService {
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_put(&req).map_err(to_status)?;
+        self.server.check_quota().await.map_err(to_status)?;
         match self.propose(Proposal::Put(req)).await? {
             Applied::Put(mut resp) => {
                 let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
@@ -159,6 +160,9 @@ impl PbKvService for KvService {
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_txn(&req, self.server.config().max_txn_ops).map_err(to_status)?;
+        if validate::txn_writes(&req) {
+            self.server.check_quota().await.map_err(to_status)?;
+        }
         match self.propose(Proposal::Txn(req)).await? {
             Applied::Txn(mut resp) => {
                 self.fill_txn_headers(&mut resp);

@@ -37,6 +37,7 @@ impl PbLeaseService for LeaseService {
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let req = request.into_inner();
+        self.server.check_quota().await.map_err(to_status)?;
         let (id, ttl) = self
             .server
             .lease_grant(req.id, req.ttl)

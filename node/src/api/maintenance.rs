@@ -1,8 +1,7 @@
-//! `etcdserverpb.Maintenance`: Status (what `etcdctl endpoint status` shows).
+//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, Hash, HashKV and Snapshot.
 //!
-//! The other Maintenance calls (Snapshot, Defragment, Hash, HashKV, Alarm, MoveLeader,
-//! Downgrade) answer `Unimplemented` until they are built: an etcd client then reports the call
-//! as unsupported rather than believing it succeeded.
+//! MoveLeader and Downgrade answer `Unimplemented` until they are built: an etcd client then
+//! reports the call as unsupported rather than believing it succeeded.
 
 use std::pin::Pin;
 
@@ -15,8 +14,19 @@ use etcd_client::proto::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use etcd_client::proto::PbAlarmMember;
+
 use super::status::to_status;
+use crate::server::maintenance::ALARM_NONE;
 use crate::server::{Server, ETCD_API_VERSION};
+use crate::storage::snapshot_file;
+
+/// `AlarmRequest.AlarmAction` on the wire.
+const ALARM_ACTION_GET: i32 = 0;
+const ALARM_ACTION_ACTIVATE: i32 = 1;
+const ALARM_ACTION_DEACTIVATE: i32 = 2;
+/// Bytes per Snapshot message, as etcd sends them.
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
 pub struct MaintenanceService {
     server: Server,
@@ -36,8 +46,45 @@ fn not_yet(call: &str) -> Status {
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
-    async fn alarm(&self, _: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
-        Err(not_yet("Alarm"))
+    async fn alarm(
+        &self,
+        request: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
+        let req = request.into_inner();
+        match req.action {
+            ALARM_ACTION_GET => {}
+            ALARM_ACTION_ACTIVATE | ALARM_ACTION_DEACTIVATE => {
+                if req.alarm == ALARM_NONE {
+                    return Err(Status::invalid_argument("etcdserver: no alarm type given"));
+                }
+                self.server
+                    .set_alarm(
+                        req.action == ALARM_ACTION_ACTIVATE,
+                        req.member_id,
+                        req.alarm,
+                    )
+                    .await
+                    .map_err(to_status)?;
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown alarm action {other}"
+                )))
+            }
+        }
+        let alarms = match req.action {
+            ALARM_ACTION_GET => self.server.alarms(req.alarm).map_err(to_status)?,
+            // etcd answers a change with the alarm it changed.
+            _ => vec![PbAlarmMember {
+                member_id: req.member_id,
+                alarm: req.alarm,
+            }],
+        };
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        Ok(Response::new(PbAlarmResponse {
+            header: Some(self.server.header(revision)),
+            alarms,
+        }))
     }
 
     async fn status(
@@ -74,18 +121,37 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         _: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        self.server.defragment().await.map_err(to_status)?;
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        Ok(Response::new(PbDefragmentResponse {
+            header: Some(self.server.header(revision)),
+        }))
     }
 
     async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
-        Err(not_yet("Hash"))
+        let (hash, revision) = self.server.hash_all().await.map_err(to_status)?;
+        Ok(Response::new(PbHashResponse {
+            header: Some(self.server.header(revision)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _: Request<PbHashKvRequest>,
+        request: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+        let (hash, compact_revision, hash_revision) = self
+            .server
+            .hash_kv(request.into_inner().revision)
+            .await
+            .map_err(to_status)?;
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        Ok(Response::new(PbHashKvResponse {
+            header: Some(self.server.header(revision)),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream =
@@ -95,7 +161,25 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         _: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        let dump = self.server.snapshot_bytes().await.map_err(to_status)?;
+        let data = snapshot_file::encode(&dump);
+        let header = self.server.header(revision);
+        let total = data.len() as u64;
+        let mut sent = 0u64;
+        let messages: Vec<Result<PbSnapshotResponse, Status>> = data
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|chunk| {
+                sent += chunk.len() as u64;
+                Ok(PbSnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: total - sent,
+                    blob: chunk.to_vec(),
+                    version: ETCD_API_VERSION.to_string(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     async fn move_leader(

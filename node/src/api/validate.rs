@@ -61,6 +61,19 @@ pub fn check_txn(r: &PbTxnRequest, max_ops: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether a transaction may put a key (on either branch, nested ones included): such a
+/// transaction is subject to the backend quota.
+pub fn txn_writes(r: &PbTxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(r.failure.iter())
+        .any(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestPut(_)) => true,
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_writes(t),
+            _ => false,
+        })
+}
+
 /// The keys a branch puts and the ranges it deletes, nested transactions included.
 #[derive(Default)]
 struct Writes {

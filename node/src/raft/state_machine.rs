@@ -28,6 +28,7 @@ use crate::storage::mvcc::{MvccStore, MvccWrite};
 const APPLIED_KEY: &str = "raft/applied";
 const MEMBERSHIP_KEY: &str = "raft/membership";
 const MEMBER_ATTRIBUTES_PREFIX: &str = "member/";
+const ALARM_PREFIX: &str = "alarm/";
 
 /// How long applied state may stay only in the page cache before a durable commit.
 const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -99,6 +100,33 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// The active alarms, as (member ID, alarm type) pairs.
+    pub fn alarms(&self) -> crate::Result<Vec<(u64, i32)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.store.meta_with_prefix(ALARM_PREFIX)? {
+            let rest = &key[ALARM_PREFIX.len()..];
+            let parsed = rest.split_once('/').and_then(|(member, alarm)| {
+                Some((u64::from_str_radix(member, 16).ok()?, alarm.parse().ok()?))
+            });
+            match parsed {
+                Some(pair) => out.push(pair),
+                None => return Err(crate::Error::Backend(format!("bad alarm key {key}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Defragments the store between two applied batches.
+    pub async fn defragment(&self) -> crate::Result<()> {
+        let mut clock = self.apply_lock.lock().await;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| crate::Error::Backend(e.to_string()))??;
+        clock.last_durable = Instant::now();
+        Ok(())
+    }
+
     fn read_applied(&self) -> crate::Result<(Option<LogId>, StoredMembership)> {
         let applied = match self.store.meta(APPLIED_KEY)? {
             Some(b) => Some(codec::decode(&b).map_err(crate::Error::Backend)?),
@@ -155,6 +183,21 @@ fn apply_request(write: &mut MvccWrite, req: &Request) -> crate::Result<Response
         Request::LeaseRevoke { id } => write.lease_revoke(*id).map(|_| Response::Done {
             revision: write.revision(),
         }),
+        Request::Alarm {
+            activate,
+            member_id,
+            alarm,
+        } => {
+            let key = format!("{ALARM_PREFIX}{member_id:016x}/{alarm}");
+            let done = if *activate {
+                write.set_meta(&key, &[])
+            } else {
+                write.delete_meta(&key)
+            };
+            done.map(|_| Response::Done {
+                revision: write.revision(),
+            })
+        }
         Request::PublishMember {
             id,
             name,

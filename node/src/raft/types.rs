@@ -59,6 +59,13 @@ pub enum Request {
     LeaseRevoke {
         id: i64,
     },
+    /// Raises (`activate`) or clears an alarm of a member, e.g. NOSPACE when its backend
+    /// outgrows `--quota-backend-bytes`.
+    Alarm {
+        activate: bool,
+        member_id: u64,
+        alarm: i32,
+    },
     /// A member announces its name and client URLs (etcd's "publish" step).
     PublishMember {
         id: u64,

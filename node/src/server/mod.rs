@@ -6,6 +6,7 @@
 //! (ReadIndex); serializable reads are served from the local store as it is.
 
 pub mod lease;
+pub mod maintenance;
 pub mod watch;
 
 use std::collections::BTreeMap;

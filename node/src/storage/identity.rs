@@ -5,6 +5,7 @@
 //! cluster token, the cluster ID from the sorted member IDs — so every founding member derives
 //! the same IDs from the same `--initial-cluster` without talking to the others.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,10 @@ pub struct Identity {
     pub member_id: u64,
     pub cluster_id: u64,
     pub cluster_token: String,
+    /// The founding members (name → peer URLs) this member bootstraps the cluster with, until
+    /// its Raft log records that it has; empty for a member that joins a running cluster.
+    #[serde(default)]
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
 }
 
 /// The member ID of a member with `peer_urls` in the cluster named by `token`; `salt` makes the
@@ -119,6 +124,7 @@ mod tests {
             member_id: 7,
             cluster_id: 9,
             cluster_token: "tok".into(),
+            initial_cluster: BTreeMap::from([("infra1".into(), vec!["http://a:2380".into()])]),
         };
         id.store(dir.path()).unwrap();
         assert_eq!(Identity::load(dir.path()).unwrap(), Some(id));

@@ -3,4 +3,5 @@
 
 pub mod identity;
 pub mod mvcc;
+pub mod snapshot_file;
 pub mod wal;

@@ -35,7 +35,7 @@ mod write;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use etcd_client::proto::{PbEvent, PbRangeRequest, PbRangeResponse};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
@@ -65,7 +65,8 @@ pub struct LeaseInfo {
 /// The store; cloning shares the one open database.
 #[derive(Clone)]
 pub struct MvccStore {
-    db: Arc<Database>,
+    /// Locked for writing only by `defragment`, which needs the database to itself.
+    db: Arc<RwLock<Database>>,
     path: PathBuf,
 }
 
@@ -100,14 +101,34 @@ impl MvccStore {
         }
         txn.commit()?;
         Ok(MvccStore {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(db)),
             path: path.to_path_buf(),
         })
     }
 
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rewrites the database file compactly, returning freed pages to the file system
+    /// (etcd's defragment). Every commit so far is made durable first. Fails if a transaction is
+    /// open; the caller serialises it with writes.
+    pub fn defragment(&self) -> Result<()> {
+        self.persist()?;
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        db.compact()
+            .map_err(|e| Error::Backend(format!("defragment: {e}")))?;
+        Ok(())
+    }
+
     /// etcd's Range, read at the last committed batch.
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let latest = txn.open_table(LATEST)?;
         let history = txn.open_table(HISTORY)?;
         let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
@@ -132,7 +153,7 @@ impl MvccStore {
 
     /// A value the Raft state machine stored with [`MvccWrite::set_meta`].
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
         let value = meta.get(key)?.map(|value| value.value().to_vec());
         Ok(value)
@@ -140,7 +161,7 @@ impl MvccStore {
 
     /// Every metadata entry whose key starts with `prefix`, in key order.
     pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
         let mut out = Vec::new();
         for entry in meta.range(prefix..)? {
@@ -155,7 +176,7 @@ impl MvccStore {
 
     /// Starts a batch. Only one batch is open at a time; this waits for the previous one.
     pub fn begin_write(&self) -> Result<MvccWrite> {
-        MvccWrite::begin(self.db.begin_write()?)
+        MvccWrite::begin(self.db().begin_write()?)
     }
 
     /// Makes every commit so far durable (an empty durable commit).
@@ -168,7 +189,7 @@ impl MvccStore {
     /// now"), in revision order with `prev_kv` filled, for watchers that start in the past.
     /// `Compacted` if `from` is before the compaction point.
     pub fn events_between(&self, from: i64, to: i64) -> Result<Vec<PbEvent>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
         if from < compacted {
             return Err(Error::Compacted);
@@ -185,12 +206,12 @@ impl MvccStore {
 
     /// A consistent dump of the whole store (history, leases, revisions, metadata).
     pub fn snapshot(&self) -> Result<Vec<u8>> {
-        snapshot::dump(&self.db.begin_read()?)
+        snapshot::dump(&self.db().begin_read()?)
     }
 
     /// Replaces the whole store with a snapshot's contents, durably.
     pub fn restore(&self, snapshot: &[u8]) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         snapshot::load(&txn, snapshot)?;
         txn.commit()?;
         Ok(())
@@ -204,7 +225,7 @@ impl MvccStore {
     /// etcd's HashKV: the hash of the history up to `revision` (0 = current), with the
     /// compaction revision and the revision hashed. `FutureRev` / `Compacted` as for reads.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
         if revision > current {
             return Err(Error::FutureRev);
@@ -219,7 +240,7 @@ impl MvccStore {
 
     /// Every lease, in ID order.
     pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let mut ids = Vec::new();
         for entry in txn.open_table(LEASES)?.iter()? {
             let (id, ttl) = entry?;
@@ -237,7 +258,7 @@ impl MvccStore {
     }
 
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let ttl = match txn.open_table(LEASES)?.get(id)? {
             Some(ttl) => ttl.value(),
             None => return Ok(None),
@@ -250,7 +271,7 @@ impl MvccStore {
     }
 
     fn revisions(&self) -> Result<(i64, i64)> {
-        read_revisions(&self.db.begin_read()?.open_table(REVISIONS)?)
+        read_revisions(&self.db().begin_read()?.open_table(REVISIONS)?)
     }
 }
 

@@ -198,6 +198,12 @@ impl MvccWrite {
         Ok(())
     }
 
+    /// Removes a metadata entry, if present.
+    pub fn delete_meta(&mut self, key: &str) -> Result<()> {
+        self.txn.open_table(META)?.remove(key)?;
+        Ok(())
+    }
+
     /// Commits the batch and returns its watch events in revision order. A non-durable commit is
     /// visible to readers at once but reaches the disk only with the next durable commit: after
     /// a crash the store is at its last durable commit, and Raft replays the rest.
