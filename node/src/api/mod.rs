@@ -2,6 +2,7 @@
 //! `--listen-client-urls` address. This layer translates and validates; it never touches
 //! storage directly.
 
+pub mod authority;
 pub mod cluster;
 pub mod http;
 pub mod kv;
@@ -16,6 +17,7 @@ use etcd_client::proto::{
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic::service::Routes;
 
 use crate::server::Server;
@@ -59,6 +61,9 @@ pub async fn serve_clients(
         .accept_http1(true)
         .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener).map(|conn| conn.map(authority::AuthorityFix::new)),
+            shutdown,
+        )
         .await
 }
