@@ -26,6 +26,8 @@ pub const MAX_REPLICAS: i32 = 9;
 
 /// A ferrokv cluster: `replicas` members, each a pod of one StatefulSet with its own `data`
 /// and `wal` volumes.
+// Two printer columns of the same type read to clippy as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferrokv.io",
