@@ -8,3 +8,4 @@ pub mod bootstrap;
 pub mod children;
 pub mod crd;
 pub mod names;
+pub mod planner;
