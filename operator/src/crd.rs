@@ -296,6 +296,8 @@ pub enum Phase {
     Scaling,
     /// A member is being moved off a lost node or replaced after losing its data.
     Repairing,
+    /// Members are being restarted one at a time onto a new pod template.
+    Updating,
     /// The cluster serves, but a member is unhealthy or the spec cannot be applied.
     Degraded,
     /// Fewer than a quorum of voters are healthy: the cluster cannot serve writes.
