@@ -84,14 +84,13 @@ pub async fn observe(
         })
         .collect();
 
-    let reach = stateful_set
-        .as_ref()
-        .map_or(0, |s| s.replicas.max(0) as u32)
-        .max(kvc.spec.replicas.max(0) as u32);
-    let view: Option<MembershipView> = if stateful_set.is_some() {
-        membership::observe(names, &membership::endpoints(names, reach)).await
-    } else {
-        None
+    // Only the StatefulSet's pods can answer; before it exists there is no cluster to ask.
+    let view: Option<MembershipView> = match &stateful_set {
+        Some(sts) if sts.replicas > 0 => {
+            let endpoints = membership::endpoints(names, sts.replicas as u32);
+            membership::observe(names, &endpoints).await
+        }
+        _ => None,
     };
 
     Ok(Observation {
@@ -171,5 +170,81 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
         node,
         start_refusal,
         revision: pod.labels().get("controller-revision-hash").cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn crash_looping_member_reports_its_refusal_from_the_last_state() {
+        let pod = pod(serde_json::json!({
+            "metadata": {"name": "kv-1", "labels": {"controller-revision-hash": "kv-abc"}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "containerStatuses": [{
+                    "name": "ferrokv", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1,
+                        "message": "data dir empty but member kv-1 is registered as ID 2a"}}
+                }]
+            }
+        }));
+        let member = member_pod(&pod, 1, NodeState::Ready);
+        assert!(!member.ready && !member.running);
+        assert_eq!(
+            member.start_refusal,
+            Some(StartRefusal::EmptyDataDir {
+                registered_id: Some(0x2a)
+            })
+        );
+        assert_eq!(
+            member.not_ready_since.map(|t| t.as_second()),
+            Some(1_767_225_600)
+        );
+        assert_eq!(member.revision.as_deref(), Some("kv-abc"));
+    }
+
+    #[test]
+    fn running_ready_member_has_no_refusal() {
+        let pod = pod(serde_json::json!({
+            "metadata": {"name": "kv-0"},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{
+                    "name": "ferrokv", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                    "state": {"running": {}}
+                }]
+            }
+        }));
+        let member = member_pod(&pod, 0, NodeState::Ready);
+        assert!(member.ready && member.running);
+        assert_eq!(member.start_refusal, None);
+        assert_eq!(member.not_ready_since, None);
+    }
+
+    #[test]
+    fn node_readiness_comes_from_its_ready_condition() {
+        let node = |status: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n"},
+                "status": {"conditions": [{"type": "Ready", "status": status,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(node_state(Some(node("True"))), NodeState::Ready);
+        assert_eq!(
+            node_state(Some(node("Unknown"))),
+            NodeState::NotReady {
+                since: Timestamp::from_second(1_767_225_600).unwrap()
+            }
+        );
+        assert_eq!(node_state(None), NodeState::Missing);
     }
 }
