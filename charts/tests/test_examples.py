@@ -49,29 +49,39 @@ def apply_defaults(schema: dict, value):
     return value
 
 
-def cel_violations(schema: dict, value, path: str = "") -> list[str]:
-    """Messages of every CEL rule that `value` breaks."""
+def cel_violations(schema: dict, value, old=None, path: str = "") -> list[str]:
+    """Messages of every CEL rule that `value` breaks. Transition rules (those naming
+    `oldSelf`) run only on an update, where the old object has a value at the same place."""
     messages = []
     env = celpy.Environment()
     for rule in schema.get("x-kubernetes-validations", []):
+        activation = {"self": celpy.json_to_cel(value)}
+        if "oldSelf" in rule["rule"]:
+            if old is None:
+                continue
+            activation["oldSelf"] = celpy.json_to_cel(old)
         program = env.program(env.compile(rule["rule"]))
-        if not program.evaluate({"self": celpy.json_to_cel(value)}):
+        if not program.evaluate(activation):
             messages.append(f"{path or '<root>'}: {rule.get('message', rule['rule'])}")
     if isinstance(value, dict):
         for name, sub in schema.get("properties", {}).items():
             if name in value and value[name] is not None:
-                messages += cel_violations(sub, value[name], f"{path}.{name}")
+                old_sub = old.get(name) if isinstance(old, dict) else None
+                messages += cel_violations(sub, value[name], old_sub, f"{path}.{name}")
     return messages
 
 
-def admit(crd: dict, obj: dict) -> list[str]:
-    """What the API server would say about creating `obj`: [] when it is accepted."""
+def admit(crd: dict, obj: dict, old: dict | None = None) -> list[str]:
+    """What the API server would say about creating `obj`, or updating `old` to it: [] when
+    it is accepted."""
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == obj["apiVersion"].split("/")[1]]
     schema = version["schema"]["openAPIV3Schema"]
     obj = apply_defaults(schema, copy.deepcopy(obj))
+    if old is not None:
+        old = apply_defaults(schema, copy.deepcopy(old))
     validator = jsonschema.Draft7Validator(openapi_to_jsonschema(schema))
     errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
-    return errors or cel_violations(schema, obj)
+    return errors or cel_violations(schema, obj, old)
 
 
 def example_clusters() -> list[dict]:
@@ -138,3 +148,19 @@ def test_scale_subresource_and_printer_columns(crd):
     }
     assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Replicas", "Ready", "Leader", "Phase", "Age"]
     assert crd["spec"]["names"]["shortNames"] == ["kvc"]
+
+
+def test_scaling_an_existing_cluster_is_accepted_only_to_odd_counts(crd):
+    three = with_spec({"replicas": 3})
+    assert admit(crd, with_spec({"replicas": 5}), old=three) == []
+    (message,) = admit(crd, with_spec({"replicas": 4}), old=three)
+    assert "must be odd" in message
+
+
+def test_storage_cannot_change_after_creation(crd):
+    small = with_spec({"storage": {"data": {"size": "8Gi"}, "wal": {"size": "2Gi"}}})
+    large = with_spec({"storage": {"data": {"size": "16Gi"}, "wal": {"size": "2Gi"}}})
+    assert admit(crd, large) == []
+    (message,) = admit(crd, large, old=small)
+    assert message.startswith(".spec.storage: storage cannot change")
+    assert admit(crd, small, old=small) == []

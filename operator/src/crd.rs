@@ -20,6 +20,10 @@ pub const ODD_REPLICAS_MESSAGE: &str = "replicas must be odd (1, 3, 5, 7 or 9): 
     2N members needs N+1 for quorum and so tolerates no more failures than one of 2N-1 members, \
     while it has one more member that can fail";
 
+/// The message the API server returns when `spec.storage` is changed.
+pub const STORAGE_IMMUTABLE_MESSAGE: &str = "storage cannot change after the cluster is \
+    created: the members' volume claim templates are fixed when their StatefulSet is made";
+
 /// The smallest and largest cluster the operator runs.
 pub const MIN_REPLICAS: i32 = 1;
 pub const MAX_REPLICAS: i32 = 9;
@@ -92,8 +96,10 @@ pub struct KVClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
-    /// The two volumes of every member.
+    /// The two volumes of every member. Fixed at creation: a StatefulSet's volume claim
+    /// templates cannot change.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(STORAGE_IMMUTABLE_MESSAGE))]
     pub storage: StorageSpec,
 
     /// Compute resources of the `ferrokv` container.
@@ -393,6 +399,17 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(columns, ["Replicas", "Ready", "Leader", "Phase", "Age"]);
+    }
+
+    #[test]
+    fn crd_refuses_storage_changes() {
+        let crd = serde_json::to_value(KVCluster::crd()).unwrap();
+        let storage = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["storage"];
+        assert_eq!(
+            storage["x-kubernetes-validations"][0]["rule"],
+            "self == oldSelf"
+        );
     }
 
     #[test]
