@@ -1,0 +1,54 @@
+"""Shared fixtures of the chart and manifest tests: where things are, and how to render them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "ferrokv-operator"
+CRD_FILE = REPO / "crds" / "kvclusters.ferrokv.io.yaml"
+EXAMPLES = REPO / "examples"
+
+# The Kubernetes versions every object must be valid for.
+KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0"]
+
+
+def load_all(text: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.fixture(scope="session")
+def crd() -> dict:
+    (doc,) = load_all(CRD_FILE.read_text())
+    return doc
+
+
+def operator_command() -> list[str]:
+    """The operator binary: FERROKV_OPERATOR_BIN, else built with cargo."""
+    binary = os.environ.get("FERROKV_OPERATOR_BIN")
+    if binary:
+        return [binary]
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.fail("set FERROKV_OPERATOR_BIN or put cargo on PATH to build ferrokv-operator")
+    return [cargo, "run", "--quiet", "-j", "2", "-p", "ferrokv-operator", "--"]
+
+
+@pytest.fixture(scope="session")
+def operator_built_objects() -> list[dict]:
+    """Every object the operator builds for the example cluster."""
+    result = subprocess.run(
+        [*operator_command(), "render", str(EXAMPLES / "kvcluster.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return load_all(result.stdout)

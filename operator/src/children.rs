@@ -1,0 +1,629 @@
+//! Builders of the objects a KVCluster owns: plain functions from the spec (and the planner's
+//! decisions) to Kubernetes objects, so they can be tested without a cluster.
+//!
+//! This is the one place each child is built. Nothing here talks to the API server; the
+//! controller applies what these functions return with server-side apply.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::bootstrap::BootstrapConfig;
+use crate::crd::{KVCluster, VolumeSpec};
+use crate::names::{
+    ClusterNames, CLIENT_PORT, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
+    INITIAL_CLUSTER_STATE_KEY, PEER_PORT, WAL_DIR, WAL_VOLUME,
+};
+
+/// Name of the node's container in every member pod.
+pub const CONTAINER_NAME: &str = "ferrokv";
+/// Where the node writes why it refused to start; the operator reads it from the pod status.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
+/// Settings of the operator that shape what it builds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildDefaults {
+    /// Repository of the `ferrokv` image; a cluster's `spec.version` is a tag of it.
+    pub image_repository: String,
+    /// Tag used when a cluster names neither `image` nor `version`.
+    pub default_version: String,
+}
+
+impl Default for BuildDefaults {
+    fn default() -> Self {
+        Self {
+            image_repository: "ghcr.io/ferrokv/ferrokv".to_string(),
+            default_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl BuildDefaults {
+    /// The image the cluster's members run.
+    pub fn image_for(&self, kvc: &KVCluster) -> String {
+        if let Some(image) = &kvc.spec.image {
+            return image.clone();
+        }
+        let tag = kvc.spec.version.as_deref().unwrap_or(&self.default_version);
+        let tag = tag.strip_prefix('v').unwrap_or(tag);
+        format!("{}:v{tag}", self.image_repository)
+    }
+}
+
+pub fn names_of(kvc: &KVCluster) -> ClusterNames {
+    ClusterNames::new(kvc.name_any(), kvc.namespace().unwrap_or_default())
+}
+
+fn metadata(kvc: &KVCluster, name: String) -> ObjectMeta {
+    let names = names_of(kvc);
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(names.labels()),
+        owner_references: kvc.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn port(name: &str, number: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port: number,
+        target_port: Some(IntOrString::String(name.to_string())),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    }
+}
+
+/// The headless Service that gives each member its stable DNS name. It publishes pods that are
+/// not ready, because members must resolve each other before any of them can be ready.
+pub fn peer_service(kvc: &KVCluster) -> Service {
+    let names = names_of(kvc);
+    Service {
+        metadata: metadata(kvc, names.peer_service()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(names.selector_labels()),
+            ports: Some(vec![port("peer", PEER_PORT), port("client", CLIENT_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service clients use: ready members only.
+pub fn client_service(kvc: &KVCluster) -> Service {
+    let names = names_of(kvc);
+    Service {
+        metadata: metadata(kvc, names.client_service()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(names.selector_labels()),
+            ports: Some(vec![port("client", CLIENT_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ConfigMap holding the bootstrap state members start from.
+pub fn bootstrap_config_map(kvc: &KVCluster, config: &BootstrapConfig) -> ConfigMap {
+    let names = names_of(kvc);
+    ConfigMap {
+        metadata: metadata(kvc, names.bootstrap_config_map()),
+        data: Some(config.to_data(&names)),
+        ..ConfigMap::default()
+    }
+}
+
+/// Lets voluntary disruptions (drains) take down at most one member at a time.
+pub fn pod_disruption_budget(kvc: &KVCluster) -> PodDisruptionBudget {
+    let names = names_of(kvc);
+    PodDisruptionBudget {
+        metadata: metadata(kvc, names.pod_disruption_budget()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn claim_template(kvc: &KVCluster, template: &str, volume: &VolumeSpec) -> PersistentVolumeClaim {
+    let names = names_of(kvc);
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(template.to_string()),
+            labels: Some(names.selector_labels()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: volume.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    volume.size.clone(),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn env_from_bootstrap(kvc: &KVCluster, name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: names_of(kvc).bootstrap_config_map(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The `ferrokv` command line of every member. `$(VAR)` references are expanded by the kubelet
+/// from the container's environment: the pod's own name, and the bootstrap state.
+pub fn member_args(kvc: &KVCluster) -> Vec<String> {
+    let names = names_of(kvc);
+    let host = format!(
+        "$(POD_NAME).{}.{}.svc",
+        names.peer_service(),
+        names.namespace
+    );
+    let token = match kvc.uid() {
+        Some(uid) => format!("{}-{}", names.cluster, uid),
+        None => format!("{}-{}", names.namespace, names.cluster),
+    };
+    let mut args = vec![
+        "--name=$(POD_NAME)".to_string(),
+        format!("--data-dir={DATA_DIR}"),
+        format!("--wal-dir={WAL_DIR}"),
+        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        "--initial-cluster=$(INITIAL_CLUSTER)".to_string(),
+        "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".to_string(),
+        format!("--initial-cluster-token={token}"),
+    ];
+    let tuning = &kvc.spec.tuning;
+    if let Some(ms) = tuning.heartbeat_interval_millis {
+        args.push(format!("--heartbeat-interval={ms}"));
+    }
+    if let Some(ms) = tuning.election_timeout_millis {
+        args.push(format!("--election-timeout={ms}"));
+    }
+    if let Some(count) = tuning.snapshot_count {
+        args.push(format!("--snapshot-count={count}"));
+    }
+    if let Some(bytes) = tuning.quota_backend_bytes {
+        args.push(format!("--quota-backend-bytes={bytes}"));
+    }
+    if let Some(mode) = tuning.auto_compaction_mode {
+        args.push(format!("--auto-compaction-mode={}", mode.as_flag_value()));
+    }
+    if let Some(retention) = &tuning.auto_compaction_retention {
+        args.push(format!("--auto-compaction-retention={retention}"));
+    }
+    args
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("client".to_string()),
+            scheme: Some("HTTP".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// Without affinity from the user, members prefer distinct nodes, so one node failure costs at
+/// most one member.
+fn default_affinity(names: &ClusterNames) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(names.selector_labels()),
+                            match_expressions: None,
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            required_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// The StatefulSet running the members, at the size the planner decided.
+///
+/// Pods are created in parallel (a forming cluster needs all of them at once) and updated only
+/// when the operator deletes them (`OnDelete`), so a template change restarts one member at a
+/// time and only while every other voter is healthy.
+pub fn stateful_set(kvc: &KVCluster, replicas: i32, defaults: &BuildDefaults) -> StatefulSet {
+    let names = names_of(kvc);
+    let spec = &kvc.spec;
+    let container = Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(defaults.image_for(kvc)),
+        command: Some(vec!["ferrokv".to_string()]),
+        args: Some(member_args(kvc)),
+        env: Some(vec![
+            env_from_field("POD_NAME", "metadata.name"),
+            env_from_field("POD_NAMESPACE", "metadata.namespace"),
+            env_from_bootstrap(kvc, "INITIAL_CLUSTER", INITIAL_CLUSTER_KEY),
+            env_from_bootstrap(kvc, "INITIAL_CLUSTER_STATE", INITIAL_CLUSTER_STATE_KEY),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("client".to_string()),
+                container_port: CLIENT_PORT,
+                protocol: Some("TCP".to_string()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("peer".to_string()),
+                container_port: PEER_PORT,
+                protocol: Some("TCP".to_string()),
+                ..ContainerPort::default()
+            },
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.to_string(),
+                mount_path: DATA_DIR.to_string(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: WAL_VOLUME.to_string(),
+                mount_path: WAL_DIR.to_string(),
+                ..VolumeMount::default()
+            },
+        ]),
+        resources: spec.resources.clone(),
+        // A member replaying a long WAL is alive but not live-probe-ready; the startup probe
+        // gives it up to ten minutes before liveness takes over.
+        startup_probe: Some(http_probe("/livez", 10, 60)),
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
+        termination_message_policy: Some("File".to_string()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        affinity: Some(
+            spec.affinity
+                .clone()
+                .unwrap_or_else(|| default_affinity(&names)),
+        ),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+        termination_grace_period_seconds: Some(30),
+        ..PodSpec::default()
+    };
+    StatefulSet {
+        metadata: metadata(kvc, names.stateful_set()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names.peer_service()),
+            pod_management_policy: Some("Parallel".to_string()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
+            }),
+            // Claims are deleted by the operator only, as planned steps: a removed member's
+            // after it left, and all of them by the KVCluster's finalizer. Deleting them with
+            // the StatefulSet would lose every member's data to a mistaken `kubectl delete sts`.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".to_string()),
+                    when_scaled: Some("Retain".to_string()),
+                },
+            ),
+            selector: LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(names.labels()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            volume_claim_templates: Some(vec![
+                claim_template(kvc, DATA_VOLUME, &spec.storage.data),
+                claim_template(kvc, WAL_VOLUME, &spec.storage.wal),
+            ]),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AutoCompactionMode, KVClusterSpec};
+
+    fn cluster(spec_json: serde_json::Value) -> KVCluster {
+        let spec: KVClusterSpec = serde_json::from_value(spec_json).unwrap();
+        let mut kvc = KVCluster::new("kv", spec);
+        kvc.metadata.namespace = Some("prod".to_string());
+        kvc.metadata.uid = Some("0b5ee4c8-uid".to_string());
+        kvc
+    }
+
+    fn pod_spec(sts: &StatefulSet) -> &PodSpec {
+        sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn peer_service_is_headless_and_publishes_not_ready_members() {
+        let svc = peer_service(&cluster(serde_json::json!({})));
+        let spec = svc.spec.unwrap();
+        assert_eq!(svc.metadata.name.as_deref(), Some("kv-peer"));
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_cluster() {
+        let kvc = cluster(serde_json::json!({}));
+        let defaults = BuildDefaults::default();
+        let owners = [
+            peer_service(&kvc).metadata.owner_references,
+            client_service(&kvc).metadata.owner_references,
+            bootstrap_config_map(&kvc, &BootstrapConfig::new_cluster(3))
+                .metadata
+                .owner_references,
+            pod_disruption_budget(&kvc).metadata.owner_references,
+            stateful_set(&kvc, 3, &defaults).metadata.owner_references,
+        ];
+        for owner in owners {
+            let owner = owner.expect("owner reference");
+            assert_eq!(owner[0].kind, "KVCluster");
+            assert_eq!(owner[0].controller, Some(true));
+        }
+    }
+
+    #[test]
+    fn stateful_set_mounts_data_and_wal_claims_at_the_flag_paths() {
+        let kvc = cluster(serde_json::json!({
+            "storage": {"data": {"size": "20Gi", "storageClassName": "ssd"}, "wal": {"size": "4Gi"}}
+        }));
+        let sts = stateful_set(&kvc, 3, &BuildDefaults::default());
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(spec.service_name.as_deref(), Some("kv-peer"));
+        assert_eq!(spec.replicas, Some(3));
+        let templates = spec.volume_claim_templates.as_ref().unwrap();
+        let claim = |name: &str| {
+            templates
+                .iter()
+                .find(|t| t.metadata.name.as_deref() == Some(name))
+                .unwrap()
+                .spec
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(claim("data").storage_class_name.as_deref(), Some("ssd"));
+        assert_eq!(
+            claim("wal").resources.unwrap().requests.unwrap()["storage"].0,
+            "4Gi"
+        );
+        let container = &pod_spec(&sts).containers[0];
+        let args = container.args.as_ref().unwrap();
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        for (volume, dir) in [("data", DATA_DIR), ("wal", WAL_DIR)] {
+            let mount = mounts.iter().find(|m| m.name == volume).unwrap();
+            assert_eq!(mount.mount_path, dir);
+            assert!(args.contains(&format!("--{volume}-dir={dir}")), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn probes_hit_readyz_and_livez_on_the_client_port() {
+        let sts = stateful_set(
+            &cluster(serde_json::json!({})),
+            1,
+            &BuildDefaults::default(),
+        );
+        let container = &pod_spec(&sts).containers[0];
+        let path = |probe: &Option<Probe>| {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.port, IntOrString::String("client".into()));
+            get.path.clone().unwrap()
+        };
+        assert_eq!(path(&container.readiness_probe), "/readyz");
+        assert_eq!(path(&container.liveness_probe), "/livez");
+        assert_eq!(path(&container.startup_probe), "/livez");
+    }
+
+    #[test]
+    fn members_advertise_their_stable_peer_dns_name_and_read_bootstrap_from_the_config_map() {
+        let kvc = cluster(serde_json::json!({}));
+        let args = member_args(&kvc);
+        assert!(args.contains(&"--name=$(POD_NAME)".to_string()));
+        assert!(args.contains(
+            &"--initial-advertise-peer-urls=http://$(POD_NAME).kv-peer.prod.svc:2380".to_string()
+        ));
+        assert!(args.contains(&"--initial-cluster=$(INITIAL_CLUSTER)".to_string()));
+        assert!(args.contains(&"--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".to_string()));
+        let sts = stateful_set(&kvc, 3, &BuildDefaults::default());
+        let env = pod_spec(&sts).containers[0].env.clone().unwrap();
+        let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
+        assert_eq!(
+            pod_name
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        let initial = env.iter().find(|e| e.name == "INITIAL_CLUSTER").unwrap();
+        let key_ref = initial
+            .value_from
+            .as_ref()
+            .unwrap()
+            .config_map_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(key_ref.name, "kv-bootstrap");
+        assert_eq!(key_ref.key, INITIAL_CLUSTER_KEY);
+    }
+
+    #[test]
+    fn tuning_becomes_etcd_flags() {
+        let kvc = cluster(serde_json::json!({"tuning": {
+            "heartbeatIntervalMillis": 100, "electionTimeoutMillis": 1000, "snapshotCount": 10000,
+            "quotaBackendBytes": 8589934592i64, "autoCompactionMode": "periodic",
+            "autoCompactionRetention": "1h"
+        }}));
+        assert_eq!(
+            kvc.spec.tuning.auto_compaction_mode,
+            Some(AutoCompactionMode::Periodic)
+        );
+        let args = member_args(&kvc);
+        for flag in [
+            "--heartbeat-interval=100",
+            "--election-timeout=1000",
+            "--snapshot-count=10000",
+            "--quota-backend-bytes=8589934592",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
+        ] {
+            assert!(
+                args.contains(&flag.to_string()),
+                "missing {flag} in {args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn untuned_cluster_passes_no_tuning_flags() {
+        let args = member_args(&cluster(serde_json::json!({})));
+        assert!(!args.iter().any(|a| a.starts_with("--heartbeat-interval")
+            || a.starts_with("--snapshot-count")
+            || a.starts_with("--auto-compaction")));
+    }
+
+    #[test]
+    fn placement_is_passed_through_and_defaults_to_spreading_members() {
+        let placed = cluster(serde_json::json!({
+            "nodeSelector": {"disk": "nvme"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "kv", "effect": "NoSchedule"}],
+            "priorityClassName": "system-cluster-critical",
+            "affinity": {"nodeAffinity": {}}
+        }));
+        let sts = stateful_set(&placed, 3, &BuildDefaults::default());
+        let pod = pod_spec(&sts);
+        assert_eq!(pod.node_selector.as_ref().unwrap()["disk"], "nvme");
+        assert_eq!(
+            pod.tolerations.as_ref().unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("system-cluster-critical")
+        );
+        assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_none());
+
+        let default = stateful_set(
+            &cluster(serde_json::json!({})),
+            3,
+            &BuildDefaults::default(),
+        );
+        assert!(pod_spec(&default)
+            .affinity
+            .as_ref()
+            .unwrap()
+            .pod_anti_affinity
+            .is_some());
+    }
+
+    #[test]
+    fn image_comes_from_image_then_version_then_operator_default() {
+        let defaults = BuildDefaults {
+            image_repository: "registry.example/ferrokv".into(),
+            default_version: "0.1.0".into(),
+        };
+        let image = |spec| defaults.image_for(&cluster(spec));
+        assert_eq!(
+            image(serde_json::json!({})),
+            "registry.example/ferrokv:v0.1.0"
+        );
+        assert_eq!(
+            image(serde_json::json!({"version": "0.2.1"})),
+            "registry.example/ferrokv:v0.2.1"
+        );
+        assert_eq!(
+            image(serde_json::json!({"version": "v0.2.1", "image": "mine:dev"})),
+            "mine:dev"
+        );
+    }
+
+    #[test]
+    fn pod_disruption_budget_allows_one_member_down() {
+        let pdb = pod_disruption_budget(&cluster(serde_json::json!({})));
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert!(spec.min_available.is_none());
+    }
+}

@@ -1,0 +1,357 @@
+//! The KVCluster controller: one reconcile observes the cluster, asks the planner for the next
+//! step, takes at most that one step, and writes status.
+//!
+//! Every write is a server-side apply under the one field manager, except deletions and the
+//! etcd membership calls. The finalizer deletes the members' volumes when a KVCluster goes, so a
+//! new cluster of the same name never starts from an old one's data.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, instrument, warn};
+
+use crate::children::{self, BuildDefaults};
+use crate::crd::KVCluster;
+use crate::error::Error;
+use crate::membership;
+use crate::metrics::Metrics;
+use crate::names::{ClusterNames, CLUSTER_LABEL, FIELD_MANAGER};
+use crate::observe::{observe, Observation};
+use crate::planner::{plan, Action, Member, VoterCount};
+use crate::status::{build_status, describe_step, is_membership_step, step_reason};
+
+/// Finalizer that deletes the members' volumes when the KVCluster is deleted.
+pub const FINALIZER: &str = "ferrokv.io/volumes";
+
+/// How soon to look again while a step is under way, and when all is quiet.
+const REQUEUE_BUSY: Duration = Duration::from_secs(5);
+const REQUEUE_IDLE: Duration = Duration::from_secs(60);
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub defaults: BuildDefaults,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        defaults: BuildDefaults,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            defaults,
+        }
+    }
+}
+
+/// Runs the controller until the process is stopped.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let clusters: Api<KVCluster> = Api::all(client.clone());
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ferrokv-operator");
+    Controller::new(clusters, watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        // Pods belong to the StatefulSet; map them to their cluster by label.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(CLUSTER_LABEL),
+            |pod: Pod| {
+                let cluster = pod.labels().get(CLUSTER_LABEL)?.clone();
+                Some(ObjectRef::<KVCluster>::new(&cluster).within(&pod.namespace()?))
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+#[instrument(skip_all, fields(cluster = %kvc.name_any(), namespace = kvc.namespace().unwrap_or_default()))]
+async fn reconcile(kvc: Arc<KVCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let ns = kvc.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<KVCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, kvc, |event| async {
+        match event {
+            FinalizerEvent::Apply(kvc) => apply(&kvc, &ctx).await,
+            FinalizerEvent::Cleanup(kvc) => cleanup(&kvc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[] as &[&str])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = result.as_ref().map_or_else(Error::kind, |_| "ok");
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    result
+}
+
+fn error_policy(_kvc: Arc<KVCluster>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    warn!(%error, "reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(15))
+}
+
+async fn apply_object<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&object.name_any(), &params, &Patch::Apply(object))
+        .await?;
+    Ok(())
+}
+
+/// One pass: children that do not depend on membership, then observe, plan, one step, status.
+async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
+    let names = children::names_of(kvc);
+    let ns = names.namespace.clone();
+    let client = &ctx.client;
+    apply_object(client, &ns, &children::peer_service(kvc)).await?;
+    apply_object(client, &ns, &children::client_service(kvc)).await?;
+    apply_object(client, &ns, &children::pod_disruption_budget(kvc)).await?;
+
+    let Observation {
+        observed,
+        cluster_id,
+    } = observe(client, kvc, &names).await?;
+    let action = plan(&observed);
+
+    // Keep the StatefulSet's template in step with the spec at its current size; its size is
+    // changed only as a planned step.
+    if let Some(sts) = &observed.stateful_set {
+        if !matches!(action, Action::ScaleStatefulSet { .. }) {
+            let sts = children::stateful_set(kvc, sts.replicas, &ctx.defaults);
+            apply_object(client, &ns, &sts).await?;
+        }
+    }
+
+    let members = observed.members.clone().unwrap_or_default();
+    let step_result = take_step(kvc, ctx, &names, &members, &action).await;
+    let step_error = step_result.as_ref().err().map(ToString::to_string);
+    if is_membership_step(&action) {
+        let reason = step_reason(&action);
+        ctx.metrics.steps.with_label_values(&[reason]).inc();
+        let (type_, note) = match &step_error {
+            None => (EventType::Normal, describe_step(&names, &action)),
+            Some(error) => (
+                EventType::Warning,
+                format!("{} failed: {error}", describe_step(&names, &action)),
+            ),
+        };
+        info!(step = reason, note, "step");
+        publish(ctx, kvc, type_, reason, note).await;
+    }
+
+    let count = VoterCount::of(&members);
+    let labels = [ns.as_str(), names.cluster.as_str()];
+    ctx.metrics
+        .members
+        .with_label_values(&labels)
+        .set(members.len() as i64);
+    ctx.metrics
+        .healthy_voters
+        .with_label_values(&labels)
+        .set(count.healthy as i64);
+
+    let status = build_status(
+        kvc,
+        &observed,
+        &action,
+        cluster_id,
+        step_error.as_deref(),
+        Timestamp::now(),
+    );
+    let api: Api<KVCluster> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": "ferrokv.io/v1alpha1",
+        "kind": "KVCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &names.cluster,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+
+    step_result?;
+    Ok(match action {
+        Action::Converged => Requeue::requeue(REQUEUE_IDLE),
+        _ => Requeue::requeue(REQUEUE_BUSY),
+    })
+}
+
+async fn publish(ctx: &Context, kvc: &KVCluster, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
+        warn!(%error, "could not publish event");
+    }
+}
+
+/// Carries out one planned step.
+async fn take_step(
+    kvc: &KVCluster,
+    ctx: &Context,
+    names: &ClusterNames,
+    members: &[Member],
+    action: &Action,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    let ns = &names.namespace;
+    let reach = members
+        .iter()
+        .filter_map(|m| m.ordinal)
+        .max()
+        .map_or(1, |o| o + 1);
+    let endpoints = membership::endpoints(names, reach);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    match action {
+        Action::WriteBootstrapConfig(config) => {
+            apply_object(client, ns, &children::bootstrap_config_map(kvc, config)).await
+        }
+        Action::ScaleStatefulSet { replicas } => {
+            apply_object(
+                client,
+                ns,
+                &children::stateful_set(kvc, *replicas, &ctx.defaults),
+            )
+            .await
+        }
+        Action::AddLearner { ordinal } => {
+            membership::add_learner(&endpoints, &names.peer_url(*ordinal))
+                .await
+                .map(drop)
+        }
+        Action::PromoteLearner { id, .. } => membership::promote(&endpoints, *id).await,
+        Action::RemoveMember { id, .. } => membership::remove(&endpoints, *id).await,
+        Action::MoveLeader { from, to } => {
+            let leader = members
+                .iter()
+                .find(|m| m.id == *from)
+                .and_then(|m| {
+                    m.client_urls
+                        .first()
+                        .cloned()
+                        .or_else(|| m.ordinal.map(|o| names.client_url(o)))
+                })
+                .ok_or(Error::LeaderUnreachable(*from))?;
+            membership::move_leader(&leader, *to).await
+        }
+        Action::DeleteClaims { ordinal } => delete_claims(client, names, *ordinal).await,
+        Action::DiscardMemberData { ordinal } => {
+            delete_claims(client, names, *ordinal).await?;
+            delete_pod(&pods, &names.member(*ordinal), DeleteParams::default()).await
+        }
+        Action::ForceDeletePod { ordinal } => {
+            let force = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            delete_pod(&pods, &names.member(*ordinal), force).await
+        }
+        Action::RestartPod { ordinal, .. } => {
+            delete_pod(&pods, &names.member(*ordinal), DeleteParams::default()).await
+        }
+        Action::Wait(_) | Action::Converged => Ok(()),
+    }
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str, params: DeleteParams) -> Result<(), Error> {
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        // Gone already: the step is done.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn delete_claims(client: &Client, names: &ClusterNames, ordinal: u32) -> Result<(), Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
+    for claim in names.claims(ordinal) {
+        match claims.delete(&claim, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The KVCluster is being deleted: its owned children go by garbage collection; the volumes
+/// are not owned by it, so they are deleted here.
+async fn cleanup(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
+    let names = children::names_of(kvc);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let list = claims.list(&ListParams::default()).await?;
+    let mut deleted = 0;
+    for claim in list {
+        if names.ordinal_of_claim(&claim.name_any()).is_some() {
+            match claims
+                .delete(&claim.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => deleted += 1,
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    publish(
+        ctx,
+        kvc,
+        EventType::Normal,
+        "VolumesDeleted",
+        format!("deleted {deleted} member volume claims"),
+    )
+    .await;
+    Ok(Requeue::await_change())
+}

@@ -1,0 +1,423 @@
+//! The `KVCluster` custom resource: what a user declares (`spec`) and what the operator
+//! reports back (`status`), plus the CustomResourceDefinition generated from them.
+//!
+//! This module owns the shape of the API only. Defaults that depend on the operator's
+//! configuration (the image repository) and every decision about members live elsewhere.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::crd::CustomResourceExt;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The message the API server returns when `spec.replicas` is even; it is the only place a
+/// user learns why, so it says so.
+pub const ODD_REPLICAS_MESSAGE: &str = "replicas must be odd (1, 3, 5, 7 or 9): a cluster of \
+    2N members needs N+1 for quorum and so tolerates no more failures than one of 2N-1 members, \
+    while it has one more member that can fail";
+
+/// The message the API server returns when `spec.storage` is changed.
+pub const STORAGE_IMMUTABLE_MESSAGE: &str = "storage cannot change after the cluster is \
+    created: the members' volume claim templates are fixed when their StatefulSet is made";
+
+/// The smallest and largest cluster the operator runs.
+pub const MIN_REPLICAS: i32 = 1;
+pub const MAX_REPLICAS: i32 = 9;
+
+/// A ferrokv cluster: `replicas` members, each a pod of one StatefulSet with its own `data`
+/// and `wal` volumes.
+// Two printer columns of the same type read to clippy as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferrokv.io",
+    version = "v1alpha1",
+    kind = "KVCluster",
+    plural = "kvclusters",
+    shortname = "kvc",
+    category = "ferrokv",
+    namespaced,
+    doc = "A ferrokv cluster: an odd number of members speaking the etcd v3 API",
+    status = "KVClusterStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        description = "Members the cluster should have",
+        json_path = ".spec.replicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        description = "Members that are healthy voters",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        description = "Name of the member that leads the cluster",
+        json_path = ".status.leader"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        description = "What the cluster is doing",
+        json_path = ".status.phase"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterSpec {
+    /// Number of members: odd, from 1 to 9. Changed one member at a time.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    #[x_kube(validation = Rule::new("self % 2 == 1").message(ODD_REPLICAS_MESSAGE).reason(Reason::FieldValueInvalid))]
+    pub replicas: i32,
+
+    /// ferrokv version to run, a tag of the operator's default image repository.
+    /// Defaults to the operator's own version. Ignored when `image` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Full image reference of the `ferrokv` node; takes precedence over `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// The two volumes of every member. Fixed at creation: a StatefulSet's volume claim
+    /// templates cannot change.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(STORAGE_IMMUTABLE_MESSAGE))]
+    pub storage: StorageSpec,
+
+    /// Compute resources of the `ferrokv` container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Pod affinity rules. Without them, members prefer to run on distinct nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Tolerations of the member pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node labels the member pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// PriorityClass of the member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Settings passed to every `ferrokv` member as its etcd-compatible flags.
+    #[serde(default)]
+    pub tuning: NodeTuning,
+
+    /// When the operator moves a member whose node is lost.
+    #[serde(default)]
+    pub replacement: ReplacementPolicy,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// The `data` and `wal` volumes of each member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// The state machine and snapshots (`--data-dir`).
+    #[serde(default = "VolumeSpec::default_data")]
+    pub data: VolumeSpec,
+    /// The Raft write-ahead log (`--wal-dir`): put it on the fastest fsync you have.
+    #[serde(default = "VolumeSpec::default_wal")]
+    pub wal: VolumeSpec,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            data: VolumeSpec::default_data(),
+            wal: VolumeSpec::default_wal(),
+        }
+    }
+}
+
+/// One PersistentVolumeClaim template.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    /// Requested capacity, e.g. `8Gi`.
+    pub size: Quantity,
+    /// StorageClass of the claim; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl VolumeSpec {
+    fn default_data() -> Self {
+        Self {
+            size: Quantity("8Gi".into()),
+            storage_class_name: None,
+        }
+    }
+
+    fn default_wal() -> Self {
+        Self {
+            size: Quantity("2Gi".into()),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Node settings, each mapped onto the etcd flag of the same meaning. Unset means the
+/// node's default (which is etcd's).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.heartbeatIntervalMillis) || !has(self.electionTimeoutMillis) || self.electionTimeoutMillis >= 5 * self.heartbeatIntervalMillis").message("electionTimeoutMillis must be at least 5 times heartbeatIntervalMillis, or followers call elections while the leader is healthy")
+)]
+pub struct NodeTuning {
+    /// `--heartbeat-interval`: milliseconds between leader heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub heartbeat_interval_millis: Option<u32>,
+    /// `--election-timeout`: milliseconds a follower waits for a heartbeat before it calls an election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub election_timeout_millis: Option<u32>,
+    /// `--snapshot-count`: applied entries between snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub snapshot_count: Option<u64>,
+    /// `--quota-backend-bytes`: size in bytes at which the store raises a NOSPACE alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub quota_backend_bytes: Option<i64>,
+    /// `--auto-compaction-mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_mode: Option<AutoCompactionMode>,
+    /// `--auto-compaction-retention`: a duration such as `1h` for `periodic`, a revision count
+    /// for `revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_retention: Option<String>,
+}
+
+/// How history is compacted automatically.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoCompactionMode {
+    Periodic,
+    Revision,
+}
+
+impl AutoCompactionMode {
+    pub fn as_flag_value(self) -> &'static str {
+        match self {
+            Self::Periodic => "periodic",
+            Self::Revision => "revision",
+        }
+    }
+}
+
+/// When a member's pod is moved off a node that is lost.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementPolicy {
+    /// Seconds a member's pod may sit on a NotReady or vanished node before the operator
+    /// force-deletes it, so that the StatefulSet recreates it elsewhere with the same volumes.
+    #[serde(default = "ReplacementPolicy::default_node_lost_timeout")]
+    #[schemars(range(min = 0))]
+    pub node_lost_timeout_seconds: u32,
+}
+
+impl ReplacementPolicy {
+    fn default_node_lost_timeout() -> u32 {
+        300
+    }
+}
+
+impl Default for ReplacementPolicy {
+    fn default() -> Self {
+        Self {
+            node_lost_timeout_seconds: Self::default_node_lost_timeout(),
+        }
+    }
+}
+
+/// What the operator last observed and decided.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterStatus {
+    /// One word for what the cluster is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Members registered in the cluster (voters and learners).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Healthy voting members.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the member pods, for the scale subresource.
+    #[serde(default)]
+    pub selector: String,
+    /// Name of the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Cluster ID as etcd prints it (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Every registered member.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// `Available`, `Progressing` and `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// What the cluster is doing, in one word.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Children are being created and the first members are forming the cluster.
+    Bootstrapping,
+    /// Every member is a healthy voter and the member count matches the spec.
+    Running,
+    /// Members are being added or removed towards `spec.replicas`.
+    Scaling,
+    /// A member is being moved off a lost node or replaced after losing its data.
+    Repairing,
+    /// Members are being restarted one at a time onto a new pod template.
+    Updating,
+    /// The cluster serves, but a member is unhealthy or the spec cannot be applied.
+    Degraded,
+    /// Fewer than a quorum of voters are healthy: the cluster cannot serve writes.
+    QuorumLost,
+}
+
+/// One member as the cluster and its pod report it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member name, the same as its pod's.
+    pub name: String,
+    /// Member ID as etcd prints it (hex).
+    pub id: String,
+    #[serde(default)]
+    pub peer_url: String,
+    #[serde(default)]
+    pub client_url: String,
+    pub healthy: bool,
+    pub leader: bool,
+    pub learner: bool,
+}
+
+/// The CustomResourceDefinition as YAML, exactly as `crds/` holds it.
+pub fn crd_yaml() -> String {
+    let crd = KVCluster::crd();
+    let yaml = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
+    format!("---\n{yaml}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_file_matches_the_generated_crd() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/kvclusters.ferrokv.io.yaml"
+        );
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crd_yaml(),
+            "{path} differs from the CRD generated from the Rust types; \
+             regenerate it with `cargo run -p ferrokv-operator -- crd > crds/kvclusters.ferrokv.io.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_the_scale_subresource_on_replicas_and_selector() {
+        let crd = KVCluster::crd();
+        let version = &crd.spec.versions[0];
+        let scale = version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.scale.as_ref())
+            .expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        assert!(version.subresources.as_ref().unwrap().status.is_some());
+    }
+
+    #[test]
+    fn crd_replicas_carry_the_odd_rule_and_its_reason() {
+        let crd = serde_json::to_value(KVCluster::crd()).unwrap();
+        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["replicas"];
+        assert_eq!(replicas["minimum"].as_f64(), Some(1.0));
+        assert_eq!(replicas["maximum"].as_f64(), Some(9.0));
+        let rule = &replicas["x-kubernetes-validations"][0];
+        assert_eq!(rule["rule"], "self % 2 == 1");
+        let message = rule["message"].as_str().unwrap();
+        assert!(
+            message.contains("odd") && message.contains("quorum"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn crd_names_and_printer_columns() {
+        let crd = KVCluster::crd();
+        assert_eq!(crd.spec.group, "ferrokv.io");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["kvc".to_string()]));
+        let columns: Vec<_> = crd.spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Replicas", "Ready", "Leader", "Phase", "Age"]);
+    }
+
+    #[test]
+    fn crd_refuses_storage_changes() {
+        let crd = serde_json::to_value(KVCluster::crd()).unwrap();
+        let storage = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["storage"];
+        assert_eq!(
+            storage["x-kubernetes-validations"][0]["rule"],
+            "self == oldSelf"
+        );
+    }
+
+    #[test]
+    fn spec_defaults_fill_an_empty_spec() {
+        let spec: KVClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.storage.data.size, Quantity("8Gi".into()));
+        assert_eq!(spec.storage.wal.size, Quantity("2Gi".into()));
+        assert_eq!(spec.replacement.node_lost_timeout_seconds, 300);
+    }
+}

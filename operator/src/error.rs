@@ -1,0 +1,38 @@
+//! The operator's one error type.
+
+use thiserror::Error;
+
+#[derive(Error, Debug)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("etcd API: {0}")]
+    Etcd(#[from] etcd_client::Error),
+
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    #[error("KVCluster has no namespace")]
+    NoNamespace,
+
+    #[error("leader {0:x} has no client URL")]
+    LeaderUnreachable(u64),
+
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Etcd(_) => "etcd",
+            Self::Finalizer(_) => "finalizer",
+            Self::NoNamespace => "no_namespace",
+            Self::LeaderUnreachable(_) => "leader_unreachable",
+            Self::Serialization(_) => "serialization",
+        }
+    }
+}

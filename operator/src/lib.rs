@@ -1,0 +1,19 @@
+//! ferrokv-operator: runs ferrokv clusters declared as `KVCluster` resources.
+//!
+//! One reconcile observes the cluster ([`observe`], [`membership`]), asks the pure
+//! [`planner`] for the next single step, carries it out ([`controller`]) and writes
+//! [`status`]. The objects the operator owns are built in [`children`], from names fixed in
+//! [`names`]; the bootstrap state members start from is [`bootstrap`].
+
+pub mod bootstrap;
+pub mod children;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader_election;
+pub mod membership;
+pub mod metrics;
+pub mod names;
+pub mod observe;
+pub mod planner;
+pub mod status;

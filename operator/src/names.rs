@@ -1,0 +1,262 @@
+//! Names and addresses of a cluster's children and members.
+//!
+//! Everything here is derived from the KVCluster's name and namespace alone, so the builders,
+//! the observer and the planner agree on them without talking to each other. A member is named
+//! after its pod (`NAME-N`) and reached at its stable peer DNS name
+//! `NAME-N.NAME-peer.NAMESPACE.svc`.
+
+use std::collections::BTreeMap;
+
+/// Port the node serves the etcd v3 API and `/readyz`, `/livez` on.
+pub const CLIENT_PORT: i32 = 2379;
+/// Port members talk Raft to each other on.
+pub const PEER_PORT: i32 = 2380;
+
+/// Mount point of the `data` volume, passed as `--data-dir`.
+pub const DATA_DIR: &str = "/var/lib/ferrokv/data";
+/// Mount point of the `wal` volume, passed as `--wal-dir`.
+pub const WAL_DIR: &str = "/var/lib/ferrokv/wal";
+
+/// Names of the two volumeClaimTemplates; a member's PVCs are `TEMPLATE-NAME-N`.
+pub const DATA_VOLUME: &str = "data";
+pub const WAL_VOLUME: &str = "wal";
+
+/// ConfigMap keys of the bootstrap state.
+pub const INITIAL_CLUSTER_KEY: &str = "initial-cluster";
+pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
+
+/// Label naming the KVCluster a child belongs to.
+pub const CLUSTER_LABEL: &str = "ferrokv.io/cluster";
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "ferrokv-operator";
+
+/// The names of one KVCluster's children and members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNames {
+    pub cluster: String,
+    pub namespace: String,
+}
+
+impl ClusterNames {
+    pub fn new(cluster: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The StatefulSet; also the prefix of every member's pod name.
+    pub fn stateful_set(&self) -> String {
+        self.cluster.clone()
+    }
+
+    /// The headless Service that gives members their stable peer DNS names.
+    pub fn peer_service(&self) -> String {
+        format!("{}-peer", self.cluster)
+    }
+
+    /// The Service clients connect to.
+    pub fn client_service(&self) -> String {
+        format!("{}-client", self.cluster)
+    }
+
+    /// The ConfigMap holding `initial-cluster` and `initial-cluster-state`.
+    pub fn bootstrap_config_map(&self) -> String {
+        format!("{}-bootstrap", self.cluster)
+    }
+
+    pub fn pod_disruption_budget(&self) -> String {
+        self.cluster.clone()
+    }
+
+    /// Member name of the given ordinal: the name of its pod.
+    pub fn member(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+
+    fn member_host(&self, ordinal: u32) -> String {
+        format!(
+            "{}.{}.{}.svc",
+            self.member(ordinal),
+            self.peer_service(),
+            self.namespace
+        )
+    }
+
+    pub fn peer_url(&self, ordinal: u32) -> String {
+        format!("http://{}:{PEER_PORT}", self.member_host(ordinal))
+    }
+
+    pub fn client_url(&self, ordinal: u32) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.member_host(ordinal))
+    }
+
+    /// The `--initial-cluster` value naming the given ordinals.
+    pub fn initial_cluster(&self, ordinals: impl IntoIterator<Item = u32>) -> String {
+        ordinals
+            .into_iter()
+            .map(|ordinal| format!("{}={}", self.member(ordinal), self.peer_url(ordinal)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Ordinal of a member named `NAME-N`, pod name included.
+    pub fn ordinal_of_member(&self, member: &str) -> Option<u32> {
+        let suffix = member.strip_prefix(&self.cluster)?.strip_prefix('-')?;
+        parse_ordinal(suffix)
+    }
+
+    /// Ordinal of the member that advertises this peer URL; a member that has been added but
+    /// has not started yet has no name, only its peer URL.
+    pub fn ordinal_of_peer_url(&self, url: &str) -> Option<u32> {
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))?;
+        let host = host.split(':').next()?;
+        let member =
+            host.strip_suffix(&format!(".{}.{}.svc", self.peer_service(), self.namespace))?;
+        self.ordinal_of_member(member)
+    }
+
+    /// Ordinal and template of a PVC named `TEMPLATE-NAME-N`.
+    pub fn ordinal_of_claim(&self, claim: &str) -> Option<(VolumeKind, u32)> {
+        for kind in [VolumeKind::Data, VolumeKind::Wal] {
+            if let Some(member) = claim
+                .strip_prefix(kind.template_name())
+                .and_then(|rest| rest.strip_prefix('-'))
+            {
+                if let Some(ordinal) = self.ordinal_of_member(member) {
+                    return Some((kind, ordinal));
+                }
+            }
+        }
+        None
+    }
+
+    /// Names of the PVCs the StatefulSet creates for one member.
+    pub fn claims(&self, ordinal: u32) -> [String; 2] {
+        [VolumeKind::Data, VolumeKind::Wal]
+            .map(|kind| format!("{}-{}", kind.template_name(), self.member(ordinal)))
+    }
+
+    /// Labels selecting the member pods; stable for the life of the cluster, since a
+    /// StatefulSet's selector cannot change.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), "ferrokv".to_string()),
+            (
+                "app.kubernetes.io/instance".to_string(),
+                self.cluster.clone(),
+            ),
+            (CLUSTER_LABEL.to_string(), self.cluster.clone()),
+        ])
+    }
+
+    /// Labels of every child.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector_labels();
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_string(),
+            FIELD_MANAGER.to_string(),
+        );
+        labels.insert(
+            "app.kubernetes.io/component".to_string(),
+            "kv-store".to_string(),
+        );
+        labels
+    }
+
+    /// The selector labels as a label-selector string, for `status.selector` and list calls.
+    pub fn selector(&self) -> String {
+        self.selector_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The two volumes of a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VolumeKind {
+    Data,
+    Wal,
+}
+
+impl VolumeKind {
+    pub fn template_name(self) -> &'static str {
+        match self {
+            Self::Data => DATA_VOLUME,
+            Self::Wal => WAL_VOLUME,
+        }
+    }
+}
+
+/// A decimal ordinal without sign or leading zeros, as the StatefulSet writes it.
+fn parse_ordinal(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> ClusterNames {
+        ClusterNames::new("kv", "prod")
+    }
+
+    #[test]
+    fn peer_url_is_the_stable_dns_name_of_the_pod() {
+        assert_eq!(names().peer_url(2), "http://kv-2.kv-peer.prod.svc:2380");
+        assert_eq!(names().client_url(0), "http://kv-0.kv-peer.prod.svc:2379");
+    }
+
+    #[test]
+    fn ordinal_round_trips_through_peer_url_and_member_name() {
+        for ordinal in 0..12 {
+            assert_eq!(
+                names().ordinal_of_peer_url(&names().peer_url(ordinal)),
+                Some(ordinal)
+            );
+            assert_eq!(
+                names().ordinal_of_member(&names().member(ordinal)),
+                Some(ordinal)
+            );
+        }
+    }
+
+    #[test]
+    fn names_of_other_clusters_have_no_ordinal() {
+        // "kv-extra-1" belongs to a cluster named "kv-extra", not to "kv".
+        assert_eq!(names().ordinal_of_member("kv-extra-1"), None);
+        assert_eq!(names().ordinal_of_member("kv-01"), None);
+        assert_eq!(names().ordinal_of_member("kv-"), None);
+        assert_eq!(
+            names().ordinal_of_peer_url("http://kv-1.kv-peer.other.svc:2380"),
+            None
+        );
+    }
+
+    #[test]
+    fn claim_names_map_back_to_their_member() {
+        let [data, wal] = names().claims(3);
+        assert_eq!(data, "data-kv-3");
+        assert_eq!(wal, "wal-kv-3");
+        assert_eq!(names().ordinal_of_claim(&data), Some((VolumeKind::Data, 3)));
+        assert_eq!(names().ordinal_of_claim(&wal), Some((VolumeKind::Wal, 3)));
+        assert_eq!(names().ordinal_of_claim("data-other-3"), None);
+    }
+
+    #[test]
+    fn initial_cluster_lists_name_equals_peer_url() {
+        assert_eq!(
+            names().initial_cluster([0, 1]),
+            "kv-0=http://kv-0.kv-peer.prod.svc:2380,kv-1=http://kv-1.kv-peer.prod.svc:2380"
+        );
+    }
+}

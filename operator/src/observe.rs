@@ -1,0 +1,250 @@
+//! Observation: reads a cluster's children, its pods' nodes and its members into the
+//! planner's [`Observed`] state. Reads only; every change goes through the controller.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use crate::bootstrap::BootstrapConfig;
+use crate::children::CONTAINER_NAME;
+use crate::crd::KVCluster;
+use crate::error::Error;
+use crate::membership::{self, MembershipView};
+use crate::names::ClusterNames;
+use crate::planner::{Claim, MemberPod, NodeState, Observed, ObservedStatefulSet, StartRefusal};
+
+/// What one pass observed: the planner's input and the cluster ID for status.
+pub struct Observation {
+    pub observed: Observed,
+    pub cluster_id: Option<u64>,
+}
+
+pub async fn observe(
+    client: &Client,
+    kvc: &KVCluster,
+    names: &ClusterNames,
+) -> Result<Observation, Error> {
+    let ns = &names.namespace;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let nodes: Api<Node> = Api::all(client.clone());
+
+    let bootstrap = config_maps
+        .get_opt(&names.bootstrap_config_map())
+        .await?
+        .and_then(|cm| BootstrapConfig::from_data(names, &cm.data.unwrap_or_default()));
+
+    let stateful_set = stateful_sets
+        .get_opt(&names.stateful_set())
+        .await?
+        .map(|sts| ObservedStatefulSet {
+            replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            update_revision: sts.status.and_then(|s| s.update_revision),
+        });
+
+    let selector = ListParams::default().labels(&names.selector());
+    let pod_list = pods.list(&selector).await?;
+    let mut node_states: BTreeMap<String, NodeState> = BTreeMap::new();
+    let mut member_pods = Vec::new();
+    for pod in pod_list {
+        let Some(ordinal) = names.ordinal_of_member(&pod.name_any()) else {
+            continue;
+        };
+        let node = match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            None => NodeState::Unscheduled,
+            Some(node_name) => match node_states.get(&node_name) {
+                Some(state) => state.clone(),
+                None => {
+                    let state = node_state(nodes.get_opt(&node_name).await?);
+                    node_states.insert(node_name, state.clone());
+                    state
+                }
+            },
+        };
+        member_pods.push(member_pod(&pod, ordinal, node));
+    }
+
+    let claim_list = claims.list(&ListParams::default()).await?;
+    let member_claims = claim_list
+        .iter()
+        .filter_map(|claim| {
+            let (kind, ordinal) = names.ordinal_of_claim(&claim.name_any())?;
+            Some(Claim {
+                ordinal,
+                kind,
+                terminating: claim.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect();
+
+    // Only the StatefulSet's pods can answer; before it exists there is no cluster to ask.
+    let view: Option<MembershipView> = match &stateful_set {
+        Some(sts) if sts.replicas > 0 => {
+            let endpoints = membership::endpoints(names, sts.replicas as u32);
+            membership::observe(names, &endpoints).await
+        }
+        _ => None,
+    };
+
+    Ok(Observation {
+        cluster_id: view.as_ref().map(|v| v.cluster_id),
+        observed: Observed {
+            spec_replicas: kvc.spec.replicas,
+            node_lost_timeout: Duration::from_secs(
+                kvc.spec.replacement.node_lost_timeout_seconds.into(),
+            ),
+            now: Timestamp::now(),
+            bootstrap,
+            stateful_set,
+            members: view.map(|v| v.members),
+            pods: member_pods,
+            claims: member_claims,
+        },
+    })
+}
+
+fn node_state(node: Option<Node>) -> NodeState {
+    let Some(node) = node else {
+        return NodeState::Missing;
+    };
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready");
+    match ready {
+        Some(c) if c.status == "True" => NodeState::Ready,
+        Some(c) => NodeState::NotReady {
+            since: c.last_transition_time.map_or_else(Timestamp::now, |t| t.0),
+        },
+        // A node that never reported is not known to be lost.
+        None => NodeState::Ready,
+    }
+}
+
+fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
+    let status = pod.status.clone().unwrap_or_default();
+    let ready_condition = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready");
+    let ready = ready_condition.as_ref().is_some_and(|c| c.status == "True");
+    let not_ready_since = ready_condition
+        .filter(|c| c.status != "True")
+        .and_then(|c| c.last_transition_time)
+        .map(|t| t.0);
+    let container = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == CONTAINER_NAME);
+    let running = container
+        .as_ref()
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some());
+    // The current state holds the refusal while the container is terminated; the last state
+    // holds it while the kubelet waits to restart it.
+    let start_refusal = container.as_ref().and_then(|c| {
+        [c.state.as_ref(), c.last_state.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.terminated.as_ref())
+            .filter_map(|t| t.message.as_deref())
+            .find_map(StartRefusal::parse)
+    });
+    MemberPod {
+        ordinal,
+        ready,
+        running,
+        not_ready_since,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        node,
+        start_refusal,
+        revision: pod.labels().get("controller-revision-hash").cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn crash_looping_member_reports_its_refusal_from_the_last_state() {
+        let pod = pod(serde_json::json!({
+            "metadata": {"name": "kv-1", "labels": {"controller-revision-hash": "kv-abc"}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "containerStatuses": [{
+                    "name": "ferrokv", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1,
+                        "message": "data dir empty but member kv-1 is registered as ID 2a"}}
+                }]
+            }
+        }));
+        let member = member_pod(&pod, 1, NodeState::Ready);
+        assert!(!member.ready && !member.running);
+        assert_eq!(
+            member.start_refusal,
+            Some(StartRefusal::EmptyDataDir {
+                registered_id: Some(0x2a)
+            })
+        );
+        assert_eq!(
+            member.not_ready_since.map(|t| t.as_second()),
+            Some(1_767_225_600)
+        );
+        assert_eq!(member.revision.as_deref(), Some("kv-abc"));
+    }
+
+    #[test]
+    fn running_ready_member_has_no_refusal() {
+        let pod = pod(serde_json::json!({
+            "metadata": {"name": "kv-0"},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{
+                    "name": "ferrokv", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                    "state": {"running": {}}
+                }]
+            }
+        }));
+        let member = member_pod(&pod, 0, NodeState::Ready);
+        assert!(member.ready && member.running);
+        assert_eq!(member.start_refusal, None);
+        assert_eq!(member.not_ready_since, None);
+    }
+
+    #[test]
+    fn node_readiness_comes_from_its_ready_condition() {
+        let node = |status: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n"},
+                "status": {"conditions": [{"type": "Ready", "status": status,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(node_state(Some(node("True"))), NodeState::Ready);
+        assert_eq!(
+            node_state(Some(node("Unknown"))),
+            NodeState::NotReady {
+                since: Timestamp::from_second(1_767_225_600).unwrap()
+            }
+        );
+        assert_eq!(node_state(None), NodeState::Missing);
+    }
+}

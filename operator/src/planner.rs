@@ -1,0 +1,681 @@
+//! The planner: a pure function from what the operator observed to the next single step.
+//!
+//! Nothing here talks to Kubernetes or to the cluster, and nothing is remembered between
+//! passes: every decision is derived from the [`Observed`] state alone, so an operator killed in
+//! the middle of any step resumes by planning again. The rules are ordered like a runbook: keep
+//! quorum, repair before scaling, finish a started step before starting the next, one member at
+//! a time.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::bootstrap::{BootstrapConfig, InitialClusterState};
+use crate::crd::{MAX_REPLICAS, MIN_REPLICAS};
+use crate::names::VolumeKind;
+
+/// Everything one reconcile pass observed about a cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// `spec.replicas` as the user wrote it; it may be invalid if the CRD's rule was bypassed.
+    pub spec_replicas: i32,
+    /// How long a pod may sit on a lost node before it is force-deleted.
+    pub node_lost_timeout: Duration,
+    pub now: Timestamp,
+    /// The bootstrap ConfigMap's content; `None` when it does not exist.
+    pub bootstrap: Option<BootstrapConfig>,
+    /// The StatefulSet; `None` when it does not exist.
+    pub stateful_set: Option<ObservedStatefulSet>,
+    /// The members as MemberList and Status report them; `None` when no member answered.
+    pub members: Option<Vec<Member>>,
+    /// The member pods that exist.
+    pub pods: Vec<MemberPod>,
+    /// The members' PersistentVolumeClaims that exist.
+    pub claims: Vec<Claim>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedStatefulSet {
+    pub replicas: i32,
+    /// The revision pods must run once updated (`status.updateRevision`).
+    pub update_revision: Option<String>,
+}
+
+/// One registered member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started: etcd lists an added member without a name.
+    pub name: String,
+    /// Ordinal of the member's pod, from its name or peer URL; `None` for a member the
+    /// operator did not add (it is reported, never touched).
+    pub ordinal: Option<u32>,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+    /// The member answered a Status request.
+    pub healthy: bool,
+    pub is_leader: bool,
+}
+
+impl Member {
+    pub fn is_started(&self) -> bool {
+        !self.name.is_empty()
+    }
+
+    fn is_healthy_voter(&self) -> bool {
+        !self.is_learner && self.healthy
+    }
+}
+
+/// One member pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberPod {
+    pub ordinal: u32,
+    /// The pod's Ready condition is true.
+    pub ready: bool,
+    /// The `ferrokv` container is running now (not waiting to restart, not terminated).
+    pub running: bool,
+    /// Since when the pod has not been ready, from its Ready condition.
+    pub not_ready_since: Option<Timestamp>,
+    /// The pod has a deletion timestamp.
+    pub terminating: bool,
+    pub node: NodeState,
+    /// Why the node last refused to start, from the container's termination message.
+    pub start_refusal: Option<StartRefusal>,
+    /// The pod's `controller-revision-hash`.
+    pub revision: Option<String>,
+}
+
+/// The state of the node a pod is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Not scheduled yet.
+    Unscheduled,
+    Ready,
+    /// The node's Ready condition is False or Unknown since the given time.
+    NotReady {
+        since: Timestamp,
+    },
+    /// The pod is bound to a node that no longer exists.
+    Missing,
+}
+
+/// Why a member refused to start, as the node writes it to its termination log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartRefusal {
+    /// "data dir empty but member NAME is registered as ID X": the volume lost its data while
+    /// the member is still registered.
+    EmptyDataDir { registered_id: Option<u64> },
+    /// The data dir holds something the node cannot use (corrupt, another cluster's).
+    UnusableDataDir,
+    /// The data dir belongs to a member that was removed from the cluster.
+    RemovedMember,
+    /// Any other reason; reported, not acted upon.
+    Other(String),
+}
+
+impl StartRefusal {
+    /// Reads the first line of a termination message. The node's reasons start with a fixed
+    /// phrase; member IDs are hex, as etcd prints them.
+    pub fn parse(message: &str) -> Option<Self> {
+        let line = message.lines().next()?.trim();
+        if line.is_empty() {
+            return None;
+        }
+        let lower = line.to_ascii_lowercase();
+        let refusal = if lower.starts_with("data dir empty") {
+            let registered_id = lower
+                .split_once("registered as id ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|id| u64::from_str_radix(id.trim_end_matches(['.', ',']), 16).ok());
+            Self::EmptyDataDir { registered_id }
+        } else if lower.starts_with("data dir unusable") || lower.starts_with("data dir corrupt") {
+            Self::UnusableDataDir
+        } else if lower.contains("member") && lower.contains("removed") {
+            Self::RemovedMember
+        } else {
+            Self::Other(line.to_string())
+        };
+        Some(refusal)
+    }
+}
+
+/// One PersistentVolumeClaim of a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub ordinal: u32,
+    pub kind: VolumeKind,
+    pub terminating: bool,
+}
+
+/// The next step, at most one membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write the bootstrap ConfigMap.
+    WriteBootstrapConfig(BootstrapConfig),
+    /// Create the StatefulSet or change its size.
+    ScaleStatefulSet { replicas: i32 },
+    /// MemberAdd the member of this ordinal as a learner, at its stable peer URL.
+    AddLearner { ordinal: u32 },
+    /// MemberPromote a caught-up learner.
+    PromoteLearner { id: u64, ordinal: u32 },
+    /// Hand leadership to another voter before the leader is removed or restarted.
+    MoveLeader { from: u64, to: u64 },
+    /// MemberRemove.
+    RemoveMember {
+        id: u64,
+        ordinal: u32,
+        reason: RemovalReason,
+    },
+    /// Delete a member's PVCs (and with them, its data).
+    DeleteClaims { ordinal: u32 },
+    /// Delete a member's PVCs and its pod, because the data on them can never be used again.
+    DiscardMemberData { ordinal: u32 },
+    /// Force-delete a pod stuck on a lost node so the StatefulSet recreates it elsewhere.
+    ForceDeletePod { ordinal: u32 },
+    /// Delete a pod so that it starts again now.
+    RestartPod { ordinal: u32, reason: RestartReason },
+    /// Nothing can be done until the cluster changes by itself.
+    Wait(WaitReason),
+    /// The cluster is what the spec asks for.
+    Converged,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// `spec.replicas` is lower than the member count.
+    ScaleDown,
+    /// The member's volume lost its data; it will be added again under the same name.
+    DataLost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    /// A member added again after losing its data waits in crash back-off; start it now.
+    Rejoin,
+    /// The pod runs an outdated template.
+    Update,
+    /// The pod waits for a claim that is being deleted; a new pod gets a new claim.
+    ClaimReplaced,
+}
+
+/// Why the operator does nothing this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// `spec.replicas` is even or out of range.
+    InvalidReplicas(i32),
+    /// The initial members have not formed a cluster yet.
+    ClusterForming,
+    /// No member answers and the cluster had been formed.
+    NoMemberAnswers,
+    /// Fewer than a quorum of voters are healthy.
+    QuorumLost { healthy: usize, voters: usize },
+    /// A member's pod is not running yet.
+    PodStarting { ordinal: u32 },
+    /// A learner has not started or caught up yet.
+    LearnerCatchingUp { ordinal: u32 },
+    /// A removed member's pod is still terminating.
+    PodTerminating { ordinal: u32 },
+    /// The step needs every voter healthy, and some are not.
+    MembersUnhealthy { unhealthy: Vec<String> },
+    /// A member's pod exists with data the operator cannot vouch for, but it is not registered.
+    UnregisteredMemberData { ordinal: u32 },
+    /// The step would leave fewer healthy voters than a quorum.
+    WouldLoseQuorum,
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidReplicas(n) => write!(
+                f,
+                "spec.replicas is {n}: members must be odd, from {MIN_REPLICAS} to \
+                 {MAX_REPLICAS}; membership is left as it is"
+            ),
+            Self::ClusterForming => {
+                write!(f, "waiting for the initial members to form the cluster")
+            }
+            Self::NoMemberAnswers => write!(
+                f,
+                "no member answers: quorum is lost or the members are unreachable; \
+                 no membership change is possible"
+            ),
+            Self::QuorumLost { healthy, voters } => write!(
+                f,
+                "quorum lost: {healthy} of {voters} voters are healthy; the operator makes no \
+                 membership change and only moves pods off lost nodes"
+            ),
+            Self::PodStarting { ordinal } => write!(f, "waiting for member {ordinal}'s pod"),
+            Self::LearnerCatchingUp { ordinal } => {
+                write!(f, "waiting for learner {ordinal} to start and catch up")
+            }
+            Self::PodTerminating { ordinal } => {
+                write!(f, "waiting for removed member {ordinal}'s pod to terminate")
+            }
+            Self::MembersUnhealthy { unhealthy } => {
+                write!(f, "unhealthy members: {}", unhealthy.join(", "))
+            }
+            Self::UnregisteredMemberData { ordinal } => write!(
+                f,
+                "pod {ordinal} has volumes but no registered member; it is left alone"
+            ),
+            Self::WouldLoseQuorum => {
+                write!(
+                    f,
+                    "the next step would leave fewer healthy voters than a quorum"
+                )
+            }
+        }
+    }
+}
+
+/// Votes needed for a majority of `voters`.
+pub fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// The replica count the planner works towards, or `None` when the spec's is invalid.
+pub fn valid_replicas(replicas: i32) -> Option<u32> {
+    let valid = (MIN_REPLICAS..=MAX_REPLICAS).contains(&replicas) && replicas % 2 == 1;
+    valid.then_some(replicas as u32)
+}
+
+/// Counts of the voters, for quorum arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VoterCount {
+    pub voters: usize,
+    pub healthy: usize,
+}
+
+impl VoterCount {
+    pub fn of(members: &[Member]) -> Self {
+        Self {
+            voters: members.iter().filter(|m| !m.is_learner).count(),
+            healthy: members.iter().filter(|m| m.is_healthy_voter()).count(),
+        }
+    }
+
+    pub fn has_quorum(self) -> bool {
+        self.voters > 0 && self.healthy >= quorum(self.voters)
+    }
+
+    /// Whether the cluster keeps a healthy quorum once `member` is removed.
+    fn keeps_quorum_without(self, member: &Member) -> bool {
+        let voters = self.voters - usize::from(!member.is_learner);
+        let healthy = self.healthy - usize::from(member.is_healthy_voter());
+        voters > 0 && healthy >= quorum(voters)
+    }
+
+    /// Whether the cluster keeps a healthy quorum once the healthy learner `member` votes.
+    fn keeps_quorum_with_promoted(self, member: &Member) -> bool {
+        let voters = self.voters + 1;
+        let healthy = self.healthy + usize::from(member.healthy);
+        healthy >= quorum(voters)
+    }
+}
+
+/// The next step for the observed cluster.
+pub fn plan(observed: &Observed) -> Action {
+    let desired = valid_replicas(observed.spec_replicas);
+
+    // Creation: the bootstrap state first, since the StatefulSet's pods read it.
+    let stateful_set = match (&observed.bootstrap, &observed.stateful_set) {
+        (None, None) => {
+            return match desired {
+                Some(replicas) => {
+                    Action::WriteBootstrapConfig(BootstrapConfig::new_cluster(replicas))
+                }
+                None => Action::Wait(WaitReason::InvalidReplicas(observed.spec_replicas)),
+            };
+        }
+        (Some(config), None) => {
+            let replicas = config.members.iter().max().map_or(0, |&max| max + 1);
+            return Action::ScaleStatefulSet {
+                replicas: replicas as i32,
+            };
+        }
+        (_, Some(stateful_set)) => stateful_set,
+    };
+
+    let Some(members) = &observed.members else {
+        if let Some(action) = move_pod_off_lost_node(observed) {
+            return action;
+        }
+        let forming = observed
+            .bootstrap
+            .as_ref()
+            .is_some_and(|config| config.state == InitialClusterState::New);
+        return Action::Wait(if forming {
+            WaitReason::ClusterForming
+        } else {
+            WaitReason::NoMemberAnswers
+        });
+    };
+
+    let count = VoterCount::of(members);
+    if !count.has_quorum() {
+        // Moving a pod off a dead node can only bring a member back; nothing else is safe.
+        return move_pod_off_lost_node(observed).unwrap_or(Action::Wait(WaitReason::QuorumLost {
+            healthy: count.healthy,
+            voters: count.voters,
+        }));
+    }
+
+    // The bootstrap state follows membership, so that any member that starts joins the
+    // cluster as it is now.
+    let registered: BTreeSet<u32> = members.iter().filter_map(|m| m.ordinal).collect();
+    let config = BootstrapConfig::existing_cluster(registered.iter().copied());
+    if observed.bootstrap.as_ref() != Some(&config) {
+        return Action::WriteBootstrapConfig(config);
+    }
+
+    if let Some(action) = move_pod_off_lost_node(observed) {
+        return action;
+    }
+    if let Some(action) = repair_lost_data(observed, members, count, desired) {
+        return action;
+    }
+
+    let target = registered.iter().max().map_or(0, |&max| max + 1) as i32;
+    // A removed member's pod goes first, then its claims, so that they can never bring a stale
+    // member back on a later scale-up.
+    if stateful_set.replicas > target {
+        return Action::ScaleStatefulSet { replicas: target };
+    }
+    if let Some(action) = delete_claims_of_removed_members(observed, stateful_set.replicas) {
+        return action;
+    }
+
+    // A learner is finished before anything else changes.
+    let goal = desired.unwrap_or(registered.len() as u32);
+    if let Some((learner, ordinal)) = members
+        .iter()
+        .filter(|m| m.is_learner)
+        .find_map(|m| Some((m, m.ordinal?)))
+    {
+        if ordinal >= goal {
+            return Action::RemoveMember {
+                id: learner.id,
+                ordinal,
+                reason: RemovalReason::ScaleDown,
+            };
+        }
+        if stateful_set.replicas < target {
+            return Action::ScaleStatefulSet { replicas: target };
+        }
+        if !(learner.is_started() && learner.healthy) {
+            return Action::Wait(WaitReason::LearnerCatchingUp { ordinal });
+        }
+        if !count.keeps_quorum_with_promoted(learner) {
+            return Action::Wait(WaitReason::WouldLoseQuorum);
+        }
+        return Action::PromoteLearner {
+            id: learner.id,
+            ordinal,
+        };
+    }
+    if stateful_set.replicas < target {
+        return Action::ScaleStatefulSet { replicas: target };
+    }
+
+    let unhealthy: Vec<String> = members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(member_label)
+        .collect();
+
+    if let Some(desired) = desired {
+        let voters = registered.len() as u32;
+        if voters < desired {
+            if !unhealthy.is_empty() {
+                return Action::Wait(WaitReason::MembersUnhealthy { unhealthy });
+            }
+            let ordinal = (0..desired)
+                .find(|o| !registered.contains(o))
+                .expect("fewer members than ordinals");
+            if has_pod_or_claims(observed, ordinal) {
+                return Action::Wait(WaitReason::UnregisteredMemberData { ordinal });
+            }
+            return Action::AddLearner { ordinal };
+        }
+        if voters > desired {
+            return remove_highest_member(members, count);
+        }
+    }
+
+    if !unhealthy.is_empty() {
+        // Present but unhealthy: reported as Degraded, never churned.
+        return Action::Wait(WaitReason::MembersUnhealthy { unhealthy });
+    }
+    if let Some(action) = restart_outdated_pod(observed, members) {
+        return action;
+    }
+    if let Some(ordinal) =
+        (0..target as u32).find(|o| !pod_of(observed, *o).is_some_and(|p| p.ready))
+    {
+        return Action::Wait(WaitReason::PodStarting { ordinal });
+    }
+    match desired {
+        Some(_) => Action::Converged,
+        None => Action::Wait(WaitReason::InvalidReplicas(observed.spec_replicas)),
+    }
+}
+
+fn member_label(member: &Member) -> String {
+    if member.is_started() {
+        member.name.clone()
+    } else {
+        format!("{:x}", member.id)
+    }
+}
+
+fn pod_of(observed: &Observed, ordinal: u32) -> Option<&MemberPod> {
+    observed.pods.iter().find(|p| p.ordinal == ordinal)
+}
+
+fn has_pod_or_claims(observed: &Observed, ordinal: u32) -> bool {
+    pod_of(observed, ordinal).is_some() || observed.claims.iter().any(|c| c.ordinal == ordinal)
+}
+
+fn member_at(members: &[Member], ordinal: u32) -> Option<&Member> {
+    members.iter().find(|m| m.ordinal == Some(ordinal))
+}
+
+/// A pod that has sat on a NotReady or vanished node for longer than the policy allows is
+/// force-deleted: the StatefulSet recreates it on another node with the same claims, so it
+/// comes back as the same member. No membership changes.
+fn move_pod_off_lost_node(observed: &Observed) -> Option<Action> {
+    let timeout = observed.node_lost_timeout.as_secs() as i64;
+    observed.pods.iter().find_map(|pod| {
+        let lost_since = match &pod.node {
+            NodeState::NotReady { since } => *since,
+            // A deleted node is gone for good, and its pods keep their last status forever:
+            // the clock starts when the pod stopped being ready, or has run out if it never did.
+            NodeState::Missing => match pod.not_ready_since {
+                Some(since) => since,
+                None => {
+                    return Some(Action::ForceDeletePod {
+                        ordinal: pod.ordinal,
+                    })
+                }
+            },
+            NodeState::Unscheduled | NodeState::Ready => return None,
+        };
+        let waited = observed.now.as_second() - lost_since.as_second();
+        (waited >= timeout).then_some(Action::ForceDeletePod {
+            ordinal: pod.ordinal,
+        })
+    })
+}
+
+/// Replacement of a member whose volume lost its data while its name is still registered:
+/// remove the old ID, add the same peer URL again as a learner, let the pod join as
+/// `existing`. Also clears data that can never be used again.
+fn repair_lost_data(
+    observed: &Observed,
+    members: &[Member],
+    count: VoterCount,
+    desired: Option<u32>,
+) -> Option<Action> {
+    for pod in &observed.pods {
+        let Some(refusal) = &pod.start_refusal else {
+            continue;
+        };
+        if pod.running {
+            // The refusal is from an earlier start; this one got past it.
+            continue;
+        }
+        let member = member_at(members, pod.ordinal);
+        match refusal {
+            StartRefusal::EmptyDataDir { registered_id } => match member {
+                Some(m) if m.is_started() => {
+                    // A refusal naming another ID predates the member's latest addition.
+                    if registered_id.is_some_and(|id| id != m.id) {
+                        continue;
+                    }
+                    if !count.keeps_quorum_without(m) {
+                        return Some(Action::Wait(WaitReason::WouldLoseQuorum));
+                    }
+                    return Some(Action::RemoveMember {
+                        id: m.id,
+                        ordinal: pod.ordinal,
+                        reason: RemovalReason::DataLost,
+                    });
+                }
+                Some(_) => {
+                    return Some(Action::RestartPod {
+                        ordinal: pod.ordinal,
+                        reason: RestartReason::Rejoin,
+                    });
+                }
+                None if desired.is_some_and(|d| pod.ordinal < d)
+                    && !members.iter().any(|m| m.is_learner) =>
+                {
+                    return Some(Action::AddLearner {
+                        ordinal: pod.ordinal,
+                    });
+                }
+                None => {}
+            },
+            StartRefusal::UnusableDataDir => match member {
+                Some(m) if m.is_started() => {
+                    if !count.keeps_quorum_without(m) {
+                        return Some(Action::Wait(WaitReason::WouldLoseQuorum));
+                    }
+                    return Some(Action::RemoveMember {
+                        id: m.id,
+                        ordinal: pod.ordinal,
+                        reason: RemovalReason::DataLost,
+                    });
+                }
+                _ => {
+                    return Some(Action::DiscardMemberData {
+                        ordinal: pod.ordinal,
+                    })
+                }
+            },
+            StartRefusal::RemovedMember => {
+                if !member.is_some_and(Member::is_started) {
+                    return Some(Action::DiscardMemberData {
+                        ordinal: pod.ordinal,
+                    });
+                }
+            }
+            StartRefusal::Other(_) => {}
+        }
+    }
+    // A pod waiting for a claim that is being deleted never starts; a new pod gets new claims.
+    for claim in observed.claims.iter().filter(|c| c.terminating) {
+        if let Some(pod) = pod_of(observed, claim.ordinal) {
+            if !pod.running && !pod.terminating {
+                return Some(Action::RestartPod {
+                    ordinal: pod.ordinal,
+                    reason: RestartReason::ClaimReplaced,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Claims of ordinals beyond the StatefulSet belong to removed members.
+fn delete_claims_of_removed_members(observed: &Observed, replicas: i32) -> Option<Action> {
+    let ordinal = observed
+        .claims
+        .iter()
+        .filter(|c| c.ordinal as i64 >= replicas as i64 && !c.terminating)
+        .map(|c| c.ordinal)
+        .max()?;
+    Some(if pod_of(observed, ordinal).is_some() {
+        Action::Wait(WaitReason::PodTerminating { ordinal })
+    } else {
+        Action::DeleteClaims { ordinal }
+    })
+}
+
+/// Scale-down: the highest ordinal leaves, after handing off leadership.
+fn remove_highest_member(members: &[Member], count: VoterCount) -> Action {
+    let victim = members
+        .iter()
+        .filter(|m| m.ordinal.is_some())
+        .max_by_key(|m| m.ordinal)
+        .expect("more members than desired");
+    let ordinal = victim.ordinal.expect("filtered on ordinal");
+    if victim.is_leader {
+        return match members
+            .iter()
+            .filter(|m| m.id != victim.id && m.is_healthy_voter())
+            .min_by_key(|m| m.ordinal)
+        {
+            Some(to) => Action::MoveLeader {
+                from: victim.id,
+                to: to.id,
+            },
+            None => Action::Wait(WaitReason::WouldLoseQuorum),
+        };
+    }
+    if !count.keeps_quorum_without(victim) {
+        return Action::Wait(WaitReason::WouldLoseQuorum);
+    }
+    Action::RemoveMember {
+        id: victim.id,
+        ordinal,
+        reason: RemovalReason::ScaleDown,
+    }
+}
+
+/// With the StatefulSet's `OnDelete` strategy, members move to a new template only when the
+/// operator restarts them: one at a time, highest ordinal first, the leader last-but-handed-off,
+/// and only while every voter is healthy (the caller checked).
+fn restart_outdated_pod(observed: &Observed, members: &[Member]) -> Option<Action> {
+    let update_revision = observed.stateful_set.as_ref()?.update_revision.as_ref()?;
+    if observed.pods.iter().any(|p| !p.ready) {
+        return None;
+    }
+    let pod = observed
+        .pods
+        .iter()
+        .filter(|p| p.revision.as_ref().is_some_and(|r| r != update_revision))
+        .max_by_key(|p| p.ordinal)?;
+    let member = member_at(members, pod.ordinal)?;
+    if member.is_leader {
+        let to = members
+            .iter()
+            .filter(|m| m.id != member.id && m.is_healthy_voter())
+            .min_by_key(|m| m.ordinal)?;
+        return Some(Action::MoveLeader {
+            from: member.id,
+            to: to.id,
+        });
+    }
+    Some(Action::RestartPod {
+        ordinal: pod.ordinal,
+        reason: RestartReason::Update,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,825 @@
+//! Table tests of the planner. Each case is an observed state and the one step the planner
+//! must choose; the walks drive a small model of Kubernetes and the cluster with the planner's
+//! own steps, so every intermediate state of a scale or a repair is planned from scratch, as it
+//! is after an operator restart.
+
+use super::*;
+
+const NOW: i64 = 1_750_000_000;
+const TIMEOUT_SECS: u64 = 300;
+
+fn at(second: i64) -> Timestamp {
+    Timestamp::from_second(second).unwrap()
+}
+
+fn id(ordinal: u32) -> u64 {
+    0x8e9e_05c5_2164_0000 + ordinal as u64
+}
+
+fn member(ordinal: u32) -> Member {
+    Member {
+        id: id(ordinal),
+        name: format!("kv-{ordinal}"),
+        ordinal: Some(ordinal),
+        peer_urls: vec![format!("http://kv-{ordinal}.kv-peer.ns.svc:2380")],
+        client_urls: vec![format!("http://kv-{ordinal}.kv-peer.ns.svc:2379")],
+        is_learner: false,
+        healthy: true,
+        is_leader: ordinal == 0,
+    }
+}
+
+fn pod(ordinal: u32) -> MemberPod {
+    MemberPod {
+        ordinal,
+        ready: true,
+        running: true,
+        not_ready_since: None,
+        terminating: false,
+        node: NodeState::Ready,
+        start_refusal: None,
+        revision: Some("r1".into()),
+    }
+}
+
+fn claims(ordinal: u32) -> [Claim; 2] {
+    [VolumeKind::Data, VolumeKind::Wal].map(|kind| Claim {
+        ordinal,
+        kind,
+        terminating: false,
+    })
+}
+
+/// A converged cluster of `n` healthy voters led by member 0, asked to have `spec` members.
+fn cluster(n: u32, spec: i32) -> Observed {
+    Observed {
+        spec_replicas: spec,
+        node_lost_timeout: Duration::from_secs(TIMEOUT_SECS),
+        now: at(NOW),
+        bootstrap: Some(BootstrapConfig::existing_cluster(0..n)),
+        stateful_set: Some(ObservedStatefulSet {
+            replicas: n as i32,
+            update_revision: Some("r1".into()),
+        }),
+        members: Some((0..n).map(member).collect()),
+        pods: (0..n).map(pod).collect(),
+        claims: (0..n).flat_map(claims).collect(),
+    }
+}
+
+fn members_mut(o: &mut Observed) -> &mut Vec<Member> {
+    o.members.as_mut().unwrap()
+}
+
+fn member_mut(o: &mut Observed, ordinal: u32) -> &mut Member {
+    members_mut(o)
+        .iter_mut()
+        .find(|m| m.ordinal == Some(ordinal))
+        .unwrap()
+}
+
+fn pod_mut(o: &mut Observed, ordinal: u32) -> &mut MemberPod {
+    o.pods.iter_mut().find(|p| p.ordinal == ordinal).unwrap()
+}
+
+/// The member's pod is gone and the member stopped answering.
+fn lose_pod(o: &mut Observed, ordinal: u32) {
+    o.pods.retain(|p| p.ordinal != ordinal);
+    member_mut(o, ordinal).healthy = false;
+}
+
+/// The member's node stopped reporting `seconds_ago`.
+fn lose_node(o: &mut Observed, ordinal: u32, seconds_ago: i64) {
+    let since = at(NOW - seconds_ago);
+    let pod = pod_mut(o, ordinal);
+    pod.node = NodeState::NotReady { since };
+    pod.ready = false;
+    pod.not_ready_since = Some(since);
+    member_mut(o, ordinal).healthy = false;
+}
+
+/// The member's volume came back empty: the node refuses to start and says why.
+fn lose_data(o: &mut Observed, ordinal: u32) {
+    let pod = pod_mut(o, ordinal);
+    pod.ready = false;
+    pod.running = false;
+    pod.start_refusal = StartRefusal::parse(&format!(
+        "data dir empty but member kv-{ordinal} is registered as ID {:x}",
+        id(ordinal)
+    ));
+    member_mut(o, ordinal).healthy = false;
+}
+
+/// What Kubernetes and the cluster do after a step, when everything goes well. The pods of
+/// the StatefulSet start, a learner whose pod runs catches up, and a member that starts with an
+/// empty volume while registered refuses to start.
+fn carry_out(o: &mut Observed, action: &Action) {
+    match action {
+        Action::WriteBootstrapConfig(config) => o.bootstrap = Some(config.clone()),
+        Action::ScaleStatefulSet { replicas } => {
+            let replicas = *replicas as u32;
+            match &mut o.stateful_set {
+                Some(sts) => sts.replicas = replicas as i32,
+                None => {
+                    o.stateful_set = Some(ObservedStatefulSet {
+                        replicas: replicas as i32,
+                        update_revision: Some("r1".into()),
+                    })
+                }
+            }
+            o.pods.retain(|p| p.ordinal < replicas);
+            for ordinal in 0..replicas {
+                if !o.pods.iter().any(|p| p.ordinal == ordinal) {
+                    o.pods.push(pod(ordinal));
+                }
+                if !o.claims.iter().any(|c| c.ordinal == ordinal) {
+                    o.claims.extend(claims(ordinal));
+                }
+            }
+        }
+        Action::AddLearner { ordinal } => {
+            let mut learner = member(*ordinal);
+            learner.id = id(*ordinal) + 0x100 * (members_mut(o).len() as u64 + 1);
+            learner.name.clear();
+            learner.is_learner = true;
+            learner.healthy = false;
+            learner.is_leader = false;
+            members_mut(o).push(learner);
+        }
+        Action::PromoteLearner { id, .. } => {
+            let m = members_mut(o).iter_mut().find(|m| m.id == *id).unwrap();
+            m.is_learner = false;
+        }
+        Action::MoveLeader { from, to } => {
+            for m in members_mut(o) {
+                if m.id == *from {
+                    m.is_leader = false;
+                }
+                if m.id == *to {
+                    m.is_leader = true;
+                }
+            }
+        }
+        Action::RemoveMember { id, .. } => members_mut(o).retain(|m| m.id != *id),
+        Action::DeleteClaims { ordinal } => o.claims.retain(|c| c.ordinal != *ordinal),
+        Action::DiscardMemberData { ordinal } => {
+            o.claims.retain(|c| c.ordinal != *ordinal);
+            o.pods.retain(|p| p.ordinal != *ordinal);
+        }
+        Action::ForceDeletePod { ordinal } | Action::RestartPod { ordinal, .. } => {
+            // The StatefulSet recreates the pod on a Ready node, with the same claims.
+            o.pods.retain(|p| p.ordinal != *ordinal);
+            o.pods.push(pod(*ordinal));
+            let registered = members_mut(o)
+                .iter()
+                .any(|m| m.ordinal == Some(*ordinal) && m.is_started());
+            if let Some(m) = members_mut(o)
+                .iter_mut()
+                .find(|m| m.ordinal == Some(*ordinal))
+            {
+                m.healthy = registered;
+            }
+        }
+        Action::Wait(_) | Action::Converged => {}
+    }
+    // A learner whose pod runs starts and catches up; a started member with a running pod is
+    // healthy.
+    let running: Vec<u32> = o
+        .pods
+        .iter()
+        .filter(|p| p.running)
+        .map(|p| p.ordinal)
+        .collect();
+    if let Some(members) = &mut o.members {
+        for m in members.iter_mut() {
+            if m.ordinal.is_some_and(|ord| running.contains(&ord)) {
+                if !m.is_started() {
+                    m.name = format!("kv-{}", m.ordinal.unwrap());
+                }
+                m.healthy = true;
+            }
+        }
+    }
+}
+
+/// Plans one step and carries it out.
+fn step(o: &mut Observed) -> Action {
+    let action = plan(o);
+    carry_out(o, &action);
+    action
+}
+
+/// Plans and carries out steps until the planner has nothing left to do; returns the steps.
+fn walk(o: &mut Observed) -> Vec<Action> {
+    let mut steps = Vec::new();
+    for _ in 0..64 {
+        let action = plan(o);
+        steps.push(action.clone());
+        if matches!(action, Action::Converged | Action::Wait(_)) {
+            return steps;
+        }
+        carry_out(o, &action);
+    }
+    panic!("no convergence after 64 steps: {steps:?}");
+}
+
+fn existing(ordinals: impl IntoIterator<Item = u32>) -> Action {
+    Action::WriteBootstrapConfig(BootstrapConfig::existing_cluster(ordinals))
+}
+
+fn scale_up_steps(ordinal: u32, learner_id: u64) -> Vec<Action> {
+    vec![
+        Action::AddLearner { ordinal },
+        existing(0..=ordinal),
+        Action::ScaleStatefulSet {
+            replicas: ordinal as i32 + 1,
+        },
+        Action::PromoteLearner {
+            id: learner_id,
+            ordinal,
+        },
+    ]
+}
+
+fn scale_down_steps(ordinal: u32) -> Vec<Action> {
+    vec![
+        Action::RemoveMember {
+            id: id(ordinal),
+            ordinal,
+            reason: RemovalReason::ScaleDown,
+        },
+        existing(0..ordinal),
+        Action::ScaleStatefulSet {
+            replicas: ordinal as i32,
+        },
+        Action::DeleteClaims { ordinal },
+    ]
+}
+
+fn learner_id(ordinal: u32, members_before: u64) -> u64 {
+    id(ordinal) + 0x100 * (members_before + 1)
+}
+
+// ----- bootstrap ---------------------------------------------------------------------------
+
+#[test]
+fn bootstrap_writes_config_then_statefulset_then_waits_for_the_cluster_to_form() {
+    let mut o = Observed {
+        spec_replicas: 3,
+        node_lost_timeout: Duration::from_secs(TIMEOUT_SECS),
+        now: at(NOW),
+        bootstrap: None,
+        stateful_set: None,
+        members: None,
+        pods: vec![],
+        claims: vec![],
+    };
+    assert_eq!(
+        plan(&o),
+        Action::WriteBootstrapConfig(BootstrapConfig::new_cluster(3))
+    );
+    step(&mut o);
+    assert_eq!(plan(&o), Action::ScaleStatefulSet { replicas: 3 });
+    step(&mut o);
+    assert_eq!(plan(&o), Action::Wait(WaitReason::ClusterForming));
+
+    // The members formed a cluster: from now on a starting member joins it.
+    o.members = Some((0..3).map(member).collect());
+    assert_eq!(plan(&o), existing(0..3));
+    step(&mut o);
+    assert_eq!(plan(&o), Action::Converged);
+}
+
+#[test]
+fn bootstrap_with_an_even_count_creates_nothing() {
+    let o = Observed {
+        spec_replicas: 4,
+        bootstrap: None,
+        stateful_set: None,
+        members: None,
+        pods: vec![],
+        claims: vec![],
+        ..cluster(0, 4)
+    };
+    assert_eq!(plan(&o), Action::Wait(WaitReason::InvalidReplicas(4)));
+}
+
+#[test]
+fn formed_cluster_with_an_unstarted_initial_member_lists_it_in_the_config() {
+    // Two of three initial members formed quorum; the third has not started and has no name.
+    let mut o = cluster(3, 3);
+    o.bootstrap = Some(BootstrapConfig::new_cluster(3));
+    member_mut(&mut o, 2).name.clear();
+    member_mut(&mut o, 2).healthy = false;
+    assert_eq!(plan(&o), existing(0..3));
+}
+
+// ----- scaling 1 → 3 → 5 → 3 → 1 --------------------------------------------------------
+
+#[test]
+fn scale_one_to_three_to_five_to_three_to_one_one_member_per_step() {
+    let mut o = cluster(1, 3);
+    let mut expected = scale_up_steps(1, learner_id(1, 1));
+    expected.extend(scale_up_steps(2, learner_id(2, 2)));
+    expected.push(Action::Converged);
+    assert_eq!(walk(&mut o), expected, "1 -> 3");
+
+    o.spec_replicas = 5;
+    let mut expected = scale_up_steps(3, learner_id(3, 3));
+    expected.extend(scale_up_steps(4, learner_id(4, 4)));
+    expected.push(Action::Converged);
+    assert_eq!(walk(&mut o), expected, "3 -> 5");
+
+    // Fresh IDs for the remaining members so the removals can be named.
+    for m in members_mut(&mut o) {
+        m.id = id(m.ordinal.unwrap());
+    }
+    o.spec_replicas = 3;
+    let mut expected = scale_down_steps(4);
+    expected.extend(scale_down_steps(3));
+    expected.push(Action::Converged);
+    assert_eq!(walk(&mut o), expected, "5 -> 3");
+
+    o.spec_replicas = 1;
+    let mut expected = scale_down_steps(2);
+    expected.extend(scale_down_steps(1));
+    expected.push(Action::Converged);
+    assert_eq!(walk(&mut o), expected, "3 -> 1");
+    assert_eq!(o.members.as_ref().unwrap().len(), 1);
+    assert!(o.claims.iter().all(|c| c.ordinal == 0));
+}
+
+#[test]
+fn every_intermediate_step_of_scaling_keeps_quorum() {
+    let mut o = cluster(1, 5);
+    for _ in 0..64 {
+        let action = plan(&o);
+        if action == Action::Converged {
+            break;
+        }
+        carry_out(&mut o, &action);
+        assert!(
+            VoterCount::of(o.members.as_ref().unwrap()).has_quorum(),
+            "{action:?}"
+        );
+    }
+    o.spec_replicas = 1;
+    for _ in 0..64 {
+        let action = plan(&o);
+        if action == Action::Converged {
+            break;
+        }
+        carry_out(&mut o, &action);
+        assert!(
+            VoterCount::of(o.members.as_ref().unwrap()).has_quorum(),
+            "{action:?}"
+        );
+    }
+    assert_eq!(o.members.as_ref().unwrap().len(), 1);
+}
+
+#[test]
+fn scale_up_waits_for_the_learner_to_catch_up_before_promoting() {
+    let mut o = cluster(3, 5);
+    carry_out(&mut o, &Action::AddLearner { ordinal: 3 });
+    carry_out(&mut o, &existing(0..4));
+    // The StatefulSet was raised, but the new pod has not started yet.
+    o.stateful_set.as_mut().unwrap().replicas = 4;
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::LearnerCatchingUp { ordinal: 3 })
+    );
+}
+
+#[test]
+fn scale_up_resumes_after_a_restart_between_member_add_and_config_update() {
+    let mut o = cluster(3, 5);
+    carry_out(&mut o, &Action::AddLearner { ordinal: 3 });
+    // The operator died here: the ConfigMap and StatefulSet still describe three members.
+    assert_eq!(plan(&o), existing(0..4));
+    step(&mut o);
+    assert_eq!(plan(&o), Action::ScaleStatefulSet { replicas: 4 });
+}
+
+#[test]
+fn scale_up_waits_while_a_member_is_unhealthy() {
+    let mut o = cluster(3, 5);
+    member_mut(&mut o, 1).healthy = false;
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy {
+            unhealthy: vec!["kv-1".into()]
+        })
+    );
+}
+
+#[test]
+fn scale_down_moves_leadership_off_the_member_it_removes() {
+    let mut o = cluster(5, 3);
+    member_mut(&mut o, 0).is_leader = false;
+    member_mut(&mut o, 4).is_leader = true;
+    assert_eq!(
+        plan(&o),
+        Action::MoveLeader {
+            from: id(4),
+            to: id(0)
+        }
+    );
+}
+
+#[test]
+fn scale_down_refuses_a_removal_that_would_lose_quorum() {
+    // Five voters, two of them down: removing a healthy one leaves 2 of 4, below quorum.
+    let mut o = cluster(5, 3);
+    member_mut(&mut o, 1).healthy = false;
+    member_mut(&mut o, 2).healthy = false;
+    assert_eq!(plan(&o), Action::Wait(WaitReason::WouldLoseQuorum));
+}
+
+#[test]
+fn scale_down_removes_an_unhealthy_highest_member_when_quorum_holds() {
+    let mut o = cluster(5, 3);
+    member_mut(&mut o, 4).healthy = false;
+    assert_eq!(
+        plan(&o),
+        Action::RemoveMember {
+            id: id(4),
+            ordinal: 4,
+            reason: RemovalReason::ScaleDown
+        }
+    );
+}
+
+#[test]
+fn removed_members_claims_wait_for_its_pod_to_terminate() {
+    let mut o = cluster(3, 3);
+    o.claims.extend(claims(3));
+    o.pods.push(MemberPod {
+        terminating: true,
+        ..pod(3)
+    });
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::PodTerminating { ordinal: 3 })
+    );
+    o.pods.retain(|p| p.ordinal != 3);
+    assert_eq!(plan(&o), Action::DeleteClaims { ordinal: 3 });
+}
+
+#[test]
+fn leftover_claims_are_deleted_before_their_ordinal_is_added_again() {
+    // The operator died after lowering the StatefulSet from 4 to 3 but before deleting the
+    // claims of member 3, and the user then asked for 5 members.
+    let mut o = cluster(3, 5);
+    o.claims.extend(claims(3));
+    assert_eq!(plan(&o), Action::DeleteClaims { ordinal: 3 });
+    step(&mut o);
+    assert_eq!(plan(&o), Action::AddLearner { ordinal: 3 });
+}
+
+#[test]
+fn an_unregistered_pod_with_volumes_is_never_added_blindly() {
+    // Member 2 was removed by hand while its pod still runs with the old member's data.
+    let mut o = cluster(3, 3);
+    members_mut(&mut o).retain(|m| m.ordinal != Some(2));
+    o.bootstrap = Some(BootstrapConfig::existing_cluster(0..2));
+    o.stateful_set.as_mut().unwrap().replicas = 3;
+    // Lowering the StatefulSet to the registered members comes first ...
+    assert_eq!(plan(&o), Action::ScaleStatefulSet { replicas: 2 });
+    // ... and with a StatefulSet kept at 3 by a user, nothing is added on top of that data.
+    let mut held = o.clone();
+    held.members = Some(vec![member(0), member(1)]);
+    held.stateful_set.as_mut().unwrap().replicas = 2;
+    held.pods.push(pod(2));
+    held.claims.retain(|c| c.ordinal != 2);
+    assert_eq!(
+        plan(&held),
+        Action::Wait(WaitReason::UnregisteredMemberData { ordinal: 2 })
+    );
+}
+
+#[test]
+fn a_learner_beyond_the_spec_is_removed_not_promoted() {
+    // Scale-up 3 -> 5 was started, then the user went back to 3.
+    let mut o = cluster(3, 3);
+    carry_out(&mut o, &Action::AddLearner { ordinal: 3 });
+    carry_out(&mut o, &existing(0..4));
+    let learner = members_mut(&mut o)[3].id;
+    assert_eq!(
+        plan(&o),
+        Action::RemoveMember {
+            id: learner,
+            ordinal: 3,
+            reason: RemovalReason::ScaleDown
+        }
+    );
+}
+
+// ----- even counts -------------------------------------------------------------------------
+
+#[test]
+fn an_even_count_changes_no_membership_and_says_why() {
+    for spec in [0, 2, 4, 6, 10, -1] {
+        let o = cluster(3, spec);
+        assert_eq!(
+            plan(&o),
+            Action::Wait(WaitReason::InvalidReplicas(spec)),
+            "spec {spec}"
+        );
+    }
+}
+
+#[test]
+fn an_even_count_still_moves_pods_off_lost_nodes() {
+    let mut o = cluster(3, 4);
+    lose_node(&mut o, 2, TIMEOUT_SECS as i64 + 1);
+    assert_eq!(plan(&o), Action::ForceDeletePod { ordinal: 2 });
+}
+
+// ----- pod and node loss -------------------------------------------------------------------
+
+#[test]
+fn a_lost_pod_at_any_ordinal_is_never_a_scale_in() {
+    for n in [3, 5] {
+        for ordinal in 0..n {
+            let mut o = cluster(n, n as i32);
+            lose_pod(&mut o, ordinal);
+            if ordinal == 0 {
+                member_mut(&mut o, 0).is_leader = false;
+                member_mut(&mut o, 1).is_leader = true;
+            }
+            assert_eq!(
+                plan(&o),
+                Action::Wait(WaitReason::MembersUnhealthy {
+                    unhealthy: vec![format!("kv-{ordinal}")]
+                }),
+                "{n} members, pod {ordinal} lost"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_pod_on_a_not_ready_node_is_moved_only_after_the_timeout() {
+    for ordinal in 0..3 {
+        let mut o = cluster(3, 3);
+        lose_node(&mut o, ordinal, TIMEOUT_SECS as i64 - 1);
+        assert!(
+            matches!(plan(&o), Action::Wait(WaitReason::MembersUnhealthy { .. })),
+            "ordinal {ordinal} before the timeout"
+        );
+        lose_node(&mut o, ordinal, TIMEOUT_SECS as i64);
+        assert_eq!(plan(&o), Action::ForceDeletePod { ordinal });
+        // The StatefulSet brings it back elsewhere with the same claims: same member.
+        step(&mut o);
+        assert_eq!(plan(&o), Action::Converged, "ordinal {ordinal}");
+        assert_eq!(member_mut(&mut o, ordinal).id, id(ordinal));
+    }
+}
+
+#[test]
+fn a_pod_on_a_deleted_node_is_moved_after_the_timeout_or_at_once_if_it_looked_ready() {
+    let mut o = cluster(3, 3);
+    pod_mut(&mut o, 1).node = NodeState::Missing;
+    member_mut(&mut o, 1).healthy = false;
+    assert_eq!(plan(&o), Action::ForceDeletePod { ordinal: 1 });
+
+    pod_mut(&mut o, 1).not_ready_since = Some(at(NOW - 10));
+    assert!(matches!(plan(&o), Action::Wait(_)));
+}
+
+#[test]
+fn loss_of_the_leaders_node_moves_its_pod_without_membership_change() {
+    let mut o = cluster(3, 3);
+    lose_node(&mut o, 0, TIMEOUT_SECS as i64 + 60);
+    // The others elected a new leader.
+    member_mut(&mut o, 0).is_leader = false;
+    member_mut(&mut o, 2).is_leader = true;
+    let steps = walk(&mut o);
+    assert_eq!(
+        steps,
+        vec![Action::ForceDeletePod { ordinal: 0 }, Action::Converged]
+    );
+}
+
+// ----- data loss ---------------------------------------------------------------------------
+
+#[test]
+fn data_loss_at_any_ordinal_replaces_the_member_under_the_same_name() {
+    for n in [1, 3, 5] {
+        for ordinal in 0..n {
+            if n == 1 {
+                // A single member with no data has no cluster to rejoin; see the quorum test.
+                continue;
+            }
+            let mut o = cluster(n, n as i32);
+            if ordinal == 0 {
+                member_mut(&mut o, 0).is_leader = false;
+                member_mut(&mut o, 1).is_leader = true;
+            }
+            lose_data(&mut o, ordinal);
+            let others: Vec<u32> = (0..n).filter(|&o| o != ordinal).collect();
+            let new_id = learner_id(ordinal, n as u64 - 1);
+            let expected = vec![
+                Action::RemoveMember {
+                    id: id(ordinal),
+                    ordinal,
+                    reason: RemovalReason::DataLost,
+                },
+                existing(others.clone()),
+                Action::AddLearner { ordinal },
+                existing(0..n),
+                Action::RestartPod {
+                    ordinal,
+                    reason: RestartReason::Rejoin,
+                },
+                Action::PromoteLearner {
+                    id: new_id,
+                    ordinal,
+                },
+                Action::Converged,
+            ];
+            assert_eq!(
+                walk(&mut o),
+                expected,
+                "{n} members, data lost at {ordinal}"
+            );
+            // The StatefulSet never shrank and the claims were kept.
+            assert_eq!(o.stateful_set.as_ref().unwrap().replicas, n as i32);
+            assert_eq!(o.claims.len(), 2 * n as usize);
+        }
+    }
+}
+
+#[test]
+fn data_loss_with_a_stale_refusal_for_an_older_id_is_not_replaced_again() {
+    let mut o = cluster(3, 3);
+    lose_data(&mut o, 2);
+    // The member was already replaced: it is registered under a new ID and started elsewhere.
+    member_mut(&mut o, 2).id = id(2) + 1;
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy { .. })
+    ));
+}
+
+#[test]
+fn an_unusable_data_dir_is_discarded_after_the_member_is_removed() {
+    let mut o = cluster(3, 3);
+    lose_data(&mut o, 1);
+    pod_mut(&mut o, 1).start_refusal = StartRefusal::parse("data dir unusable: checksum mismatch");
+    assert_eq!(
+        plan(&o),
+        Action::RemoveMember {
+            id: id(1),
+            ordinal: 1,
+            reason: RemovalReason::DataLost
+        }
+    );
+    step(&mut o);
+    step(&mut o); // bootstrap config follows membership
+    assert_eq!(plan(&o), Action::DiscardMemberData { ordinal: 1 });
+}
+
+#[test]
+fn a_terminating_claim_does_not_strand_a_pending_pod() {
+    let mut o = cluster(3, 3);
+    pod_mut(&mut o, 1).running = false;
+    pod_mut(&mut o, 1).ready = false;
+    member_mut(&mut o, 1).healthy = false;
+    o.claims[2].terminating = true;
+    assert_eq!(
+        plan(&o),
+        Action::RestartPod {
+            ordinal: 1,
+            reason: RestartReason::ClaimReplaced
+        }
+    );
+}
+
+// ----- quorum loss -------------------------------------------------------------------------
+
+#[test]
+fn lost_quorum_takes_no_membership_step() {
+    let mut o = cluster(3, 3);
+    member_mut(&mut o, 1).healthy = false;
+    member_mut(&mut o, 2).healthy = false;
+    let lost = Action::Wait(WaitReason::QuorumLost {
+        healthy: 1,
+        voters: 3,
+    });
+    assert_eq!(plan(&o), lost);
+
+    // Not even the replacement of a member that lost its data ...
+    lose_data(&mut o, 2);
+    assert_eq!(plan(&o), lost);
+    // ... nor scaling.
+    o.spec_replicas = 1;
+    assert_eq!(plan(&o), lost);
+}
+
+#[test]
+fn lost_quorum_still_moves_pods_off_lost_nodes() {
+    let mut o = cluster(3, 3);
+    lose_node(&mut o, 1, TIMEOUT_SECS as i64 + 1);
+    lose_node(&mut o, 2, 10);
+    assert_eq!(plan(&o), Action::ForceDeletePod { ordinal: 1 });
+}
+
+#[test]
+fn no_answer_from_a_formed_cluster_is_reported_not_acted_upon() {
+    let mut o = cluster(3, 5);
+    o.members = None;
+    assert_eq!(plan(&o), Action::Wait(WaitReason::NoMemberAnswers));
+}
+
+#[test]
+fn a_single_member_that_lost_its_data_is_not_removed() {
+    let mut o = cluster(1, 1);
+    lose_data(&mut o, 0);
+    // Its only member is down: no quorum, nothing to remove it through.
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::QuorumLost {
+            healthy: 0,
+            voters: 1
+        })
+    );
+}
+
+// ----- updates -----------------------------------------------------------------------------
+
+#[test]
+fn template_update_restarts_one_member_at_a_time_leader_last() {
+    let mut o = cluster(3, 3);
+    o.stateful_set.as_mut().unwrap().update_revision = Some("r2".into());
+    for p in &mut o.pods {
+        p.revision = Some("r1".into());
+    }
+    member_mut(&mut o, 0).is_leader = false;
+    member_mut(&mut o, 2).is_leader = true;
+    assert_eq!(
+        plan(&o),
+        Action::MoveLeader {
+            from: id(2),
+            to: id(0)
+        }
+    );
+    step(&mut o);
+    assert_eq!(
+        plan(&o),
+        Action::RestartPod {
+            ordinal: 2,
+            reason: RestartReason::Update
+        }
+    );
+    // While that member restarts, nobody else is touched.
+    lose_pod(&mut o, 2);
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy { .. })
+    ));
+}
+
+// ----- termination messages ----------------------------------------------------------------
+
+#[test]
+fn termination_messages_are_read_as_start_refusals() {
+    assert_eq!(
+        StartRefusal::parse(
+            "data dir empty but member kv-2 is registered as ID 8e9e05c52164694d\n"
+        ),
+        Some(StartRefusal::EmptyDataDir {
+            registered_id: Some(0x8e9e05c52164694d)
+        })
+    );
+    assert_eq!(
+        StartRefusal::parse("data dir empty but member kv-2 is registered"),
+        Some(StartRefusal::EmptyDataDir {
+            registered_id: None
+        })
+    );
+    assert_eq!(
+        StartRefusal::parse("data dir corrupt: wal record 12 checksum mismatch"),
+        Some(StartRefusal::UnusableDataDir)
+    );
+    assert_eq!(
+        StartRefusal::parse("member 8e9e05c52164694d has been removed from the cluster"),
+        Some(StartRefusal::RemovedMember)
+    );
+    assert_eq!(
+        StartRefusal::parse("listen tcp :2380: address in use"),
+        Some(StartRefusal::Other(
+            "listen tcp :2380: address in use".into()
+        ))
+    );
+    assert_eq!(StartRefusal::parse(""), None);
+}
+
+#[test]
+fn quorum_is_a_strict_majority() {
+    assert_eq!([1, 2, 3, 4, 5, 9].map(quorum), [1, 2, 2, 3, 3, 5]);
+    assert_eq!(valid_replicas(3), Some(3));
+    assert_eq!(valid_replicas(11), None);
+    assert_eq!(valid_replicas(8), None);
+}

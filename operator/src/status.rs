@@ -1,0 +1,476 @@
+//! The KVCluster's status, derived from what was observed and the step the planner chose.
+//!
+//! Pure functions, so every phase and condition is tested without a cluster. Conditions keep
+//! their `lastTransitionTime` while their status does not change.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::children::names_of;
+use crate::crd::{KVCluster, KVClusterStatus, MemberStatus, Phase};
+use crate::names::ClusterNames;
+use crate::planner::{
+    valid_replicas, Action, Observed, RemovalReason, RestartReason, VoterCount, WaitReason,
+};
+
+/// What a step is, for Events and the `Progressing` condition.
+pub fn step_reason(action: &Action) -> &'static str {
+    match action {
+        Action::WriteBootstrapConfig(_) => "BootstrapConfigWritten",
+        Action::ScaleStatefulSet { .. } => "StatefulSetScaled",
+        Action::AddLearner { .. } => "MemberAdded",
+        Action::PromoteLearner { .. } => "MemberPromoted",
+        Action::MoveLeader { .. } => "LeaderMoved",
+        Action::RemoveMember { .. } => "MemberRemoved",
+        Action::DeleteClaims { .. } => "ClaimsDeleted",
+        Action::DiscardMemberData { .. } => "MemberDataDiscarded",
+        Action::ForceDeletePod { .. } => "PodMovedOffLostNode",
+        Action::RestartPod { .. } => "PodRestarted",
+        Action::Wait(_) => "Waiting",
+        Action::Converged => "Converged",
+    }
+}
+
+/// A sentence saying what a step did, for Events.
+pub fn describe_step(names: &ClusterNames, action: &Action) -> String {
+    match action {
+        Action::WriteBootstrapConfig(config) => format!(
+            "bootstrap state {} with members {:?}",
+            config.state.as_flag_value(),
+            config.members.iter().map(|&o| names.member(o)).collect::<Vec<_>>()
+        ),
+        Action::ScaleStatefulSet { replicas } => {
+            format!("StatefulSet {} set to {replicas} replicas", names.stateful_set())
+        }
+        Action::AddLearner { ordinal } => format!(
+            "added {} as a learner at {}",
+            names.member(*ordinal),
+            names.peer_url(*ordinal)
+        ),
+        Action::PromoteLearner { id, ordinal } => {
+            format!("promoted learner {} ({id:x}) to voter", names.member(*ordinal))
+        }
+        Action::MoveLeader { from, to } => format!("moved leadership from {from:x} to {to:x}"),
+        Action::RemoveMember {
+            id,
+            ordinal,
+            reason,
+        } => {
+            let why = match reason {
+                RemovalReason::ScaleDown => "to scale down",
+                RemovalReason::DataLost => "because its data volume lost its data; it will be added again",
+            };
+            format!("removed member {} ({id:x}) {why}", names.member(*ordinal))
+        }
+        Action::DeleteClaims { ordinal } => {
+            format!("deleted the volumes of removed member {}", names.member(*ordinal))
+        }
+        Action::DiscardMemberData { ordinal } => format!(
+            "discarded the unusable volumes of {} and restarted its pod",
+            names.member(*ordinal)
+        ),
+        Action::ForceDeletePod { ordinal } => format!(
+            "force-deleted pod {} from its lost node; it comes back elsewhere with the same volumes",
+            names.member(*ordinal)
+        ),
+        Action::RestartPod { ordinal, reason } => {
+            let why = match reason {
+                RestartReason::Rejoin => "to rejoin without waiting for crash back-off",
+                RestartReason::Update => "to run the updated template",
+                RestartReason::ClaimReplaced => "because its volume claim was replaced",
+            };
+            format!("restarted pod {} {why}", names.member(*ordinal))
+        }
+        Action::Wait(reason) => reason.to_string(),
+        Action::Converged => "cluster matches its spec".to_string(),
+    }
+}
+
+/// Whether a step changes the cluster's membership; each of these gets an Event.
+pub fn is_membership_step(action: &Action) -> bool {
+    !matches!(action, Action::Wait(_) | Action::Converged)
+}
+
+fn phase(observed: &Observed, action: &Action) -> Phase {
+    let members = observed.members.as_deref().unwrap_or_default();
+    let registered = members.len() as u32;
+    let scaling = valid_replicas(observed.spec_replicas).is_some_and(|d| d != registered);
+    match action {
+        Action::Converged => Phase::Running,
+        Action::Wait(WaitReason::ClusterForming) => Phase::Bootstrapping,
+        Action::Wait(WaitReason::QuorumLost { .. } | WaitReason::NoMemberAnswers) => {
+            Phase::QuorumLost
+        }
+        Action::Wait(
+            WaitReason::InvalidReplicas(_)
+            | WaitReason::MembersUnhealthy { .. }
+            | WaitReason::WouldLoseQuorum
+            | WaitReason::UnregisteredMemberData { .. },
+        ) => Phase::Degraded,
+        _ if observed.members.is_none() => {
+            if VoterCount::of(members).voters == 0 && observed.stateful_set.is_some() {
+                Phase::QuorumLost
+            } else {
+                Phase::Bootstrapping
+            }
+        }
+        Action::RemoveMember {
+            reason: RemovalReason::DataLost,
+            ..
+        }
+        | Action::ForceDeletePod { .. }
+        | Action::DiscardMemberData { .. }
+        | Action::RestartPod {
+            reason: RestartReason::Rejoin | RestartReason::ClaimReplaced,
+            ..
+        } => Phase::Repairing,
+        Action::RestartPod {
+            reason: RestartReason::Update,
+            ..
+        } => Phase::Updating,
+        _ if scaling => Phase::Scaling,
+        _ => Phase::Repairing,
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        observed_generation: None,
+    }
+}
+
+/// The status to write for this pass over `kvc`. `step_error` is the error of the step just
+/// tried.
+pub fn build_status(
+    kvc: &KVCluster,
+    observed: &Observed,
+    action: &Action,
+    cluster_id: Option<u64>,
+    step_error: Option<&str>,
+    now: Timestamp,
+) -> KVClusterStatus {
+    let names = &names_of(kvc);
+    let generation = kvc.metadata.generation;
+    let previous = kvc.status.as_ref();
+    let members = observed.members.as_deref().unwrap_or_default();
+    let count = VoterCount::of(members);
+    let leader = members.iter().find(|m| m.is_leader);
+
+    let available = match &observed.members {
+        Some(_) if count.has_quorum() => condition(
+            "Available",
+            true,
+            "QuorumHealthy",
+            format!("{} of {} voters are healthy", count.healthy, count.voters),
+        ),
+        Some(_) => condition(
+            "Available",
+            false,
+            "QuorumLost",
+            format!("{} of {} voters are healthy", count.healthy, count.voters),
+        ),
+        None => condition(
+            "Available",
+            false,
+            "NoMemberAnswers",
+            "no member answers the etcd API".to_string(),
+        ),
+    };
+
+    let progressing = match (step_error, action) {
+        (Some(error), _) => condition(
+            "Progressing",
+            true,
+            "StepFailed",
+            format!("{}: {error}", describe_step(names, action)),
+        ),
+        (
+            None,
+            Action::Wait(
+                reason @ (WaitReason::ClusterForming
+                | WaitReason::PodStarting { .. }
+                | WaitReason::LearnerCatchingUp { .. }
+                | WaitReason::PodTerminating { .. }),
+            ),
+        ) => condition("Progressing", true, "Waiting", reason.to_string()),
+        (None, Action::Wait(reason)) => {
+            condition("Progressing", false, "Blocked", reason.to_string())
+        }
+        (None, Action::Converged) => condition(
+            "Progressing",
+            false,
+            "Converged",
+            "cluster matches its spec".to_string(),
+        ),
+        (None, step) => condition(
+            "Progressing",
+            true,
+            step_reason(step),
+            describe_step(names, step),
+        ),
+    };
+
+    let unhealthy: Vec<String> = members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| {
+            m.ordinal
+                .map_or_else(|| format!("{:x}", m.id), |o| names.member(o))
+        })
+        .collect();
+    let degraded = match action {
+        Action::Wait(reason @ WaitReason::InvalidReplicas(_)) => {
+            condition("Degraded", true, "InvalidReplicas", reason.to_string())
+        }
+        Action::Wait(reason @ (WaitReason::QuorumLost { .. } | WaitReason::NoMemberAnswers)) => {
+            condition("Degraded", true, "QuorumLost", reason.to_string())
+        }
+        Action::Wait(reason @ WaitReason::WouldLoseQuorum) => {
+            condition("Degraded", true, "WouldLoseQuorum", reason.to_string())
+        }
+        Action::Wait(reason @ WaitReason::UnregisteredMemberData { .. }) => condition(
+            "Degraded",
+            true,
+            "UnregisteredMemberData",
+            reason.to_string(),
+        ),
+        _ if !unhealthy.is_empty() => condition(
+            "Degraded",
+            true,
+            "MembersUnhealthy",
+            format!("unhealthy members: {}", unhealthy.join(", ")),
+        ),
+        _ => condition("Degraded", false, "AllMembersHealthy", String::new()),
+    };
+
+    let conditions = [available, progressing, degraded]
+        .into_iter()
+        .map(|mut c| {
+            c.observed_generation = generation;
+            let unchanged = previous
+                .and_then(|p| p.conditions.iter().find(|old| old.type_ == c.type_))
+                .filter(|old| old.status == c.status);
+            c.last_transition_time = match unchanged {
+                Some(old) => old.last_transition_time.clone(),
+                None => Time(now),
+            };
+            c
+        })
+        .collect();
+
+    KVClusterStatus {
+        phase: Some(phase(observed, action)),
+        replicas: members.len() as i32,
+        ready_replicas: count.healthy as i32,
+        selector: names.selector(),
+        leader: leader.map(|m| {
+            m.ordinal
+                .map_or_else(|| m.name.clone(), |o| names.member(o))
+        }),
+        cluster_id: cluster_id.filter(|&id| id != 0).map(|id| format!("{id:x}")),
+        members: members
+            .iter()
+            .map(|m| MemberStatus {
+                name: m
+                    .ordinal
+                    .map_or_else(|| m.name.clone(), |o| names.member(o)),
+                id: format!("{:x}", m.id),
+                peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
+                client_url: m
+                    .client_urls
+                    .first()
+                    .cloned()
+                    .or_else(|| m.ordinal.map(|o| names.client_url(o)))
+                    .unwrap_or_default(),
+                healthy: m.healthy,
+                leader: m.is_leader,
+                learner: m.is_learner,
+            })
+            .collect(),
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootstrap::BootstrapConfig;
+    use crate::planner::{Member, ObservedStatefulSet};
+    use std::time::Duration;
+
+    fn names() -> ClusterNames {
+        ClusterNames::new("kv", "ns")
+    }
+
+    fn observed(healthy: &[bool]) -> Observed {
+        Observed {
+            spec_replicas: healthy.len() as i32,
+            node_lost_timeout: Duration::from_secs(300),
+            now: Timestamp::from_second(1_000).unwrap(),
+            bootstrap: Some(BootstrapConfig::existing_cluster(0..healthy.len() as u32)),
+            stateful_set: Some(ObservedStatefulSet {
+                replicas: healthy.len() as i32,
+                update_revision: None,
+            }),
+            members: Some(
+                healthy
+                    .iter()
+                    .enumerate()
+                    .map(|(o, &healthy)| Member {
+                        id: 0xa0 + o as u64,
+                        name: names().member(o as u32),
+                        ordinal: Some(o as u32),
+                        peer_urls: vec![names().peer_url(o as u32)],
+                        client_urls: vec![],
+                        is_learner: false,
+                        healthy,
+                        is_leader: o == 0,
+                    })
+                    .collect(),
+            ),
+            pods: vec![],
+            claims: vec![],
+        }
+    }
+
+    fn condition_of<'a>(status: &'a KVClusterStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    fn kvc(previous: Option<KVClusterStatus>) -> KVCluster {
+        let mut kvc = KVCluster::new("kv", serde_json::from_str("{}").unwrap());
+        kvc.metadata.namespace = Some("ns".into());
+        kvc.metadata.generation = Some(4);
+        kvc.status = previous;
+        kvc
+    }
+
+    fn status(o: &Observed, action: &Action) -> KVClusterStatus {
+        let now = Timestamp::from_second(2_000).unwrap();
+        build_status(&kvc(None), o, action, Some(0xc1), None, now)
+    }
+
+    #[test]
+    fn converged_cluster_is_running_available_and_not_degraded() {
+        let s = status(&observed(&[true, true, true]), &Action::Converged);
+        assert_eq!(s.phase, Some(Phase::Running));
+        assert_eq!(s.replicas, 3);
+        assert_eq!(s.ready_replicas, 3);
+        assert_eq!(s.leader.as_deref(), Some("kv-0"));
+        assert_eq!(s.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(s.selector, names().selector());
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(condition_of(&s, "Available").status, "True");
+        assert_eq!(condition_of(&s, "Progressing").status, "False");
+        assert_eq!(condition_of(&s, "Degraded").status, "False");
+        assert_eq!(s.members[2].client_url, names().client_url(2));
+        assert_eq!(s.members[0].id, "a0");
+    }
+
+    #[test]
+    fn an_unhealthy_member_is_reported_as_degraded() {
+        let o = observed(&[true, false, true]);
+        let action = crate::planner::plan(&o);
+        let s = status(&o, &action);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = condition_of(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "MembersUnhealthy")
+        );
+        assert!(degraded.message.contains("kv-1"));
+        assert_eq!(condition_of(&s, "Available").status, "True");
+    }
+
+    #[test]
+    fn lost_quorum_says_so_in_phase_and_conditions() {
+        let o = observed(&[true, false, false]);
+        let s = status(&o, &crate::planner::plan(&o));
+        assert_eq!(s.phase, Some(Phase::QuorumLost));
+        assert_eq!(condition_of(&s, "Available").reason, "QuorumLost");
+        assert_eq!(condition_of(&s, "Degraded").reason, "QuorumLost");
+        assert!(condition_of(&s, "Degraded")
+            .message
+            .contains("no membership change"));
+    }
+
+    #[test]
+    fn scaling_step_is_progressing_with_the_step_as_reason() {
+        let mut o = observed(&[true, true, true]);
+        o.spec_replicas = 5;
+        let s = status(&o, &Action::AddLearner { ordinal: 3 });
+        assert_eq!(s.phase, Some(Phase::Scaling));
+        let progressing = condition_of(&s, "Progressing");
+        assert_eq!(progressing.reason, "MemberAdded");
+        assert!(progressing.message.contains("kv-3"));
+    }
+
+    #[test]
+    fn invalid_replicas_are_degraded_with_the_reason() {
+        let mut o = observed(&[true, true, true]);
+        o.spec_replicas = 4;
+        let action = Action::Wait(WaitReason::InvalidReplicas(4));
+        let s = status(&o, &action);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(condition_of(&s, "Degraded").reason, "InvalidReplicas");
+        assert!(condition_of(&s, "Degraded").message.contains("odd"));
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_a_condition_holds() {
+        let o = observed(&[true, true, true]);
+        let first = status(&o, &Action::Converged);
+        let later = Timestamp::from_second(9_000).unwrap();
+        let second = build_status(
+            &kvc(Some(first.clone())),
+            &o,
+            &Action::Converged,
+            None,
+            None,
+            later,
+        );
+        assert_eq!(
+            condition_of(&second, "Available").last_transition_time,
+            condition_of(&first, "Available").last_transition_time
+        );
+        let failing = observed(&[true, false, false]);
+        let third = build_status(
+            &kvc(Some(second.clone())),
+            &failing,
+            &Action::Converged,
+            None,
+            None,
+            later,
+        );
+        assert_eq!(
+            condition_of(&third, "Available").last_transition_time,
+            Time(later)
+        );
+    }
+
+    #[test]
+    fn a_failed_step_is_reported_in_progressing() {
+        let o = observed(&[true, true, true]);
+        let now = Timestamp::from_second(2_000).unwrap();
+        let s = build_status(
+            &kvc(None),
+            &o,
+            &Action::PromoteLearner {
+                id: 0xa3,
+                ordinal: 3,
+            },
+            None,
+            Some("learner not ready"),
+            now,
+        );
+        let progressing = condition_of(&s, "Progressing");
+        assert_eq!(progressing.reason, "StepFailed");
+        assert!(progressing.message.contains("learner not ready"));
+    }
+}
