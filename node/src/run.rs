@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::{ClusterState, HostPort, NodeConfig};
 use crate::raft::log_store::LogStore;
@@ -209,10 +210,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
+            // As on the client port: without TCP_NODELAY, Nagle delays Raft's small messages.
+            let incoming = TcpListenerStream::new(listener)
+                .map(|conn| conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream)));
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(peer)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(|e| Error::Raft(format!("peer server: {e}")))
         });

@@ -57,13 +57,15 @@ pub async fn serve_clients(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         );
+    // tonic applies its own TCP_NODELAY setting only to listeners it binds itself; without it,
+    // Nagle's algorithm holds small replies back for tens of milliseconds.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+            .map(authority::AuthorityFix::new)
+    });
     tonic::transport::Server::builder()
         .accept_http1(true)
-        .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener).map(|conn| conn.map(authority::AuthorityFix::new)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
