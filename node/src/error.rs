@@ -80,6 +80,20 @@ pub enum Error {
     InvalidSortOption,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy(String),
+    #[error("etcdserver: a membership change is already in progress")]
+    MembershipInProgress,
+    #[error("etcdserver: invalid peer URL: {0}")]
+    BadPeerUrl(String),
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]

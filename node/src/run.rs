@@ -25,11 +25,19 @@ use crate::{api, Error, Result};
 
 /// The MVCC store's file inside `<data-dir>/member`.
 pub const DB_FILE: &str = "db.redb";
+/// Written into `<data-dir>/member` when the cluster removes this member; its text says why.
+const REMOVED_FILE: &str = "removed";
 
 /// Works out this member's identity: the one kept in its data dir, or, for a new data dir,
 /// the one `--initial-cluster` and `--initial-cluster-token` define.
-fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
+async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
     let member_dir = identity::member_dir(&config.data_dir);
+    if let Ok(reason) = std::fs::read_to_string(member_dir.join(REMOVED_FILE)) {
+        return Err(Error::DataDir(format!(
+            "{}; this data dir can not rejoin: remove it, `etcdctl member add` the member again and start it with --initial-cluster-state=existing",
+            reason.trim()
+        )));
+    }
     let in_data_dir = Identity::load(&member_dir)?;
     let in_wal_dir = Identity::load(&config.wal_dir)?;
     match (in_data_dir, in_wal_dir) {
@@ -60,15 +68,66 @@ fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
         ))),
         (None, None) => {
             if config.initial_cluster_state == ClusterState::Existing {
-                return Err(Error::DataDir(
-                    "--initial-cluster-state=existing: joining a running cluster is not supported yet; \
-                     start every founding member with --initial-cluster-state=new"
-                        .into(),
-                ));
+                return joining_identity(config).await.map(|id| (id, true));
             }
             Ok((founding_identity(config), true))
         }
     }
+}
+
+/// The identity of a member joining a running cluster (`--initial-cluster-state=existing`):
+/// the members of `--initial-cluster` tell the cluster ID and the member ID that `etcdctl member
+/// add` gave to this member's peer URLs.
+async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
+    let network = PeerNetwork::new(0, 0);
+    let mine: Vec<&String> = config.advertise_peer_urls.iter().collect();
+    let others: Vec<&String> = config
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| **name != config.name)
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    if others.is_empty() {
+        return Err(Error::DataDir(
+            "--initial-cluster-state=existing needs the running members in --initial-cluster"
+                .into(),
+        ));
+    }
+    let mut last_error = String::new();
+    for attempt in 0..30 {
+        for url in &others {
+            match network.members(url, Duration::from_secs(2)).await {
+                Ok(reply) => {
+                    let found = reply
+                        .members
+                        .iter()
+                        .find(|(_, node)| node.peer_urls.iter().any(|u| mine.contains(&u)));
+                    return match found {
+                        Some((id, _)) => Ok(Identity {
+                            name: config.name.clone(),
+                            member_id: *id,
+                            cluster_id: reply.cluster_id,
+                            cluster_token: config.initial_cluster_token.clone(),
+                            initial_cluster: BTreeMap::new(),
+                        }),
+                        None => Err(Error::DataDir(format!(
+                            "the cluster at {url} has no member with peer URLs {}; add this member first with `etcdctl member add {} --peer-urls={}`",
+                            config.advertise_peer_urls.join(","),
+                            config.name,
+                            config.advertise_peer_urls.join(",")
+                        ))),
+                    };
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        if attempt < 29 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Err(Error::DataDir(format!(
+        "no member of --initial-cluster answered: {last_error}"
+    )))
 }
 
 /// The identity of a founding member of the cluster `--initial-cluster` describes.
@@ -119,7 +178,7 @@ async fn bind(url: &HostPort, flag: &str) -> Result<TcpListener> {
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     let config = Arc::new(config);
-    let (identity, fresh) = resolve_identity(&config)?;
+    let (identity, fresh) = resolve_identity(&config).await?;
     let member_dir = identity::member_dir(&config.data_dir);
     std::fs::create_dir_all(&member_dir)
         .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", member_dir.display())))?;
@@ -243,6 +302,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
+        reason = removed_from_cluster(raft.clone(), network.clone(), identity.member_id) => {
+            let marker = member_dir.join(REMOVED_FILE);
+            if let Err(e) = std::fs::write(&marker, &reason) {
+                tracing::error!(error = %e, "cannot record the removal in {}", marker.display());
+            }
+            Err(Error::DataDir(reason))
+        }
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
@@ -253,6 +319,34 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), raft.shutdown()).await;
     outcome
+}
+
+/// Resolves, with the reason, once this member learns it was removed from the cluster: from an
+/// applied membership without it, or from a member that refuses it as removed.
+async fn removed_from_cluster(raft: Raft, network: PeerNetwork, member_id: u64) -> String {
+    let reason = format!("member {member_id:x} has been removed from the cluster");
+    let mut metrics = raft.metrics();
+    let by_membership = async {
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let membership = m.membership_config.membership();
+                let known = membership.nodes().next().is_some();
+                if known && membership.get_node(&member_id).is_none() {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = by_membership => {}
+        _ = network.removed() => {}
+    }
+    tracing::error!("{reason}; stopping");
+    reason
 }
 
 async fn shutdown_signal() {

@@ -1,7 +1,4 @@
-//! `etcdserverpb.Cluster`: MemberList (what `etcdctl member list` shows).
-//!
-//! Membership changes (MemberAdd, MemberRemove, MemberUpdate, MemberPromote) answer
-//! `Unimplemented` until they are built.
+//! `etcdserverpb.Cluster`: MemberAdd, MemberRemove, MemberUpdate, MemberPromote, MemberList.
 
 use etcd_client::proto::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest,
@@ -10,8 +7,12 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
+use etcd_client::proto::PbResponseHeader;
+
 use super::status::to_status;
-use crate::server::Server;
+use crate::server::membership::MemberChange;
+use crate::server::{MemberInfo, Server};
+use crate::Error;
 
 pub struct ClusterService {
     server: Server,
@@ -23,31 +24,85 @@ impl ClusterService {
     }
 }
 
-fn not_yet(call: &str) -> Status {
-    Status::unimplemented(format!("ferrokv: Cluster.{call} is not implemented yet"))
+fn to_pb(m: MemberInfo) -> PbMember {
+    PbMember {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+impl ClusterService {
+    async fn change(
+        &self,
+        change: MemberChange,
+    ) -> Result<(Option<PbMember>, Vec<PbMember>, PbResponseHeader), Status> {
+        let (added, members) = self
+            .server
+            .change_members(change)
+            .await
+            .map_err(to_status)?;
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        Ok((
+            added.map(to_pb),
+            members.into_iter().map(to_pb).collect(),
+            self.server.header(revision),
+        ))
+    }
 }
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(
         &self,
-        _: Request<PbMemberAddRequest>,
+        request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        let req = request.into_inner();
+        if req.peer_ur_ls.is_empty() {
+            return Err(to_status(Error::BadPeerUrl("no peer URL given".into())));
+        }
+        let (member, members, header) = self
+            .change(MemberChange::Add {
+                peer_urls: req.peer_ur_ls,
+                learner: req.is_learner,
+            })
+            .await?;
+        Ok(Response::new(PbMemberAddResponse {
+            header: Some(header),
+            member,
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<PbMemberRemoveRequest>,
+        request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        let id = request.into_inner().id;
+        let (_, members, header) = self.change(MemberChange::Remove { id }).await?;
+        Ok(Response::new(PbMemberRemoveResponse {
+            header: Some(header),
+            members,
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<PbMemberUpdateRequest>,
+        request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        let req = request.into_inner();
+        let (_, members, header) = self
+            .change(MemberChange::Update {
+                id: req.id,
+                peer_urls: req.peer_ur_ls,
+            })
+            .await?;
+        Ok(Response::new(PbMemberUpdateResponse {
+            header: Some(header),
+            members,
+        }))
     }
 
     async fn member_list(
@@ -62,13 +117,7 @@ impl PbClusterService for ClusterService {
             .members()
             .map_err(to_status)?
             .into_iter()
-            .map(|m| PbMember {
-                id: m.id,
-                name: m.name,
-                peer_ur_ls: m.peer_urls,
-                client_ur_ls: m.client_urls,
-                is_learner: m.is_learner,
-            })
+            .map(to_pb)
             .collect();
         let revision = self.server.store().current_revision().map_err(to_status)?;
         Ok(Response::new(PbMemberListResponse {
@@ -79,8 +128,13 @@ impl PbClusterService for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<PbMemberPromoteRequest>,
+        request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        let id = request.into_inner().id;
+        let (_, members, header) = self.change(MemberChange::Promote { id }).await?;
+        Ok(Response::new(PbMemberPromoteResponse {
+            header: Some(header),
+            members,
+        }))
     }
 }

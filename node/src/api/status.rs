@@ -19,6 +19,13 @@ pub fn to_status(e: Error) -> Status {
         | Error::RequestTooLarge
         | Error::InvalidSortOption => Code::InvalidArgument,
         Error::NoSpace => Code::ResourceExhausted,
+        Error::MemberNotFound => Code::NotFound,
+        Error::PeerUrlExists
+        | Error::MemberNotLearner
+        | Error::LearnerNotReady
+        | Error::MembershipInProgress => Code::FailedPrecondition,
+        Error::BadPeerUrl(_) => Code::InvalidArgument,
+        Error::Unhealthy(_) => Code::Unavailable,
         Error::NoLeader | Error::Timeout => Code::Unavailable,
         Error::Raft(_)
         | Error::DataDir(_)

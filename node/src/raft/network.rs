@@ -18,9 +18,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::peer::pb::peer_client::PeerClient;
 use super::peer::pb::PeerRequest;
-use super::peer::{LeaseQuery, ProposeReply, ReadIndexReply};
+use super::peer::{LeaseQuery, MembersReply, ProposeReply, ReadIndexReply, REMOVED_MARK};
 use super::types::{codec, MemberNode, Request, TypeConfig};
 use crate::server::lease::LeaseTtl;
+use crate::server::membership::MemberChange;
 
 /// Largest message between members: snapshot chunks and batches of entries.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -31,6 +32,8 @@ pub struct PeerNetwork {
     cluster_id: Arc<Mutex<u64>>,
     member_id: u64,
     clients: Arc<Mutex<HashMap<String, PeerClient<Channel>>>>,
+    /// Set when another member refuses this one as removed from the cluster.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// What went wrong talking to a peer.
@@ -50,7 +53,14 @@ impl PeerNetwork {
             cluster_id: Arc::new(Mutex::new(cluster_id)),
             member_id,
             clients: Arc::new(Mutex::new(HashMap::new())),
+            removed: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Resolves when another member has refused this one as removed from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|removed| *removed).await;
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -103,6 +113,8 @@ impl PeerNetwork {
             PeerMethod::Propose => client.propose(request).await,
             PeerMethod::ReadIndex => client.read_index(request).await,
             PeerMethod::Lease => client.lease(request).await,
+            PeerMethod::MemberChange => client.member_change(request).await,
+            PeerMethod::Members => client.members(request).await,
         };
         let reply = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable
@@ -112,10 +124,15 @@ impl PeerNetwork {
                 url: url.into(),
                 message: status.message().to_string(),
             },
-            _ => PeerError::Refused {
-                url: url.into(),
-                message: status.message().to_string(),
-            },
+            _ => {
+                if status.message().starts_with(REMOVED_MARK) {
+                    self.removed.send_replace(true);
+                }
+                PeerError::Refused {
+                    url: url.into(),
+                    message: status.message().to_string(),
+                }
+            }
         })?;
         codec::decode(&reply.into_inner().payload).map_err(|message| PeerError::Garbled {
             url: url.into(),
@@ -142,6 +159,22 @@ impl PeerNetwork {
         self.call(url, PeerMethod::ReadIndex, &(), timeout).await
     }
 
+    /// Forwards a membership change to the leader at `url`; the ID of an added member.
+    pub async fn change_members(
+        &self,
+        url: &str,
+        change: &MemberChange,
+        timeout: Duration,
+    ) -> Result<Result<Option<u64>, String>, PeerError> {
+        self.call(url, PeerMethod::MemberChange, change, timeout)
+            .await
+    }
+
+    /// Asks the member at `url` for the cluster's ID and members.
+    pub async fn members(&self, url: &str, timeout: Duration) -> Result<MembersReply, PeerError> {
+        self.call(url, PeerMethod::Members, &(), timeout).await
+    }
+
     /// Asks the leader at `url` to renew lease `id` (or, with `renew` false, for its TTL).
     pub async fn lease(
         &self,
@@ -163,6 +196,8 @@ enum PeerMethod {
     Propose,
     ReadIndex,
     Lease,
+    MemberChange,
+    Members,
 }
 
 /// openraft's view of one peer.

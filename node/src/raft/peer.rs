@@ -9,8 +9,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use super::network::PeerNetwork;
-use super::types::{codec, Raft, Request, Response};
+use super::types::{codec, MemberNode, Raft, Request, Response};
 use crate::server::lease::LeaseTtl;
+use crate::server::membership::MemberChange;
 
 pub mod pb {
     tonic::include_proto!("ferrokv.peerpb");
@@ -49,16 +50,24 @@ pub struct LeaseQuery {
     pub renew: bool,
 }
 
-/// The leader's side of forwarded lease requests, served by the layer above Raft.
+/// The leader's side of requests followers forward, served by the layer above Raft.
 #[tonic::async_trait]
-pub trait LeaseAuthority: Send + Sync + 'static {
-    async fn answer(&self, query: LeaseQuery) -> Result<LeaseTtl, String>;
+pub trait LeaderDuties: Send + Sync + 'static {
+    async fn lease(&self, query: LeaseQuery) -> Result<LeaseTtl, String>;
+    async fn change_members(&self, change: MemberChange) -> Result<Option<u64>, String>;
+}
+
+/// The cluster as a member describes it to a member that joins.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MembersReply {
+    pub cluster_id: u64,
+    pub members: Vec<(u64, MemberNode)>,
 }
 
 pub struct PeerService {
     raft: Raft,
     network: PeerNetwork,
-    leases: Arc<dyn LeaseAuthority>,
+    duties: Arc<dyn LeaderDuties>,
     /// How long a forwarded write may wait for its commit.
     request_timeout: Duration,
 }
@@ -67,13 +76,13 @@ impl PeerService {
     pub fn new(
         raft: Raft,
         network: PeerNetwork,
-        leases: Arc<dyn LeaseAuthority>,
+        duties: Arc<dyn LeaderDuties>,
         request_timeout: Duration,
     ) -> PeerService {
         PeerService {
             raft,
             network,
-            leases,
+            duties,
             request_timeout,
         }
     }
@@ -87,10 +96,23 @@ impl PeerService {
                 req.from, req.cluster_id, ours
             )));
         }
+        // A member that was removed while it was down learns it here, and stops.
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let knows_members = membership.nodes().next().is_some();
+        if knows_members && membership.get_node(&req.from).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "{REMOVED_MARK}: member {:x} has been removed from cluster {:x}",
+                req.from, ours
+            )));
+        }
         codec::decode(&req.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
     }
 }
+
+/// Marks a refusal that tells the sender it is no longer a member.
+pub const REMOVED_MARK: &str = "member removed";
 
 fn reply<T: Serialize>(value: &T) -> Result<GrpcResponse<PeerReply>, Status> {
     Ok(GrpcResponse::new(PeerReply {
@@ -170,6 +192,31 @@ impl Peer for PeerService {
         req: GrpcRequest<PeerRequest>,
     ) -> Result<GrpcResponse<PeerReply>, Status> {
         let query: LeaseQuery = self.open(req)?;
-        reply(&self.leases.answer(query).await)
+        reply(&self.duties.lease(query).await)
+    }
+
+    async fn member_change(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let change: MemberChange = self.open(req)?;
+        reply(&self.duties.change_members(change).await)
+    }
+
+    async fn members(
+        &self,
+        _req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let members = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        reply(&MembersReply {
+            cluster_id: self.network.cluster_id(),
+            members,
+        })
     }
 }

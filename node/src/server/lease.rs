@@ -269,8 +269,20 @@ impl Server {
 }
 
 #[tonic::async_trait]
-impl crate::raft::peer::LeaseAuthority for Server {
-    async fn answer(&self, query: crate::raft::peer::LeaseQuery) -> Result<LeaseTtl, String> {
+impl crate::raft::peer::LeaderDuties for Server {
+    async fn change_members(
+        &self,
+        change: super::membership::MemberChange,
+    ) -> Result<Option<u64>, String> {
+        if !self.is_leader() {
+            return Err(super::membership::NOT_LEADER.into());
+        }
+        self.change_members_as_leader(change)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn lease(&self, query: crate::raft::peer::LeaseQuery) -> Result<LeaseTtl, String> {
         if !self.is_leader() {
             return Err("not the leader".into());
         }

@@ -7,6 +7,7 @@
 
 pub mod lease;
 pub mod maintenance;
+pub mod membership;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -29,7 +29,8 @@ pub fn encode(dump: &[u8]) -> Vec<u8> {
 /// Checks a snapshot file and returns the MVCC dump inside it.
 pub fn decode(file: &[u8]) -> Result<&[u8]> {
     let invalid = |why: &str| Error::SnapshotInvalid(format!("snapshot file: {why}"));
-    if file.len() < MAGIC.len() + 8 + DIGEST_LEN || (file.len() - DIGEST_LEN) % ALIGN != 0 {
+    if file.len() < MAGIC.len() + 8 + DIGEST_LEN || !(file.len() - DIGEST_LEN).is_multiple_of(ALIGN)
+    {
         return Err(invalid(
             "sha256 checksum not found (size is not 512*n + 32)",
         ));

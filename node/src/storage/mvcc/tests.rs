@@ -150,7 +150,7 @@ fn range_response(resp: &PbTxnResponse, index: usize) -> &PbRangeResponse {
 
 fn history_len(store: &MvccStore) -> u64 {
     store
-        .db
+        .db()
         .begin_read()
         .unwrap()
         .open_table(HISTORY)
