@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod raft;
 pub mod restore;
 pub mod run;

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::config::{ClusterState, HostPort, NodeConfig};
+use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer::pb::peer_server::PeerServer;
@@ -207,8 +208,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "starting member"
     );
 
-    let network = PeerNetwork::new(identity.cluster_id, identity.member_id);
-    let state_machine = StateMachine::new(store.clone());
+    let metrics = Arc::new(Metrics::new(log_store.fsync_histogram()));
+    let network = PeerNetwork::new(identity.cluster_id, identity.member_id)
+        .with_round_trip_metric(metrics.peer_round_trip.clone());
+    let state_machine = StateMachine::new(store.clone(), metrics.backend_commit_duration.clone());
     let raft = Raft::new(
         identity.member_id,
         Arc::new(raft_config(&config)?),
@@ -248,6 +251,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         network.clone(),
         identity.clone(),
         config.clone(),
+        metrics,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -299,6 +303,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tokio::spawn(async move { server.publish_self().await });
     }
     tokio::spawn(server.clone().run_lease_expiry());
+    tokio::spawn(server.clone().count_leader_changes());
 
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, TextEncoder};
 
 use crate::server::{Server, ETCD_API_VERSION};
 
@@ -81,46 +81,40 @@ async fn version() -> impl IntoResponse {
 }
 
 async fn metrics(State(server): State<Server>) -> impl IntoResponse {
-    let registry = Registry::new();
-    let gauge = |name: &str, help: &str, value: i64| {
-        let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
-        g.set(value);
-        registry.register(Box::new(g)).expect("unique metric");
-    };
-    let m = server.raft().metrics().borrow().clone();
-    gauge(
-        "etcd_server_has_leader",
-        "Whether or not a leader exists. 1 is existence, 0 is not.",
-        m.current_leader.is_some() as i64,
-    );
-    gauge(
-        "etcd_server_is_leader",
-        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        server.is_leader() as i64,
-    );
-    gauge(
-        "etcd_mvcc_db_total_size_in_bytes",
-        "Total size of the underlying database physically allocated in bytes.",
-        server.store().db_size_bytes() as i64,
-    );
-    gauge(
-        "etcd_debugging_mvcc_current_revision",
-        "The current revision of store.",
-        server.store().current_revision().unwrap_or(0),
-    );
-    gauge(
-        "etcd_server_proposals_committed_total",
-        "The total number of consensus proposals committed.",
-        m.last_applied.map(|l| l.index).unwrap_or(0) as i64,
-    );
-    gauge(
-        "etcd_server_proposals_applied_total",
-        "The total number of consensus proposals applied.",
-        m.last_applied.map(|l| l.index).unwrap_or(0) as i64,
-    );
+    let m = server.metrics();
+    let raft = server.raft().metrics().borrow().clone();
+    let store = server.store();
+    m.has_leader.set(raft.current_leader.is_some() as i64);
+    m.is_leader.set(server.is_leader() as i64);
+    // openraft applies what it commits at once and does not report its commit index apart
+    // from the applied one.
+    let applied = raft.last_applied.map(|l| l.index).unwrap_or(0) as i64;
+    m.proposals_committed.set(applied);
+    m.proposals_applied.set(applied);
+    let size = store.db_size_bytes() as i64;
+    m.db_total_size.set(size);
+    m.db_total_size_in_use.set(size);
+    m.current_revision
+        .set(store.current_revision().unwrap_or(0));
+    m.compact_revision
+        .set(store.compact_revision().unwrap_or(-1));
+    m.server_id
+        .with_label_values(&[&format!("{:x}", server.member_id())])
+        .set(1);
+    m.server_version
+        .with_label_values(&[ETCD_API_VERSION])
+        .set(1);
+    let learner = server
+        .members()
+        .map(|ms| {
+            ms.iter()
+                .any(|x| x.id == server.member_id() && x.is_learner)
+        })
+        .unwrap_or(false);
+    m.is_learner.set(learner as i64);
     let mut out = Vec::new();
     TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
+        .encode(&m.registry.gather(), &mut out)
         .expect("text encoding");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

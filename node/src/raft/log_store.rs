@@ -102,6 +102,11 @@ impl LogStore {
         })
     }
 
+    /// The WAL's fsync latency histogram (`etcd_disk_wal_fsync_duration_seconds`).
+    pub fn fsync_histogram(&self) -> prometheus::Histogram {
+        self.wal.fsync_duration_histogram()
+    }
+
     /// Whether this WAL has ever recorded anything of a Raft log.
     pub fn is_empty(&self) -> bool {
         let s = self.state.lock().unwrap();

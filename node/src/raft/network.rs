@@ -34,6 +34,8 @@ pub struct PeerNetwork {
     clients: Arc<Mutex<HashMap<String, PeerClient<Channel>>>>,
     /// Set when another member refuses this one as removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// `etcd_network_peer_round_trip_time_seconds`, by target member.
+    round_trip: Option<prometheus::HistogramVec>,
 }
 
 /// What went wrong talking to a peer.
@@ -54,7 +56,14 @@ impl PeerNetwork {
             member_id,
             clients: Arc::new(Mutex::new(HashMap::new())),
             removed: Arc::new(tokio::sync::watch::channel(false).0),
+            round_trip: None,
         }
+    }
+
+    /// Records the round trip of every AppendEntries (heartbeats included) in `histogram`.
+    pub fn with_round_trip_metric(mut self, histogram: prometheus::HistogramVec) -> PeerNetwork {
+        self.round_trip = Some(histogram);
+        self
     }
 
     /// Resolves when another member has refused this one as removed from the cluster.
@@ -249,7 +258,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
-        self.rpc(PeerMethod::AppendEntries, &rpc, &option).await
+        let started = std::time::Instant::now();
+        let result = self.rpc(PeerMethod::AppendEntries, &rpc, &option).await;
+        if let (Ok(_), Some(h)) = (&result, &self.network.round_trip) {
+            h.with_label_values(&[&format!("{:x}", self.target)])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     async fn install_snapshot(

@@ -47,6 +47,8 @@ pub struct StateMachine {
     apply_lock: Arc<Mutex<ApplyClock>>,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     events: broadcast::Sender<Arc<Vec<PbEvent>>>,
+    /// `etcd_disk_backend_commit_duration_seconds`.
+    commit_duration: prometheus::Histogram,
 }
 
 struct ApplyClock {
@@ -70,7 +72,7 @@ fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError {
 }
 
 impl StateMachine {
-    pub fn new(store: MvccStore) -> StateMachine {
+    pub fn new(store: MvccStore, commit_duration: prometheus::Histogram) -> StateMachine {
         let (events, _) = broadcast::channel(1024);
         StateMachine {
             store,
@@ -79,6 +81,7 @@ impl StateMachine {
             })),
             current: Arc::new(Mutex::new(None)),
             events,
+            commit_duration,
         }
     }
 
@@ -285,9 +288,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .set_meta(APPLIED_KEY, &codec::encode(&last))
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
         let durable = clock.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
+        let timer = self.commit_duration.start_timer();
         let events = write
             .commit(durable)
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        timer.observe_duration();
         if durable {
             clock.last_durable = Instant::now();
         }

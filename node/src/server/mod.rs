@@ -19,6 +19,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 
 use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 use crate::raft::network::PeerNetwork;
 use crate::raft::peer::{ProposeReply, ReadIndexReply};
 use crate::raft::state_machine::StateMachine;
@@ -55,6 +56,7 @@ struct Inner {
     request_timeout: Duration,
     lease_clock: std::sync::Mutex<lease::LeaseClock>,
     lease_ids: lease::LeaseIds,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -65,6 +67,7 @@ impl Server {
         network: PeerNetwork,
         identity: Identity,
         config: Arc<NodeConfig>,
+        metrics: Arc<Metrics>,
     ) -> Server {
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
@@ -79,6 +82,7 @@ impl Server {
                 config,
                 request_timeout,
                 lease_clock: Default::default(),
+                metrics,
             }),
         }
     }
@@ -93,6 +97,10 @@ impl Server {
 
     pub fn state_machine(&self) -> &StateMachine {
         &self.inner.state_machine
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -149,6 +157,17 @@ impl Server {
 
     /// Proposes a write and returns its result once committed and applied on this member.
     pub async fn propose(&self, req: Request) -> Result<Response> {
+        let metrics = &self.inner.metrics;
+        metrics.proposals_pending.inc();
+        let result = self.propose_once(req).await;
+        metrics.proposals_pending.dec();
+        if result.is_err() {
+            metrics.proposals_failed.inc();
+        }
+        result
+    }
+
+    async fn propose_once(&self, req: Request) -> Result<Response> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -297,6 +316,22 @@ impl Server {
             );
         }
         Ok(members.into_values().collect())
+    }
+
+    /// Counts leader changes as this member sees them (`etcd_server_leader_changes_seen_total`).
+    pub async fn count_leader_changes(self) {
+        let mut metrics = self.inner.raft.metrics();
+        let mut leader = None;
+        loop {
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some() && now != leader {
+                self.inner.metrics.leader_changes_seen.inc();
+            }
+            leader = now;
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Publishes this member's name and client URLs through Raft, as etcd does on start.
