@@ -244,7 +244,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .map_err(|e| Error::Raft(format!("bootstrapping the cluster: {e}")))?;
     }
 
-    let server = Server::new(
+    let (server, proposals, reads) = Server::new(
         raft.clone(),
         store,
         state_machine,
@@ -302,6 +302,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let server = server.clone();
         tokio::spawn(async move { server.publish_self().await });
     }
+    tokio::spawn(server.clone().run_proposer(proposals));
+    tokio::spawn(server.clone().run_read_barrier(reads));
     tokio::spawn(server.clone().run_lease_expiry());
     tokio::spawn(server.clone().count_leader_changes());
 

@@ -186,6 +186,13 @@ fn apply_request(write: &mut MvccWrite, req: &Request) -> crate::Result<Response
         Request::LeaseRevoke { id } => write.lease_revoke(*id).map(|_| Response::Done {
             revision: write.revision(),
         }),
+        Request::Batch(requests) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            for r in requests {
+                responses.push(apply_request(write, r)?);
+            }
+            Ok(Response::Batch(responses))
+        }
         Request::Alarm {
             activate,
             member_id,

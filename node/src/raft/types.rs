@@ -66,6 +66,8 @@ pub enum Request {
         member_id: u64,
         alarm: i32,
     },
+    /// Requests proposed together; applied in order, each with its own revision.
+    Batch(Vec<Request>),
     /// A member announces its name and client URLs (etcd's "publish" step).
     PublishMember {
         id: u64,
@@ -87,6 +89,8 @@ pub enum Response {
         revision: i64,
     },
     Rejected(ApplyError),
+    /// The responses of a `Request::Batch`, in its order.
+    Batch(Vec<Response>),
 }
 
 /// Why applying a request failed; the same on every member.

@@ -8,6 +8,8 @@
 pub mod lease;
 pub mod maintenance;
 pub mod membership;
+pub mod proposer;
+pub mod read_index;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -57,6 +59,8 @@ struct Inner {
     lease_clock: std::sync::Mutex<lease::LeaseClock>,
     lease_ids: lease::LeaseIds,
     metrics: Arc<Metrics>,
+    proposer: proposer::Proposer,
+    read_barrier: read_index::ReadBarrier,
 }
 
 impl Server {
@@ -68,10 +72,16 @@ impl Server {
         identity: Identity,
         config: Arc<NodeConfig>,
         metrics: Arc<Metrics>,
-    ) -> Server {
+    ) -> (
+        Server,
+        proposer::ProposerQueue,
+        read_index::ReadBarrierQueue,
+    ) {
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
-        Server {
+        let (proposer, queue) = proposer::proposer();
+        let (read_barrier, reads) = read_index::read_barrier();
+        let server = Server {
             inner: Arc::new(Inner {
                 raft,
                 store,
@@ -83,8 +93,11 @@ impl Server {
                 request_timeout,
                 lease_clock: Default::default(),
                 metrics,
+                proposer,
+                read_barrier,
             }),
-        }
+        };
+        (server, queue, reads)
     }
 
     pub fn raft(&self) -> &Raft {
@@ -156,10 +169,11 @@ impl Server {
     }
 
     /// Proposes a write and returns its result once committed and applied on this member.
+    /// Concurrent writes are batched into one Raft entry (see `proposer`).
     pub async fn propose(&self, req: Request) -> Result<Response> {
         let metrics = &self.inner.metrics;
         metrics.proposals_pending.inc();
-        let result = self.propose_once(req).await;
+        let result = self.inner.proposer.propose(req).await;
         metrics.proposals_pending.dec();
         if result.is_err() {
             metrics.proposals_failed.inc();
@@ -167,7 +181,8 @@ impl Server {
         result
     }
 
-    async fn propose_once(&self, req: Request) -> Result<Response> {
+    /// Proposes one entry: on the leader directly, from a follower through the leader.
+    async fn propose_direct(&self, req: Request) -> Result<Response> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -227,8 +242,14 @@ impl Server {
     }
 
     /// Makes the next local read linearizable: waits until this member has applied everything
-    /// the leader had committed when the read arrived.
+    /// the leader had committed when the read arrived. Concurrent reads share one read index
+    /// (see `read_index`).
     pub async fn read_barrier(&self) -> Result<()> {
+        self.inner.read_barrier.wait().await
+    }
+
+    /// Obtains one read index and waits until this member has applied it.
+    async fn read_barrier_once(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -1,0 +1,116 @@
+//! Batching of proposals: client writes that arrive while others are in flight travel to the
+//! leader and through Raft together, as one log entry.
+//!
+//! openraft's core does a fixed amount of work per entry (and the WAL one fsync per flush), so
+//! under concurrent load one entry per write caps throughput long before the disk or the
+//! network does. A batch is still applied request by request — each write gets its own
+//! revision — and each caller gets its own response.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::Server;
+use crate::raft::types::{Request, Response};
+use crate::{Error, Result};
+
+/// Most requests in one batch.
+const MAX_BATCH_REQUESTS: usize = 256;
+/// Batches proposed at once: enough to keep the Raft pipeline full.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Requests waiting to be batched before callers wait for room.
+const QUEUE_DEPTH: usize = 4096;
+
+type Waiter = oneshot::Sender<Result<Response>>;
+
+/// The handle callers propose through.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<(Request, Waiter)>,
+}
+
+/// The receiving end, run by [`Server::run_proposer`].
+pub struct ProposerQueue {
+    queue: mpsc::Receiver<(Request, Waiter)>,
+}
+
+pub fn proposer() -> (Proposer, ProposerQueue) {
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    (Proposer { queue: tx }, ProposerQueue { queue: rx })
+}
+
+impl Proposer {
+    pub async fn propose(&self, req: Request) -> Result<Response> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((req, tx))
+            .await
+            .map_err(|_| Error::Raft("the server is stopping".into()))?;
+        rx.await
+            .map_err(|_| Error::Raft("the server is stopping".into()))?
+    }
+}
+
+impl Server {
+    /// Takes queued requests, as many as are waiting, and proposes them as one entry.
+    pub async fn run_proposer(self, mut queue: ProposerQueue) {
+        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        while let Some(first) = queue.queue.recv().await {
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            // Requests that arrived while waiting for a slot join this batch.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_REQUESTS {
+                match queue.queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let server = self.clone();
+            tokio::spawn(async move {
+                server.propose_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn propose_batch(&self, mut batch: Vec<(Request, Waiter)>) {
+        if batch.len() == 1 {
+            let (req, waiter) = batch.pop().expect("one request");
+            let _ = waiter.send(self.propose_direct(req).await);
+            return;
+        }
+        let (requests, waiters): (Vec<Request>, Vec<Waiter>) = batch.into_iter().unzip();
+        match self.propose_direct(Request::Batch(requests)).await {
+            Ok(Response::Batch(responses)) if responses.len() == waiters.len() => {
+                for (waiter, response) in waiters.into_iter().zip(responses) {
+                    let _ = waiter.send(Ok(response));
+                }
+            }
+            Ok(other) => {
+                let e = format!("a batch of {} requests applied as {other:?}", waiters.len());
+                for waiter in waiters {
+                    let _ = waiter.send(Err(Error::Raft(e.clone())));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for waiter in waiters {
+                    let _ = waiter.send(Err(same_error(&e, &message)));
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a batch's error for each of its callers.
+fn same_error(e: &Error, message: &str) -> Error {
+    match e {
+        Error::NoLeader => Error::NoLeader,
+        Error::Timeout => Error::Timeout,
+        _ => Error::Raft(message.to_string()),
+    }
+}
