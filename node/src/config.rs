@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::server::compactor::{parse_auto_compaction, AutoCompaction};
+
 /// etcd's default for `--quota-backend-bytes` when it is 0: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
@@ -113,6 +115,15 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
 
+    /// Interpret --auto-compaction-retention as hours or a duration ('periodic') or as a number
+    /// of revisions ('revision').
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// Auto compaction retention (0 disables auto compaction).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -147,6 +158,7 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
 }
 
@@ -289,6 +301,10 @@ impl NodeConfig {
             },
             max_request_bytes: c.max_request_bytes as usize,
             max_txn_ops: c.max_txn_ops as usize,
+            auto_compaction: parse_auto_compaction(
+                &c.auto_compaction_mode,
+                &c.auto_compaction_retention,
+            )?,
             log_level,
         })
     }

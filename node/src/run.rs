@@ -158,8 +158,11 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat.as_millis() as u64,
-        election_timeout_min: election,
-        election_timeout_max: election * 2,
+        // openraft waits out the leader's lease (election_timeout_max) before a follower
+        // campaigns, then a random election timeout: [1.5, 2) × --election-timeout in all,
+        // close to etcd's randomised [1, 2).
+        election_timeout_min: election / 2,
+        election_timeout_max: election,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
@@ -305,6 +308,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tokio::spawn(server.clone().run_proposer(proposals));
     tokio::spawn(server.clone().run_read_barrier(reads));
     tokio::spawn(server.clone().run_lease_expiry());
+    if let Some(policy) = config.auto_compaction {
+        tokio::spawn(server.clone().run_auto_compaction(policy));
+    }
     tokio::spawn(server.clone().count_leader_changes());
 
     let outcome = tokio::select! {

@@ -5,6 +5,7 @@
 //! through sees its write. Linearizable reads wait for a read index confirmed by the leader
 //! (ReadIndex); serializable reads are served from the local store as it is.
 
+pub mod compactor;
 pub mod lease;
 pub mod maintenance;
 pub mod membership;
