@@ -94,6 +94,12 @@ pub enum Error {
     MembershipInProgress,
     #[error("etcdserver: invalid peer URL: {0}")]
     BadPeerUrl(String),
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]

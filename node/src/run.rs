@@ -18,7 +18,7 @@ use crate::raft::network::{PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer::pb::peer_server::PeerServer;
 use crate::raft::peer::PeerService;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MemberNode, Raft};
+use crate::raft::types::{MemberNode, Raft, WriteGate};
 use crate::server::Server;
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
@@ -247,6 +247,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .map_err(|e| Error::Raft(format!("bootstrapping the cluster: {e}")))?;
     }
 
+    let write_gate = WriteGate::default();
     let (server, proposals, reads) = Server::new(
         raft.clone(),
         store,
@@ -255,6 +256,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         identity.clone(),
         config.clone(),
         metrics,
+        write_gate.clone(),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -270,6 +272,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             raft.clone(),
             network.clone(),
             Arc::new(server.clone()),
+            write_gate.clone(),
             request_timeout,
         ))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

@@ -1,7 +1,8 @@
-//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, Hash, HashKV and Snapshot.
+//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, Hash, HashKV, Snapshot and
+//! MoveLeader.
 //!
-//! MoveLeader and Downgrade answer `Unimplemented` until they are built: an etcd client then
-//! reports the call as unsupported rather than believing it succeeded.
+//! Downgrade answers `Unimplemented`: an etcd client then reports the call as unsupported
+//! rather than believing it succeeded.
 
 use std::pin::Pin;
 
@@ -184,9 +185,14 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<PbMoveLeaderRequest>,
+        request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        let target = request.into_inner().target_id;
+        self.server.move_leader(target).await.map_err(to_status)?;
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: Some(self.server.header(revision)),
+        }))
     }
 
     async fn downgrade(

@@ -25,6 +25,8 @@ pub fn to_status(e: Error) -> Status {
         | Error::LearnerNotReady
         | Error::MembershipInProgress => Code::FailedPrecondition,
         Error::BadPeerUrl(_) => Code::InvalidArgument,
+        Error::NotLeader | Error::BadLeaderTransferee => Code::FailedPrecondition,
+        Error::LeaderTransferTimeout => Code::Unavailable,
         Error::Unhealthy(_) => Code::Unavailable,
         Error::NoLeader | Error::Timeout => Code::Unavailable,
         Error::Raft(_)

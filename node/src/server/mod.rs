@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::raft::network::PeerNetwork;
 use crate::raft::peer::{ProposeReply, ReadIndexReply};
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MemberNode, Raft, Request, Response};
+use crate::raft::types::{MemberNode, Raft, Request, Response, WriteGate};
 use crate::storage::identity::Identity;
 use crate::storage::mvcc::MvccStore;
 use crate::{Error, Result};
@@ -62,6 +62,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     proposer: proposer::Proposer,
     read_barrier: read_index::ReadBarrier,
+    write_gate: WriteGate,
 }
 
 impl Server {
@@ -73,6 +74,7 @@ impl Server {
         identity: Identity,
         config: Arc<NodeConfig>,
         metrics: Arc<Metrics>,
+        write_gate: WriteGate,
     ) -> (
         Server,
         proposer::ProposerQueue,
@@ -96,6 +98,7 @@ impl Server {
                 metrics,
                 proposer,
                 read_barrier,
+                write_gate,
             }),
         };
         (server, queue, reads)
@@ -191,9 +194,11 @@ impl Server {
                 return Err(Error::Timeout);
             }
             if self.is_leader() {
-                match tokio::time::timeout(remaining, self.inner.raft.client_write(req.clone()))
-                    .await
-                {
+                let write = async {
+                    let _gate = self.inner.write_gate.read().await;
+                    self.inner.raft.client_write(req.clone()).await
+                };
+                match tokio::time::timeout(remaining, write).await {
                     Err(_) => return Err(Error::Timeout),
                     Ok(Ok(written)) => return Ok(written.data),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => continue,
