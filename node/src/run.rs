@@ -19,7 +19,7 @@ use crate::raft::peer::pb::peer_server::PeerServer;
 use crate::raft::peer::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{MemberNode, Raft, WriteGate};
-use crate::server::Server;
+use crate::server::{Server, ServerParts};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
 use crate::{api, Error, Result};
@@ -248,16 +248,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
 
     let write_gate = WriteGate::default();
-    let (server, proposals, reads) = Server::new(
-        raft.clone(),
+    let (server, proposals, reads) = Server::new(ServerParts {
+        raft: raft.clone(),
         store,
         state_machine,
-        network.clone(),
-        identity.clone(),
-        config.clone(),
+        network: network.clone(),
+        identity: identity.clone(),
+        config: config.clone(),
         metrics,
-        write_gate.clone(),
-    );
+        write_gate: write_gate.clone(),
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -44,6 +44,18 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
+/// What a server is made of, from `run`.
+pub struct ServerParts {
+    pub raft: Raft,
+    pub store: MvccStore,
+    pub state_machine: StateMachine,
+    pub network: PeerNetwork,
+    pub identity: Identity,
+    pub config: Arc<NodeConfig>,
+    pub metrics: Arc<Metrics>,
+    pub write_gate: WriteGate,
+}
+
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
@@ -67,19 +79,22 @@ struct Inner {
 
 impl Server {
     pub fn new(
-        raft: Raft,
-        store: MvccStore,
-        state_machine: StateMachine,
-        network: PeerNetwork,
-        identity: Identity,
-        config: Arc<NodeConfig>,
-        metrics: Arc<Metrics>,
-        write_gate: WriteGate,
+        parts: ServerParts,
     ) -> (
         Server,
         proposer::ProposerQueue,
         read_index::ReadBarrierQueue,
     ) {
+        let ServerParts {
+            raft,
+            store,
+            state_machine,
+            network,
+            identity,
+            config,
+            metrics,
+            write_gate,
+        } = parts;
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
         let (proposer, queue) = proposer::proposer();
