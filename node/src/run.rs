@@ -215,6 +215,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let network = PeerNetwork::new(identity.cluster_id, identity.member_id)
         .with_round_trip_metric(metrics.peer_round_trip.clone());
     let state_machine = StateMachine::new(store.clone(), metrics.backend_commit_duration.clone());
+    state_machine.measure_size_in_use()?;
     let raft = Raft::new(
         identity.member_id,
         Arc::new(raft_config(&config)?),

@@ -110,7 +110,7 @@ impl PbMaintenanceService for MaintenanceService {
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             errors: Vec::new(),
-            db_size_in_use: db_size,
+            db_size_in_use: self.server.state_machine().size_in_use() as i64,
             is_learner,
             storage_version: String::new(),
             db_size_quota: self.server.config().quota_backend_bytes as i64,
