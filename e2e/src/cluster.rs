@@ -295,12 +295,9 @@ impl TestCluster {
         &self.token
     }
 
-    /// Whether the server under test is etcd rather than ferrokv, judged by the binary's name:
-    /// for tests of what only ferrokv has (its own subcommands, its on-disk format).
+    /// Whether the members run etcd rather than ferrokv (see [`crate::binaries::is_etcd`]).
     pub fn server_is_etcd(&self) -> bool {
-        self.server
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with("etcd"))
+        crate::binaries::is_etcd(&self.server)
     }
 
     /// Sets flag `flag` (e.g. `--initial-cluster-token`) of member `i` to `value` for its next
