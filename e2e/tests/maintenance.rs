@@ -341,16 +341,22 @@ async fn nospace_alarm_stops_writes_until_compact_defrag_and_disarm() {
         cluster.etcdctl(&["get", "keep"]).await.expect_stdout(),
         "keep\nme\n"
     );
-    let count = cluster
+    let keys = cluster
         .etcdctl(&["get", "--prefix", "fill/", "--keys-only"])
         .await;
-    assert_eq!(count.expect_stdout().lines().count(), 2 * stored);
+    // etcd applies the put that crosses the quota and only then answers NOSPACE, so the refused
+    // put may be stored too.
+    let filled = keys.expect_stdout().lines().count() / 2;
+    assert!(
+        filled == stored || filled == stored + 1,
+        "{filled} keys after {stored} acknowledged puts"
+    );
     assert_eq!(
         cluster
             .etcdctl(&["del", "--prefix", "fill/"])
             .await
             .expect_stdout(),
-        format!("{stored}\n")
+        format!("{filled}\n")
     );
     // Deleting alone does not lift the alarm.
     let output = cluster.etcdctl(&["put", "small", "x"]).await;
