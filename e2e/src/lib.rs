@@ -16,4 +16,4 @@ pub mod latency;
 pub mod ports;
 
 pub use cluster::{ClusterBuilder, TestCluster};
-pub use etcdctl::EtcdctlOutput;
+pub use etcdctl::{EtcdctlOutput, EtcdctlProcess};
