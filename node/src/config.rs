@@ -180,6 +180,39 @@ impl NodeConfig {
         NodeConfig::check(config, token_given)
     }
 
+    /// Checks that `--initial-cluster` names this member with its advertised peer URLs. Only a
+    /// member that bootstraps needs this: a member restarted on an initialised data dir ignores
+    /// `--initial-cluster`, as etcd does, so that it can be moved to new peer URLs.
+    pub fn check_bootstrap_urls(&self) -> Result<(), String> {
+        match self.initial_cluster.get(&self.name) {
+            None => Err(format!(
+                "--initial-cluster has no member named {:?} (--name); it lists {}",
+                self.name,
+                self.initial_cluster
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(urls) => {
+                let mut mine = self.advertise_peer_urls.clone();
+                let mut listed = urls.clone();
+                mine.sort();
+                listed.sort();
+                if mine != listed {
+                    return Err(format!(
+                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
+                         (they must be the same URLs)",
+                        self.name,
+                        urls.join(","),
+                        self.advertise_peer_urls.join(",")
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks the raw flags and resolves their defaults.
     pub fn check(c: Config, token_given: bool) -> Result<NodeConfig, String> {
         if c.name.is_empty() {
@@ -215,34 +248,6 @@ impl NodeConfig {
             ))
             }
         };
-        match initial_cluster.get(&c.name) {
-            None => {
-                return Err(format!(
-                    "--initial-cluster has no member named {:?} (--name); it lists {}",
-                    c.name,
-                    initial_cluster
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
-            Some(urls) => {
-                let mut mine = advertise_peer_urls.clone();
-                let mut listed = urls.clone();
-                mine.sort();
-                listed.sort();
-                if mine != listed {
-                    return Err(format!(
-                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
-                         (they must be the same URLs)",
-                        c.name,
-                        urls.join(","),
-                        advertise_peer_urls.join(",")
-                    ));
-                }
-            }
-        }
         if c.initial_cluster_token.is_empty() {
             return Err("--initial-cluster-token must not be empty".into());
         }
@@ -422,7 +427,9 @@ mod tests {
         argv.extend_from_slice(args);
         let args = etcd_style_args(argv.into_iter().map(OsString::from));
         let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
-        NodeConfig::check(config, false)
+        let config = NodeConfig::check(config, false)?;
+        config.check_bootstrap_urls()?;
+        Ok(config)
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub enum Error {
     #[error("etcdserver: raft: {0}")]
     Raft(String),
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
+    /// Flags that cannot work together for what this member is about to do.
+    #[error("{0}")]
+    Config(String),
     #[error("data dir: {0}")]
     DataDir(String),
 }

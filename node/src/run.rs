@@ -71,6 +71,7 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
             if config.initial_cluster_state == ClusterState::Existing {
                 return joining_identity(config).await.map(|id| (id, true));
             }
+            config.check_bootstrap_urls().map_err(Error::Config)?;
             Ok((founding_identity(config), true))
         }
     }
