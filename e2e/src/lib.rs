@@ -21,5 +21,5 @@ pub mod netns;
 pub mod ports;
 
 pub use cluster::{ClusterBuilder, TestCluster};
-pub use host_cluster::{HostCluster, HostClusterBuilder};
 pub use etcdctl::EtcdctlOutput;
+pub use host_cluster::{HostCluster, HostClusterBuilder};

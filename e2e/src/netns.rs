@@ -344,7 +344,14 @@ fn reserve_subnet() -> anyhow::Result<(u8, File)> {
             continue;
         }
         let routed = Command::new("ip")
-            .args(["-4", "route", "show", "to", "match", &format!("10.77.{subnet}.1")])
+            .args([
+                "-4",
+                "route",
+                "show",
+                "to",
+                "match",
+                &format!("10.77.{subnet}.1"),
+            ])
             .output()
             .context("running ip route")?;
         // Only the default route may match: anything more specific is someone else's network.
