@@ -33,6 +33,9 @@ pub const PEER_PORT: u16 = 2380;
 /// How long waits for health or for a leader last by default.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Set to keep the cluster's directory (data dirs and logs) after the test, as in [`crate::cluster`].
+const KEEP_DIRS_ENV: &str = "FERROKV_E2E_KEEP_DIRS";
+
 /// Lines of each member's log printed when a test panics.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -43,9 +46,17 @@ pub struct HostClusterBuilder {
     heartbeat_interval_ms: u64,
     election_timeout_ms: u64,
     extra_args: Vec<String>,
+    server: Option<PathBuf>,
 }
 
 impl HostClusterBuilder {
+    /// Runs `server` instead of [`server_binary`]'s choice, e.g. to compare ferrokv and etcd in
+    /// one program.
+    pub fn server(mut self, server: impl Into<PathBuf>) -> Self {
+        self.server = Some(server.into());
+        self
+    }
+
     /// `--heartbeat-interval` and `--election-timeout`, in milliseconds.
     pub fn timing(mut self, heartbeat_interval_ms: u64, election_timeout_ms: u64) -> Self {
         self.heartbeat_interval_ms = heartbeat_interval_ms;
@@ -108,8 +119,14 @@ impl HostClusterBuilder {
                 starts: 0,
             });
         }
+        let dir = if std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            eprintln!("ferrokv-e2e: keeping {}", dir.keep().display());
+            None
+        } else {
+            Some(dir)
+        };
         let mut cluster = HostCluster {
-            server: server_binary(),
+            server: self.server.unwrap_or_else(server_binary),
             etcdctl: etcdctl_binary(),
             members,
             network,
@@ -148,7 +165,8 @@ pub struct HostCluster {
     members: Vec<HostMember>,
     // Dropped after the members are killed (in `Drop`), so no process keeps a namespace alive.
     network: HostNetwork,
-    _dir: TempDir,
+    /// Deleted on drop; `None` when kept for a post-mortem.
+    _dir: Option<TempDir>,
 }
 
 impl HostCluster {
@@ -160,6 +178,7 @@ impl HostCluster {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             extra_args: Vec::new(),
+            server: None,
         }
     }
 
