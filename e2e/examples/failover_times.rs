@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ferrokv_e2e::binaries::server_binary;
 use ferrokv_e2e::latency::LatencySummary;
 use ferrokv_e2e::HostCluster;
 
@@ -32,6 +31,12 @@ struct Args {
     /// --election-timeout, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
+    /// The ferrokv binary; by default the one built into this example's target directory.
+    #[arg(long)]
+    ferrokv: Option<PathBuf>,
+    /// Measure only this server: `ferrokv` or `etcd`.
+    #[arg(long)]
+    only: Option<String>,
     /// The etcd binary to compare with.
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
@@ -46,12 +51,20 @@ enum Fault {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let servers = [
-        ("ferrokv", server_binary()),
-        ("etcd 3.4", args.etcd.clone()),
-    ];
+    let ferrokv = match &args.ferrokv {
+        Some(path) => path.clone(),
+        None => built_ferrokv()?,
+    };
+    let servers = [("ferrokv", ferrokv), ("etcd 3.4", args.etcd.clone())];
     let mut rows = Vec::new();
     for (name, server) in &servers {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|only| !name.starts_with(only.as_str()))
+        {
+            continue;
+        }
         for fault in [Fault::Sigkill, Fault::CutOff] {
             let times = measure(&args, server, fault)
                 .await
@@ -120,4 +133,21 @@ async fn measure(args: &Args, server: &PathBuf, fault: Fault) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(3 * args.election_timeout)).await;
     }
     Ok(times)
+}
+
+/// `<target dir>/<profile>/ferrokv`: examples run from `<target dir>/<profile>/examples/`.
+fn built_ferrokv() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|profile| profile.join("ferrokv"))
+        .context("locating the target directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} does not exist: run `cargo build -p ferrokv-node` first, or pass --ferrokv",
+            path.display()
+        );
+    }
+    Ok(path)
 }
