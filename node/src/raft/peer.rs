@@ -188,6 +188,11 @@ impl Peer for PeerService {
                     leader: f.leader_id,
                 }
             }
+            // A leader cut off from its quorum: the same answer the leader gives its own
+            // clients (`Server::read_barrier_once`), not openraft's dump of the membership.
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                ReadIndexReply::Failed("etcdserver: request timed out".into())
+            }
             Ok(Err(e)) => ReadIndexReply::Failed(e.to_string()),
         };
         reply(&answer)
