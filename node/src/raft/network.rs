@@ -16,6 +16,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use super::election::PreVoteRequest;
 use super::peer::pb::peer_client::PeerClient;
 use super::peer::pb::PeerRequest;
 use super::peer::{LeaseQuery, MembersReply, ProposeReply, ReadIndexReply, REMOVED_MARK};
@@ -125,6 +126,7 @@ impl PeerNetwork {
             PeerMethod::MemberChange => client.member_change(request).await,
             PeerMethod::Members => client.members(request).await,
             PeerMethod::Campaign => client.campaign(request).await,
+            PeerMethod::PreVote => client.pre_vote(request).await,
         };
         let reply = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable
@@ -191,6 +193,16 @@ impl PeerNetwork {
         .await
     }
 
+    /// Asks the member at `url` whether it would vote for this one now (pre-vote).
+    pub async fn pre_vote(
+        &self,
+        url: &str,
+        req: &PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<bool, PeerError> {
+        self.call(url, PeerMethod::PreVote, req, timeout).await
+    }
+
     /// Asks the member at `url` for the cluster's ID and members.
     pub async fn members(&self, url: &str, timeout: Duration) -> Result<MembersReply, PeerError> {
         self.call(url, PeerMethod::Members, &(), timeout).await
@@ -220,6 +232,7 @@ enum PeerMethod {
     MemberChange,
     Members,
     Campaign,
+    PreVote,
 }
 
 /// openraft's view of one peer.
