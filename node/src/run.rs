@@ -265,6 +265,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config: config.clone(),
         metrics,
         write_gate: write_gate.clone(),
+        leader_contact: contact.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

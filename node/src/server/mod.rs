@@ -23,6 +23,7 @@ use openraft::ServerState;
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::raft::election::LeaderContact;
 use crate::raft::network::PeerNetwork;
 use crate::raft::peer::{ProposeReply, ReadIndexReply};
 use crate::raft::state_machine::StateMachine;
@@ -54,6 +55,7 @@ pub struct ServerParts {
     pub config: Arc<NodeConfig>,
     pub metrics: Arc<Metrics>,
     pub write_gate: WriteGate,
+    pub leader_contact: LeaderContact,
 }
 
 #[derive(Clone)]
@@ -75,6 +77,7 @@ struct Inner {
     proposer: proposer::Proposer,
     read_barrier: read_index::ReadBarrier,
     write_gate: WriteGate,
+    leader_contact: LeaderContact,
 }
 
 impl Server {
@@ -94,6 +97,7 @@ impl Server {
             config,
             metrics,
             write_gate,
+            leader_contact,
         } = parts;
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
@@ -114,6 +118,7 @@ impl Server {
                 proposer,
                 read_barrier,
                 write_gate,
+                leader_contact,
             }),
         };
         (server, queue, reads)
@@ -159,6 +164,25 @@ impl Server {
 
     pub fn leader(&self) -> Option<u64> {
         self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member is in touch with a leader: it is the leader and a quorum has
+    /// acknowledged it within an election timeout, or it has heard from the leader within one.
+    /// A member cut off from its leader still names it (openraft keeps the last leader it knew)
+    /// but is not in touch; health and readiness go by this.
+    pub fn leader_alive(&self) -> bool {
+        let timeout = self.inner.config.election_timeout;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        match metrics.state {
+            ServerState::Leader => {
+                let voters = metrics.membership_config.membership().voter_ids().count();
+                voters == 1
+                    || metrics
+                        .millis_since_quorum_ack
+                        .is_some_and(|ms| ms < timeout.as_millis() as u64)
+            }
+            _ => metrics.current_leader.is_some() && self.inner.leader_contact.elapsed() < timeout,
+        }
     }
 
     pub fn is_leader(&self) -> bool {
