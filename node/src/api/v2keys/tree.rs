@@ -395,7 +395,7 @@ pub fn plan(path: &str, write: &Write, observed: &Observed) -> Result<Plan, Erro
             for (ancestor, stored) in &observed.ancestors {
                 match stored {
                     Some(s) if !s.is_dir() => {
-                        return Err(Error::new(ErrorCode::NotFile, ancestor.clone(), index))
+                        return Err(Error::new(ErrorCode::NotDir, ancestor.clone(), index))
                     }
                     Some(_) => {}
                     None => puts.push((
@@ -711,7 +711,7 @@ mod tests {
             index: 7,
         };
         let e = plan("/f/k", &create, &under_file).unwrap_err();
-        assert_eq!((e.error_code, e.cause.as_str()), (102, "/f"));
+        assert_eq!((e.error_code, e.cause.as_str()), (104, "/f"));
         let update = Write::Update { value: "v".into() };
         let e = plan("/f/k", &update, &under_file).unwrap_err();
         assert_eq!((e.error_code, e.cause.as_str()), (104, "/f"));
