@@ -71,7 +71,6 @@ pub enum ErrorCode {
     TtlNaN,
     IndexNaN,
     InvalidField,
-    InvalidForm,
     RaftInternal,
     EventIndexCleared,
 }
@@ -89,7 +88,6 @@ impl ErrorCode {
             ErrorCode::TtlNaN => 202,
             ErrorCode::IndexNaN => 203,
             ErrorCode::InvalidField => 209,
-            ErrorCode::InvalidForm => 210,
             ErrorCode::RaftInternal => 300,
             ErrorCode::EventIndexCleared => 401,
         }
@@ -107,7 +105,6 @@ impl ErrorCode {
             ErrorCode::TtlNaN => "The given TTL in POST form is not a number",
             ErrorCode::IndexNaN => "The given index in POST form is not a number",
             ErrorCode::InvalidField => "Invalid field",
-            ErrorCode::InvalidForm => "Invalid POST form",
             ErrorCode::RaftInternal => "Raft Internal Error",
             ErrorCode::EventIndexCleared => "The event in requested index is outdated and cleared",
         }
