@@ -37,6 +37,20 @@ pub fn server_binary() -> PathBuf {
     path
 }
 
+/// Whether the server under test is etcd rather than ferrokv, judged by the binary's file name:
+/// for tests of what only ferrokv has (its own subcommands, its on-disk format), which skip
+/// themselves against etcd.
+pub fn server_is_etcd() -> bool {
+    is_etcd(&server_binary())
+}
+
+/// Whether `server` names an etcd binary (`etcd`, `etcd-3.4`, ...).
+pub fn is_etcd(server: &std::path::Path) -> bool {
+    server
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("etcd"))
+}
+
 /// The etcdctl binary: `$FERROKV_E2E_ETCDCTL` if set, else `/usr/bin/etcdctl`.
 pub fn etcdctl_binary() -> PathBuf {
     std::env::var_os(ETCDCTL_ENV)

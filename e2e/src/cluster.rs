@@ -25,7 +25,7 @@ use etcd_client::{Client, ConnectOptions};
 use tempfile::TempDir;
 
 use crate::binaries::{etcdctl_binary, server_binary};
-use crate::etcdctl::{run_etcdctl, EtcdctlOutput};
+use crate::etcdctl::{run_etcdctl, EtcdctlOutput, EtcdctlProcess};
 use crate::ports::ReservedPort;
 
 /// How long [`TestCluster::wait_healthy`] and [`TestCluster::leader`] wait by default. Generous:
@@ -59,6 +59,8 @@ pub struct ClusterBuilder {
     snapshot_count: Option<u64>,
     heartbeat_interval_ms: u64,
     election_timeout_ms: u64,
+    /// Further flags every member is started with, e.g. `--max-txn-ops=4`.
+    extra_flags: Vec<String>,
 }
 
 impl ClusterBuilder {
@@ -73,6 +75,13 @@ impl ClusterBuilder {
     /// truncation.
     pub fn snapshot_count(mut self, entries: u64) -> Self {
         self.snapshot_count = Some(entries);
+        self
+    }
+
+    /// Starts every member with one more flag, written `--flag=value` (etcd's flag names), e.g.
+    /// `--quota-backend-bytes=...` or `--max-request-bytes=...`.
+    pub fn flag(mut self, flag: impl Into<String>) -> Self {
+        self.extra_flags.push(flag.into());
         self
     }
 
@@ -98,6 +107,17 @@ impl ClusterBuilder {
 
     /// Spawns the members without waiting for them.
     pub fn spawn(self) -> anyhow::Result<TestCluster> {
+        let mut cluster = self.create()?;
+        for i in 0..cluster.members.len() {
+            cluster.restart(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Lays out the members — ports, directories, flags — without starting any, so a test can
+    /// prepare their data dirs first (e.g. restore a snapshot into them) and then start each with
+    /// [`TestCluster::restart`].
+    pub fn create(self) -> anyhow::Result<TestCluster> {
         assert!(self.members > 0, "a cluster needs at least one member");
         let server = server_binary();
         let dir = tempfile::Builder::new()
@@ -152,6 +172,7 @@ impl ClusterBuilder {
                 // etcd's default member name.
                 Bootstrap::Defaults => "default".to_string(),
             };
+            args.extend(self.extra_flags.iter().cloned());
             fs::create_dir_all(&member_dir)
                 .with_context(|| format!("creating {}", member_dir.display()))?;
             members.push(Member {
@@ -167,16 +188,14 @@ impl ClusterBuilder {
             });
         }
 
-        let mut cluster = TestCluster {
+        Ok(TestCluster {
             server,
             etcdctl: etcdctl_binary(),
             members,
+            initial_cluster,
+            token,
             dir: Some(dir),
-        };
-        for i in 0..cluster.members.len() {
-            cluster.restart(i)?;
-        }
-        Ok(cluster)
+        })
     }
 }
 
@@ -202,6 +221,10 @@ pub struct TestCluster {
     server: PathBuf,
     etcdctl: PathBuf,
     members: Vec<Member>,
+    /// `--initial-cluster` of a statically bootstrapped cluster.
+    initial_cluster: String,
+    /// `--initial-cluster-token` of a statically bootstrapped cluster.
+    token: String,
     /// `None` only after `Drop` decided to keep it.
     dir: Option<TempDir>,
 }
@@ -217,6 +240,7 @@ impl TestCluster {
             // etcd's defaults, passed explicitly so the flags are exercised.
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            extra_flags: Vec::new(),
         }
     }
 
@@ -259,6 +283,80 @@ impl TestCluster {
     /// Client URLs of all members, in member order.
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// The `--initial-cluster` the members were (or will be) started with: `name=peer-url,...`.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+
+    /// The `--initial-cluster-token` the members were (or will be) started with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether the members run etcd rather than ferrokv (see [`crate::binaries::is_etcd`]).
+    pub fn server_is_etcd(&self) -> bool {
+        crate::binaries::is_etcd(&self.server)
+    }
+
+    /// Sets flag `flag` (e.g. `--initial-cluster-token`) of member `i` to `value` for its next
+    /// starts, replacing the flag's earlier value or adding it.
+    pub fn set_flag(&mut self, i: usize, flag: &str, value: &str) {
+        let prefix = format!("{flag}=");
+        let args = &mut self.members[i].args;
+        args.retain(|arg| !arg.starts_with(&prefix));
+        args.push(format!("{flag}={value}"));
+    }
+
+    /// Moves stopped member `i` to a "new machine": copies its data dir (and WAL dir) to a new
+    /// place and gives it a new peer port, as an admin migrating a member does; the member's
+    /// next start uses them. Returns the new peer URL, for `etcdctl member update`.
+    pub fn relocate(&mut self, i: usize) -> anyhow::Result<String> {
+        let member = &mut self.members[i];
+        if member.process.is_some() {
+            bail!("member {} must be stopped before it is moved", member.name);
+        }
+        let new_home = member
+            .data_dir
+            .parent()
+            .context("member dir")?
+            .join("moved");
+        let new_data = new_home.join("data");
+        copy_dir(&member.data_dir, &new_data)?;
+        let new_wal = match &member.wal_dir {
+            Some(wal) => {
+                let new_wal = new_home.join("wal");
+                copy_dir(wal, &new_wal)?;
+                Some(new_wal)
+            }
+            None => None,
+        };
+        let peer_port = ReservedPort::reserve()?;
+        let url = peer_port.url();
+        let replace = |args: &mut Vec<String>, flag: &str, value: String| {
+            let prefix = format!("{flag}=");
+            args.retain(|arg| !arg.starts_with(&prefix));
+            args.push(format!("{flag}={value}"));
+        };
+        replace(
+            &mut member.args,
+            "--data-dir",
+            new_data.display().to_string(),
+        );
+        if let Some(wal) = &new_wal {
+            replace(&mut member.args, "--wal-dir", wal.display().to_string());
+        }
+        replace(&mut member.args, "--listen-peer-urls", url.clone());
+        replace(
+            &mut member.args,
+            "--initial-advertise-peer-urls",
+            url.clone(),
+        );
+        member.data_dir = new_data;
+        member.wal_dir = new_wal;
+        member.peer_port = peer_port;
+        Ok(url)
     }
 
     /// Member `i`'s `--data-dir`.
@@ -340,6 +438,36 @@ impl TestCluster {
             .with_context(|| format!("spawning {}", server.display()))?;
         member.process = Some(child);
         Ok(())
+    }
+
+    /// Waits up to `timeout` for member `i` to exit by itself (e.g. refusing to start) and
+    /// returns how it exited; fails if it is still running then (and kills it).
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let member = &mut self.members[i];
+            let child = member
+                .process
+                .as_mut()
+                .ok_or_else(|| anyhow!("member {} is not running", member.name))?;
+            if let Some(status) = child.try_wait()? {
+                member.process = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill(i)?;
+                bail!(
+                    "member {} still running after {timeout:?}; log tail:\n{}",
+                    self.name(i),
+                    self.log_tail(i)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILLs member `i` and reaps it, like a machine losing power.
@@ -521,6 +649,18 @@ impl TestCluster {
         self.etcdctl_at(&[self.endpoint(i)], args, None).await
     }
 
+    /// Starts `etcdctl --endpoints=<all members> <args>` for a command that keeps running and
+    /// printing, such as `watch`; it is killed when the returned process is dropped.
+    pub fn etcdctl_process(&self, args: &[&str]) -> EtcdctlProcess {
+        EtcdctlProcess::spawn(&self.etcdctl, &self.endpoints(), args)
+            .unwrap_or_else(|error| panic!("starting etcdctl {args:?}: {error:#}"))
+    }
+
+    /// The etcdctl binary the cluster's helpers run.
+    pub fn etcdctl_path(&self) -> &Path {
+        &self.etcdctl
+    }
+
     async fn etcdctl_at(
         &self,
         endpoints: &[String],
@@ -613,4 +753,20 @@ fn log_tail(path: &Path, lines: usize) -> String {
         }
         Err(error) => format!("(cannot read {}: {error})", path.display()),
     }
+}
+
+/// Copies a directory tree (files and directories only, as data and WAL dirs are).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }

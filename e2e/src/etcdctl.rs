@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// An etcdctl invocation is killed if it runs longer than this; its own `--command-timeout`
 /// (5 s by default) normally ends it well before.
@@ -93,4 +93,56 @@ pub async fn run_etcdctl(
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     })
+}
+
+/// An etcdctl command that runs until it is dropped, such as `watch` or `lease keep-alive`,
+/// read line by line as it prints.
+#[derive(Debug)]
+pub struct EtcdctlProcess {
+    /// Killed when dropped.
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl EtcdctlProcess {
+    /// Starts `etcdctl --endpoints=<endpoints> <args>` with `ETCDCTL_API=3`.
+    pub fn spawn(etcdctl: &Path, endpoints: &[String], args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", etcdctl.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Ok(EtcdctlProcess {
+            child,
+            stdout: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next `count` lines etcdctl prints, waiting at most `timeout` for all of them.
+    pub async fn lines(&mut self, count: usize, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::with_capacity(count);
+        let read = async {
+            while lines.len() < count {
+                match self.stdout.next_line().await? {
+                    Some(line) => lines.push(line),
+                    None => bail!("etcdctl exited ({:?})", self.child.try_wait()),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(result) => result.with_context(|| format!("after reading {lines:?}"))?,
+            Err(_) => bail!(
+                "only {} of {count} lines after {timeout:?}: {lines:?}",
+                lines.len()
+            ),
+        }
+        Ok(lines)
+    }
 }

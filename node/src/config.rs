@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::server::compactor::{parse_auto_compaction, AutoCompaction};
+
 /// etcd's default for `--quota-backend-bytes` when it is 0: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
@@ -113,6 +115,15 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
 
+    /// Interpret --auto-compaction-retention as hours or a duration ('periodic') or as a number
+    /// of revisions ('revision').
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// Auto compaction retention (0 disables auto compaction).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -150,6 +161,7 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
     /// `--discovery`, or `--discovery-endpoints` with `--discovery-token`.
     pub discovery: Option<crate::discovery::Discovery>,
@@ -171,6 +183,39 @@ impl NodeConfig {
         let token_given = token_given(&args);
         let config = Config::parse_from(args);
         NodeConfig::check(config, token_given)
+    }
+
+    /// Checks that `--initial-cluster` names this member with its advertised peer URLs. Only a
+    /// member that bootstraps needs this: a member restarted on an initialised data dir ignores
+    /// `--initial-cluster`, as etcd does, so that it can be moved to new peer URLs.
+    pub fn check_bootstrap_urls(&self) -> Result<(), String> {
+        match self.initial_cluster.get(&self.name) {
+            None => Err(format!(
+                "--initial-cluster has no member named {:?} (--name); it lists {}",
+                self.name,
+                self.initial_cluster
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(urls) => {
+                let mut mine = self.advertise_peer_urls.clone();
+                let mut listed = urls.clone();
+                mine.sort();
+                listed.sort();
+                if mine != listed {
+                    return Err(format!(
+                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
+                         (they must be the same URLs)",
+                        self.name,
+                        urls.join(","),
+                        self.advertise_peer_urls.join(",")
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Checks the raw flags and resolves their defaults.
@@ -212,34 +257,6 @@ impl NodeConfig {
             ))
             }
         };
-        match initial_cluster.get(&c.name) {
-            None => {
-                return Err(format!(
-                    "--initial-cluster has no member named {:?} (--name); it lists {}",
-                    c.name,
-                    initial_cluster
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
-            Some(urls) => {
-                let mut mine = advertise_peer_urls.clone();
-                let mut listed = urls.clone();
-                mine.sort();
-                listed.sort();
-                if mine != listed {
-                    return Err(format!(
-                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
-                         (they must be the same URLs)",
-                        c.name,
-                        urls.join(","),
-                        advertise_peer_urls.join(",")
-                    ));
-                }
-            }
-        }
         if c.initial_cluster_token.is_empty() {
             return Err("--initial-cluster-token must not be empty".into());
         }
@@ -302,6 +319,10 @@ impl NodeConfig {
             },
             max_request_bytes: c.max_request_bytes as usize,
             max_txn_ops: c.max_txn_ops as usize,
+            auto_compaction: parse_auto_compaction(
+                &c.auto_compaction_mode,
+                &c.auto_compaction_retention,
+            )?,
             log_level,
             discovery,
         })
@@ -420,7 +441,9 @@ mod tests {
         argv.extend_from_slice(args);
         let args = etcd_style_args(argv.into_iter().map(OsString::from));
         let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
-        NodeConfig::check(config, false)
+        let config = NodeConfig::check(config, false)?;
+        config.check_bootstrap_urls()?;
+        Ok(config)
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub enum Error {
     MembershipInProgress,
     #[error("etcdserver: invalid peer URL: {0}")]
     BadPeerUrl(String),
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]
@@ -102,6 +108,9 @@ pub enum Error {
     #[error("etcdserver: raft: {0}")]
     Raft(String),
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
+    /// Flags that cannot work together for what this member is about to do.
+    #[error("{0}")]
+    Config(String),
     #[error("data dir: {0}")]
     DataDir(String),
     /// Discovery bootstrap failed; the message is etcd's (`discovery: cluster is full`, ...).

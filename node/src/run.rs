@@ -18,8 +18,8 @@ use crate::raft::network::{PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer::pb::peer_server::PeerServer;
 use crate::raft::peer::PeerService;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MemberNode, Raft};
-use crate::server::Server;
+use crate::raft::types::{MemberNode, Raft, WriteGate};
+use crate::server::{Server, ServerParts};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
 use crate::{api, Error, Result};
@@ -77,6 +77,7 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
                     crate::discovery::initial_cluster(config, discovery).await?;
                 return Ok((founding_identity(&discovered), true));
             }
+            config.check_bootstrap_urls().map_err(Error::Config)?;
             Ok((founding_identity(config), true))
         }
     }
@@ -164,8 +165,11 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat.as_millis() as u64,
-        election_timeout_min: election,
-        election_timeout_max: election * 2,
+        // openraft waits out the leader's lease (election_timeout_max) before a follower
+        // campaigns, then a random election timeout: [1.5, 2) × --election-timeout in all,
+        // close to etcd's randomised [1, 2).
+        election_timeout_min: election / 2,
+        election_timeout_max: election,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
@@ -218,6 +222,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let network = PeerNetwork::new(identity.cluster_id, identity.member_id)
         .with_round_trip_metric(metrics.peer_round_trip.clone());
     let state_machine = StateMachine::new(store.clone(), metrics.backend_commit_duration.clone());
+    state_machine.measure_size_in_use()?;
     let raft = Raft::new(
         identity.member_id,
         Arc::new(raft_config(&config)?),
@@ -250,15 +255,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .map_err(|e| Error::Raft(format!("bootstrapping the cluster: {e}")))?;
     }
 
-    let (server, proposals, reads) = Server::new(
-        raft.clone(),
+    let write_gate = WriteGate::default();
+    let (server, proposals, reads) = Server::new(ServerParts {
+        raft: raft.clone(),
         store,
         state_machine,
-        network.clone(),
-        identity.clone(),
-        config.clone(),
+        network: network.clone(),
+        identity: identity.clone(),
+        config: config.clone(),
         metrics,
-    );
+        write_gate: write_gate.clone(),
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -273,6 +280,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             raft.clone(),
             network.clone(),
             Arc::new(server.clone()),
+            write_gate.clone(),
             request_timeout,
         ))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
@@ -311,6 +319,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tokio::spawn(server.clone().run_proposer(proposals));
     tokio::spawn(server.clone().run_read_barrier(reads));
     tokio::spawn(server.clone().run_lease_expiry());
+    if let Some(policy) = config.auto_compaction {
+        tokio::spawn(server.clone().run_auto_compaction(policy));
+    }
     tokio::spawn(server.clone().count_leader_changes());
 
     let outcome = tokio::select! {

@@ -94,7 +94,8 @@ async fn metrics(State(server): State<Server>) -> impl IntoResponse {
     m.proposals_applied.set(applied);
     let size = store.db_size_bytes() as i64;
     m.db_total_size.set(size);
-    m.db_total_size_in_use.set(size);
+    m.db_total_size_in_use
+        .set(server.state_machine().size_in_use() as i64);
     m.current_revision
         .set(store.current_revision().unwrap_or(0));
     m.compact_revision

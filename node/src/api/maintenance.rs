@@ -1,7 +1,8 @@
-//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, Hash, HashKV and Snapshot.
+//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, Hash, HashKV, Snapshot and
+//! MoveLeader.
 //!
-//! MoveLeader and Downgrade answer `Unimplemented` until they are built: an etcd client then
-//! reports the call as unsupported rather than believing it succeeded.
+//! Downgrade answers `Unimplemented`: an etcd client then reports the call as unsupported
+//! rather than believing it succeeded.
 
 use std::pin::Pin;
 
@@ -109,7 +110,7 @@ impl PbMaintenanceService for MaintenanceService {
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             errors: Vec::new(),
-            db_size_in_use: db_size,
+            db_size_in_use: self.server.state_machine().size_in_use() as i64,
             is_learner,
             storage_version: String::new(),
             db_size_quota: self.server.config().quota_backend_bytes as i64,
@@ -184,9 +185,14 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<PbMoveLeaderRequest>,
+        request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        let target = request.into_inner().target_id;
+        self.server.move_leader(target).await.map_err(to_status)?;
+        let revision = self.server.store().current_revision().map_err(to_status)?;
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: Some(self.server.header(revision)),
+        }))
     }
 
     async fn downgrade(

@@ -25,10 +25,13 @@ pub fn to_status(e: Error) -> Status {
         | Error::LearnerNotReady
         | Error::MembershipInProgress => Code::FailedPrecondition,
         Error::BadPeerUrl(_) => Code::InvalidArgument,
+        Error::NotLeader | Error::BadLeaderTransferee => Code::FailedPrecondition,
+        Error::LeaderTransferTimeout => Code::Unavailable,
         Error::Unhealthy(_) => Code::Unavailable,
         Error::NoLeader | Error::Timeout => Code::Unavailable,
         Error::Raft(_)
         | Error::DataDir(_)
+        | Error::Config(_)
         | Error::Backend(_)
         | Error::WalCorrupt { .. }
         | Error::WalIo { .. } => Code::Unavailable,

@@ -124,6 +124,7 @@ impl PeerNetwork {
             PeerMethod::Lease => client.lease(request).await,
             PeerMethod::MemberChange => client.member_change(request).await,
             PeerMethod::Members => client.members(request).await,
+            PeerMethod::Campaign => client.campaign(request).await,
         };
         let reply = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable
@@ -179,6 +180,17 @@ impl PeerNetwork {
             .await
     }
 
+    /// Asks the member at `url` to campaign for leadership after `wait`.
+    pub async fn campaign(&self, url: &str, wait: Duration) -> Result<(), PeerError> {
+        self.call(
+            url,
+            PeerMethod::Campaign,
+            &(wait.as_millis() as u64),
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
     /// Asks the member at `url` for the cluster's ID and members.
     pub async fn members(&self, url: &str, timeout: Duration) -> Result<MembersReply, PeerError> {
         self.call(url, PeerMethod::Members, &(), timeout).await
@@ -207,6 +219,7 @@ enum PeerMethod {
     Lease,
     MemberChange,
     Members,
+    Campaign,
 }
 
 /// openraft's view of one peer.

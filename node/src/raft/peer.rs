@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use super::network::PeerNetwork;
-use super::types::{codec, MemberNode, Raft, Request, Response};
+use super::types::{codec, MemberNode, Raft, Request, Response, WriteGate};
 use crate::server::lease::LeaseTtl;
 use crate::server::membership::MemberChange;
 
@@ -68,6 +68,7 @@ pub struct PeerService {
     raft: Raft,
     network: PeerNetwork,
     duties: Arc<dyn LeaderDuties>,
+    write_gate: WriteGate,
     /// How long a forwarded write may wait for its commit.
     request_timeout: Duration,
 }
@@ -77,12 +78,14 @@ impl PeerService {
         raft: Raft,
         network: PeerNetwork,
         duties: Arc<dyn LeaderDuties>,
+        write_gate: WriteGate,
         request_timeout: Duration,
     ) -> PeerService {
         PeerService {
             raft,
             network,
             duties,
+            write_gate,
             request_timeout,
         }
     }
@@ -148,8 +151,11 @@ impl Peer for PeerService {
         req: GrpcRequest<PeerRequest>,
     ) -> Result<GrpcResponse<PeerReply>, Status> {
         let request: Request = self.open(req)?;
-        let outcome =
-            tokio::time::timeout(self.request_timeout, self.raft.client_write(request)).await;
+        let write = async {
+            let _gate = self.write_gate.read().await;
+            self.raft.client_write(request).await
+        };
+        let outcome = tokio::time::timeout(self.request_timeout, write).await;
         let answer = match outcome {
             Err(_) => ProposeReply::Failed("etcdserver: request timed out".into()),
             Ok(Ok(written)) => ProposeReply::Applied {
@@ -182,6 +188,11 @@ impl Peer for PeerService {
                     leader: f.leader_id,
                 }
             }
+            // A leader cut off from its quorum: the same answer the leader gives its own
+            // clients (`Server::read_barrier_once`), not openraft's dump of the membership.
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                ReadIndexReply::Failed("etcdserver: request timed out".into())
+            }
             Ok(Err(e)) => ReadIndexReply::Failed(e.to_string()),
         };
         reply(&answer)
@@ -201,6 +212,21 @@ impl Peer for PeerService {
     ) -> Result<GrpcResponse<PeerReply>, Status> {
         let change: MemberChange = self.open(req)?;
         reply(&self.duties.change_members(change).await)
+    }
+
+    async fn campaign(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let wait_ms: u64 = self.open(req)?;
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!(error = %e, "campaigning for leadership failed");
+            }
+        });
+        reply(&())
     }
 
     async fn members(

@@ -49,6 +49,8 @@ pub struct StateMachine {
     events: broadcast::Sender<Arc<Vec<PbEvent>>>,
     /// `etcd_disk_backend_commit_duration_seconds`.
     commit_duration: prometheus::Histogram,
+    /// The store's size in use, measured at every durable commit (see `size_in_use`).
+    size_in_use: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct ApplyClock {
@@ -82,6 +84,7 @@ impl StateMachine {
             current: Arc::new(Mutex::new(None)),
             events,
             commit_duration,
+            size_in_use: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -119,6 +122,29 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// The bytes the store's data occupies, as of the last durable commit (at most about a
+    /// second old); what `--quota-backend-bytes` limits.
+    pub fn size_in_use(&self) -> u64 {
+        self.size_in_use.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Measures the size in use now (at start, and after a defragmentation).
+    pub fn measure_size_in_use(&self) -> crate::Result<()> {
+        let write = self.store.begin_write()?;
+        self.record_size_in_use(&write);
+        drop(write);
+        Ok(())
+    }
+
+    fn record_size_in_use(&self, write: &MvccWrite) {
+        match write.size_in_use() {
+            Ok(bytes) => self
+                .size_in_use
+                .store(bytes, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "measuring the store's size failed"),
+        }
+    }
+
     /// Defragments the store between two applied batches.
     pub async fn defragment(&self) -> crate::Result<()> {
         let mut clock = self.apply_lock.lock().await;
@@ -127,7 +153,8 @@ impl StateMachine {
             .await
             .map_err(|e| crate::Error::Backend(e.to_string()))??;
         clock.last_durable = Instant::now();
-        Ok(())
+        drop(clock);
+        self.measure_size_in_use()
     }
 
     fn read_applied(&self) -> crate::Result<(Option<LogId>, StoredMembership)> {
@@ -295,6 +322,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .set_meta(APPLIED_KEY, &codec::encode(&last))
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
         let durable = clock.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
+        if durable {
+            self.record_size_in_use(&write);
+        }
         let timer = self.commit_duration.start_timer();
         let events = write
             .commit(durable)

@@ -31,6 +31,10 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
 pub type StorageError = openraft::StorageError<u64>;
 
+/// Held shared by every write proposed on the leader, and exclusively while leadership is being
+/// handed to another member, so that no write renews the followers' leases meanwhile.
+pub type WriteGate = std::sync::Arc<tokio::sync::RwLock<()>>;
+
 /// What the Raft membership records of a member: its name and peer URLs. Client URLs are
 /// published by the member itself once it runs (`Request::PublishMember`), as in etcd.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,9 +45,10 @@ impl Server {
         if !self.alarms(ALARM_NOSPACE)?.is_empty() {
             return Err(Error::NoSpace);
         }
-        if self.store().db_size_bytes() > self.config().quota_backend_bytes {
+        let in_use = self.state_machine().size_in_use();
+        if in_use > self.config().quota_backend_bytes {
             tracing::warn!(
-                size = self.store().db_size_bytes(),
+                size_in_use = in_use,
                 quota = self.config().quota_backend_bytes,
                 "backend quota exceeded; raising the NOSPACE alarm"
             );

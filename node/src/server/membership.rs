@@ -264,3 +264,70 @@ pub fn membership_error(message: &str) -> Error {
         .find(|e| e.to_string() == message)
         .unwrap_or_else(|| Error::Raft(message.to_string()))
 }
+
+impl Server {
+    /// Hands leadership to `target` (etcd's MoveLeader). openraft 0.9 has no leadership
+    /// transfer, so the leader stops writing and heartbeating until the followers' lease on it
+    /// has run out, and asks the target to campaign at that moment — before any other follower's
+    /// election timer fires. Writes wait meanwhile, about one election timeout.
+    pub async fn move_leader(&self, target: u64) -> Result<()> {
+        if !self.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        if target == self.member_id() {
+            return Ok(());
+        }
+        let metrics = self.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        if !membership.voter_ids().any(|id| id == target) {
+            return Err(Error::BadLeaderTransferee);
+        }
+        let url = self.peer_url_of(target).ok_or(Error::BadLeaderTransferee)?;
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let _writes = self.inner.write_gate.write().await;
+        // The target must hold everything, or it cannot win the election.
+        loop {
+            let m = self.raft().metrics().borrow().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|l| l.index)
+                .unwrap_or(0);
+            if matched >= last {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let lease = self.config().election_timeout;
+        let runtime = self.raft().runtime_config();
+        runtime.heartbeat(false);
+        runtime.elect(false);
+        let campaign = self
+            .inner
+            .network
+            .campaign(&url, lease + Duration::from_millis(50))
+            .await;
+        let moved = async {
+            campaign.map_err(|e| Error::Raft(e.to_string()))?;
+            loop {
+                if self.leader() == Some(target) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::LeaderTransferTimeout);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        .await;
+        let runtime = self.raft().runtime_config();
+        runtime.heartbeat(true);
+        runtime.elect(true);
+        moved
+    }
+}

@@ -5,6 +5,7 @@
 //! through sees its write. Linearizable reads wait for a read index confirmed by the leader
 //! (ReadIndex); serializable reads are served from the local store as it is.
 
+pub mod compactor;
 pub mod lease;
 pub mod maintenance;
 pub mod membership;
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::raft::network::PeerNetwork;
 use crate::raft::peer::{ProposeReply, ReadIndexReply};
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MemberNode, Raft, Request, Response};
+use crate::raft::types::{MemberNode, Raft, Request, Response, WriteGate};
 use crate::storage::identity::Identity;
 use crate::storage::mvcc::MvccStore;
 use crate::{Error, Result};
@@ -41,6 +42,18 @@ pub struct MemberInfo {
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub is_learner: bool,
+}
+
+/// What a server is made of, from `run`.
+pub struct ServerParts {
+    pub raft: Raft,
+    pub store: MvccStore,
+    pub state_machine: StateMachine,
+    pub network: PeerNetwork,
+    pub identity: Identity,
+    pub config: Arc<NodeConfig>,
+    pub metrics: Arc<Metrics>,
+    pub write_gate: WriteGate,
 }
 
 #[derive(Clone)]
@@ -61,22 +74,27 @@ struct Inner {
     metrics: Arc<Metrics>,
     proposer: proposer::Proposer,
     read_barrier: read_index::ReadBarrier,
+    write_gate: WriteGate,
 }
 
 impl Server {
     pub fn new(
-        raft: Raft,
-        store: MvccStore,
-        state_machine: StateMachine,
-        network: PeerNetwork,
-        identity: Identity,
-        config: Arc<NodeConfig>,
-        metrics: Arc<Metrics>,
+        parts: ServerParts,
     ) -> (
         Server,
         proposer::ProposerQueue,
         read_index::ReadBarrierQueue,
     ) {
+        let ServerParts {
+            raft,
+            store,
+            state_machine,
+            network,
+            identity,
+            config,
+            metrics,
+            write_gate,
+        } = parts;
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
         let (proposer, queue) = proposer::proposer();
@@ -95,6 +113,7 @@ impl Server {
                 metrics,
                 proposer,
                 read_barrier,
+                write_gate,
             }),
         };
         (server, queue, reads)
@@ -190,9 +209,11 @@ impl Server {
                 return Err(Error::Timeout);
             }
             if self.is_leader() {
-                match tokio::time::timeout(remaining, self.inner.raft.client_write(req.clone()))
-                    .await
-                {
+                let write = async {
+                    let _gate = self.inner.write_gate.read().await;
+                    self.inner.raft.client_write(req.clone()).await
+                };
+                match tokio::time::timeout(remaining, write).await {
                     Err(_) => return Err(Error::Timeout),
                     Ok(Ok(written)) => return Ok(written.data),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => continue,

@@ -198,6 +198,14 @@ impl MvccWrite {
         Ok(())
     }
 
+    /// The bytes the store's data occupies (keys, values, index and metadata, and the
+    /// fragmentation between them), which is what the backend quota counts — not the file's
+    /// length, which redb grows ahead of use.
+    pub fn size_in_use(&self) -> Result<u64> {
+        let stats = self.txn.stats()?;
+        Ok(stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes())
+    }
+
     /// Removes a metadata entry, if present.
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         self.txn.open_table(META)?.remove(key)?;
