@@ -127,6 +127,9 @@ pub struct Config {
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    #[command(flatten)]
+    pub discovery: crate::discovery::DiscoveryFlags,
 }
 
 /// Whether this member founds a new cluster or joins a running one.
@@ -160,6 +163,8 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
+    /// `--discovery`, or `--discovery-endpoints` with `--discovery-token`.
+    pub discovery: Option<crate::discovery::Discovery>,
 }
 
 /// A `host:port` to listen on, from an `http://host:port` URL.
@@ -239,6 +244,10 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| format!("{}={}", c.name, advertise_peer_urls.join(",")));
         let initial_cluster = parse_initial_cluster(&initial_cluster_text)?;
+        let discovery = c.discovery.check()?;
+        if discovery.is_some() && c.initial_cluster.is_some() {
+            return Err("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"".into());
+        }
         let initial_cluster_state = match c.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -294,7 +303,11 @@ impl NodeConfig {
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state,
-            initial_cluster_token: c.initial_cluster_token,
+            // As in etcd, a discovered cluster's token is the discovery URL or token.
+            initial_cluster_token: match &discovery {
+                Some(d) => d.cluster_token().to_string(),
+                None => c.initial_cluster_token,
+            },
             token_given,
             heartbeat: Duration::from_millis(c.heartbeat_interval),
             election_timeout: Duration::from_millis(c.election_timeout),
@@ -311,6 +324,7 @@ impl NodeConfig {
                 &c.auto_compaction_retention,
             )?,
             log_level,
+            discovery,
         })
     }
 }

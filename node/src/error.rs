@@ -113,6 +113,9 @@ pub enum Error {
     Config(String),
     #[error("data dir: {0}")]
     DataDir(String),
+    /// Discovery bootstrap failed; the message is etcd's (`discovery: cluster is full`, ...).
+    #[error("{0}")]
+    Discovery(String),
 }
 
 // redb reports failures through one error type per step (open, begin, table, commit); to the

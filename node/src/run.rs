@@ -72,6 +72,12 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
             if config.initial_cluster_state == ClusterState::Existing {
                 return joining_identity(config).await.map(|id| (id, true));
             }
+            if let Some(discovery) = &config.discovery {
+                let mut discovered = config.clone();
+                discovered.initial_cluster =
+                    crate::discovery::initial_cluster(config, discovery).await?;
+                return Ok((founding_identity(&discovered), true));
+            }
             config.check_bootstrap_urls().map_err(Error::Config)?;
             Ok((founding_identity(config), true))
         }

@@ -19,6 +19,7 @@ pub fn router(server: Server) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .merge(super::v2keys::router())
         .with_state(server)
 }
 
