@@ -49,6 +49,17 @@ async fn learner_is_added_promoted_updated_and_removed_with_etcdctl() {
     }
     let founders: Vec<usize> = (0..3).collect();
     let mut client = cluster.member_client(0).await.expect("client");
+    // The founders are starting: the first write waits for them to elect a leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.put("learner/ready", "yes", None).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no leader among the founders within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client = cluster.member_client(0).await.expect("client");
+    }
+    client.delete("learner/ready", None).await.expect("delete");
     for n in 0..300 {
         client
             .put(format!("learner/{n:04}"), format!("value {n}"), None)
@@ -57,18 +68,27 @@ async fn learner_is_added_promoted_updated_and_removed_with_etcdctl() {
     }
 
     let joiner = 3;
-    let added = cluster
-        .member_etcdctl(
-            0,
-            &[
-                "member",
-                "add",
-                cluster.name(joiner),
-                &format!("--peer-urls={}", cluster.peer_url(joiner)),
-                "--learner",
-            ],
-        )
-        .await;
+    // etcd refuses membership changes until its members have been connected for a few
+    // seconds ("unhealthy cluster"); an administrator retries, and so does this test.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let added = loop {
+        let added = cluster
+            .member_etcdctl(
+                0,
+                &[
+                    "member",
+                    "add",
+                    cluster.name(joiner),
+                    &format!("--peer-urls={}", cluster.peer_url(joiner)),
+                    "--learner",
+                ],
+            )
+            .await;
+        if added.status.success() || Instant::now() >= deadline {
+            break added;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(
         added.stdout.contains("added to cluster"),
         "member add --learner: {}{}",

@@ -37,6 +37,8 @@ pub struct PeerNetwork {
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// `etcd_network_peer_round_trip_time_seconds`, by target member.
     round_trip: Option<prometheus::HistogramVec>,
+    /// When each peer last answered an AppendEntries (heartbeats included) from this member.
+    last_answer: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 /// What went wrong talking to a peer.
@@ -58,7 +60,17 @@ impl PeerNetwork {
             clients: Arc::new(Mutex::new(HashMap::new())),
             removed: Arc::new(tokio::sync::watch::channel(false).0),
             round_trip: None,
+            last_answer: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// How long ago member `id` last answered this member's AppendEntries; None if never.
+    pub fn since_last_answer(&self, id: u64) -> Option<Duration> {
+        self.last_answer
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|at| at.elapsed())
     }
 
     /// Records the round trip of every AppendEntries (heartbeats included) in `histogram`.
@@ -286,9 +298,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
         let started = std::time::Instant::now();
         let result = self.rpc(PeerMethod::AppendEntries, &rpc, &option).await;
-        if let (Ok(_), Some(h)) = (&result, &self.network.round_trip) {
-            h.with_label_values(&[&format!("{:x}", self.target)])
-                .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            let now = std::time::Instant::now();
+            self.network
+                .last_answer
+                .lock()
+                .unwrap()
+                .insert(self.target, now);
+            if let Some(h) = &self.network.round_trip {
+                h.with_label_values(&[&format!("{:x}", self.target)])
+                    .observe(now.duration_since(started).as_secs_f64());
+            }
         }
         result
     }

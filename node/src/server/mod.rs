@@ -224,8 +224,45 @@ impl Server {
         result
     }
 
-    /// Proposes one entry: on the leader directly, from a follower through the leader.
+    /// Proposes one entry: on the leader directly, from a follower through the leader. A member
+    /// cut off from a live leader refuses with "no leader" after two election timeouts rather
+    /// than waiting out the whole request timeout.
     async fn propose_direct(&self, req: Request) -> Result<Response> {
+        tokio::select! {
+            result = self.propose_through_leader(req) => result,
+            _ = self.out_of_touch() => Err(Error::NoLeader),
+        }
+    }
+
+    /// Resolves once this member has been out of touch with a live leader for two election
+    /// timeouts: the side of a partition without a quorum.
+    async fn out_of_touch(&self) {
+        let limit = 2 * self.inner.config.election_timeout;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.out_of_touch_for() >= limit {
+                return;
+            }
+        }
+    }
+
+    /// How long this member has been without a live leader: as leader, since a quorum last
+    /// acknowledged it; as follower, since it last heard from a leader.
+    fn out_of_touch_for(&self) -> Duration {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        match metrics.state {
+            ServerState::Leader => {
+                if metrics.membership_config.membership().voter_ids().count() == 1 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(metrics.millis_since_quorum_ack.unwrap_or(0))
+                }
+            }
+            _ => self.inner.leader_contact.elapsed(),
+        }
+    }
+
+    async fn propose_through_leader(&self, req: Request) -> Result<Response> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -293,8 +330,16 @@ impl Server {
         self.inner.read_barrier.wait().await
     }
 
-    /// Obtains one read index and waits until this member has applied it.
+    /// Obtains one read index and waits until this member has applied it; refuses with "no
+    /// leader" when cut off from a live leader, as writes do.
     async fn read_barrier_once(&self) -> Result<()> {
+        tokio::select! {
+            result = self.read_index_from_leader() => result,
+            _ = self.out_of_touch() => Err(Error::NoLeader),
+        }
+    }
+
+    async fn read_index_from_leader(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
