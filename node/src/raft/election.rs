@@ -80,6 +80,9 @@ pub async fn run_elections(
     election_timeout: Duration,
 ) {
     let mut timeout = randomized(election_timeout);
+    // The last pre-vote round: rounds are spaced by the timeout too, without pretending to
+    // have heard from a leader (health and readiness go by real contact).
+    let mut last_round: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let metrics = raft.metrics().borrow().clone();
@@ -89,7 +92,10 @@ pub async fn run_elections(
         }
         let membership = metrics.membership_config.membership().clone();
         let voters: Vec<u64> = membership.voter_ids().collect();
-        if !voters.contains(&member_id) || contact.elapsed() < timeout {
+        if !voters.contains(&member_id)
+            || contact.elapsed() < timeout
+            || last_round.is_some_and(|at| at.elapsed() < timeout)
+        {
             continue;
         }
         let round_started = Instant::now();
@@ -123,7 +129,7 @@ pub async fn run_elections(
         // means someone else is already campaigning or leading: stand down.
         let heard_meanwhile = contact.elapsed() < round_started.elapsed();
         // Whatever the round's outcome, wait a fresh randomised timeout before the next one.
-        contact.touch();
+        last_round = Some(Instant::now());
         timeout = randomized(election_timeout);
         if heard_meanwhile {
             tracing::debug!("heard from another member during pre-vote; not campaigning");
