@@ -5,8 +5,9 @@
 //! etcd: `FERROKV_E2E_SERVER=/usr/bin/etcd cargo test -p ferrokv-e2e`. Without that variable the
 //! tests run the `ferrokv` binary of this workspace (`cargo build -p ferrokv-node` first).
 //!
-//! [`kube`] is a hermetic Kubernetes API server the operator tests run the operator and kubectl
-//! against (`src/bin/hermetic-kube.rs` serves one on its own).
+//! [`kube`] is a hermetic Kubernetes API server; the operator tests run the operator binary
+//! ([`operator`]) and Debian's `kubectl` ([`kubectl`]) against it. `src/bin/hermetic-kube.rs`
+//! serves one on its own.
 //!
 //! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench.rs`); its
 //! latency statistics are in [`latency`].
@@ -16,7 +17,9 @@ pub mod cluster;
 pub mod etcdctl;
 pub mod keyspace;
 pub mod kube;
+pub mod kubectl;
 pub mod latency;
+pub mod operator;
 pub mod ports;
 
 pub use cluster::{ClusterBuilder, TestCluster};

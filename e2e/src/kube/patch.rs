@@ -7,6 +7,31 @@
 
 use serde_json::{Map, Value};
 
+use crate::kube::error::ApiError;
+
+/// Applies an RFC 6902 JSON patch as the API server does: all or nothing, and a `test` of
+/// `null` passes on a path that does not exist (apimachinery's JSON patch library treats a
+/// missing value as null; kube-rs's finalizer helper relies on it).
+pub fn json_patch(target: &mut Value, body: Value) -> Result<(), ApiError> {
+    let operations: json_patch::Patch = serde_json::from_value(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+    let mut patched = target.clone();
+    for operation in operations.0 {
+        if let json_patch::PatchOperation::Test(test) = &operation {
+            if test.value.is_null() && test.path.resolve(&patched).is_err() {
+                continue;
+            }
+        }
+        json_patch::patch(&mut patched, &[operation]).map_err(|e| {
+            ApiError::InvalidPatch(format!(
+                "the server rejected our request due to an error in our request: {e}"
+            ))
+        })?;
+    }
+    *target = patched;
+    Ok(())
+}
+
 /// The merge key of a list field of the built-in types, by field name and item shape; `None`
 /// for lists that are replaced whole.
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
@@ -146,6 +171,25 @@ fn merge_list(field: &str, existing: &[Value], patch: &[Value]) -> Vec<Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_patch_test_of_null_passes_on_a_missing_path() {
+        let mut object = json!({"metadata": {"name": "a"}});
+        json_patch(
+            &mut object,
+            json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                   {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]),
+        )
+        .unwrap();
+        assert_eq!(object["metadata"]["finalizers"], json!(["f"]));
+        let failed = json_patch(
+            &mut object,
+            json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                   {"op": "remove", "path": "/metadata/finalizers"}]),
+        );
+        assert_eq!(failed.unwrap_err().code(), 422);
+        assert_eq!(object["metadata"]["finalizers"], json!(["f"]));
+    }
 
     #[test]
     fn containers_merge_by_name_and_scalars_replace() {

@@ -497,15 +497,7 @@ impl Store {
                         }
                         crate::kube::patch::strategic_merge(&mut patched, &body);
                     }
-                    Patch::Json(body) => {
-                        let operations: json_patch::Patch =
-                            serde_json::from_value(body).map_err(|e| {
-                                ApiError::BadRequest(format!("invalid JSON patch: {e}"))
-                            })?;
-                        json_patch::patch(&mut patched, &operations).map_err(|e| {
-                            ApiError::InvalidPatch(format!("the server rejected our request due to an error in our request: {e}"))
-                        })?;
-                    }
+                    Patch::Json(body) => crate::kube::patch::json_patch(&mut patched, body)?,
                     Patch::Apply { .. } => unreachable!("handled above"),
                 }
                 if let Some(version) = patched["metadata"]["resourceVersion"].as_str() {
@@ -592,10 +584,7 @@ impl Store {
                 crate::kube::patch::strategic_merge(&mut scale, &body)
             }
             ScaleChange::Patch(Patch::Json(body)) => {
-                let operations: json_patch::Patch = serde_json::from_value(body)
-                    .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
-                json_patch::patch(&mut scale, &operations)
-                    .map_err(|e| ApiError::InvalidPatch(e.to_string()))?;
+                crate::kube::patch::json_patch(&mut scale, body)?
             }
             ScaleChange::Patch(Patch::Apply { .. }) => {
                 return Err(ApiError::UnsupportedMediaType(
