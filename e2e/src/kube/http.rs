@@ -256,11 +256,15 @@ pub async fn handle(
 
 type Outcome = Result<(StatusCode, Value, Vec<String>), ApiError>;
 
+/// Whether the client accepts aggregated discovery: a media range with the parameters
+/// `g=apidiscovery.k8s.io`, `v=v2` and `as=APIGroupDiscoveryList`.
 fn wants_aggregated(accept: &str) -> bool {
-    accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2;")
-        || accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2,")
-        || accept.ends_with("v=v2;as=APIGroupDiscoveryList")
-        || accept.contains("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+    accept.split(',').any(|range| {
+        let parameters: Vec<&str> = range.split(';').map(str::trim).skip(1).collect();
+        ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"]
+            .iter()
+            .all(|wanted| parameters.contains(wanted))
+    })
 }
 
 fn aggregated_response(document: Value) -> Response {
@@ -313,9 +317,12 @@ fn resolve(store: &Store, segments: &[&str]) -> Option<Target> {
 
 fn decode_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
     if content_type.contains("protobuf") {
+        // kubectl's imperative generators (`kubectl create namespace`, `create configmap`)
+        // send protobuf; manifests (`create -f`, `apply -f`) go as JSON.
         return Err(ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: \
-             application/json, application/yaml ({content_type} was sent)"
+             application/json, application/yaml ({content_type} was sent; the hermetic API \
+             server does not decode protobuf: use a manifest with `kubectl apply -f`)"
         )));
     }
     if content_type.contains("yaml") {
@@ -730,6 +737,16 @@ fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aggregated_discovery_is_recognised_in_kubectls_accept_header() {
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,\
+             application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,\
+             application/json"
+        ));
+        assert!(!wants_aggregated("application/json, */*"));
+    }
 
     #[test]
     fn query_values_are_percent_decoded() {
