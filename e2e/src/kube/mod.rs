@@ -18,6 +18,7 @@
 //! | `fields` | managed fields and server-side apply |
 //! | `patch` | strategic merge patch |
 //! | `discovery`, `openapi`, `table` | discovery and OpenAPI documents, `kubectl get` tables |
+//! | `views` | kinds served under two APIs from one storage (Events) |
 //! | `selector`, `meta`, `error` | selectors, server-assigned metadata, Status errors |
 
 pub mod cel;
@@ -33,6 +34,7 @@ pub mod schema;
 pub mod selector;
 pub mod store;
 pub mod table;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::path::Path;

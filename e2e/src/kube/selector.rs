@@ -137,6 +137,17 @@ impl FieldSelector {
         Ok(FieldSelector { terms })
     }
 
+    /// The same selector with each field path renamed, e.g. from a view to its storage.
+    pub fn renamed(&self, rename: impl Fn(&str) -> String) -> FieldSelector {
+        FieldSelector {
+            terms: self
+                .terms
+                .iter()
+                .map(|(field, equal, value)| (rename(field), *equal, value.clone()))
+                .collect(),
+        }
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.terms.iter().all(|(field, equal, value)| {
             let mut current = object;

@@ -21,6 +21,7 @@ use crate::kube::fields::{self, Scope};
 use crate::kube::meta;
 use crate::kube::resources::{builtin_types, types_of_crd, ResourceType};
 use crate::kube::selector::{FieldSelector, LabelSelector};
+use crate::kube::views;
 
 /// How many changes the store keeps for watches to resume from by default.
 pub const DEFAULT_HISTORY: usize = 10_000;
@@ -248,8 +249,9 @@ impl Store {
 
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
         let st = self.lock();
-        st.get(rt, namespace, name)
-            .cloned()
+        let stored = st.storage(rt);
+        st.get(&stored, namespace, name)
+            .map(|o| views::to_view(rt, o.clone()))
             .ok_or_else(|| rt.not_found(name))
     }
 
@@ -291,9 +293,12 @@ impl Store {
             Some(token) => Some(decode_continue(token)?),
             None => None,
         };
+        let fields = options
+            .fields
+            .renamed(|field| views::field_in_storage(rt, field));
         let mut items = Vec::new();
         let mut continue_token = None;
-        if let Some(objects) = st.objects.get(&type_key(rt)) {
+        if let Some(objects) = st.objects.get(&type_key(&st.storage(rt))) {
             for ((ns, name), object) in objects {
                 if namespace.is_some_and(|n| n != ns) {
                     continue;
@@ -304,8 +309,7 @@ impl Store {
                 {
                     continue;
                 }
-                if !options.labels.matches(&object["metadata"]["labels"])
-                    || !options.fields.matches(object)
+                if !options.labels.matches(&object["metadata"]["labels"]) || !fields.matches(object)
                 {
                     continue;
                 }
@@ -324,7 +328,7 @@ impl Store {
                     }
                     break;
                 }
-                items.push(object.clone());
+                items.push(views::to_view(rt, object.clone()));
             }
         }
         Ok(Listed {
@@ -342,9 +346,11 @@ impl Store {
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let mut st = self.lock();
-        let written = self.create_locked(&mut st, rt, namespace, body, options)?;
+        let stored = st.storage(rt);
+        let body = views::from_view(rt, body);
+        let written = self.create_locked(&mut st, &stored, namespace, body, options)?;
         self.settle(&mut st);
-        Ok(written)
+        Ok(written.into_view(rt))
     }
 
     /// Replaces an object (PUT), or its status with `Scope::Status`.
@@ -358,6 +364,9 @@ impl Store {
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let mut st = self.lock();
+        let view = rt;
+        let rt = &*st.storage(view);
+        let body = views::from_view(view, body);
         let old = st
             .get(rt, namespace, name)
             .cloned()
@@ -397,7 +406,7 @@ impl Store {
             options,
         )?;
         self.settle(&mut st);
-        Ok(written)
+        Ok(written.into_view(view))
     }
 
     /// Patches an object, or its status; an apply patch creates it when it does not exist.
@@ -411,120 +420,39 @@ impl Store {
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let mut st = self.lock();
+        let view = rt;
+        let rt = &*st.storage(view);
         let scope = scope_of(rt, status);
         let existing = st.get(rt, namespace, name).cloned();
-        let written = match (patch, existing) {
-            (Patch::Apply { config, force }, existing) => {
-                if options.manager.is_empty() {
-                    return Err(ApiError::Invalid {
-                        kind: "PatchOptions".into(),
-                        group: "meta.k8s.io".into(),
-                        name: String::new(),
-                        causes: vec![FieldError::required(
-                            "fieldManager",
-                            "is required for apply patch",
-                        )],
-                    });
-                }
-                check_body_identity(rt, namespace, name, &config)?;
-                if config["apiVersion"].as_str() != Some(&rt.api_version())
-                    || config["kind"].as_str() != Some(&rt.kind)
-                {
-                    return Err(ApiError::BadRequest(format!(
-                        "the apply configuration must have apiVersion {} and kind {}",
-                        rt.api_version(),
-                        rt.kind
-                    )));
-                }
-                match existing {
-                    None if status => return Err(rt.not_found(name)),
-                    None => {
-                        let mut config = config;
-                        config["metadata"]["name"] = json!(name);
-                        let applied = fields::apply(
-                            &json!({"metadata": {}}),
-                            &config,
-                            &options.manager,
-                            scope,
-                            true,
-                            &meta::now(),
-                        )?;
-                        let mut body = config;
-                        body["metadata"]["managedFields"] =
-                            applied["metadata"]["managedFields"].clone();
-                        let no_manager = WriteOptions {
-                            manager: String::new(),
-                            ..options.clone()
-                        };
-                        self.create_locked(&mut st, rt, namespace, body, &no_manager)?
-                    }
-                    Some(live) => {
-                        let mut config = config;
-                        config["metadata"]["name"] = json!(name);
-                        let merged = fields::apply(
-                            &live,
-                            &config,
-                            &options.manager,
-                            scope,
-                            force,
-                            &meta::now(),
-                        )?;
-                        self.write(
-                            &mut st,
-                            rt,
-                            Change {
-                                old: Some(live),
-                                new: merged,
-                                scope,
-                                manager: None,
-                                by_server: false,
-                            },
-                            options,
-                        )?
-                    }
-                }
+        // A patch applies to the object as the client sees it.
+        let live_view = existing.clone().map(|o| views::to_view(view, o));
+        let (patched, manager) =
+            patched_object(view, name, live_view, patch, scope, status, options)?;
+        let new = views::from_view(view, patched);
+        check_body_identity(rt, namespace, name, &new)?;
+        let written = match existing {
+            None => {
+                let options = WriteOptions {
+                    manager: manager.unwrap_or_default().to_string(),
+                    ..options.clone()
+                };
+                self.create_locked(&mut st, rt, namespace, new, &options)?
             }
-            (_, None) => return Err(rt.not_found(name)),
-            (patch, Some(live)) => {
-                let mut patched = live.clone();
-                match patch {
-                    Patch::Merge(body) => json_patch::merge(&mut patched, &body),
-                    Patch::Strategic(body) => {
-                        if rt.crd.is_some() {
-                            return Err(ApiError::UnsupportedMediaType(
-                                "the body of the request was in an unknown format - accepted \
-                                 media types include: application/json-patch+json, \
-                                 application/merge-patch+json, application/apply-patch+yaml"
-                                    .into(),
-                            ));
-                        }
-                        crate::kube::patch::strategic_merge(&mut patched, &body);
-                    }
-                    Patch::Json(body) => crate::kube::patch::json_patch(&mut patched, body)?,
-                    Patch::Apply { .. } => unreachable!("handled above"),
-                }
-                if let Some(version) = patched["metadata"]["resourceVersion"].as_str() {
-                    if Some(version) != live["metadata"]["resourceVersion"].as_str() {
-                        return Err(ApiError::modified(rt.group_resource(), name));
-                    }
-                }
-                check_body_identity(rt, namespace, name, &patched)?;
-                self.write(
-                    &mut st,
-                    rt,
-                    Change {
-                        old: Some(live),
-                        new: patched,
-                        scope,
-                        manager: Some(&options.manager),
-                        by_server: false,
-                    },
-                    options,
-                )?
-            }
+            Some(live) => self.write(
+                &mut st,
+                rt,
+                Change {
+                    old: Some(live),
+                    new,
+                    scope,
+                    manager,
+                    by_server: false,
+                },
+                options,
+            )?,
         };
         self.settle(&mut st);
-        Ok(written)
+        Ok(written.into_view(view))
     }
 
     pub fn delete(
@@ -535,8 +463,10 @@ impl Store {
         options: &DeleteOptions,
     ) -> Result<Deleted, ApiError> {
         let mut st = self.lock();
-        let deleted = self.delete_locked(&mut st, rt, namespace, name, options)?;
+        let stored = st.storage(rt);
+        let mut deleted = self.delete_locked(&mut st, &stored, namespace, name, options)?;
         self.settle(&mut st);
+        deleted.object = views::to_view(rt, deleted.object);
         Ok(deleted)
     }
 
@@ -637,6 +567,8 @@ impl Store {
         options: WatchOptions,
     ) -> Result<Watcher, ApiError> {
         let st = self.lock();
+        let view = Arc::new(rt.clone());
+        let rt = &*st.storage(rt);
         let receiver = self.events.subscribe();
         let mut pending = VecDeque::new();
         let requested = options.resource_version.as_deref().unwrap_or("");
@@ -675,7 +607,10 @@ impl Store {
             plural: rt.plural.clone(),
             namespace: namespace.map(str::to_string),
             labels: options.labels,
-            fields: options.fields,
+            fields: options
+                .fields
+                .renamed(|field| views::field_in_storage(&view, field)),
+            view,
             pending,
             initial_end,
             receiver,
@@ -1378,6 +1313,106 @@ struct Change<'a> {
     by_server: bool,
 }
 
+/// The object a patch makes of `live` (as the client sees it; `None` when it does not exist),
+/// and the manager the write is to be recorded under: `None` for an apply, which records its
+/// own managed fields.
+fn patched_object<'a>(
+    rt: &ResourceType,
+    name: &str,
+    live: Option<Value>,
+    patch: Patch,
+    scope: Scope,
+    status: bool,
+    options: &'a WriteOptions,
+) -> Result<(Value, Option<&'a str>), ApiError> {
+    match (patch, live) {
+        (Patch::Apply { config, force }, live) => {
+            if options.manager.is_empty() {
+                return Err(ApiError::Invalid {
+                    kind: "PatchOptions".into(),
+                    group: "meta.k8s.io".into(),
+                    name: String::new(),
+                    causes: vec![FieldError::required(
+                        "fieldManager",
+                        "is required for apply patch",
+                    )],
+                });
+            }
+            if config["apiVersion"].as_str() != Some(&rt.api_version())
+                || config["kind"].as_str() != Some(&rt.kind)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "the apply configuration must have apiVersion {} and kind {}",
+                    rt.api_version(),
+                    rt.kind
+                )));
+            }
+            // The name may be left out of an apply configuration: the URL names the object.
+            let mut config = config;
+            match meta::name_of(&config) {
+                "" => config["metadata"]["name"] = json!(name),
+                given if given != name => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the name of the object ({given}) does not match the name on the URL \
+                         ({name})"
+                    )))
+                }
+                _ => {}
+            }
+            let now = meta::now();
+            match live {
+                None if status => Err(rt.not_found(name)),
+                None => {
+                    let empty = json!({"apiVersion": rt.api_version(), "metadata": {}});
+                    let applied =
+                        fields::apply(&empty, &config, &options.manager, scope, true, &now)?;
+                    let mut body = config;
+                    body["metadata"]["managedFields"] =
+                        applied["metadata"]["managedFields"].clone();
+                    Ok((body, None))
+                }
+                Some(live) => Ok((
+                    fields::apply(&live, &config, &options.manager, scope, force, &now)?,
+                    None,
+                )),
+            }
+        }
+        (_, None) => Err(rt.not_found(name)),
+        (patch, Some(live)) => {
+            let mut patched = live.clone();
+            match patch {
+                Patch::Merge(body) => json_patch::merge(&mut patched, &body),
+                Patch::Strategic(body) => {
+                    if rt.crd.is_some() {
+                        return Err(ApiError::UnsupportedMediaType(
+                            "the body of the request was in an unknown format - accepted \
+                             media types include: application/json-patch+json, \
+                             application/merge-patch+json, application/apply-patch+yaml"
+                                .into(),
+                        ));
+                    }
+                    crate::kube::patch::strategic_merge(&mut patched, &body);
+                }
+                Patch::Json(body) => crate::kube::patch::json_patch(&mut patched, body)?,
+                Patch::Apply { .. } => unreachable!("matched above"),
+            }
+            if let Some(version) = patched["metadata"]["resourceVersion"].as_str() {
+                if Some(version) != live["metadata"]["resourceVersion"].as_str() {
+                    return Err(ApiError::modified(rt.group_resource(), name));
+                }
+            }
+            Ok((patched, Some(options.manager.as_str())))
+        }
+    }
+}
+
+impl Written {
+    fn into_view(mut self, rt: &ResourceType) -> Written {
+        self.object = views::to_view(rt, self.object);
+        self
+    }
+}
+
 /// A change to a Scale: a whole new one (PUT) or a patch.
 #[derive(Debug, Clone)]
 pub enum ScaleChange {
@@ -1386,6 +1421,20 @@ pub enum ScaleChange {
 }
 
 impl State {
+    /// The type whose objects `rt` serves: itself, or the one it is a view of.
+    fn storage(&self, rt: &ResourceType) -> Arc<ResourceType> {
+        let (group, version, plural) = views::storage_of(rt).unwrap_or((
+            rt.group.as_str(),
+            rt.version.as_str(),
+            rt.plural.as_str(),
+        ));
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rt.clone()))
+    }
+
     fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<&Value> {
         let ns = if rt.namespaced { namespace } else { "" };
         self.objects.get(&type_key(rt))?.get(&object_key(ns, name))
@@ -1395,8 +1444,10 @@ impl State {
 /// The receiving end of a watch.
 pub struct Watcher {
     store: Arc<Store>,
+    /// The storage the watched type's objects are in, and the type as the client sees it.
     group: String,
     plural: String,
+    view: Arc<ResourceType>,
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -1467,7 +1518,10 @@ impl Watcher {
             (kind, _) if now => kind,
             _ => return None,
         };
-        Some(WatchItem::Event(kind, event.object.clone()))
+        Some(WatchItem::Event(
+            kind,
+            views::to_view(&self.view, event.object.clone()),
+        ))
     }
 }
 
@@ -2050,6 +2104,99 @@ mod tests {
             }
         }
         assert_eq!(names, ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn an_apply_creates_the_object_and_may_leave_the_name_to_the_url() {
+        let store = Store::new(100);
+        let maps = core(&store, "configmaps");
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}});
+        let apply = |config: Value| Patch::Apply {
+            config,
+            force: false,
+        };
+        let created = store
+            .patch(
+                &maps,
+                "default",
+                "applied",
+                apply(config.clone()),
+                false,
+                &options(),
+            )
+            .unwrap();
+        assert!(created.created);
+        assert_eq!(created.object["metadata"]["name"], "applied");
+        assert_eq!(
+            created.object["metadata"]["managedFields"][0]["operation"],
+            "Apply"
+        );
+        let again = store
+            .patch(
+                &maps,
+                "default",
+                "applied",
+                apply(config),
+                false,
+                &options(),
+            )
+            .unwrap();
+        assert_eq!(
+            again.object["metadata"]["resourceVersion"],
+            created.object["metadata"]["resourceVersion"]
+        );
+        let renamed =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}});
+        let error = store.patch(
+            &maps,
+            "default",
+            "applied",
+            apply(renamed),
+            false,
+            &options(),
+        );
+        assert_eq!(error.unwrap_err().code(), 400);
+    }
+
+    #[test]
+    fn events_written_through_events_k8s_io_are_core_events() {
+        let store = Store::new(100);
+        let events_v1 = store
+            .resource_type("events.k8s.io", "v1", "events")
+            .unwrap();
+        let core_events = core(&store, "events");
+        let event = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "kv.1"}, "reason": "StatefulSetScaled", "note": "to 3",
+            "regarding": {"kind": "KVCluster", "name": "kv", "namespace": "default"}});
+        store
+            .create(&events_v1, "default", event, &options())
+            .unwrap();
+        let core_event = store.get(&core_events, "default", "kv.1").unwrap();
+        assert_eq!(core_event["message"], "to 3");
+        assert_eq!(core_event["involvedObject"]["name"], "kv");
+        let by_regarding = ListOptions {
+            fields: FieldSelector::parse("regarding.name=kv", "Event").unwrap(),
+            ..ListOptions::default()
+        };
+        let listed = store.list(&events_v1, None, &by_regarding).unwrap();
+        assert_eq!(listed.items.len(), 1);
+        assert_eq!(listed.items[0]["note"], "to 3");
+        let patched = store
+            .patch(
+                &events_v1,
+                "default",
+                "kv.1",
+                Patch::Merge(json!({"deprecatedCount": 2})),
+                false,
+                &options(),
+            )
+            .unwrap()
+            .object;
+        assert_eq!(patched["deprecatedCount"], 2);
+        assert_eq!(
+            store.get(&core_events, "default", "kv.1").unwrap()["count"],
+            2
+        );
     }
 
     #[tokio::test]
