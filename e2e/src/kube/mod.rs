@@ -11,7 +11,7 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | `store` | objects, the resourceVersion counter, history, and every verb's semantics |
+//! | `store` | objects, the resourceVersion counter, history, and every verb's semantics; its `deletion` (finalizers, GC, namespace and CRD cleanup), `scale` and `watch` |
 //! | `http` | paths, query parameters, content types, Tables and watch streams |
 //! | `resources` | the served kinds: built-in ones and those CRDs define |
 //! | `schema`, `cel` | custom resources' structural schemas and validation rules |
