@@ -729,7 +729,6 @@ fn watch(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::TRANSFER_ENCODING, "chunked")
         .body(Body::from_stream(stream))
         .expect("static headers are valid")
 }
