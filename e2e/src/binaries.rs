@@ -1,5 +1,5 @@
-//! Where the programs under test live: the member server (ferrokv, or etcd for comparison) and
-//! Debian's `etcdctl`.
+//! Where the programs under test live: the member server (ferrokv, or etcd for comparison),
+//! the operator, Debian's `etcdctl` and `kubectl`.
 
 use std::path::PathBuf;
 
@@ -11,6 +11,12 @@ pub const ETCDCTL_ENV: &str = "FERROKV_E2E_ETCDCTL";
 
 /// Debian's etcdctl (package `etcd-client`).
 pub const DEFAULT_ETCDCTL: &str = "/usr/bin/etcdctl";
+
+/// Environment variable naming the kubectl binary; defaults to [`DEFAULT_KUBECTL`].
+pub const KUBECTL_ENV: &str = "FERROKV_E2E_KUBECTL";
+
+/// Debian's kubectl (package `kubectl`).
+pub const DEFAULT_KUBECTL: &str = "/usr/bin/kubectl";
 
 /// The member server binary: `$FERROKV_E2E_SERVER` if set, else the `ferrokv` binary built into
 /// the same target directory (and profile) as the running test executable, which honours
@@ -56,6 +62,26 @@ pub fn etcdctl_binary() -> PathBuf {
     std::env::var_os(ETCDCTL_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCDCTL))
+}
+
+/// The `ferrokv-operator` binary built into the same target directory (and profile) as the
+/// running test executable. Panics with instructions when it does not exist.
+pub fn operator_binary() -> PathBuf {
+    let path = profile_dir().join("ferrokv-operator");
+    assert!(
+        path.is_file(),
+        "the operator binary {} does not exist: run `cargo build -p ferrokv-operator` first \
+         (with the same CARGO_TARGET_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// The kubectl binary: `$FERROKV_E2E_KUBECTL` if set, else `/usr/bin/kubectl`.
+pub fn kubectl_binary() -> PathBuf {
+    std::env::var_os(KUBECTL_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBECTL))
 }
 
 /// `<target dir>/<profile>` of the running executable. Test executables live in

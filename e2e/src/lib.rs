@@ -7,6 +7,9 @@
 //!
 //! Tests that need separate hosts or network partitions run members in network namespaces:
 //! [`netns`] builds the network, [`host_cluster`] runs a cluster on it.
+//! [`kube`] is a hermetic Kubernetes API server; the operator tests run the operator binary
+//! ([`operator`]) and Debian's `kubectl` ([`kubectl`]) against it. `src/bin/hermetic-kube.rs`
+//! serves one on its own.
 //!
 //! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench.rs`); its
 //! latency statistics are in [`latency`].
@@ -16,8 +19,11 @@ pub mod cluster;
 pub mod etcdctl;
 pub mod host_cluster;
 pub mod keyspace;
+pub mod kube;
+pub mod kubectl;
 pub mod latency;
 pub mod netns;
+pub mod operator;
 pub mod ports;
 
 pub use cluster::{ClusterBuilder, TestCluster};
