@@ -371,12 +371,16 @@ async fn removed_from_cluster(raft: Raft, network: PeerNetwork, member_id: u64) 
     let reason = format!("member {member_id:x} has been removed from the cluster");
     let mut metrics = raft.metrics();
     let by_membership = async {
+        // A joining member first sees memberships from before it was added (a snapshot taken
+        // earlier, old log entries): only leaving a membership it was in is a removal.
+        let mut was_member = false;
         loop {
             {
                 let m = metrics.borrow_and_update();
                 let membership = m.membership_config.membership();
-                let known = membership.nodes().next().is_some();
-                if known && membership.get_node(&member_id).is_none() {
+                if membership.get_node(&member_id).is_some() {
+                    was_member = true;
+                } else if was_member {
                     return;
                 }
             }
