@@ -5,7 +5,7 @@
 //! etcd: `FERROKV_E2E_SERVER=/usr/bin/etcd cargo test -p ferrokv-e2e`. Without that variable the
 //! tests run the `ferrokv` binary of this workspace (`cargo build -p ferrokv-node` first).
 //!
-//! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench.rs`); its
+//! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench/`); its
 //! latency statistics are in [`latency`].
 
 pub mod binaries;
