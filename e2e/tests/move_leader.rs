@@ -337,3 +337,124 @@ async fn move_leader_while_writes_run_loses_no_acknowledged_write_and_writes_res
         assert!(stored.pairs.len() <= expected.len() + uncertain);
     }
 }
+
+/// How long writes may be unavailable while leadership cannot move: etcd's leader drops
+/// proposals during a transfer but gives it up after one election timeout (1 s here); three
+/// allow for a loaded machine.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_to_a_stopped_member_fails_and_writes_resume_within_an_election_timeout() {
+    let mut cluster = TestCluster::start(3).await.expect("start 3 members");
+    let leader = cluster.leader().await.expect("leader");
+    let leader_id = cluster.member_id(leader).await.expect("leader id");
+    let target = (leader + 1) % cluster.len();
+    let target_id = cluster.member_id(target).await.expect("target id");
+    cluster.stop(target).await.expect("stop the target");
+
+    // One writer through the leader, recording when each put was acknowledged. A put may fail
+    // while leadership is being handed over (etcd drops proposals meanwhile); what matters is
+    // how long no put succeeds.
+    let mut kv = cluster
+        .member_client(leader)
+        .await
+        .expect("client")
+        .kv_client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = vec![Instant::now()];
+            let mut failures = Vec::new();
+            for n in 0..MAX_WRITES_PER_WRITER {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match kv.put(format!("{PREFIX}stalled/{n:06}"), "v", None).await {
+                    Ok(_) => acknowledged.push(Instant::now()),
+                    Err(error) => failures.push(error.to_string()),
+                }
+                tokio::time::sleep(WRITE_PACING).await;
+            }
+            acknowledged.push(Instant::now());
+            (acknowledged, failures)
+        })
+    };
+    // Writes the stopped target has not got, so it is behind the leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // etcdctl asks every endpoint for its status first, so give it only the leader's.
+    let moved = cluster
+        .member_etcdctl(leader, &["move-leader", &format!("{target_id:x}")])
+        .await;
+    moved.expect_failure();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, failures) = writer.await.expect("writer");
+
+    assert_eq!(cluster.leader().await.expect("leader"), leader);
+    assert_eq!(
+        cluster.member_id(leader).await.expect("leader id"),
+        leader_id
+    );
+    let longest_gap = acknowledged
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest_gap < STALL_LIMIT,
+        "no write was acknowledged for {longest_gap:?} while leadership could not move \
+         ({} writes acknowledged, {} failed: {:?}; move-leader said {:?})",
+        acknowledged.len() - 2,
+        failures.len(),
+        failures.first(),
+        moved.stderr
+    );
+}
+
+/// How long a leader must keep leadership, with every member up, to count as stable: five
+/// election timeouts.
+const STABLE_FOR: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn move_leader_abandoned_by_its_client_leaves_a_leader_that_keeps_leadership() {
+    let mut cluster = TestCluster::start(3).await.expect("start 3 members");
+    let first = cluster.leader().await.expect("leader");
+    let first_id = cluster.member_id(first).await.expect("leader id");
+    let target = (first + 1) % cluster.len();
+    let target_id = cluster.member_id(target).await.expect("target id");
+
+    // A client that gives up early, as any client with a deadline may. etcd hands leadership
+    // over within this deadline; either way the server must be left whole.
+    let hurried = cluster
+        .etcdctl(&[
+            "--command-timeout=300ms",
+            "move-leader",
+            &format!("{target_id:x}"),
+        ])
+        .await;
+    // Let whatever the abandoned transfer started play out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader_id = leader_in_endpoint_status(&cluster).await;
+
+    // Leadership to the first leader, by a patient client; it must then stay there.
+    if leader_id != first_id {
+        assert_eq!(
+            move_leader(&cluster, first_id).await,
+            format!("Leadership transferred from {leader_id:x} to {first_id:x}\n")
+        );
+    }
+    let deadline = Instant::now() + STABLE_FOR;
+    while Instant::now() < deadline {
+        let leader = leader_in_endpoint_status(&cluster).await;
+        assert_eq!(
+            leader, first_id,
+            "leadership left {first_id:x} for {leader:x} with every member up, after a \
+             move-leader whose client gave up ({hurried:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let put = cluster.etcdctl(&["put", "stable", "yes"]).await;
+    assert_eq!(put.expect_stdout(), "OK\n");
+}
