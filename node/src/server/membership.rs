@@ -13,7 +13,7 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::{MemberInfo, Server};
-use crate::raft::types::MemberNode;
+use crate::raft::types::{MemberNode, Raft};
 use crate::storage::identity;
 use crate::{Error, Result};
 
@@ -270,6 +270,11 @@ impl Server {
     /// transfer, so the leader stops writing and heartbeating until the followers' lease on it
     /// has run out, and asks the target to campaign at that moment — before any other follower's
     /// election timer fires. Writes wait meanwhile, about one election timeout.
+    ///
+    /// A target that cannot catch up within one election timeout (it is down, or cut off) ends
+    /// the attempt, as etcd's raft abandons a transfer after one election timeout: writes must
+    /// not wait longer than that. The future may be dropped at any await (its client gave up);
+    /// heartbeats and elections are switched back on however it ends.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
         if !self.is_leader() {
             return Err(Error::NotLeader);
@@ -285,6 +290,7 @@ impl Server {
         let url = self.peer_url_of(target).ok_or(Error::BadLeaderTransferee)?;
         let deadline = Instant::now() + self.inner.request_timeout;
         let _writes = self.inner.write_gate.write().await;
+        let catch_up_deadline = Instant::now() + self.config().election_timeout;
         // The target must hold everything, or it cannot win the election.
         loop {
             let m = self.raft().metrics().borrow().clone();
@@ -298,15 +304,13 @@ impl Server {
             if matched >= last {
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= catch_up_deadline {
                 return Err(Error::LeaderTransferTimeout);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let lease = self.config().election_timeout;
-        let runtime = self.raft().runtime_config();
-        runtime.heartbeat(false);
-        runtime.elect(false);
+        let _paused = PausedTimers::pause(self.raft());
         let campaign = self
             .inner
             .network
@@ -325,9 +329,28 @@ impl Server {
             }
         }
         .await;
-        let runtime = self.raft().runtime_config();
+        moved
+    }
+}
+
+/// The leader's heartbeats and election timer, switched off while leadership is handed over and
+/// back on when this is dropped — also when the MoveLeader future is dropped half-way, which
+/// would otherwise leave a member that never heartbeats as leader nor campaigns as follower.
+struct PausedTimers<'a>(&'a Raft);
+
+impl<'a> PausedTimers<'a> {
+    fn pause(raft: &'a Raft) -> Self {
+        let runtime = raft.runtime_config();
+        runtime.heartbeat(false);
+        runtime.elect(false);
+        PausedTimers(raft)
+    }
+}
+
+impl Drop for PausedTimers<'_> {
+    fn drop(&mut self) {
+        let runtime = self.0.runtime_config();
         runtime.heartbeat(true);
         runtime.elect(true);
-        moved
     }
 }
