@@ -309,6 +309,56 @@ impl TestCluster {
         args.push(format!("{flag}={value}"));
     }
 
+    /// Moves stopped member `i` to a "new machine": copies its data dir (and WAL dir) to a new
+    /// place and gives it a new peer port, as an admin migrating a member does; the member's
+    /// next start uses them. Returns the new peer URL, for `etcdctl member update`.
+    pub fn relocate(&mut self, i: usize) -> anyhow::Result<String> {
+        let member = &mut self.members[i];
+        if member.process.is_some() {
+            bail!("member {} must be stopped before it is moved", member.name);
+        }
+        let new_home = member
+            .data_dir
+            .parent()
+            .context("member dir")?
+            .join("moved");
+        let new_data = new_home.join("data");
+        copy_dir(&member.data_dir, &new_data)?;
+        let new_wal = match &member.wal_dir {
+            Some(wal) => {
+                let new_wal = new_home.join("wal");
+                copy_dir(wal, &new_wal)?;
+                Some(new_wal)
+            }
+            None => None,
+        };
+        let peer_port = ReservedPort::reserve()?;
+        let url = peer_port.url();
+        let replace = |args: &mut Vec<String>, flag: &str, value: String| {
+            let prefix = format!("{flag}=");
+            args.retain(|arg| !arg.starts_with(&prefix));
+            args.push(format!("{flag}={value}"));
+        };
+        replace(
+            &mut member.args,
+            "--data-dir",
+            new_data.display().to_string(),
+        );
+        if let Some(wal) = &new_wal {
+            replace(&mut member.args, "--wal-dir", wal.display().to_string());
+        }
+        replace(&mut member.args, "--listen-peer-urls", url.clone());
+        replace(
+            &mut member.args,
+            "--initial-advertise-peer-urls",
+            url.clone(),
+        );
+        member.data_dir = new_data;
+        member.wal_dir = new_wal;
+        member.peer_port = peer_port;
+        Ok(url)
+    }
+
     /// Member `i`'s `--data-dir`.
     pub fn data_dir(&self, i: usize) -> &Path {
         &self.members[i].data_dir
@@ -703,4 +753,20 @@ fn log_tail(path: &Path, lines: usize) -> String {
         }
         Err(error) => format!("(cannot read {}: {error})", path.display()),
     }
+}
+
+/// Copies a directory tree (files and directories only, as data and WAL dirs are).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }

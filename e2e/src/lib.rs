@@ -5,15 +5,21 @@
 //! etcd: `FERROKV_E2E_SERVER=/usr/bin/etcd cargo test -p ferrokv-e2e`. Without that variable the
 //! tests run the `ferrokv` binary of this workspace (`cargo build -p ferrokv-node` first).
 //!
+//! Tests that need separate hosts or network partitions run members in network namespaces:
+//! [`netns`] builds the network, [`host_cluster`] runs a cluster on it.
+//!
 //! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench/`); its
 //! latency statistics are in [`latency`].
 
 pub mod binaries;
 pub mod cluster;
 pub mod etcdctl;
+pub mod host_cluster;
 pub mod keyspace;
 pub mod latency;
+pub mod netns;
 pub mod ports;
 
 pub use cluster::{ClusterBuilder, TestCluster};
 pub use etcdctl::{EtcdctlOutput, EtcdctlProcess};
+pub use host_cluster::{HostCluster, HostClusterBuilder};

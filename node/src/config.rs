@@ -127,6 +127,9 @@ pub struct Config {
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    #[command(flatten)]
+    pub discovery: crate::discovery::DiscoveryFlags,
 }
 
 /// Whether this member founds a new cluster or joins a running one.
@@ -160,6 +163,8 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
+    /// `--discovery`, or `--discovery-endpoints` with `--discovery-token`.
+    pub discovery: Option<crate::discovery::Discovery>,
 }
 
 /// A `host:port` to listen on, from an `http://host:port` URL.
@@ -178,6 +183,39 @@ impl NodeConfig {
         let token_given = token_given(&args);
         let config = Config::parse_from(args);
         NodeConfig::check(config, token_given)
+    }
+
+    /// Checks that `--initial-cluster` names this member with its advertised peer URLs. Only a
+    /// member that bootstraps needs this: a member restarted on an initialised data dir ignores
+    /// `--initial-cluster`, as etcd does, so that it can be moved to new peer URLs.
+    pub fn check_bootstrap_urls(&self) -> Result<(), String> {
+        match self.initial_cluster.get(&self.name) {
+            None => Err(format!(
+                "--initial-cluster has no member named {:?} (--name); it lists {}",
+                self.name,
+                self.initial_cluster
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(urls) => {
+                let mut mine = self.advertise_peer_urls.clone();
+                let mut listed = urls.clone();
+                mine.sort();
+                listed.sort();
+                if mine != listed {
+                    return Err(format!(
+                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
+                         (they must be the same URLs)",
+                        self.name,
+                        urls.join(","),
+                        self.advertise_peer_urls.join(",")
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Checks the raw flags and resolves their defaults.
@@ -206,6 +244,10 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| format!("{}={}", c.name, advertise_peer_urls.join(",")));
         let initial_cluster = parse_initial_cluster(&initial_cluster_text)?;
+        let discovery = c.discovery.check()?;
+        if discovery.is_some() && c.initial_cluster.is_some() {
+            return Err("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"".into());
+        }
         let initial_cluster_state = match c.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -215,34 +257,6 @@ impl NodeConfig {
             ))
             }
         };
-        match initial_cluster.get(&c.name) {
-            None => {
-                return Err(format!(
-                    "--initial-cluster has no member named {:?} (--name); it lists {}",
-                    c.name,
-                    initial_cluster
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
-            Some(urls) => {
-                let mut mine = advertise_peer_urls.clone();
-                let mut listed = urls.clone();
-                mine.sort();
-                listed.sort();
-                if mine != listed {
-                    return Err(format!(
-                        "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
-                         (they must be the same URLs)",
-                        c.name,
-                        urls.join(","),
-                        advertise_peer_urls.join(",")
-                    ));
-                }
-            }
-        }
         if c.initial_cluster_token.is_empty() {
             return Err("--initial-cluster-token must not be empty".into());
         }
@@ -289,7 +303,11 @@ impl NodeConfig {
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state,
-            initial_cluster_token: c.initial_cluster_token,
+            // As in etcd, a discovered cluster's token is the discovery URL or token.
+            initial_cluster_token: match &discovery {
+                Some(d) => d.cluster_token().to_string(),
+                None => c.initial_cluster_token,
+            },
             token_given,
             heartbeat: Duration::from_millis(c.heartbeat_interval),
             election_timeout: Duration::from_millis(c.election_timeout),
@@ -306,6 +324,7 @@ impl NodeConfig {
                 &c.auto_compaction_retention,
             )?,
             log_level,
+            discovery,
         })
     }
 }
@@ -422,7 +441,9 @@ mod tests {
         argv.extend_from_slice(args);
         let args = etcd_style_args(argv.into_iter().map(OsString::from));
         let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
-        NodeConfig::check(config, false)
+        let config = NodeConfig::check(config, false)?;
+        config.check_bootstrap_urls()?;
+        Ok(config)
     }
 
     #[test]

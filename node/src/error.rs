@@ -108,8 +108,14 @@ pub enum Error {
     #[error("etcdserver: raft: {0}")]
     Raft(String),
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
+    /// Flags that cannot work together for what this member is about to do.
+    #[error("{0}")]
+    Config(String),
     #[error("data dir: {0}")]
     DataDir(String),
+    /// Discovery bootstrap failed; the message is etcd's (`discovery: cluster is full`, ...).
+    #[error("{0}")]
+    Discovery(String),
 }
 
 // redb reports failures through one error type per step (open, begin, table, commit); to the

@@ -59,6 +59,7 @@ pub fn restore(file: &std::path::Path, config: &NodeConfig) -> Result<Identity> 
     let revision = store.current_revision()?;
     drop(store);
 
+    config.check_bootstrap_urls().map_err(Error::Config)?;
     let identity = founding_identity(config);
     identity.store(&member_dir)?;
     std::fs::create_dir_all(&config.wal_dir)

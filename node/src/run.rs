@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::config::{ClusterState, HostPort, NodeConfig};
 use crate::metrics::Metrics;
+use crate::raft::election::{run_elections, LeaderContact};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer::pb::peer_server::PeerServer;
@@ -71,6 +72,13 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
             if config.initial_cluster_state == ClusterState::Existing {
                 return joining_identity(config).await.map(|id| (id, true));
             }
+            if let Some(discovery) = &config.discovery {
+                let mut discovered = config.clone();
+                discovered.initial_cluster =
+                    crate::discovery::initial_cluster(config, discovery).await?;
+                return Ok((founding_identity(&discovered), true));
+            }
+            config.check_bootstrap_urls().map_err(Error::Config)?;
             Ok((founding_identity(config), true))
         }
     }
@@ -158,15 +166,17 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat.as_millis() as u64,
-        // openraft waits out the leader's lease (election_timeout_max) before a follower
-        // campaigns, then a random election timeout: [1.5, 2) × --election-timeout in all,
-        // close to etcd's randomised [1, 2).
+        // Elections are timed by raft/election.rs ([1, 2) × --election-timeout, as etcd);
+        // openraft still uses election_timeout_max as the leader's lease: a member refuses to
+        // vote for another while it has heard from a leader within it.
         election_timeout_min: election / 2,
         election_timeout_max: election,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
+        // Elections start from ferrokv's own timer, after a pre-vote (raft/election.rs).
+        enable_elect: false,
         ..Default::default()
     };
     raft_config
@@ -190,6 +200,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", config.wal_dir.display())))?;
 
     let log_store = LogStore::open(&config.wal_dir)?;
+    // Shares the log cache: pre-vote compares logs with it.
+    let elections_log = log_store.clone();
     if fresh && !log_store.is_empty() {
         return Err(Error::DataDir(format!(
             "--wal-dir {} holds a Raft log but no member identity; refusing to start",
@@ -249,6 +261,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
 
     let write_gate = WriteGate::default();
+    let contact = LeaderContact::default();
     let (server, proposals, reads) = Server::new(ServerParts {
         raft: raft.clone(),
         store,
@@ -258,6 +271,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config: config.clone(),
         metrics,
         write_gate: write_gate.clone(),
+        leader_contact: contact.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -274,6 +288,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             network.clone(),
             Arc::new(server.clone()),
             write_gate.clone(),
+            (
+                elections_log.clone(),
+                contact.clone(),
+                config.election_timeout,
+            ),
             request_timeout,
         ))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
@@ -309,6 +328,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let server = server.clone();
         tokio::spawn(async move { server.publish_self().await });
     }
+    tokio::spawn(run_elections(
+        raft.clone(),
+        network.clone(),
+        elections_log,
+        contact,
+        identity.member_id,
+        config.election_timeout,
+    ));
     tokio::spawn(server.clone().run_proposer(proposals));
     tokio::spawn(server.clone().run_read_barrier(reads));
     tokio::spawn(server.clone().run_lease_expiry());

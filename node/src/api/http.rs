@@ -19,12 +19,13 @@ pub fn router(server: Server) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .merge(super::v2keys::router())
         .with_state(server)
 }
 
 /// etcd's /health: healthy when a leader is known and a linearizable read completes.
 async fn health(State(server): State<Server>) -> impl IntoResponse {
-    let (status, body) = if server.leader().is_none() {
+    let (status, body) = if !server.leader_alive() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
@@ -48,7 +49,7 @@ async fn livez() -> impl IntoResponse {
 
 /// Ready to serve clients: a leader is known and this member is a voter.
 async fn readyz(State(server): State<Server>) -> impl IntoResponse {
-    if server.leader().is_none() {
+    if !server.leader_alive() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "[-]leader: no leader\n".to_string(),
@@ -84,7 +85,7 @@ async fn metrics(State(server): State<Server>) -> impl IntoResponse {
     let m = server.metrics();
     let raft = server.raft().metrics().borrow().clone();
     let store = server.store();
-    m.has_leader.set(raft.current_leader.is_some() as i64);
+    m.has_leader.set(server.leader_alive() as i64);
     m.is_leader.set(server.is_leader() as i64);
     // openraft applies what it commits at once and does not report its commit index apart
     // from the applied one.

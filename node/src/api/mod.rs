@@ -9,6 +9,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod status;
+pub mod v2keys;
 pub mod validate;
 pub mod watch;
 

@@ -31,6 +31,7 @@ pub fn to_status(e: Error) -> Status {
         Error::NoLeader | Error::Timeout => Code::Unavailable,
         Error::Raft(_)
         | Error::DataDir(_)
+        | Error::Config(_)
         | Error::Backend(_)
         | Error::WalCorrupt { .. }
         | Error::WalIo { .. } => Code::Unavailable,

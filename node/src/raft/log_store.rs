@@ -102,6 +102,11 @@ impl LogStore {
         })
     }
 
+    /// The last entry's log ID (or the purge point's), for pre-vote's log comparison.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.state.lock().unwrap().last_log_id()
+    }
+
     /// The WAL's fsync latency histogram (`etcd_disk_wal_fsync_duration_seconds`).
     pub fn fsync_histogram(&self) -> prometheus::Histogram {
         self.wal.fsync_duration_histogram()

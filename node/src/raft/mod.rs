@@ -2,6 +2,7 @@
 //! the state machine on the MVCC store, and the peer network. The rest of the node talks to
 //! Raft only through the `Raft` handle.
 
+pub mod election;
 pub mod log_store;
 pub mod network;
 pub mod peer;

@@ -16,6 +16,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use super::election::PreVoteRequest;
 use super::peer::pb::peer_client::PeerClient;
 use super::peer::pb::PeerRequest;
 use super::peer::{LeaseQuery, MembersReply, ProposeReply, ReadIndexReply, REMOVED_MARK};
@@ -36,6 +37,8 @@ pub struct PeerNetwork {
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// `etcd_network_peer_round_trip_time_seconds`, by target member.
     round_trip: Option<prometheus::HistogramVec>,
+    /// When each peer last answered an AppendEntries (heartbeats included) from this member.
+    last_answer: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 /// What went wrong talking to a peer.
@@ -57,7 +60,17 @@ impl PeerNetwork {
             clients: Arc::new(Mutex::new(HashMap::new())),
             removed: Arc::new(tokio::sync::watch::channel(false).0),
             round_trip: None,
+            last_answer: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// How long ago member `id` last answered this member's AppendEntries; None if never.
+    pub fn since_last_answer(&self, id: u64) -> Option<Duration> {
+        self.last_answer
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|at| at.elapsed())
     }
 
     /// Records the round trip of every AppendEntries (heartbeats included) in `histogram`.
@@ -125,6 +138,7 @@ impl PeerNetwork {
             PeerMethod::MemberChange => client.member_change(request).await,
             PeerMethod::Members => client.members(request).await,
             PeerMethod::Campaign => client.campaign(request).await,
+            PeerMethod::PreVote => client.pre_vote(request).await,
         };
         let reply = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable
@@ -191,6 +205,16 @@ impl PeerNetwork {
         .await
     }
 
+    /// Asks the member at `url` whether it would vote for this one now (pre-vote).
+    pub async fn pre_vote(
+        &self,
+        url: &str,
+        req: &PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<bool, PeerError> {
+        self.call(url, PeerMethod::PreVote, req, timeout).await
+    }
+
     /// Asks the member at `url` for the cluster's ID and members.
     pub async fn members(&self, url: &str, timeout: Duration) -> Result<MembersReply, PeerError> {
         self.call(url, PeerMethod::Members, &(), timeout).await
@@ -220,6 +244,7 @@ enum PeerMethod {
     MemberChange,
     Members,
     Campaign,
+    PreVote,
 }
 
 /// openraft's view of one peer.
@@ -273,9 +298,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
         let started = std::time::Instant::now();
         let result = self.rpc(PeerMethod::AppendEntries, &rpc, &option).await;
-        if let (Ok(_), Some(h)) = (&result, &self.network.round_trip) {
-            h.with_label_values(&[&format!("{:x}", self.target)])
-                .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            let now = std::time::Instant::now();
+            self.network
+                .last_answer
+                .lock()
+                .unwrap()
+                .insert(self.target, now);
+            if let Some(h) = &self.network.round_trip {
+                h.with_label_values(&[&format!("{:x}", self.target)])
+                    .observe(now.duration_since(started).as_secs_f64());
+            }
         }
         result
     }

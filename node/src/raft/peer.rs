@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use super::election::{would_vote, LeaderContact, PreVoteRequest};
+use super::log_store::LogStore;
 use super::network::PeerNetwork;
 use super::types::{codec, MemberNode, Raft, Request, Response, WriteGate};
 use crate::server::lease::LeaseTtl;
@@ -69,6 +72,9 @@ pub struct PeerService {
     network: PeerNetwork,
     duties: Arc<dyn LeaderDuties>,
     write_gate: WriteGate,
+    log_store: LogStore,
+    contact: LeaderContact,
+    election_timeout: Duration,
     /// How long a forwarded write may wait for its commit.
     request_timeout: Duration,
 }
@@ -79,13 +85,18 @@ impl PeerService {
         network: PeerNetwork,
         duties: Arc<dyn LeaderDuties>,
         write_gate: WriteGate,
+        elections: (LogStore, LeaderContact, Duration),
         request_timeout: Duration,
     ) -> PeerService {
+        let (log_store, contact, election_timeout) = elections;
         PeerService {
             raft,
             network,
             duties,
             write_gate,
+            log_store,
+            contact,
+            election_timeout,
             request_timeout,
         }
     }
@@ -130,12 +141,27 @@ impl Peer for PeerService {
         req: GrpcRequest<PeerRequest>,
     ) -> Result<GrpcResponse<PeerReply>, Status> {
         let rpc = self.open(req)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let result = self.raft.append_entries(rpc).await;
+        // Anything but a refusal for a stale term came from the current leader.
+        if matches!(
+            result,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.contact.touch();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, req: GrpcRequest<PeerRequest>) -> Result<GrpcResponse<PeerReply>, Status> {
         let rpc = self.open(req)?;
-        reply(&self.raft.vote(rpc).await)
+        let result = self.raft.vote(rpc).await;
+        // Having voted, wait a full election timeout before campaigning oneself, as etcd does.
+        if matches!(&result, Ok(resp) if resp.vote_granted) {
+            self.contact.touch();
+        }
+        reply(&result)
     }
 
     async fn install_snapshot(
@@ -143,7 +169,26 @@ impl Peer for PeerService {
         req: GrpcRequest<PeerRequest>,
     ) -> Result<GrpcResponse<PeerReply>, Status> {
         let rpc = self.open(req)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        let result = self.raft.install_snapshot(rpc).await;
+        if result.is_ok() {
+            self.contact.touch();
+        }
+        reply(&result)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: GrpcRequest<PeerRequest>,
+    ) -> Result<GrpcResponse<PeerReply>, Status> {
+        let req: PreVoteRequest = self.open(req)?;
+        let granted = would_vote(
+            &self.raft,
+            &self.log_store,
+            &self.contact,
+            self.election_timeout,
+            &req,
+        );
+        reply(&granted)
     }
 
     async fn propose(
@@ -187,6 +232,11 @@ impl Peer for PeerService {
                 ReadIndexReply::NotLeader {
                     leader: f.leader_id,
                 }
+            }
+            // A leader cut off from its quorum: the same answer the leader gives its own
+            // clients (`Server::read_barrier_once`), not openraft's dump of the membership.
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                ReadIndexReply::Failed("etcdserver: request timed out".into())
             }
             Ok(Err(e)) => ReadIndexReply::Failed(e.to_string()),
         };

@@ -191,8 +191,8 @@ impl Server {
         outcome.map(|_| None).map_err(raft_error)
     }
 
-    /// Refuses a change of voters after which fewer than a quorum of voters would be healthy
-    /// (replicating from this leader).
+    /// Refuses a change of voters after which fewer than a quorum of voters would be healthy:
+    /// answering this leader within an election timeout, and caught up to within a few entries.
     fn check_quorum_after(
         &self,
         voters: &BTreeSet<u64>,
@@ -205,11 +205,17 @@ impl Server {
             if *id == self.member_id() {
                 return true;
             }
-            metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .is_some_and(|matched| matched.index + 1000 >= last)
+            let answering = self
+                .inner
+                .network
+                .since_last_answer(*id)
+                .is_some_and(|ago| ago < self.config().election_timeout);
+            answering
+                && metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .is_some_and(|matched| matched.index + 1000 >= last)
         };
         let mut after: BTreeSet<u64> = voters.clone();
         if let Some(id) = adding {

@@ -23,6 +23,7 @@ use openraft::ServerState;
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::raft::election::LeaderContact;
 use crate::raft::network::PeerNetwork;
 use crate::raft::peer::{ProposeReply, ReadIndexReply};
 use crate::raft::state_machine::StateMachine;
@@ -54,6 +55,7 @@ pub struct ServerParts {
     pub config: Arc<NodeConfig>,
     pub metrics: Arc<Metrics>,
     pub write_gate: WriteGate,
+    pub leader_contact: LeaderContact,
 }
 
 #[derive(Clone)]
@@ -75,6 +77,7 @@ struct Inner {
     proposer: proposer::Proposer,
     read_barrier: read_index::ReadBarrier,
     write_gate: WriteGate,
+    leader_contact: LeaderContact,
 }
 
 impl Server {
@@ -94,6 +97,7 @@ impl Server {
             config,
             metrics,
             write_gate,
+            leader_contact,
         } = parts;
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
@@ -114,6 +118,7 @@ impl Server {
                 proposer,
                 read_barrier,
                 write_gate,
+                leader_contact,
             }),
         };
         (server, queue, reads)
@@ -161,6 +166,25 @@ impl Server {
         self.inner.raft.metrics().borrow().current_leader
     }
 
+    /// Whether this member is in touch with a leader: it is the leader and a quorum has
+    /// acknowledged it within an election timeout, or it has heard from the leader within one.
+    /// A member cut off from its leader still names it (openraft keeps the last leader it knew)
+    /// but is not in touch; health and readiness go by this.
+    pub fn leader_alive(&self) -> bool {
+        let timeout = self.inner.config.election_timeout;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        match metrics.state {
+            ServerState::Leader => {
+                let voters = metrics.membership_config.membership().voter_ids().count();
+                voters == 1
+                    || metrics
+                        .millis_since_quorum_ack
+                        .is_some_and(|ms| ms < timeout.as_millis() as u64)
+            }
+            _ => metrics.current_leader.is_some() && self.inner.leader_contact.elapsed() < timeout,
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -200,8 +224,45 @@ impl Server {
         result
     }
 
-    /// Proposes one entry: on the leader directly, from a follower through the leader.
+    /// Proposes one entry: on the leader directly, from a follower through the leader. A member
+    /// cut off from a live leader refuses with "no leader" after two election timeouts rather
+    /// than waiting out the whole request timeout.
     async fn propose_direct(&self, req: Request) -> Result<Response> {
+        tokio::select! {
+            result = self.propose_through_leader(req) => result,
+            _ = self.out_of_touch() => Err(Error::NoLeader),
+        }
+    }
+
+    /// Resolves once this member has been out of touch with a live leader for two election
+    /// timeouts: the side of a partition without a quorum.
+    async fn out_of_touch(&self) {
+        let limit = 2 * self.inner.config.election_timeout;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.out_of_touch_for() >= limit {
+                return;
+            }
+        }
+    }
+
+    /// How long this member has been without a live leader: as leader, since a quorum last
+    /// acknowledged it; as follower, since it last heard from a leader.
+    fn out_of_touch_for(&self) -> Duration {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        match metrics.state {
+            ServerState::Leader => {
+                if metrics.membership_config.membership().voter_ids().count() == 1 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(metrics.millis_since_quorum_ack.unwrap_or(0))
+                }
+            }
+            _ => self.inner.leader_contact.elapsed(),
+        }
+    }
+
+    async fn propose_through_leader(&self, req: Request) -> Result<Response> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -269,8 +330,16 @@ impl Server {
         self.inner.read_barrier.wait().await
     }
 
-    /// Obtains one read index and waits until this member has applied it.
+    /// Obtains one read index and waits until this member has applied it; refuses with "no
+    /// leader" when cut off from a live leader, as writes do.
     async fn read_barrier_once(&self) -> Result<()> {
+        tokio::select! {
+            result = self.read_index_from_leader() => result,
+            _ = self.out_of_touch() => Err(Error::NoLeader),
+        }
+    }
+
+    async fn read_index_from_leader(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -52,6 +52,8 @@ impl Server {
                     Ok(()) => Ok(()),
                     Err(Error::NoLeader) => Err(Error::NoLeader),
                     Err(Error::Timeout) => Err(Error::Timeout),
+                    // The message of a Raft error, not its Display, which would prefix it twice.
+                    Err(Error::Raft(message)) => Err(Error::Raft(message.clone())),
                     Err(e) => Err(Error::Raft(e.to_string())),
                 };
                 let _ = waiter.send(result);
