@@ -280,7 +280,7 @@ impl Server {
     /// A target that cannot catch up within one election timeout (it is down, or cut off) ends
     /// the attempt, as etcd's raft abandons a transfer after one election timeout: writes must
     /// not wait longer than that. The future may be dropped at any await (its client gave up);
-    /// heartbeats and elections are switched back on however it ends.
+    /// heartbeats are switched back on however it ends.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
         if !self.is_leader() {
             return Err(Error::NotLeader);
@@ -316,7 +316,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let lease = self.config().election_timeout;
-        let _paused = PausedTimers::pause(self.raft());
+        let _paused = PausedHeartbeats::pause(self.raft());
         let campaign = self
             .inner
             .network
@@ -339,24 +339,21 @@ impl Server {
     }
 }
 
-/// The leader's heartbeats and election timer, switched off while leadership is handed over and
-/// back on when this is dropped — also when the MoveLeader future is dropped half-way, which
-/// would otherwise leave a member that never heartbeats as leader nor campaigns as follower.
-struct PausedTimers<'a>(&'a Raft);
+/// The leader's heartbeats, switched off while leadership is handed over and back on when this
+/// is dropped — also when the MoveLeader future is dropped half-way, which would otherwise leave
+/// a member that never heartbeats when it leads again. openraft's own election timer is not
+/// touched: it stays off, as ferrokv times elections itself with a pre-vote (`raft::election`).
+struct PausedHeartbeats<'a>(&'a Raft);
 
-impl<'a> PausedTimers<'a> {
+impl<'a> PausedHeartbeats<'a> {
     fn pause(raft: &'a Raft) -> Self {
-        let runtime = raft.runtime_config();
-        runtime.heartbeat(false);
-        runtime.elect(false);
-        PausedTimers(raft)
+        raft.runtime_config().heartbeat(false);
+        PausedHeartbeats(raft)
     }
 }
 
-impl Drop for PausedTimers<'_> {
+impl Drop for PausedHeartbeats<'_> {
     fn drop(&mut self) {
-        let runtime = self.0.runtime_config();
-        runtime.heartbeat(true);
-        runtime.elect(true);
+        self.0.runtime_config().heartbeat(true);
     }
 }
