@@ -16,19 +16,32 @@ pub struct LatencySummary {
 
 impl LatencySummary {
     /// Summarises `samples`; `None` when there are none.
-    pub fn from_samples(mut samples: Vec<Duration>) -> Option<LatencySummary> {
-        if samples.is_empty() {
-            return None;
-        }
-        samples.sort_unstable();
-        let at = |percent: f64| millis(samples[nearest_rank(samples.len(), percent) - 1]);
-        Some(LatencySummary {
-            p50: at(50.0),
-            p90: at(90.0),
-            p99: at(99.0),
-            max: millis(*samples.last().expect("not empty")),
-        })
+    pub fn from_samples(samples: Vec<Duration>) -> Option<LatencySummary> {
+        summarise(samples, millis)
     }
+
+    /// Summarises latencies given in whole microseconds: a quarter of the memory of
+    /// [`Duration`]s, for runs that record millions of samples (one per watch event delivered).
+    pub fn from_micros(samples: Vec<u32>) -> Option<LatencySummary> {
+        summarise(samples, |micros| f64::from(micros) / 1000.0)
+    }
+}
+
+fn summarise<T: Ord + Copy>(
+    mut samples: Vec<T>,
+    to_millis: impl Fn(T) -> f64,
+) -> Option<LatencySummary> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at = |percent: f64| to_millis(samples[nearest_rank(samples.len(), percent) - 1]);
+    Some(LatencySummary {
+        p50: at(50.0),
+        p90: at(90.0),
+        p99: at(99.0),
+        max: to_millis(*samples.last().expect("not empty")),
+    })
 }
 
 /// The 1-based rank of the `percent`th percentile among `count` sorted samples: the smallest
@@ -79,7 +92,14 @@ mod tests {
     }
 
     #[test]
+    fn microsecond_samples_are_reported_in_milliseconds() {
+        let summary = LatencySummary::from_micros((1..=100).map(|n| n * 1000).collect()).unwrap();
+        assert_eq!((summary.p50, summary.p99, summary.max), (50.0, 99.0, 100.0));
+    }
+
+    #[test]
     fn no_samples_have_no_summary() {
         assert_eq!(LatencySummary::from_samples(Vec::new()), None);
+        assert_eq!(LatencySummary::from_micros(Vec::new()), None);
     }
 }

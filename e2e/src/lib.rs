@@ -11,7 +11,7 @@
 //! ([`operator`]) and Debian's `kubectl` ([`kubectl`]) against it. `src/bin/hermetic-kube.rs`
 //! serves one on its own.
 //!
-//! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench.rs`); its
+//! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench/`); its
 //! latency statistics are in [`latency`].
 
 pub mod binaries;

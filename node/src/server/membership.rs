@@ -13,7 +13,7 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::{MemberInfo, Server};
-use crate::raft::types::MemberNode;
+use crate::raft::types::{MemberNode, Raft};
 use crate::storage::identity;
 use crate::{Error, Result};
 
@@ -276,6 +276,11 @@ impl Server {
     /// transfer, so the leader stops writing and heartbeating until the followers' lease on it
     /// has run out, and asks the target to campaign at that moment — before any other follower's
     /// election timer fires. Writes wait meanwhile, about one election timeout.
+    ///
+    /// A target that cannot catch up within one election timeout (it is down, or cut off) ends
+    /// the attempt, as etcd's raft abandons a transfer after one election timeout: writes must
+    /// not wait longer than that. The future may be dropped at any await (its client gave up);
+    /// heartbeats are switched back on however it ends.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
         if !self.is_leader() {
             return Err(Error::NotLeader);
@@ -291,6 +296,7 @@ impl Server {
         let url = self.peer_url_of(target).ok_or(Error::BadLeaderTransferee)?;
         let deadline = Instant::now() + self.inner.request_timeout;
         let _writes = self.inner.write_gate.write().await;
+        let catch_up_deadline = Instant::now() + self.config().election_timeout;
         // The target must hold everything, or it cannot win the election.
         loop {
             let m = self.raft().metrics().borrow().clone();
@@ -304,15 +310,13 @@ impl Server {
             if matched >= last {
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= catch_up_deadline {
                 return Err(Error::LeaderTransferTimeout);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let lease = self.config().election_timeout;
-        let runtime = self.raft().runtime_config();
-        runtime.heartbeat(false);
-        runtime.elect(false);
+        let _paused = PausedHeartbeats::pause(self.raft());
         let campaign = self
             .inner
             .network
@@ -331,9 +335,25 @@ impl Server {
             }
         }
         .await;
-        let runtime = self.raft().runtime_config();
-        runtime.heartbeat(true);
-        runtime.elect(true);
         moved
+    }
+}
+
+/// The leader's heartbeats, switched off while leadership is handed over and back on when this
+/// is dropped — also when the MoveLeader future is dropped half-way, which would otherwise leave
+/// a member that never heartbeats when it leads again. openraft's own election timer is not
+/// touched: it stays off, as ferrokv times elections itself with a pre-vote (`raft::election`).
+struct PausedHeartbeats<'a>(&'a Raft);
+
+impl<'a> PausedHeartbeats<'a> {
+    fn pause(raft: &'a Raft) -> Self {
+        raft.runtime_config().heartbeat(false);
+        PausedHeartbeats(raft)
+    }
+}
+
+impl Drop for PausedHeartbeats<'_> {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
     }
 }

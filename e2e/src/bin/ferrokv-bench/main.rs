@@ -7,12 +7,22 @@
 //! elapsed seconds, requests per second and latency percentiles of the successful requests.
 //! Any failed request makes the exit status 1.
 //!
+//! Besides single requests (`put`, `range`, `txn`), two workloads measure streams:
+//! `watch-latency` (put-to-event delivery to many watchers of one prefix, and that each watcher
+//! saw every put once, in order; see `watch_latency.rs`) and `lease` (grants, then keep-alives
+//! over the keep-alive stream; see `lease.rs`).
+//!
 //! ```text
 //! ferrokv-bench --endpoints=http://127.0.0.1:2379 --clients=64 --conns=8 --total=100000 \
 //!     --val-size=256 --key-space=100000 put
 //! ferrokv-bench --clients=64 --conns=8 --total=100000 range some-key --consistency=s
 //! ferrokv-bench --clients=16 --total=10000 txn --txn-ops=2 --json
+//! ferrokv-bench --clients=64 --conns=8 --total=2000 watch-latency --watchers=1000 --put-rate=100
+//! ferrokv-bench --clients=64 --conns=8 --total=50000 lease
 //! ```
+
+mod lease;
+mod watch_latency;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,9 +57,10 @@ struct Cli {
     )]
     endpoints: Vec<String>,
 
-    /// Concurrent clients, each with one request in flight.
-    #[arg(long, global = true, default_value_t = 1)]
-    clients: usize,
+    /// Concurrent clients, each with one request in flight [default: 1; 64 for watch-latency
+    /// and lease].
+    #[arg(long, global = true)]
+    clients: Option<usize>,
 
     /// gRPC connections shared by the clients.
     #[arg(long, global = true, default_value_t = 1)]
@@ -107,6 +118,13 @@ enum Workload {
         #[arg(long, default_value_t = 1)]
         txn_ops: u64,
     },
+    /// The clients put `--total` keys under one prefix that watchers watch; reports put-to-event
+    /// delivery latency over every (watcher, event) and checks every watcher saw every put once,
+    /// in revision order.
+    WatchLatency(watch_latency::WatchLatencyArgs),
+    /// Lease grants, then keep-alives: each client keeps its own lease alive over one
+    /// keep-alive stream, one request in flight.
+    Lease(lease::LeaseArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +148,188 @@ impl Workload {
                 ..
             } => "range-serializable",
             Workload::Txn { .. } => "txn-put",
+            Workload::WatchLatency(_) => "watch-latency",
+            Workload::Lease(_) => "lease",
+        }
+    }
+
+    fn default_clients(&self) -> usize {
+        match self {
+            Workload::Put | Workload::Range { .. } | Workload::Txn { .. } => 1,
+            Workload::WatchLatency(_) | Workload::Lease(_) => 64,
+        }
+    }
+}
+
+/// The run's shape, settled from the command line: what every workload needs.
+#[derive(Debug, Clone)]
+struct RunPlan {
+    endpoints: Vec<String>,
+    clients: usize,
+    conns: usize,
+    /// Requests to issue; `u64::MAX` when only `--duration` bounds the run.
+    limit: u64,
+    /// `--duration`: each measured phase ends after this long.
+    duration: Option<Duration>,
+    started: Instant,
+    deadline: Option<Instant>,
+    request_timeout: Duration,
+}
+
+impl RunPlan {
+    fn new(cli: &Cli) -> anyhow::Result<RunPlan> {
+        let clients = cli
+            .clients
+            .unwrap_or_else(|| cli.workload.default_clients());
+        if clients == 0 || cli.conns == 0 {
+            bail!("--clients and --conns must be at least 1");
+        }
+        if cli.endpoints.is_empty() {
+            bail!("--endpoints is empty");
+        }
+        let limit = match (cli.total, cli.duration) {
+            (Some(total), _) => total,
+            (None, Some(_)) => u64::MAX,
+            (None, None) => DEFAULT_TOTAL,
+        };
+        let started = Instant::now();
+        Ok(RunPlan {
+            endpoints: cli.endpoints.clone(),
+            clients,
+            conns: cli.conns,
+            limit,
+            duration: cli.duration,
+            started,
+            deadline: cli.duration.map(|duration| started + duration),
+            request_timeout: cli.request_timeout,
+        })
+    }
+
+    /// Restarts the clock when a measured phase begins, so setup (connecting, creating
+    /// watchers) does not count.
+    fn restart_clock(&mut self) {
+        self.started = Instant::now();
+        self.deadline = self.duration.map(|duration| self.started + duration);
+    }
+
+    /// Whether request number `request` is past the run's end.
+    fn is_over(&self, request: u64) -> bool {
+        request >= self.limit || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// `count` connections, connection `j` to endpoint `j mod len`. With `request_timeout`,
+    /// every unary request fails after `--request-timeout`; streams (watch, keep-alive) need
+    /// connections without it, as their responses never end.
+    async fn connect(&self, count: usize, request_timeout: bool) -> anyhow::Result<Vec<Client>> {
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        if request_timeout {
+            options = options.with_timeout(self.request_timeout);
+        }
+        let mut connections = Vec::with_capacity(count);
+        for j in 0..count {
+            let endpoint = &self.endpoints[j % self.endpoints.len()];
+            let client = Client::connect([endpoint], Some(options.clone()))
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
+            connections.push(client);
+        }
+        Ok(connections)
+    }
+}
+
+/// What a run (or one phase of it) measured.
+#[derive(Debug)]
+struct Outcome {
+    workload: &'static str,
+    /// Successful requests.
+    succeeded: u64,
+    errors: u64,
+    first_error: Option<String>,
+    seconds: f64,
+    latency: Option<LatencySummary>,
+    /// Workload-specific figures, in print order.
+    extra: Vec<(&'static str, serde_json::Value)>,
+    /// Whether the workload's own checks passed (watch-latency: nothing missed).
+    checks_passed: bool,
+}
+
+impl Outcome {
+    /// A run of single requests whose per-client reports are merged.
+    fn from_clients(workload: &'static str, reports: Vec<ClientReport>, seconds: f64) -> Outcome {
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        let mut first_error = None;
+        for report in reports {
+            latencies.extend(report.latencies);
+            errors += report.errors;
+            first_error = first_error.or(report.first_error);
+        }
+        Outcome {
+            workload,
+            succeeded: latencies.len() as u64,
+            errors,
+            first_error,
+            seconds,
+            latency: LatencySummary::from_samples(latencies),
+            extra: Vec::new(),
+            checks_passed: true,
+        }
+    }
+
+    fn ops_per_sec(&self) -> f64 {
+        self.succeeded as f64 / self.seconds
+    }
+
+    /// Whether the run counts as a success (exit status 0).
+    fn passed(&self) -> bool {
+        self.errors == 0 && self.checks_passed
+    }
+
+    fn print(&self, cli: &Cli, plan: &RunPlan) {
+        if cli.json {
+            let mut report = serde_json::json!({
+                "workload": self.workload,
+                "endpoints": plan.endpoints,
+                "clients": plan.clients,
+                "conns": plan.conns,
+                "key_size": cli.key_size,
+                "val_size": cli.val_size,
+                "key_space": cli.key_space,
+                "total": self.succeeded,
+                "errors": self.errors,
+                "first_error": self.first_error,
+                "seconds": self.seconds,
+                "ops_per_sec": self.ops_per_sec(),
+                "latency_ms": self.latency,
+            });
+            for (name, value) in &self.extra {
+                report[*name] = value.clone();
+            }
+            println!("{report}");
+            return;
+        }
+        println!(
+            "{}: {} clients, {} conns, key {} B, value {} B, key space {}",
+            self.workload, plan.clients, plan.conns, cli.key_size, cli.val_size, cli.key_space
+        );
+        println!(
+            "  total:   {} requests ({} errors)",
+            self.succeeded, self.errors
+        );
+        println!("  seconds: {:.3}", self.seconds);
+        println!("  ops/s:   {:.1}", self.ops_per_sec());
+        match self.latency {
+            Some(l) => println!(
+                "  latency: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                l.p50, l.p90, l.p99, l.max
+            ),
+            None => println!("  latency: no successful requests"),
+        }
+        for (name, value) in &self.extra {
+            println!("  {name}: {value}");
+        }
+        if let Some(error) = &self.first_error {
+            println!("  first error: {error}");
         }
     }
 }
@@ -187,6 +387,13 @@ struct ClientReport {
     first_error: Option<String>,
 }
 
+impl ClientReport {
+    fn record_error(&mut self, error: impl std::fmt::Display) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| error.to_string());
+    }
+}
+
 async fn run_request(
     kv: &mut KvClient,
     workload: &Workload,
@@ -211,118 +418,71 @@ async fn run_request(
                 .collect();
             kv.txn(Txn::new().and_then(puts)).await?;
         }
+        Workload::WatchLatency(_) | Workload::Lease(_) => {
+            unreachable!("{} is not a single-request workload", workload.name())
+        }
     }
     Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    if cli.clients == 0 || cli.conns == 0 {
-        bail!("--clients and --conns must be at least 1");
-    }
-    if cli.endpoints.is_empty() {
-        bail!("--endpoints is empty");
-    }
-    let keys = Arc::new(Keys::new(&cli)?);
-    let workload = Arc::new(cli.workload.clone());
-    let limit = match (cli.total, cli.duration) {
-        (Some(total), _) => total,
-        (None, Some(_)) => u64::MAX,
-        (None, None) => DEFAULT_TOTAL,
+    let plan = RunPlan::new(&cli)?;
+    let keys = Keys::new(&cli)?;
+    let outcomes = match &cli.workload {
+        Workload::WatchLatency(args) => {
+            vec![watch_latency::run(&cli, plan.clone(), args, &keys).await?]
+        }
+        Workload::Lease(args) => lease::run(plan.clone(), args).await?,
+        _ => vec![run_requests(&cli, &plan, keys).await?],
     };
-
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(cli.request_timeout);
-    let mut connections = Vec::with_capacity(cli.conns);
-    for j in 0..cli.conns {
-        let endpoint = &cli.endpoints[j % cli.endpoints.len()];
-        let client = Client::connect([endpoint], Some(options.clone()))
-            .await
-            .with_context(|| format!("connecting to {endpoint}"))?;
-        connections.push(client.kv_client());
+    let mut passed = true;
+    for outcome in &outcomes {
+        outcome.print(&cli, &plan);
+        passed &= outcome.passed();
     }
+    Ok(passed)
+}
+
+/// The single-request workloads: each client issues one request at a time until the run ends.
+async fn run_requests(cli: &Cli, plan: &RunPlan, keys: Keys) -> anyhow::Result<Outcome> {
+    let keys = Arc::new(keys);
+    let workload = Arc::new(cli.workload.clone());
+    let connections = plan.connect(plan.conns, true).await?;
 
     let next_request = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = cli.duration.map(|duration| started + duration);
-    let mut tasks = Vec::with_capacity(cli.clients);
-    for c in 0..cli.clients {
-        let mut kv = connections[c % connections.len()].clone();
-        let (keys, workload, next_request) = (keys.clone(), workload.clone(), next_request.clone());
+    let mut plan = plan.clone();
+    plan.restart_clock();
+    let plan = Arc::new(plan);
+    let mut tasks = Vec::with_capacity(plan.clients);
+    for c in 0..plan.clients {
+        let mut kv = connections[c % connections.len()].kv_client();
+        let (keys, workload, next_request, plan) = (
+            keys.clone(),
+            workload.clone(),
+            next_request.clone(),
+            plan.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut report = ClientReport::default();
             loop {
                 let request = next_request.fetch_add(1, Ordering::Relaxed);
-                if request >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
+                if plan.is_over(request) {
                     return report;
                 }
                 let sent = Instant::now();
                 match run_request(&mut kv, &workload, &keys, request).await {
                     Ok(()) => report.latencies.push(sent.elapsed()),
-                    Err(error) => {
-                        report.errors += 1;
-                        report.first_error.get_or_insert_with(|| error.to_string());
-                    }
+                    Err(error) => report.record_error(error),
                 }
             }
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    let mut first_error = None;
+    let mut reports = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let report = task.await.context("benchmark client panicked")?;
-        latencies.extend(report.latencies);
-        errors += report.errors;
-        first_error = first_error.or(report.first_error);
+        reports.push(task.await.context("benchmark client panicked")?);
     }
-    let seconds = started.elapsed().as_secs_f64();
-
-    let succeeded = latencies.len() as u64;
-    let ops_per_sec = succeeded as f64 / seconds;
-    let latency = LatencySummary::from_samples(latencies);
-    if cli.json {
-        let report = serde_json::json!({
-            "workload": workload.name(),
-            "endpoints": cli.endpoints,
-            "clients": cli.clients,
-            "conns": cli.conns,
-            "key_size": cli.key_size,
-            "val_size": cli.val_size,
-            "key_space": cli.key_space,
-            "total": succeeded,
-            "errors": errors,
-            "first_error": first_error,
-            "seconds": seconds,
-            "ops_per_sec": ops_per_sec,
-            "latency_ms": latency,
-        });
-        println!("{report}");
-    } else {
-        println!(
-            "{}: {} clients, {} conns, key {} B, value {} B, key space {}",
-            workload.name(),
-            cli.clients,
-            cli.conns,
-            cli.key_size,
-            cli.val_size,
-            cli.key_space
-        );
-        println!("  total:   {succeeded} requests ({errors} errors)");
-        println!("  seconds: {seconds:.3}");
-        println!("  ops/s:   {ops_per_sec:.1}");
-        match latency {
-            Some(l) => println!(
-                "  latency: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-                l.p50, l.p90, l.p99, l.max
-            ),
-            None => println!("  latency: no successful requests"),
-        }
-        if let Some(error) = &first_error {
-            println!("  first error: {error}");
-        }
-    }
-    Ok(errors == 0)
+    let seconds = plan.started.elapsed().as_secs_f64();
+    Ok(Outcome::from_clients(workload.name(), reports, seconds))
 }
 
 /// Parses `30s`, `2m`, `250ms` or a bare number of seconds.
