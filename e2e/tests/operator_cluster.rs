@@ -98,7 +98,8 @@ impl Cluster {
             .unwrap_or(Value::Null)
     }
 
-    /// Whether the cluster says Available with exactly `members` voters, all healthy.
+    /// Whether the cluster says Available with exactly `members` voters, all healthy, and
+    /// their pods are ready.
     fn available_with(&self, members: usize) -> bool {
         let status = &self.kvcluster()["status"];
         let available = status["conditions"]
@@ -106,9 +107,20 @@ impl Cluster {
             .into_iter()
             .flatten()
             .any(|c| c["type"] == "Available" && c["status"] == "True");
+        // The client Service resolves to ready pods only, as its endpoints would.
+        let pods_ready = (0..members as u32).all(|ordinal| {
+            self.pod_opt(ordinal).is_some_and(|pod| {
+                pod["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        });
         available
             && status["members"].as_array().map(Vec::len) == Some(members)
             && status["readyReplicas"] == members as u64
+            && pods_ready
     }
 
     /// Waits for `members` available members, or panics with what every part logged.
@@ -140,8 +152,12 @@ impl Cluster {
         }
     }
 
-    /// Pod `example-ORDINAL`.
+    /// Pod `example-ORDINAL`, which must exist.
     fn pod(&self, ordinal: u32) -> Value {
+        self.pod_opt(ordinal).expect("the pod exists")
+    }
+
+    fn pod_opt(&self, ordinal: u32) -> Option<Value> {
         let pods = self
             .server
             .store
@@ -150,7 +166,7 @@ impl Cluster {
         self.server
             .store
             .get(&pods, "default", &format!("example-{ordinal}"))
-            .unwrap()
+            .ok()
     }
 
     /// `http://POD_IP:2379` of member `ordinal`.
@@ -296,6 +312,15 @@ async fn kubectl_scale_adds_and_removes_members_while_writes_continue() {
         );
         let took = cluster.wait_available(replicas, SCALING).await;
         println!("scaled to {replicas}: {:.1}s", took.as_secs_f64());
+        let mut names: Vec<String> = cluster.kvcluster()["status"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        let expected: Vec<String> = (0..replicas).map(|o| format!("example-{o}")).collect();
+        assert_eq!(names, expected);
     }
 
     stop.store(true, Ordering::Relaxed);
@@ -340,4 +365,65 @@ async fn kubectl_scale_adds_and_removes_members_while_writes_continue() {
         assert!(Instant::now() < deadline, "pods left: {names:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_member_pod_comes_back_with_its_claims_as_the_same_member() {
+    let cluster = Cluster::start().await;
+    cluster
+        .kubectl
+        .run(&[
+            "apply",
+            "-f",
+            repo_root()
+                .join("examples/kvcluster.yaml")
+                .to_str()
+                .unwrap(),
+        ])
+        .await
+        .unwrap()
+        .expect_stdout();
+    cluster.wait_available(3, FORMING).await;
+    let put = cluster.etcdctl(&["put", "kept", "yes"]).await;
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let member_id = |cluster: &Cluster| {
+        cluster.kvcluster()["status"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == "example-1")
+            .map(|m| m["id"].clone())
+    };
+    let id = member_id(&cluster).expect("example-1 is a member");
+    let uid = cluster.pod(1)["metadata"]["uid"].clone();
+
+    // kubectl waits until the kubelet has stopped the process and removed the pod.
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "example-1"])
+        .await
+        .unwrap()
+        .expect_stdout();
+    let deadline = Instant::now() + FORMING;
+    while cluster
+        .pod_opt(1)
+        .is_none_or(|pod| pod["metadata"]["uid"] == uid)
+        || !cluster.available_with(3)
+    {
+        assert!(Instant::now() < deadline, "example-1 did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        member_id(&cluster),
+        Some(id),
+        "the same member, from its own data"
+    );
+    let get = cluster
+        .etcdctl(&["get", "kept", "--print-value-only"])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "yes");
 }
