@@ -104,7 +104,8 @@ async fn refused_start_is_reported_as_the_termination_message_and_retried() {
     assert_eq!(container["ready"], false);
     assert_eq!(pod["spec"]["hostname"], "bad-0");
     assert_eq!(pod["spec"]["subdomain"], "bad-peer");
-    assert!(store.get(&claims, "default", "data-bad-0").is_ok());
+    let claim = store.get(&claims, "default", "data-bad-0").unwrap();
+    assert_eq!(claim["status"]["phase"], "Bound");
     let set = store.get(&sets, "default", "bad").unwrap();
     assert_eq!(set["status"]["replicas"], 1);
     assert_eq!(set["status"]["readyReplicas"], 0);

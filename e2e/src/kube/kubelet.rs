@@ -1,19 +1,24 @@
 //! [`Kubelet`]: one Node whose pods are real processes, each in a network namespace of its own,
 //! driven from the [`Store`] in-process.
 //!
-//! What it does: keeps its Node object Ready; binds pods that name no node to itself; runs each
-//! pod's first container as a local program (`command[0]` looked up in
-//! [`KubeletConfig::programs`]) inside a host of a [`HostNetwork`], which gives the pod its IP;
-//! expands the container's env (values, `fieldRef`, `configMapKeyRef`, read again at every start)
-//! and `$(VAR)` references in its args; gives each PersistentVolumeClaim a directory that outlives
-//! the pod and rewrites the container's mount paths in args and env to it; publishes every pod's
-//! DNS names (`HOSTNAME.SUBDOMAIN.NS.svc`, and each Service's name to the pods it selects — ready
-//! ones only, unless `publishNotReadyAddresses`) in every host's `/etc/hosts` and in a file
-//! programs of the test resolve through ([`Kubelet::command`]); runs the readiness probe
-//! (`httpGet`) and writes the Ready condition and container status; restarts exited containers
-//! with a short back-off (`restartPolicy: Always`), keeping the last termination with its exit
-//! code and termination message, read from the file `FERROKV_TERMINATION_LOG` names; and ends a
-//! deleted pod's process with SIGTERM, SIGKILL after the grace period, then removes the pod.
+//! What it does:
+//! - keeps its Node object Ready, and binds pods that name no node to itself;
+//! - runs each pod's first container as a local program (`command[0]` looked up in
+//!   [`KubeletConfig::programs`]) inside a host of a [`HostNetwork`], which gives the pod its IP;
+//! - expands the container's env (values, `fieldRef`, `configMapKeyRef` — read again at every
+//!   start) and the `$(VAR)` references in its args;
+//! - binds each PersistentVolumeClaim to a directory that outlives the pod, and rewrites the
+//!   container's mount paths in args and env to it;
+//! - publishes DNS names in every host's `/etc/hosts`, and in a file the test's own programs
+//!   resolve through ([`Kubelet::command`]): `HOSTNAME.SUBDOMAIN.NS.svc` for each pod, and each
+//!   Service's `NAME.NS.svc` for the pods it selects (ready ones, unless
+//!   `publishNotReadyAddresses`);
+//! - runs the readiness probe (`httpGet`) and writes the Ready condition and container status;
+//! - restarts exited containers after a short back-off (`restartPolicy: Always`), keeping the last
+//!   termination with its exit code and message, read from the file `FERROKV_TERMINATION_LOG`
+//!   names;
+//! - ends a deleted pod's process with SIGTERM, SIGKILL after the grace period, then removes the
+//!   pod.
 //!
 //! Not here: other containers than the first, init containers, startup and liveness probes,
 //! resource limits, images (the program runs from the local build), Services' virtual IPs (a
@@ -211,6 +216,7 @@ struct Types {
     pods: Arc<ResourceType>,
     services: Arc<ResourceType>,
     config_maps: Arc<ResourceType>,
+    claims: Arc<ResourceType>,
 }
 
 impl Types {
@@ -221,6 +227,7 @@ impl Types {
             pods: core("pods"),
             services: core("services"),
             config_maps: core("configmaps"),
+            claims: core("persistentvolumeclaims"),
         }
     }
 }
@@ -527,7 +534,10 @@ impl NodeLoop {
                 runtime.next_start = Instant::now() + backoff;
                 runtime.waiting = json!({
                     "reason": "CrashLoopBackOff",
-                    "message": format!("back-off {}s restarting failed container", backoff.as_secs()),
+                    "message": format!(
+                        "back-off {}s restarting failed container",
+                        backoff.as_secs()
+                    ),
                 });
                 runtime.ready = false;
                 runtime.ready_since = meta::now();
@@ -687,6 +697,7 @@ impl NodeLoop {
                 .find(|v| v["name"] == volume_name)
                 .ok_or_else(|| anyhow!("volume {volume_name:?} is not in the pod"))?;
             let dir = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
+                self.bind_claim(namespace, claim)?;
                 claim_dir(&self.config.dir, namespace, claim)
             } else if volume["emptyDir"].is_object() {
                 self.config
@@ -704,6 +715,34 @@ impl NodeLoop {
         // Longest first, so a mount inside another one wins.
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         Ok(mounts)
+    }
+
+    /// Marks a claim Bound to its directory, as a provisioner would; a missing claim keeps the
+    /// container from starting, as it does on a real node.
+    fn bind_claim(&self, namespace: &str, claim: &str) -> anyhow::Result<()> {
+        let live = self
+            .store
+            .get(&self.types.claims, namespace, claim)
+            .map_err(|e| anyhow!("claim {claim:?}: {e}"))?;
+        if live["status"]["phase"] == "Bound" {
+            return Ok(());
+        }
+        let status = json!({
+            "phase": "Bound",
+            "accessModes": live["spec"]["accessModes"],
+            "capacity": {"storage": live["spec"]["resources"]["requests"]["storage"]},
+        });
+        self.store
+            .patch(
+                &self.types.claims,
+                namespace,
+                claim,
+                Patch::Merge(json!({ "status": status })),
+                true,
+                &options(),
+            )
+            .map_err(|e| anyhow!("binding claim {claim:?}: {e}"))?;
+        Ok(())
     }
 
     /// Rewrites every host's hosts file (and the test's) when the names changed.
@@ -868,8 +907,10 @@ impl NodeLoop {
             })
         };
         let address = self.slots[runtime.slot].address.to_string();
+        let started = runtime.container.is_some() || runtime.restart_count > 0;
+        let phase = if started { "Running" } else { "Pending" };
         json!({
-            "phase": if runtime.container.is_some() || runtime.restart_count > 0 { "Running" } else { "Pending" },
+            "phase": phase,
             "hostIP": self.host_ip.to_string(),
             "hostIPs": [{"ip": self.host_ip.to_string()}],
             "podIP": address,

@@ -302,7 +302,10 @@ mod tests {
                     "spec": {"containers": [{"name": "ferrokv"}]},
                 },
                 "volumeClaimTemplates": [
-                    {"metadata": {"name": "data", "labels": {"app": "kv"}}, "spec": {"accessModes": ["ReadWriteOnce"]}},
+                    {
+                        "metadata": {"name": "data", "labels": {"app": "kv"}},
+                        "spec": {"accessModes": ["ReadWriteOnce"]},
+                    },
                     {"metadata": {"name": "wal"}, "spec": {}},
                 ],
             },
