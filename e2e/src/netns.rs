@@ -141,6 +141,12 @@ impl HostNetwork {
         Ipv4Addr::new(10, 77, self.subnet, i as u8 + 1)
     }
 
+    /// Host `i`'s `/etc/hosts` as its programs see it. Rewriting the file in place (same inode)
+    /// changes what programs running there resolve; replacing it does not.
+    pub fn hosts_path(&self, i: usize) -> PathBuf {
+        netns_etc_dir(&self.namespace(i)).join("hosts")
+    }
+
     /// The root namespace's address on the bridge, from which the test process talks to hosts.
     pub fn root_address(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, self.subnet, ROOT_HOST_OCTET)

@@ -28,11 +28,21 @@ impl RunningOperator {
     /// Starts `ferrokv-operator run` with `KUBECONFIG=kubeconfig`, its Lease in `namespace`,
     /// logging to `dir/operator.log`.
     pub fn start(kubeconfig: &Path, namespace: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(Command::new(operator_binary()), kubeconfig, namespace, dir)
+    }
+
+    /// As [`RunningOperator::start`], through `command`: the binary, or a wrapper that execs it
+    /// (e.g. one that lets it resolve a hermetic cluster's names).
+    pub fn start_with(
+        mut command: Command,
+        kubeconfig: &Path,
+        namespace: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let http = ReservedPort::reserve()?;
         let log_path = dir.join("operator.log");
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(operator_binary());
         command
             .arg("run")
             .arg(format!("--http-addr=127.0.0.1:{}", http.port()))

@@ -60,13 +60,19 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// Where a container's termination message goes: Kubernetes' default path, or the file
+/// `FERROKV_TERMINATION_LOG` names (for runtimes that collect it elsewhere, like the e2e kubelet).
+const TERMINATION_LOG_ENV: &str = "FERROKV_TERMINATION_LOG";
+
 /// Reports why the member cannot run, on stderr and — under Kubernetes — in the container's
 /// termination message, where an operator can read it.
 fn fail(message: &str) -> ExitCode {
     eprintln!("{message}");
-    let termination_log = std::path::Path::new("/dev/termination-log");
+    let termination_log = std::env::var_os(TERMINATION_LOG_ENV)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/dev/termination-log".into());
     if termination_log.exists() {
-        let _ = std::fs::write(termination_log, message);
+        let _ = std::fs::write(&termination_log, message);
     }
     ExitCode::FAILURE
 }

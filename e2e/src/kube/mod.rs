@@ -20,18 +20,21 @@
 //! | `discovery`, `openapi`, `table` | discovery and OpenAPI documents, `kubectl get` tables |
 //! | `views` | kinds served under two APIs from one storage (Events) |
 //! | `selector`, `meta`, `error` | selectors, server-assigned metadata, Status errors |
+//! | `statefulset`, `kubelet` | in-process controllers: StatefulSets to pods and claims; pods run as processes in network namespaces |
 
 pub mod cel;
 pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod http;
+pub mod kubelet;
 pub mod meta;
 pub mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod schema;
 pub mod selector;
+pub mod statefulset;
 pub mod store;
 pub mod table;
 pub mod views;
