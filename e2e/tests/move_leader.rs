@@ -44,8 +44,14 @@ async fn leader_in_endpoint_status(cluster: &TestCluster) -> u64 {
 
 /// `etcdctl move-leader <target>` through every member; returns what it printed on success.
 async fn move_leader(cluster: &TestCluster, target: u64) -> String {
+    // ferrokv's transfer waits out the followers' lease (about one election timeout, more on
+    // a loaded machine while writes drain), so allow more than etcdctl's default 5 s.
     let output = cluster
-        .etcdctl(&["move-leader", &format!("{target:x}")])
+        .etcdctl(&[
+            "--command-timeout=20s",
+            "move-leader",
+            &format!("{target:x}"),
+        ])
         .await;
     output.expect_stdout().to_string()
 }
