@@ -95,7 +95,7 @@ async fn refused_start_is_reported_as_the_termination_message_and_retried() {
     let terminated = &container["lastState"]["terminated"];
     assert_eq!(
         terminated["message"],
-        "ferrokv: --snapshot-count must be greater than 0",
+        "--snapshot-count must be greater than 0",
         "{}\n{}",
         container,
         kubelet.container_log("default", "bad-0")

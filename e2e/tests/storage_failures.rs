@@ -473,3 +473,34 @@ async fn survivors_elect_a_new_leader_within_three_election_timeouts_of_leader_s
         ELECTION_TIMEOUT.as_millis()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_whose_data_dir_was_lost_refuses_to_bootstrap_again() {
+    let mut cluster = TestCluster::start(3)
+        .await
+        .expect("start a 3-member cluster");
+    let mut client = cluster.member_client(0).await.expect("client");
+    client.put("lost/k", "v", None).await.expect("put");
+    let lost = 2;
+    cluster.kill(lost).expect("SIGKILL");
+    std::fs::remove_dir_all(cluster.data_dir(lost)).expect("lose the data dir");
+    // Same flags as before, --initial-cluster-state=new included: bootstrapping again under its
+    // old member ID with a fresh log and vote is what must not happen.
+    cluster.restart(lost).expect("restart on an empty data dir");
+    cluster
+        .wait_exit(lost, std::time::Duration::from_secs(20))
+        .await
+        .expect("the member refuses to start");
+    let log = cluster.log_tail(lost);
+    let refused = if cluster.server_is_etcd() {
+        log.contains("has already been bootstrapped")
+    } else {
+        log.contains(&format!(
+            "data dir empty but member {} is registered as ID",
+            cluster.name(lost)
+        ))
+    };
+    assert!(refused, "{log}");
+    // The others go on.
+    client.put("lost/after", "v", None).await.expect("put");
+}

@@ -108,6 +108,14 @@ pub enum Error {
     #[error("etcdserver: raft: {0}")]
     Raft(String),
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
+    /// A founding member with an empty data dir whom the cluster knows as one that has run: it
+    /// lost its data. The message starts with the phrase the operator recognises.
+    #[error("data dir empty but member {name} is registered as ID {member_id:x} in cluster {cluster_id:x} (member already bootstrapped): remove it with `etcdctl member remove {member_id:x}`, add it again with `etcdctl member add`, and start it with --initial-cluster-state=existing")]
+    AlreadyBootstrapped {
+        name: String,
+        member_id: u64,
+        cluster_id: u64,
+    },
     /// Flags that cannot work together for what this member is about to do.
     #[error("{0}")]
     Config(String),

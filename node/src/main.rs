@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         let parsed = RestoreArgs::parse_from(rest);
         let config = match NodeConfig::check(parsed.member, given) {
             Ok(c) => c,
-            Err(message) => return fail(&format!("ferrokv snapshot restore: {message}")),
+            Err(message) => return fail("ferrokv snapshot restore", &message),
         };
         init_logging(&config.log_level);
         return match restore(&parsed.file, &config) {
@@ -33,12 +33,12 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&format!("ferrokv snapshot restore: {e}")),
+            Err(e) => fail("ferrokv snapshot restore", &e.to_string()),
         };
     }
     let config = match NodeConfig::from_args() {
         Ok(c) => c,
-        Err(message) => return fail(&format!("ferrokv: {message}")),
+        Err(message) => return fail("ferrokv", &message),
     };
     init_logging(&config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .expect("start the tokio runtime");
     match runtime.block_on(ferrokv_node::run::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("ferrokv: {e}")),
+        Err(e) => fail("ferrokv", &e.to_string()),
     }
 }
 
@@ -66,8 +66,10 @@ const TERMINATION_LOG_ENV: &str = "FERROKV_TERMINATION_LOG";
 
 /// Reports why the member cannot run, on stderr and — under Kubernetes — in the container's
 /// termination message, where an operator can read it.
-fn fail(message: &str) -> ExitCode {
-    eprintln!("{message}");
+/// The termination message is the reason alone, without the program's name: the operator reads
+/// its first words ("data dir empty but member ...").
+fn fail(program: &str, message: &str) -> ExitCode {
+    eprintln!("{program}: {message}");
     let termination_log = std::env::var_os(TERMINATION_LOG_ENV)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/dev/termination-log".into());

@@ -79,7 +79,9 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
                 return Ok((founding_identity(&discovered), true));
             }
             config.check_bootstrap_urls().map_err(Error::Config)?;
-            Ok((founding_identity(config), true))
+            let identity = founding_identity(config);
+            refuse_if_already_bootstrapped(config, &identity).await?;
+            Ok((identity, true))
         }
     }
 }
@@ -137,6 +139,35 @@ async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
     Err(Error::DataDir(format!(
         "no member of --initial-cluster answered: {last_error}"
     )))
+}
+
+/// A founding member whose data dir is empty, but whom the running cluster knows as a member
+/// that has run, has lost its data: bootstrapping again would give it a fresh log and vote under
+/// its old ID, which Raft cannot allow. It refuses, in words an operator can act on (etcd:
+/// "member has already been bootstrapped"). Peers that do not answer (a cluster that is only
+/// forming) are no evidence either way.
+async fn refuse_if_already_bootstrapped(config: &NodeConfig, identity: &Identity) -> Result<()> {
+    let network = PeerNetwork::new(0, 0);
+    for (name, urls) in &config.initial_cluster {
+        if *name == config.name {
+            continue;
+        }
+        for url in urls {
+            let Ok(reply) = network.members(url, Duration::from_secs(1)).await else {
+                continue;
+            };
+            if reply.cluster_id == identity.cluster_id
+                && reply.published.contains(&identity.member_id)
+            {
+                return Err(Error::AlreadyBootstrapped {
+                    name: config.name.clone(),
+                    member_id: identity.member_id,
+                    cluster_id: identity.cluster_id,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The identity of a founding member of the cluster `--initial-cluster` describes.

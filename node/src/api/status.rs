@@ -32,6 +32,7 @@ pub fn to_status(e: Error) -> Status {
         Error::Raft(_)
         | Error::DataDir(_)
         | Error::Config(_)
+        | Error::AlreadyBootstrapped { .. }
         | Error::Backend(_)
         | Error::WalCorrupt { .. }
         | Error::WalIo { .. } => Code::Unavailable,

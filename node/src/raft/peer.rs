@@ -58,6 +58,8 @@ pub struct LeaseQuery {
 pub trait LeaderDuties: Send + Sync + 'static {
     async fn lease(&self, query: LeaseQuery) -> Result<LeaseTtl, String>;
     async fn change_members(&self, change: MemberChange) -> Result<Option<u64>, String>;
+    /// The members that have run: they published their client URLs.
+    fn published_members(&self) -> Vec<u64>;
 }
 
 /// The cluster as a member describes it to a member that joins.
@@ -65,6 +67,9 @@ pub trait LeaderDuties: Send + Sync + 'static {
 pub struct MembersReply {
     pub cluster_id: u64,
     pub members: Vec<(u64, MemberNode)>,
+    /// Members that have run (published their client URLs): a founding member with an empty
+    /// data dir that finds itself here has lost its data and must not bootstrap again.
+    pub published: Vec<u64>,
 }
 
 pub struct PeerService {
@@ -288,6 +293,7 @@ impl Peer for PeerService {
         reply(&MembersReply {
             cluster_id: self.network.cluster_id(),
             members,
+            published: self.duties.published_members(),
         })
     }
 }

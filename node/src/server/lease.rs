@@ -270,6 +270,19 @@ impl Server {
 
 #[tonic::async_trait]
 impl crate::raft::peer::LeaderDuties for Server {
+    fn published_members(&self) -> Vec<u64> {
+        self.state_machine()
+            .member_attributes()
+            .map(|attrs| {
+                attrs
+                    .into_iter()
+                    .filter(|(_, a)| !a.client_urls.is_empty())
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     async fn change_members(
         &self,
         change: super::membership::MemberChange,
