@@ -508,5 +508,10 @@ async fn after_move_leader_the_old_leader_cut_off_alone_does_not_raise_its_term(
         term_alone, term,
         "the old leader campaigned on its own while cut off, as if it had no pre-vote"
     );
-    assert_eq!(leader_in_endpoint_status(&cluster).await, target_id);
+    // The leader itself was frozen for four election timeouts: when everyone resumes, the
+    // followers may rightly elect another one. What matters is that the cluster has a leader.
+    cluster
+        .leader()
+        .await
+        .expect("a leader after everyone resumes");
 }
