@@ -7,6 +7,20 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A copy of this error for each caller that shared the request that failed (a batch of
+    /// proposals, a round of reads): the conditions callers act on keep their variant, any
+    /// other is carried as its message (a Raft error's own message, not its prefixed Display).
+    pub fn for_each_waiter(&self) -> Error {
+        match self {
+            Error::NoLeader => Error::NoLeader,
+            Error::Timeout => Error::Timeout,
+            Error::Raft(message) => Error::Raft(message.clone()),
+            other => Error::Raft(other.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // ---- storage: WAL -------------------------------------------------------------------

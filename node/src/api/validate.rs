@@ -5,6 +5,7 @@ use etcd_client::proto::{
     PbDeleteRequest, PbPutRequest, PbRangeRequest, PbTxnOpRequest, PbTxnRequest,
 };
 
+use crate::storage::mvcc::KeySpan;
 use crate::{Error, Result};
 
 pub fn check_range(r: &PbRangeRequest) -> Result<()> {
@@ -78,7 +79,7 @@ pub fn txn_writes(r: &PbTxnRequest) -> bool {
 #[derive(Default)]
 struct Writes {
     puts: Vec<Vec<u8>>,
-    deletes: Vec<(Vec<u8>, Vec<u8>)>,
+    deletes: Vec<KeySpan>,
 }
 
 /// A key may be written once per branch: two puts of one key, or a put of a key that the same
@@ -101,7 +102,7 @@ fn branch_writes(ops: &[etcd_client::proto::PbTxnRequestOp]) -> Result<Writes> {
                 w.puts.push(p.key.clone());
             }
             Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
-                w.deletes.push((d.key.clone(), d.range_end.clone()));
+                w.deletes.push(KeySpan::new(&d.key, &d.range_end));
             }
             Some(PbTxnOpRequest::RequestTxn(t)) => {
                 nested.push(branch_writes(&t.success)?);
@@ -111,18 +112,18 @@ fn branch_writes(ops: &[etcd_client::proto::PbTxnRequestOp]) -> Result<Writes> {
         }
     }
     for put in &w.puts {
-        if w.deletes.iter().any(|(k, e)| in_range(put, k, e)) {
+        if w.deletes.iter().any(|span| span.contains(put)) {
             return Err(Error::DuplicateKey);
         }
     }
     for n in nested {
         for put in &n.puts {
-            if w.puts.contains(put) || w.deletes.iter().any(|(k, e)| in_range(put, k, e)) {
+            if w.puts.contains(put) || w.deletes.iter().any(|span| span.contains(put)) {
                 return Err(Error::DuplicateKey);
             }
         }
-        for (k, e) in &n.deletes {
-            if w.puts.iter().any(|p| in_range(p, k, e)) {
+        for span in &n.deletes {
+            if w.puts.iter().any(|p| span.contains(p)) {
                 return Err(Error::DuplicateKey);
             }
         }
@@ -130,18 +131,6 @@ fn branch_writes(ops: &[etcd_client::proto::PbTxnRequestOp]) -> Result<Writes> {
         w.deletes.extend(n.deletes);
     }
     Ok(w)
-}
-
-/// Whether `key` falls in etcd's range [start, end): a single key when `end` is empty, every
-/// key from `start` on when `end` is `\0`.
-fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
-    if end.is_empty() {
-        key == start
-    } else if end == [0] {
-        key >= start
-    } else {
-        key >= start && key < end
-    }
 }
 
 #[cfg(test)]

@@ -97,20 +97,10 @@ impl Server {
                 }
             }
             Err(e) => {
-                let message = e.to_string();
                 for waiter in waiters {
-                    let _ = waiter.send(Err(same_error(&e, &message)));
+                    let _ = waiter.send(Err(e.for_each_waiter()));
                 }
             }
         }
-    }
-}
-
-/// A copy of a batch's error for each of its callers.
-fn same_error(e: &Error, message: &str) -> Error {
-    match e {
-        Error::NoLeader => Error::NoLeader,
-        Error::Timeout => Error::Timeout,
-        _ => Error::Raft(message.to_string()),
     }
 }

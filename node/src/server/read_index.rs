@@ -50,11 +50,7 @@ impl Server {
             for waiter in round {
                 let result = match &outcome {
                     Ok(()) => Ok(()),
-                    Err(Error::NoLeader) => Err(Error::NoLeader),
-                    Err(Error::Timeout) => Err(Error::Timeout),
-                    // The message of a Raft error, not its Display, which would prefix it twice.
-                    Err(Error::Raft(message)) => Err(Error::Raft(message.clone())),
-                    Err(e) => Err(Error::Raft(e.to_string())),
+                    Err(e) => Err(e.for_each_waiter()),
                 };
                 let _ = waiter.send(result);
             }

@@ -15,6 +15,7 @@ use etcd_client::proto::{PbEvent, PbWatchResponse};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Server;
+use crate::storage::mvcc::KeySpan;
 use crate::Error;
 
 /// How many revisions one catch-up read takes from history.
@@ -51,6 +52,8 @@ pub enum WatchCommand {
 
 struct Watcher {
     spec: WatchSpec,
+    /// The keys watched, decoded once from the spec's key and range end.
+    span: KeySpan,
     /// The next revision this watcher must see.
     next: i64,
 }
@@ -58,7 +61,7 @@ struct Watcher {
 impl Watcher {
     fn matches(&self, event: &PbEvent) -> bool {
         let Some(kv) = &event.kv else { return false };
-        if !in_range(&kv.key, &self.spec.key, &self.spec.range_end) {
+        if !self.span.contains(&kv.key) {
             return false;
         }
         let filtered = if event.r#type == EVENT_PUT {
@@ -75,16 +78,6 @@ impl Watcher {
             e.prev_kv = None;
         }
         e
-    }
-}
-
-fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
-    if end.is_empty() {
-        key == start
-    } else if end == [0] {
-        key >= start
-    } else {
-        key >= start && key < end
     }
 }
 
@@ -222,7 +215,8 @@ fn create(
     } else {
         current + 1
     };
-    watchers.insert(id, Watcher { spec, next });
+    let span = KeySpan::new(&spec.key, &spec.range_end);
+    watchers.insert(id, Watcher { spec, span, next });
     Some(PbWatchResponse {
         header: Some(server.header(current)),
         watch_id: id,

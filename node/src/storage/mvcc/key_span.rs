@@ -5,7 +5,7 @@
 const FROM_KEY: &[u8] = &[0];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum KeySpan {
+pub enum KeySpan {
     /// `range_end` empty: exactly one key.
     Single(Vec<u8>),
     /// `[start, end)`, or `[start, ∞)` when `end` is `None` (`range_end == [0]`). An `end` at or
@@ -17,7 +17,7 @@ pub(crate) enum KeySpan {
 }
 
 impl KeySpan {
-    pub(crate) fn new(key: &[u8], range_end: &[u8]) -> KeySpan {
+    pub fn new(key: &[u8], range_end: &[u8]) -> KeySpan {
         if range_end.is_empty() {
             KeySpan::Single(key.to_vec())
         } else if range_end == FROM_KEY {
@@ -53,7 +53,7 @@ impl KeySpan {
         }
     }
 
-    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+    pub fn contains(&self, key: &[u8]) -> bool {
         match self {
             KeySpan::Single(k) => k == key,
             KeySpan::Interval { start, end } => {

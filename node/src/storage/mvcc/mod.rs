@@ -42,6 +42,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 pub use compare::{compare_result, compare_target};
 pub use events::event_type;
+pub use key_span::KeySpan;
 pub use read::{sort_order, sort_target};
 pub use write::MvccWrite;
 
