@@ -74,6 +74,17 @@ impl Kubectl {
         self.run_with_stdin(args, None).await
     }
 
+    /// A `kubectl <args>` command to spawn, for one that keeps running (`port-forward`).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(kubectl_binary());
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--cache-dir={}", self.cache_dir.display()))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        command
+    }
+
     /// `kubectl <args>` with `stdin` fed to it, e.g. a manifest for `apply -f -`.
     pub async fn run_with_stdin(
         &self,
@@ -81,12 +92,8 @@ impl Kubectl {
         stdin: Option<&str>,
     ) -> anyhow::Result<KubectlOutput> {
         let kubectl = kubectl_binary();
-        let mut command = Command::new(&kubectl);
+        let mut command = self.command(args);
         command
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!("--cache-dir={}", self.cache_dir.display()))
-            .args(args)
-            .env_remove("KUBECONFIG")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

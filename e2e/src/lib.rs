@@ -22,6 +22,7 @@ pub mod etcdctl;
 pub mod host_cluster;
 pub mod keyspace;
 pub mod kube;
+pub mod kube_env;
 pub mod kubectl;
 pub mod latency;
 pub mod netns;

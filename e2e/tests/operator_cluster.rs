@@ -1,25 +1,23 @@
-//! The operator runs a real cluster: the hermetic API server, its StatefulSet controller and a
-//! kubelet whose pods are `ferrokv` processes in network namespaces. A KVCluster applied with
-//! kubectl becomes Available with its members, and etcdctl reaches it through the client
-//! Service's name.
+//! The operator's scenarios, end to end: the `ferrokv-operator` binary manages clusters whose
+//! members are real `ferrokv` processes — on the hermetic Kubernetes (its API server,
+//! StatefulSet controller, scheduler and kubelets, pods in network namespaces), or on a real
+//! cluster when `E2E_KUBECONFIG` names one (`scripts/e2e-real-cluster`).
+//!
+//! Each test prints the times it measured (`--nocapture` shows them); docs/operator.md keeps
+//! them.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
+use serde_json::{json, Value};
 
-use serde_json::Value;
-
-use ferrokv_e2e::binaries::{etcdctl_binary, operator_binary, server_binary};
-use ferrokv_e2e::kube::kubelet::{claim_dir, Kubelet, KubeletConfig};
-use ferrokv_e2e::kube::statefulset::StatefulSetController;
-use ferrokv_e2e::kube::{ApiServer, ServerConfig};
-use ferrokv_e2e::kubectl::Kubectl;
-use ferrokv_e2e::operator::RunningOperator;
+use ferrokv_e2e::kube_env::{
+    member_name, EnvOptions, Kind, KubeEnv, CLAIMS, CONFIG_MAPS, DISRUPTION_BUDGETS, PODS,
+    SERVICES, STATEFUL_SETS,
+};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
 const FORMING: Duration = Duration::from_secs(120);
@@ -27,237 +25,124 @@ const FORMING: Duration = Duration::from_secs(120);
 /// One scaling step of the operator (learner added and promoted, or member removed) each.
 const SCALING: Duration = Duration::from_secs(180);
 
-const CLIENT_ENDPOINT: &str = "http://example-client.default.svc:2379";
+/// Events, where the operator records every step it takes.
+const EVENTS: Kind = Kind {
+    group: "",
+    version: "v1",
+    plural: "events",
+    namespaced: true,
+};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ is in the repository")
-        .to_path_buf()
+async fn start(test: &str, options: EnvOptions) -> KubeEnv {
+    KubeEnv::start(test, options)
+        .await
+        .expect("the test's cluster starts")
 }
 
-/// Everything a test of a running cluster needs, dropped operator first, API server last.
-struct Cluster {
-    operator: RunningOperator,
-    kubelet: Kubelet,
-    _controller: StatefulSetController,
-    kubectl: Kubectl,
-    server: ApiServer,
-    dir: tempfile::TempDir,
+/// Applies the example with `edit`, waits for 3 available members; returns how long that took.
+async fn apply_example(env: &KubeEnv, edit: impl FnOnce(&mut Value)) -> Duration {
+    let applied = Instant::now();
+    env.apply_example(edit).await.unwrap();
+    env.wait_available(3, FORMING).await;
+    applied.elapsed()
 }
 
-impl Cluster {
-    async fn start() -> Cluster {
-        let server = ApiServer::start(ServerConfig::default()).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        let kubectl = Kubectl::new(&kubeconfig, &dir.path().join("cache"));
-        kubectl
-            .run(&["apply", "-f", repo_root().join("crds").to_str().unwrap()])
-            .await
-            .unwrap()
-            .expect_stdout();
-        let controller = StatefulSetController::start(server.store.clone());
-        let kubelet = Kubelet::start(
-            server.store.clone(),
-            KubeletConfig {
-                node_name: "node-0".into(),
-                capacity: 7,
-                dir: dir.path().join("node-0"),
-                programs: [("ferrokv".to_string(), server_binary())].into(),
-            },
-        )
+fn assert_success(what: &str, output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn etcdctl_get(env: &KubeEnv, key: &str) -> String {
+    let get = env
+        .etcdctl(&["get", key, "--print-value-only"])
+        .await
         .unwrap();
-        let operator = RunningOperator::start_with(
-            kubelet.command(operator_binary()),
-            &kubeconfig,
-            "default",
-            dir.path(),
-        )
-        .unwrap();
-        Cluster {
-            operator,
-            kubelet,
-            _controller: controller,
-            kubectl,
-            server,
-            dir,
-        }
-    }
+    assert_success("etcdctl get", &get);
+    String::from_utf8_lossy(&get.stdout).trim().to_string()
+}
 
-    fn kvcluster(&self) -> Value {
-        let kvclusters = self
-            .server
-            .store
-            .resource_type("ferrokv.io", "v1alpha1", "kvclusters")
-            .expect("the CRD is installed");
-        self.server
-            .store
-            .get(&kvclusters, "default", "example")
-            .unwrap_or(Value::Null)
-    }
-
-    /// Whether the cluster says Available with exactly `members` voters, all healthy, and
-    /// their pods are ready.
-    fn available_with(&self, members: usize) -> bool {
-        let status = &self.kvcluster()["status"];
-        let available = status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Available" && c["status"] == "True");
-        // The client Service resolves to ready pods only, as its endpoints would.
-        let pods_ready = (0..members as u32).all(|ordinal| {
-            self.pod_opt(ordinal).is_some_and(|pod| {
-                pod["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        });
-        available
-            && status["members"].as_array().map(Vec::len) == Some(members)
-            && status["readyReplicas"] == members as u64
-            && pods_ready
-    }
-
-    /// Waits for `members` available members, or panics with what every part logged.
-    async fn wait_available(&self, members: usize, within: Duration) -> Duration {
-        let started = Instant::now();
-        while !self.available_with(members) {
-            if started.elapsed() > within {
-                self.dump();
-                panic!(
-                    "no Available cluster of {members} after {within:?}: status {}",
-                    self.kvcluster()["status"]
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        started.elapsed()
-    }
-
-    fn dump(&self) {
-        eprintln!("--- operator log ---\n{}", self.operator.log_tail());
-        for ordinal in 0..5 {
-            let pod = format!("example-{ordinal}");
-            let log = self.kubelet.container_log("default", &pod);
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "--- {pod} ---\n{}",
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            );
-        }
-    }
-
-    /// Pod `example-ORDINAL`, which must exist.
-    fn pod(&self, ordinal: u32) -> Value {
-        self.pod_opt(ordinal).expect("the pod exists")
-    }
-
-    fn pod_opt(&self, ordinal: u32) -> Option<Value> {
-        let pods = self
-            .server
-            .store
-            .resource_type("", "v1", "pods")
-            .expect("built-in");
-        self.server
-            .store
-            .get(&pods, "default", &format!("example-{ordinal}"))
-            .ok()
-    }
-
-    /// `http://POD_IP:2379` of member `ordinal`.
-    fn member_endpoint(&self, ordinal: u32) -> String {
-        let pod = self.pod(ordinal);
-        format!("http://{}:2379", pod["status"]["podIP"].as_str().unwrap())
-    }
-
-    /// etcdctl against the client Service, resolving it as a pod would.
-    async fn etcdctl(&self, args: &[&str]) -> Output {
-        let mut command = self.kubelet.command(etcdctl_binary());
-        command
-            .arg(format!("--endpoints={CLIENT_ENDPOINT}"))
-            .arg("--command-timeout=5s")
-            .args(args)
-            .env("ETCDCTL_API", "3");
-        let mut command = tokio::process::Command::from(command);
-        command.kill_on_drop(true);
-        tokio::time::timeout(Duration::from_secs(30), command.output())
-            .await
-            .expect("etcdctl finishes")
-            .expect("etcdctl runs")
-    }
+/// The reasons of the operator's events about the KVCluster, oldest first.
+async fn event_reasons(env: &KubeEnv) -> Vec<String> {
+    let mut events: Vec<Value> = env
+        .list(EVENTS)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e["involvedObject"]["kind"] == "KVCluster" || e["regarding"]["kind"] == "KVCluster"
+        })
+        .collect();
+    events.sort_by_key(|e| {
+        e["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    events
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_kvcluster_becomes_available_and_serves_etcdctl_through_its_client_service() {
-    let cluster = Cluster::start().await;
-    let applied = Instant::now();
-    cluster
-        .kubectl
-        .run(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("examples/kvcluster.yaml")
-                .to_str()
-                .unwrap(),
-        ])
-        .await
-        .unwrap()
-        .expect_stdout();
-    cluster.wait_available(3, FORMING).await;
+    let env = start("apply", EnvOptions::default()).await;
+    let took = apply_example(&env, |_| {}).await;
     println!(
         "kubectl apply to Available with 3 members: {:.1}s",
-        applied.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 
-    let put = cluster.etcdctl(&["put", "greeting", "hello"]).await;
-    assert!(
-        put.status.success(),
-        "etcdctl put: {}",
-        String::from_utf8_lossy(&put.stderr)
+    assert_success(
+        "etcdctl put",
+        &env.etcdctl(&["put", "greeting", "hello"]).await.unwrap(),
     );
-    let get = cluster
-        .etcdctl(&["get", "greeting", "--print-value-only"])
-        .await;
-    assert_eq!(
-        String::from_utf8_lossy(&get.stdout).trim(),
-        "hello",
-        "etcdctl get: {}",
-        String::from_utf8_lossy(&get.stderr)
-    );
+    assert_eq!(etcdctl_get(&env, "greeting").await, "hello");
 
-    // Every pod is running and ready; its claims are directories the member uses.
     for ordinal in 0..3 {
-        let pod = cluster.pod(ordinal);
+        let pod = env.pod(ordinal).await.unwrap();
         let status = &pod["status"];
         assert_eq!(status["phase"], "Running", "{status}");
         assert_eq!(status["containerStatuses"][0]["ready"], true, "{status}");
         assert!(status["containerStatuses"][0]["state"]["running"].is_object());
-        assert_eq!(pod["spec"]["nodeName"], "node-0");
-        for claim in ["data", "wal"] {
-            let dir = claim_dir(
-                &cluster.dir.path().join("node-0"),
-                "default",
-                &format!("{claim}-example-{ordinal}"),
-            );
-            let entries = std::fs::read_dir(&dir).unwrap().count();
-            assert!(entries > 0, "{} is empty", dir.display());
-        }
     }
+    let ids = env.member_ids().await;
+    assert_eq!(
+        ids.keys().cloned().collect::<Vec<_>>(),
+        ["example-0", "example-1", "example-2"]
+    );
+    let status = env.kvcluster().await["status"].clone();
+    assert!(
+        status["leader"]
+            .as_str()
+            .is_some_and(|l| ids.contains_key(l)),
+        "{status}"
+    );
 }
 
-/// Puts `key-N` for N = 0, 1, ... through `endpoints` until `stop`; returns the keys the
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_even_replica_count_is_refused_with_the_reason() {
+    let env = start("even", EnvOptions::default()).await;
+    let refused = env
+        .apply_example(|kvc| kvc["spec"]["replicas"] = json!(4))
+        .await
+        .expect_err("4 replicas are refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("replicas must be odd (1, 3, 5, 7 or 9)"),
+        "{message}"
+    );
+    assert!(env.names(STATEFUL_SETS).await.is_empty());
+}
+
+/// Puts `key-N` for N = 0, 1, ... through `endpoint` until `stop`; returns the keys the
 /// cluster acknowledged and how many puts failed.
-async fn write_until(endpoints: Vec<String>, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+async fn write_until(endpoint: String, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
-    let mut client = Client::connect(&endpoints, Some(options)).await.unwrap();
+    let mut client = Client::connect([endpoint], Some(options)).await.unwrap();
     let mut acknowledged = Vec::new();
     let mut failed = 0;
     for n in 0.. {
@@ -277,62 +162,9 @@ async fn write_until(endpoints: Vec<String>, stop: Arc<AtomicBool>) -> (Vec<Stri
     (acknowledged, failed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_scale_adds_and_removes_members_while_writes_continue() {
-    let cluster = Cluster::start().await;
-    cluster
-        .kubectl
-        .run(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("examples/kvcluster.yaml")
-                .to_str()
-                .unwrap(),
-        ])
-        .await
-        .unwrap()
-        .expect_stdout();
-    cluster.wait_available(3, FORMING).await;
-
-    // Members 0 to 2 stay throughout: the writer talks to them by address.
-    let endpoints = (0..3).map(|o| cluster.member_endpoint(o)).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until(endpoints, stop.clone()));
-
-    for replicas in [5, 3] {
-        let scaled = cluster
-            .kubectl
-            .run(&["scale", "kvc/example", &format!("--replicas={replicas}")])
-            .await
-            .unwrap();
-        assert_eq!(
-            scaled.expect_stdout().trim(),
-            "kvcluster.ferrokv.io/example scaled"
-        );
-        let took = cluster.wait_available(replicas, SCALING).await;
-        println!("scaled to {replicas}: {:.1}s", took.as_secs_f64());
-        let mut names: Vec<String> = cluster.kvcluster()["status"]["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["name"].as_str().unwrap().to_string())
-            .collect();
-        names.sort();
-        let expected: Vec<String> = (0..replicas).map(|o| format!("example-{o}")).collect();
-        assert_eq!(names, expected);
-    }
-
-    stop.store(true, Ordering::Relaxed);
-    let (acknowledged, failed) = writer.await.unwrap();
-    println!(
-        "{} writes acknowledged, {failed} failed",
-        acknowledged.len()
-    );
-    assert!(!acknowledged.is_empty());
-    let mut client = Client::connect([cluster.member_endpoint(0)], None)
-        .await
-        .unwrap();
+/// Every acknowledged key is stored.
+async fn assert_none_lost(endpoint: String, acknowledged: &[String]) {
+    let mut client = Client::connect([endpoint], None).await.unwrap();
     let stored: BTreeSet<String> = client
         .get(
             "key-",
@@ -349,81 +181,282 @@ async fn kubectl_scale_adds_and_removes_members_while_writes_continue() {
         .filter(|k| !stored.contains(*k))
         .collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
 
-    // The removed members' pods go once their processes have stopped.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pods = cluster
-            .kubectl
-            .run(&["get", "pods", "-o", "name"])
-            .await
-            .unwrap();
-        let names: Vec<String> = pods.expect_stdout().lines().map(str::to_string).collect();
-        if names == ["pod/example-0", "pod/example-1", "pod/example-2"] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pods left: {names:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+/// `kubectl scale` to `replicas`; waits until Available with them and only their pods and
+/// claims are left. Returns how long it took.
+async fn scale(env: &KubeEnv, replicas: u32) -> Duration {
+    let started = Instant::now();
+    let scaled = env
+        .kubectl_in_namespace(&["scale", "kvc/example", &format!("--replicas={replicas}")])
+        .await
+        .unwrap();
+    assert_eq!(scaled.trim(), "kvcluster.ferrokv.io/example scaled");
+    env.wait_available(replicas as usize, SCALING).await;
+    let expected: Vec<String> = (0..replicas).map(member_name).collect();
+    assert_eq!(
+        env.member_ids().await.into_keys().collect::<Vec<_>>(),
+        expected
+    );
+    let claims: Vec<String> = (0..replicas)
+        .flat_map(|o| {
+            [
+                format!("data-{}", member_name(o)),
+                format!("wal-{}", member_name(o)),
+            ]
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    env.eventually(
+        "removed members' pods and claims to go",
+        SCALING,
+        || async {
+            let pods = env.names(PODS).await;
+            let left = env.names(CLAIMS).await;
+            (pods == expected && left == claims).then_some(())
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_adds_and_removes_members_while_writes_continue() {
+    let env = start("scale", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+
+    // Member 0 stays throughout: scaling down removes the highest ordinals.
+    let endpoint = env.member_endpoint(0).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(endpoint.clone(), stop.clone()));
+
+    for (from, to) in [(3, 5), (5, 3), (3, 1), (1, 3)] {
+        let took = scale(&env, to).await;
+        println!("scaled {from} -> {to}: {:.1}s", took.as_secs_f64());
     }
+
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, failed) = writer.await.unwrap();
+    println!(
+        "{} writes acknowledged, {failed} failed",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() > 100, "{} writes", acknowledged.len());
+    assert_none_lost(endpoint, &acknowledged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_member_pod_comes_back_with_its_claims_as_the_same_member() {
-    let cluster = Cluster::start().await;
-    cluster
-        .kubectl
-        .run(&[
-            "apply",
-            "-f",
-            repo_root()
-                .join("examples/kvcluster.yaml")
-                .to_str()
-                .unwrap(),
-        ])
+    let env = start("pod-deleted", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+    assert_success("put", &env.etcdctl(&["put", "kept", "yes"]).await.unwrap());
+    let ids = env.member_ids().await;
+    let uid = env.pod(1).await.unwrap()["metadata"]["uid"].clone();
+
+    // kubectl waits until the kubelet has stopped the process and removed the pod.
+    env.kubectl_in_namespace(&["delete", "pod", "example-1"])
         .await
-        .unwrap()
-        .expect_stdout();
-    cluster.wait_available(3, FORMING).await;
-    let put = cluster.etcdctl(&["put", "kept", "yes"]).await;
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
+        .unwrap();
+    env.eventually("example-1 to come back", FORMING, || async {
+        let back = env
+            .pod(1)
+            .await
+            .is_some_and(|pod| pod["metadata"]["uid"] != uid);
+        (back && env.available_with(3).await).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.member_ids().await,
+        ids,
+        "the same members, from their own data"
     );
-    let member_id = |cluster: &Cluster| {
-        cluster.kvcluster()["status"]["members"]
+    assert_eq!(etcdctl_get(&env, "kept").await, "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_on_a_failed_node_moves_to_another_node_as_the_same_member() {
+    // Four nodes, two pods each: members spread over three, one is free.
+    let options = EnvOptions {
+        nodes: 4,
+        pods_per_node: 2,
+    };
+    let env = start("node-failure", options).await;
+    const LOST_NODE_TIMEOUT: u64 = 5;
+    apply_example(&env, |kvc| {
+        kvc["spec"]["replacement"]["nodeLostTimeoutSeconds"] = json!(LOST_NODE_TIMEOUT)
+    })
+    .await;
+    assert_success("put", &env.etcdctl(&["put", "kept", "yes"]).await.unwrap());
+    let ids = env.member_ids().await;
+    let mut nodes = BTreeSet::new();
+    for ordinal in 0..3 {
+        nodes.insert(env.node_of(ordinal).await.unwrap());
+    }
+    assert_eq!(nodes.len(), 3, "members prefer distinct nodes: {nodes:?}");
+
+    // The leader's node fails: the hardest case, an election and a move at once.
+    let leader = env.kvcluster().await["status"]["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_string();
+    let ordinal: u32 = leader.rsplit('-').next().unwrap().parse().unwrap();
+    let node = env.node_of(ordinal).await.unwrap();
+    let reasons_before = event_reasons(&env).await.len();
+    let failed = Instant::now();
+    env.fail_node(&node).await.unwrap();
+
+    let moved_to = env
+        .eventually(
+            "the member's pod to run on another node",
+            SCALING,
+            || async {
+                let node_now = env.node_of(ordinal).await?;
+                (node_now != node && env.available_with(3).await).then_some(node_now)
+            },
+        )
+        .await;
+    println!(
+        "member {leader} on failed node {node} replaced on {moved_to} ({LOST_NODE_TIMEOUT}s policy): {:.1}s",
+        failed.elapsed().as_secs_f64()
+    );
+    env.restore_node(&node).await.unwrap();
+
+    assert_eq!(env.member_ids().await, ids, "same member IDs");
+    let steps: Vec<String> = event_reasons(&env).await[reasons_before..].to_vec();
+    assert!(
+        steps.iter().any(|r| r == "PodMovedOffLostNode"),
+        "{steps:?}"
+    );
+    assert!(
+        !steps
+            .iter()
+            .any(|r| r == "MemberRemoved" || r == "MemberAdded"),
+        "no membership change: {steps:?}"
+    );
+    assert_eq!(etcdctl_get(&env, "kept").await, "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_whose_data_volume_is_lost_is_replaced_under_a_new_id() {
+    let env = start("data-lost", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+    assert_success("put", &env.etcdctl(&["put", "kept", "yes"]).await.unwrap());
+    let before = env.member_ids().await;
+    let lost = Instant::now();
+    env.lose_data_volume(1).await.unwrap();
+
+    let after = env
+        .eventually("example-1 to be replaced", SCALING, || async {
+            let ids = env.member_ids().await;
+            let replaced = ids
+                .get("example-1")
+                .is_some_and(|id| Some(id) != before.get("example-1"));
+            (replaced && env.available_with(3).await).then_some(ids)
+        })
+        .await;
+    println!(
+        "member with a lost data volume replaced: {:.1}s",
+        lost.elapsed().as_secs_f64()
+    );
+    for name in ["example-0", "example-2"] {
+        assert_eq!(after.get(name), before.get(name), "{name} kept its ID");
+    }
+    let reasons = event_reasons(&env).await;
+    for step in ["MemberRemoved", "MemberAdded", "MemberPromoted"] {
+        assert!(reasons.iter().any(|r| r == step), "{step} in {reasons:?}");
+    }
+    assert_eq!(etcdctl_get(&env, "kept").await, "yes");
+    // The replaced member has the data too: its own endpoint answers a serializable read.
+    let endpoint = env.member_endpoint(1).await.unwrap();
+    let mut client = Client::connect([endpoint], None).await.unwrap();
+    let got = client
+        .get("kept", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(got.kvs()[0].value(), b"yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_in_the_middle_of_scale_steps_converges_after_restart() {
+    let env = start("operator-killed", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+
+    // Up: killed once the learner is registered, before it is promoted.
+    env.kubectl_in_namespace(&["scale", "kvc/example", "--replicas=5"])
+        .await
+        .unwrap();
+    env.eventually("a learner", SCALING, || async {
+        let status = env.kvcluster().await["status"].clone();
+        let learner = status["members"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|m| m["name"] == "example-1")
-            .map(|m| m["id"].clone())
-    };
-    let id = member_id(&cluster).expect("example-1 is a member");
-    let uid = cluster.pod(1)["metadata"]["uid"].clone();
-
-    // kubectl waits until the kubelet has stopped the process and removed the pod.
-    cluster
-        .kubectl
-        .run(&["delete", "pod", "example-1"])
-        .await
-        .unwrap()
-        .expect_stdout();
-    let deadline = Instant::now() + FORMING;
-    while cluster
-        .pod_opt(1)
-        .is_none_or(|pod| pod["metadata"]["uid"] == uid)
-        || !cluster.available_with(3)
-    {
-        assert!(Instant::now() < deadline, "example-1 did not come back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        member_id(&cluster),
-        Some(id),
-        "the same member, from its own data"
+            .any(|m| m["learner"] == true);
+        learner.then_some(())
+    })
+    .await;
+    env.kill_operator().await.unwrap();
+    let took = env.wait_available(5, SCALING).await;
+    println!(
+        "3 -> 5 converged {:.1}s after the operator was killed",
+        took.as_secs_f64()
     );
-    let get = cluster
-        .etcdctl(&["get", "kept", "--print-value-only"])
+
+    // Down: killed once a member has left, before its pod and claims are gone.
+    env.kubectl_in_namespace(&["scale", "kvc/example", "--replicas=3"])
+        .await
+        .unwrap();
+    env.eventually("a member removed", SCALING, || async {
+        (env.member_ids().await.len() == 4).then_some(())
+    })
+    .await;
+    env.kill_operator().await.unwrap();
+    let took = scale(&env, 3).await;
+    println!(
+        "5 -> 3 converged {:.1}s after the operator was killed",
+        took.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_kvcluster_removes_its_children_and_volumes() {
+    let env = start("delete", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+    assert_eq!(env.names(CLAIMS).await.len(), 6);
+
+    env.kubectl_in_namespace(&["delete", "kvc/example"])
+        .await
+        .unwrap();
+    for kind in [
+        STATEFUL_SETS,
+        SERVICES,
+        CONFIG_MAPS,
+        DISRUPTION_BUDGETS,
+        PODS,
+        CLAIMS,
+    ] {
+        env.eventually(kind.plural, SCALING, || async {
+            let left: Vec<String> = env
+                .names(kind)
+                .await
+                .into_iter()
+                .filter(|n| n.contains("example"))
+                .collect();
+            left.is_empty().then_some(())
+        })
         .await;
-    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "yes");
+    }
+    assert!(env
+        .get(ferrokv_e2e::kube_env::KVCLUSTERS, "example")
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_debug_one_to_three() {
+    let env = start("dbg", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+    scale(&env, 1).await;
+    scale(&env, 3).await;
 }

@@ -252,7 +252,8 @@ async fn take_step(
         .filter_map(|m| m.ordinal)
         .max()
         .map_or(1, |o| o + 1);
-    let endpoints = membership::endpoints(names, reach);
+    let endpoints =
+        membership::change_endpoints(names, members, membership::endpoints(names, reach));
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     match action {
         Action::WriteBootstrapConfig(config) => {

@@ -35,33 +35,85 @@ pub fn endpoints(names: &ClusterNames, ordinals: u32) -> Vec<String> {
     (0..ordinals.max(1)).map(|o| names.client_url(o)).collect()
 }
 
+/// What one member says about itself: its ID and the leader it follows. `None` when it does
+/// not answer or reports errors (an alarm, no leader).
+async fn probe(url: String) -> Option<(u64, u64)> {
+    let mut client = connect(&[url]).await.ok()?;
+    let status = client.status().await.ok()?;
+    let me = status.header()?.member_id();
+    status.errors().is_empty().then_some((me, status.leader()))
+}
+
 /// The member list with every member's health and the leader; `None` when no member answers.
+///
+/// Each endpoint is asked on its own, and the list is the leader's: a member that was just
+/// removed keeps answering for a moment with the membership it was in, and a client balancing
+/// over all endpoints could ask it.
 pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<MembershipView> {
-    let mut client = connect(endpoints).await.ok()?;
-    let response = client.member_list().await.ok()?;
+    let probed = join_all(endpoints.iter().cloned().map(probe)).await;
+    let answering: Vec<(&String, (u64, u64))> = endpoints
+        .iter()
+        .zip(&probed)
+        .filter_map(|(url, p)| Some((url, (*p)?)))
+        .collect();
+    let source = answering
+        .iter()
+        .find(|(_, (me, leader))| me == leader)
+        .or_else(|| answering.first())
+        .map(|(url, _)| (*url).clone());
+    // No endpoint answered a status: the list may still come from one (a member without a
+    // leader answers MemberList locally).
+    let sources = match source {
+        Some(url) => vec![url],
+        None => endpoints.to_vec(),
+    };
+    let mut response = None;
+    for url in sources {
+        let Ok(mut client) = connect(&[url]).await else {
+            continue;
+        };
+        if let Ok(listed) = client.member_list().await {
+            response = Some(listed);
+            break;
+        }
+    }
+    let response = response?;
     let cluster_id = response.header().map_or(0, |h| h.cluster_id());
     let listed = response.members().to_vec();
 
-    let statuses = join_all(listed.iter().map(|m| {
-        let ordinal = names.ordinal_of_member(m.name()).or_else(|| {
+    let ordinal_of = |m: &etcd_client::Member| {
+        names.ordinal_of_member(m.name()).or_else(|| {
             m.peer_urls()
                 .iter()
                 .find_map(|u| names.ordinal_of_peer_url(u))
-        });
+        })
+    };
+    // Members the endpoints did not cover are asked at their own client URL.
+    let statuses = join_all(listed.iter().map(|m| {
+        let known = answering
+            .iter()
+            .find(|(_, (me, _))| *me == m.id())
+            .map(|(_, s)| *s);
         let url = m
             .client_urls()
             .first()
             .cloned()
-            .or_else(|| ordinal.map(|o| names.client_url(o)));
+            .or_else(|| ordinal_of(m).map(|o| names.client_url(o)));
+        let asked_already = url.as_ref().is_some_and(|u| endpoints.contains(u));
         async move {
-            let url = url?;
-            let mut client = connect(&[url]).await.ok()?;
-            let status = client.status().await.ok()?;
-            status.errors().is_empty().then_some(status.leader())
+            match (known, url) {
+                (Some(status), _) => Some(status),
+                (None, Some(url)) if !asked_already => probe(url).await,
+                _ => None,
+            }
         }
     }))
     .await;
-    let leader = statuses.iter().flatten().copied().find(|&l| l != 0);
+    let leader = statuses
+        .iter()
+        .flatten()
+        .map(|&(_, leader)| leader)
+        .find(|&l| l != 0);
 
     let members = listed
         .iter()
@@ -69,11 +121,7 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
         .map(|(m, status)| Member {
             id: m.id(),
             name: m.name().to_string(),
-            ordinal: names.ordinal_of_member(m.name()).or_else(|| {
-                m.peer_urls()
-                    .iter()
-                    .find_map(|u| names.ordinal_of_peer_url(u))
-            }),
+            ordinal: ordinal_of(m),
             peer_urls: m.peer_urls().to_vec(),
             client_urls: m.client_urls().to_vec(),
             is_learner: m.is_learner(),
@@ -85,6 +133,21 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
         members,
         cluster_id,
     })
+}
+
+/// Where membership changes go: the leader's client URL when a leader is known, so that the
+/// answer never comes from a member that the change itself stops.
+pub fn change_endpoints(names: &ClusterNames, members: &[Member], all: Vec<String>) -> Vec<String> {
+    members
+        .iter()
+        .find(|m| m.is_leader && m.healthy)
+        .and_then(|m| {
+            m.client_urls
+                .first()
+                .cloned()
+                .or_else(|| m.ordinal.map(|o| names.client_url(o)))
+        })
+        .map_or(all, |url| vec![url])
 }
 
 /// MemberAdd as a learner; returns the new member's ID.

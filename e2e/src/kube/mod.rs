@@ -29,6 +29,7 @@ pub mod fields;
 pub mod http;
 pub mod kubelet;
 pub mod meta;
+pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod resources;
