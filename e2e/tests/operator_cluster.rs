@@ -1,7 +1,7 @@
-//! The operator runs a real cluster: the hermetic API server, its StatefulSet controller and a
-//! kubelet whose pods are `ferrokv` processes in network namespaces. A KVCluster applied with
-//! kubectl becomes Available with its members, and etcdctl reaches it through the client
-//! Service's name.
+//! The operator runs a real cluster: the hermetic API server, its StatefulSet controller and
+//! three nodes whose pods are `ferrokv` processes in network namespaces. A KVCluster applied with
+//! kubectl becomes Available with its members spread over the nodes, and etcdctl reaches it
+//! through the client Service's name.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use serde_json::Value;
 
 use ferrokv_e2e::binaries::{etcdctl_binary, operator_binary, server_binary};
-use ferrokv_e2e::kube::kubelet::{claim_dir, Kubelet, KubeletConfig};
+use ferrokv_e2e::kube::nodes::{NodePool, NodePoolConfig, DEFAULT_NODE_MONITOR_GRACE};
 use ferrokv_e2e::kube::statefulset::StatefulSetController;
 use ferrokv_e2e::kube::{ApiServer, ServerConfig};
 use ferrokv_e2e::kubectl::Kubectl;
@@ -39,11 +39,11 @@ fn repo_root() -> PathBuf {
 /// Everything a test of a running cluster needs, dropped operator first, API server last.
 struct Cluster {
     operator: RunningOperator,
-    kubelet: Kubelet,
+    nodes: NodePool,
     _controller: StatefulSetController,
     kubectl: Kubectl,
     server: ApiServer,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -59,18 +59,20 @@ impl Cluster {
             .unwrap()
             .expect_stdout();
         let controller = StatefulSetController::start(server.store.clone());
-        let kubelet = Kubelet::start(
+        // Room for five members, and for two more pods while some are replaced.
+        let nodes = NodePool::start(
             server.store.clone(),
-            KubeletConfig {
-                node_name: "node-0".into(),
-                capacity: 7,
-                dir: dir.path().join("node-0"),
+            NodePoolConfig {
+                nodes: vec!["node-0".into(), "node-1".into(), "node-2".into()],
+                capacity: 3,
+                dir: dir.path().join("nodes"),
                 programs: [("ferrokv".to_string(), server_binary())].into(),
+                node_monitor_grace: DEFAULT_NODE_MONITOR_GRACE,
             },
         )
         .unwrap();
         let operator = RunningOperator::start_with(
-            kubelet.command(operator_binary()),
+            nodes.command(operator_binary()),
             &kubeconfig,
             "default",
             dir.path(),
@@ -78,11 +80,11 @@ impl Cluster {
         .unwrap();
         Cluster {
             operator,
-            kubelet,
+            nodes,
             _controller: controller,
             kubectl,
             server,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -143,7 +145,7 @@ impl Cluster {
         eprintln!("--- operator log ---\n{}", self.operator.log_tail());
         for ordinal in 0..5 {
             let pod = format!("example-{ordinal}");
-            let log = self.kubelet.container_log("default", &pod);
+            let log = self.nodes.container_log("default", &pod);
             let lines: Vec<&str> = log.lines().collect();
             eprintln!(
                 "--- {pod} ---\n{}",
@@ -177,7 +179,7 @@ impl Cluster {
 
     /// etcdctl against the client Service, resolving it as a pod would.
     async fn etcdctl(&self, args: &[&str]) -> Output {
-        let mut command = self.kubelet.command(etcdctl_binary());
+        let mut command = self.nodes.command(etcdctl_binary());
         command
             .arg(format!("--endpoints={CLIENT_ENDPOINT}"))
             .arg("--command-timeout=5s")
@@ -231,20 +233,22 @@ async fn applied_kvcluster_becomes_available_and_serves_etcdctl_through_its_clie
         String::from_utf8_lossy(&get.stderr)
     );
 
-    // Every pod is running and ready; its claims are directories the member uses.
+    // Every pod is running and ready, on a node of its own (the operator's anti-affinity); its
+    // claims are directories the member uses.
+    let nodes: BTreeSet<String> = (0..3)
+        .map(|ordinal| cluster.pod(ordinal)["spec"]["nodeName"].to_string())
+        .collect();
+    assert_eq!(nodes.len(), 3, "members on distinct nodes: {nodes:?}");
     for ordinal in 0..3 {
         let pod = cluster.pod(ordinal);
         let status = &pod["status"];
         assert_eq!(status["phase"], "Running", "{status}");
         assert_eq!(status["containerStatuses"][0]["ready"], true, "{status}");
         assert!(status["containerStatuses"][0]["state"]["running"].is_object());
-        assert_eq!(pod["spec"]["nodeName"], "node-0");
         for claim in ["data", "wal"] {
-            let dir = claim_dir(
-                &cluster.dir.path().join("node-0"),
-                "default",
-                &format!("{claim}-example-{ordinal}"),
-            );
+            let dir = cluster
+                .nodes
+                .claim_dir("default", &format!("{claim}-example-{ordinal}"));
             let entries = std::fs::read_dir(&dir).unwrap().count();
             assert!(entries > 0, "{} is empty", dir.display());
         }
