@@ -1,4 +1,4 @@
-//! [`Kubelet`]: the agent of one Node of a [`NodePool`], whose pods are real processes, each in
+//! `Kubelet`: the agent of one Node of a [`NodePool`], whose pods are real processes, each in
 //! a network namespace of its own, driven from the [`Store`] in-process.
 //!
 //! What it does:
@@ -20,7 +20,7 @@
 //! - ends a deleted pod's process with SIGTERM, SIGKILL after the grace period, then removes the
 //!   pod.
 //!
-//! A kubelet can lose power ([`Kubelet::power_off`]): every process of its pods is killed at
+//! A kubelet can lose power (`Kubelet::power_off`, through [`NodePool::fail_node`]): every process of its pods is killed at
 //! once and from then on it writes nothing — no heartbeat, no pod status, no finished deletion.
 //! What the cluster makes of that is the node lifecycle controller's business.
 //!
@@ -30,6 +30,7 @@
 //! is signalled). Names are published by the pool's cluster DNS, not by the kubelet.
 //!
 //! [`NodePool`]: crate::kube::nodes::NodePool
+//! [`NodePool::fail_node`]: crate::kube::nodes::NodePool::fail_node
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};

@@ -19,7 +19,7 @@
 //! - A cluster logging system: a pod's container log holds every start, on any node
 //!   ([`NodePool::container_log`]).
 //!
-//! The parts: [`kubelet`](crate::kube::kubelet) (one per Node), `scheduler`, `node_lifecycle`,
+//! The parts: [`kubelet`] (one per Node), `scheduler`, `node_lifecycle`,
 //! `cluster_dns`. Not here: deleting Node objects (and the pod garbage collection that follows),
 //! adding nodes to a running pool, a failed node's recovery, network partitions between nodes
 //! (the pool's [`HostNetwork`] could make them, but nothing exposes it yet).
