@@ -101,8 +101,8 @@ pub struct EnvOptions {
 impl Default for EnvOptions {
     fn default() -> Self {
         Self {
-            nodes: 1,
-            pods_per_node: 7,
+            nodes: 3,
+            pods_per_node: 3,
         }
     }
 }
@@ -478,11 +478,9 @@ impl KubeEnv {
         let pod = member_name(ordinal);
         match &self.backend {
             Backend::Hermetic(h) => {
-                let dir = h.nodes.claim_dir(&self.namespace, &format!("data-{pod}"));
-                // The process goes first, so that nothing is written after the wipe.
-                if !h.nodes.kill_container(&self.namespace, &pod) {
-                    bail!("{pod} runs no container");
-                }
+                let dir = h.nodes.claim_dir(&self.namespace, &format!("data-{pod}"))?;
+                // The files go while the process runs (it keeps what it has open, unlinked),
+                // then the process: it restarts on the empty volume.
                 for entry in std::fs::read_dir(&dir)? {
                     let path = entry?.path();
                     if path.is_dir() {
@@ -490,6 +488,9 @@ impl KubeEnv {
                     } else {
                         std::fs::remove_file(&path)?;
                     }
+                }
+                if !h.nodes.kill_container(&self.namespace, &pod) {
+                    bail!("{pod} runs no container");
                 }
                 Ok(())
             }

@@ -9,9 +9,10 @@
 //! [`netns`] builds the network, [`host_cluster`] runs a cluster on it.
 //! [`kube`] is a hermetic Kubernetes API server; the operator tests run the operator binary
 //! ([`operator`]) and Debian's `kubectl` ([`kubectl`]) against it. With its StatefulSet
-//! controller ([`kube::statefulset`]) and kubelet ([`kube::kubelet`]), pods are real member
-//! processes and the operator runs whole clusters. `src/bin/hermetic-kube.rs` serves one on its
-//! own.
+//! controller ([`kube::statefulset`]) and a pool of nodes that can fail ([`kube::nodes`]: a
+//! kubelet per node, a scheduler, a node lifecycle controller, one pod network), pods are real
+//! member processes and the operator runs whole clusters. `src/bin/hermetic-kube.rs` serves one
+//! on its own.
 //!
 //! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench/`); its
 //! latency statistics are in [`latency`].

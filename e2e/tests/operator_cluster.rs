@@ -452,11 +452,3 @@ async fn deleting_the_kvcluster_removes_its_children_and_volumes() {
         .await
         .is_none());
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_debug_one_to_three() {
-    let env = start("dbg", EnvOptions::default()).await;
-    apply_example(&env, |_| {}).await;
-    scale(&env, 1).await;
-    scale(&env, 3).await;
-}

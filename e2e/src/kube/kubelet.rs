@@ -1,28 +1,37 @@
-//! [`Kubelet`]: one Node whose pods are real processes, each in a network namespace of its own,
-//! driven from the [`Store`] in-process.
+//! `Kubelet`: the agent of one Node of a [`NodePool`], whose pods are real processes, each in
+//! a network namespace of its own, driven from the [`Store`] in-process.
 //!
 //! What it does:
-//! - keeps its Node object Ready, and binds pods that name no node to itself;
-//! - runs each pod's first container as a local program (`command[0]` looked up in
-//!   [`KubeletConfig::programs`]) inside a host of a [`HostNetwork`], which gives the pod its IP;
+//! - registers its Node (labelled `kubernetes.io/hostname`) and renews the Ready condition's
+//!   `lastHeartbeatTime` every heartbeat period;
+//! - runs each pod bound to its node (the pool's scheduler binds them) as a local program —
+//!   `command[0]` looked up in the pool's programs — inside one of the node's hosts of the
+//!   pool's network, which gives the pod its IP;
 //! - expands the container's env (values, `fieldRef`, `configMapKeyRef` — read again at every
 //!   start) and the `$(VAR)` references in its args;
-//! - binds each PersistentVolumeClaim to a directory that outlives the pod, and rewrites the
-//!   container's mount paths in args and env to it;
-//! - publishes DNS names in every host's `/etc/hosts`, and in a file the test's own programs
-//!   resolve through ([`Kubelet::command`]): `HOSTNAME.SUBDOMAIN.NS.svc` for each pod, and each
-//!   Service's `NAME.NS.svc` for the pods it selects (ready ones, unless
-//!   `publishNotReadyAddresses`);
-//! - runs the readiness probe (`httpGet`) and writes the Ready condition and container status;
+//! - mounts each PersistentVolumeClaim as its volume's directory (`pvc-UID`) under the pool's
+//!   `volumes/` (network storage: the same directory on every node), marking the claim Bound
+//!   (a claim made again under a deleted one's name gets a new volume), and rewrites the
+//!   container's mount paths in args and env to it; `emptyDir` lives on the node;
+//! - runs the readiness probe (`httpGet`; without one a running container is ready) and writes
+//!   the Ready condition and container status;
 //! - restarts exited containers after a short back-off (`restartPolicy: Always`), keeping the last
 //!   termination with its exit code and message, read from the file `FERROKV_TERMINATION_LOG`
 //!   names;
 //! - ends a deleted pod's process with SIGTERM, SIGKILL after the grace period, then removes the
 //!   pod.
 //!
+//! A kubelet can lose power (`Kubelet::power_off`, through [`NodePool::fail_node`]): every process of its pods is killed at
+//! once and from then on it writes nothing — no heartbeat, no pod status, no finished deletion.
+//! What the cluster makes of that is the node lifecycle controller's business.
+//!
 //! Not here: other containers than the first, init containers, startup and liveness probes,
-//! resource limits, images (the program runs from the local build), Services' virtual IPs (a
-//! Service name resolves to its pods' own addresses).
+//! resource limits, images (the program runs from the local build), admission (a pod bound here
+//! runs whatever its node selector says), a container's child processes (only its own process
+//! is signalled). Names are published by the pool's cluster DNS, not by the kubelet.
+//!
+//! [`NodePool`]: crate::kube::nodes::NodePool
+//! [`NodePool::fail_node`]: crate::kube::nodes::NodePool::fail_node
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -41,17 +50,14 @@ use tokio::task::JoinHandle;
 
 use crate::kube::meta;
 use crate::kube::resources::ResourceType;
+use crate::kube::scheduler::HOSTNAME_LABEL;
 use crate::kube::store::{DeleteOptions, ListOptions, Patch, Store, WatchOptions, WriteOptions};
-use crate::netns::HostNetwork;
 
 /// Field manager of every write the kubelet makes.
 const MANAGER: &str = "kubelet";
 
 /// How often the kubelet looks at its pods when nothing wakes it; also the probe period floor.
 const TICK: Duration = Duration::from_millis(500);
-
-/// How often the Node's Ready condition is renewed.
-const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Longest wait before restarting an exited container.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -60,30 +66,40 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// message (the node's `fail` honours it).
 pub const TERMINATION_LOG_ENV: &str = "FERROKV_TERMINATION_LOG";
 
-/// Settings of one kubelet.
+/// Settings of one kubelet, made by the pool.
 #[derive(Debug, Clone)]
-pub struct KubeletConfig {
+pub(crate) struct KubeletConfig {
     /// Name of its Node object.
     pub node_name: String,
-    /// How many pods it can run at once: one network host each.
-    pub capacity: usize,
-    /// Where claims' directories, termination messages and container logs go.
+    /// The hosts of the pool's network this node runs pods in: one pod each.
+    pub slots: Vec<Slot>,
+    /// The node's own address (`status.hostIP`).
+    pub host_ip: Ipv4Addr,
+    /// The pool's directory: claims under `volumes/`, logs under `logs/`, and this node's own
+    /// files under `nodes/NAME/`.
     pub dir: PathBuf,
     /// Programs containers may run, by the name in `command[0]`.
     pub programs: BTreeMap<String, PathBuf>,
+    /// How often the Node's Ready condition is renewed.
+    pub heartbeat: Duration,
 }
 
-/// A running kubelet; kills its pods' processes and deletes its network when dropped.
-pub struct Kubelet {
+/// A network host: where a pod runs and the address it gets.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub namespace: String,
+    pub address: Ipv4Addr,
+}
+
+/// A running kubelet; kills its pods' processes when dropped.
+pub(crate) struct Kubelet {
+    node_name: String,
+    slots: Vec<Slot>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
-    hosts_file: PathBuf,
-    dir: PathBuf,
-    // Dropped last: the processes must be gone before their namespaces are.
-    _network: HostNetwork,
 }
 
-/// What the loop and `Drop` share.
+/// What the loop and the pool share.
 struct Shared {
     pods: Mutex<Pods>,
 }
@@ -91,16 +107,9 @@ struct Shared {
 #[derive(Default)]
 struct Pods {
     by_uid: BTreeMap<String, PodRuntime>,
-    /// Set when the kubelet is dropped: nothing starts any more.
-    stopping: bool,
-}
-
-/// A network host: where a pod runs and the address it gets.
-#[derive(Debug, Clone)]
-struct Slot {
-    namespace: String,
-    address: Ipv4Addr,
-    hosts_path: PathBuf,
+    /// Set when the node loses power (or the pool is dropped): nothing starts and nothing is
+    /// written any more.
+    off: bool,
 }
 
 /// What the kubelet knows about one pod it runs.
@@ -133,74 +142,81 @@ struct Running {
 }
 
 impl Kubelet {
-    /// Creates the Node, a network of `capacity` hosts, and starts the loop in the current
-    /// tokio runtime.
+    /// Registers the Node and starts the loop in the current tokio runtime.
     pub fn start(store: Arc<Store>, config: KubeletConfig) -> anyhow::Result<Kubelet> {
-        let network = HostNetwork::create(config.capacity)?;
-        fs::create_dir_all(&config.dir)
+        fs::create_dir_all(node_dir(&config.dir, &config.node_name))
             .with_context(|| format!("creating {}", config.dir.display()))?;
-        let slots: Vec<Slot> = (0..network.len())
-            .map(|i| Slot {
-                namespace: network.namespace(i),
-                address: network.address(i),
-                hosts_path: network.hosts_path(i),
-            })
-            .collect();
-        let hosts_file = config.dir.join("hosts");
-        write_in_place(&hosts_file, &hosts_text(&[]))?;
         let shared = Arc::new(Shared {
             pods: Mutex::new(Pods::default()),
         });
         let node = NodeLoop {
-            store: store.clone(),
             types: Types::of(&store),
+            store,
             config: config.clone(),
-            slots,
             shared: shared.clone(),
-            host_ip: network.root_address(),
-            hosts_file: hosts_file.clone(),
-            published_hosts: String::new(),
         };
         node.register()?;
         Ok(Kubelet {
+            node_name: config.node_name,
+            slots: config.slots,
             shared,
             task: tokio::spawn(node.run()),
-            hosts_file,
-            dir: config.dir,
-            _network: network,
         })
     }
 
-    /// A command that runs `program` in the test's own network namespace but resolving the
-    /// cluster's names (pods, Services) as the pods do: a private mount namespace with the
-    /// kubelet's hosts file over `/etc/hosts`. The child's pid is the program's own.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
-            .arg(&self.hosts_file)
-            .arg(program);
-        command
+    /// Name of its Node.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
     }
 
-    /// The log of a pod's container, every start of it, for a failing test to print.
-    pub fn container_log(&self, namespace: &str, pod: &str) -> String {
-        fs::read_to_string(log_path(&self.dir, namespace, pod)).unwrap_or_default()
+    /// The node loses power: every process of its pods gets SIGKILL at once, and the kubelet
+    /// never writes to the API again.
+    pub fn power_off(&self) {
+        self.task.abort();
+        let mut pods = lock(&self.shared);
+        pods.off = true;
+        let mut killed = Vec::new();
+        for runtime in pods.by_uid.values_mut() {
+            if let Some(mut running) = runtime.container.take() {
+                let _ = running.child.kill();
+                killed.push(running.child);
+            }
+        }
+        for mut child in killed {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL to the container of pod `namespace/pod`, if it runs here; the kubelet sees it
+    /// exit and restarts it after the back-off, as it would a crashed container.
+    pub fn kill_container(&self, namespace: &str, pod: &str) -> bool {
+        let mut pods = lock(&self.shared);
+        if pods.off {
+            return false;
+        }
+        pods.by_uid
+            .values_mut()
+            .filter(|r| r.namespace == namespace && r.name == pod)
+            .filter_map(|r| r.container.as_mut())
+            .any(|running| running.child.kill().is_ok())
+    }
+
+    /// The network namespace pod `namespace/pod` runs in, if it runs here.
+    pub fn network_namespace_of(&self, namespace: &str, pod: &str) -> Option<String> {
+        let pods = lock(&self.shared);
+        if pods.off {
+            return None;
+        }
+        pods.by_uid
+            .values()
+            .find(|r| r.namespace == namespace && r.name == pod && r.container.is_some())
+            .map(|r| self.slots[r.slot].namespace.clone())
     }
 }
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
-        self.task.abort();
-        let mut pods = lock(&self.shared);
-        pods.stopping = true;
-        for runtime in pods.by_uid.values_mut() {
-            if let Some(mut running) = runtime.container.take() {
-                let _ = running.child.kill();
-                let _ = running.child.wait();
-            }
-        }
+        self.power_off();
     }
 }
 
@@ -214,7 +230,6 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Pods> {
 struct Types {
     nodes: Arc<ResourceType>,
     pods: Arc<ResourceType>,
-    services: Arc<ResourceType>,
     config_maps: Arc<ResourceType>,
     claims: Arc<ResourceType>,
 }
@@ -225,7 +240,6 @@ impl Types {
         Types {
             nodes: core("nodes"),
             pods: core("pods"),
-            services: core("services"),
             config_maps: core("configmaps"),
             claims: core("persistentvolumeclaims"),
         }
@@ -237,11 +251,7 @@ struct NodeLoop {
     store: Arc<Store>,
     types: Types,
     config: KubeletConfig,
-    slots: Vec<Slot>,
     shared: Arc<Shared>,
-    host_ip: Ipv4Addr,
-    hosts_file: PathBuf,
-    published_hosts: String,
 }
 
 fn options() -> WriteOptions {
@@ -259,13 +269,26 @@ impl NodeLoop {
             "kind": "Node",
             "metadata": {
                 "name": name,
-                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+                "labels": {HOSTNAME_LABEL: name, "kubernetes.io/os": "linux"},
             },
+            "spec": {},
         });
         self.store
             .create(&self.types.nodes, "", node, &options())
             .map_err(|e| anyhow!("creating Node {name}: {e}"))?;
         self.heartbeat()
+    }
+
+    /// Runs a write to the API unless the node lost power. The check and the write happen under
+    /// the lock [`Kubelet::power_off`] takes, so no write follows it. `write` must not lock.
+    fn while_on<T>(&self, write: impl FnOnce() -> T) -> Option<T> {
+        let pods = lock(&self.shared);
+        if pods.off {
+            return None;
+        }
+        let result = write();
+        drop(pods);
+        Some(result)
     }
 
     fn heartbeat(&self) -> anyhow::Result<()> {
@@ -282,6 +305,7 @@ impl NodeLoop {
             .and_then(|c| c["lastTransitionTime"].as_str())
             .unwrap_or(&now)
             .to_string();
+        let capacity = self.config.slots.len().to_string();
         let status = json!({
             "conditions": [{
                 "type": "Ready",
@@ -292,11 +316,11 @@ impl NodeLoop {
                 "lastTransitionTime": since,
             }],
             "addresses": [
-                {"type": "InternalIP", "address": self.host_ip.to_string()},
+                {"type": "InternalIP", "address": self.config.host_ip.to_string()},
                 {"type": "Hostname", "address": self.config.node_name},
             ],
-            "capacity": {"pods": self.slots.len().to_string()},
-            "allocatable": {"pods": self.slots.len().to_string()},
+            "capacity": {"pods": capacity},
+            "allocatable": {"pods": capacity},
         });
         self.store
             .patch(
@@ -311,7 +335,7 @@ impl NodeLoop {
         Ok(())
     }
 
-    async fn run(mut self) {
+    async fn run(self) {
         let mut last_heartbeat = Instant::now();
         loop {
             let watch = self.store.watch(
@@ -322,14 +346,14 @@ impl NodeLoop {
                     ..WatchOptions::default()
                 },
             );
-            if last_heartbeat.elapsed() >= HEARTBEAT {
-                if let Err(error) = self.heartbeat() {
-                    eprintln!("kubelet: {error:#}");
+            if last_heartbeat.elapsed() >= self.config.heartbeat {
+                if let Some(Err(error)) = self.while_on(|| self.heartbeat()) {
+                    eprintln!("kubelet {}: {error:#}", self.config.node_name);
                 }
                 last_heartbeat = Instant::now();
             }
             if let Err(error) = self.sync().await {
-                eprintln!("kubelet: {error:#}");
+                eprintln!("kubelet {}: {error:#}", self.config.node_name);
             }
             match watch {
                 Ok(mut watch) => {
@@ -343,19 +367,13 @@ impl NodeLoop {
         }
     }
 
-    /// One pass: bind, adopt, stop, start, publish names, probe, report.
-    async fn sync(&mut self) -> anyhow::Result<()> {
+    /// One pass: adopt, stop, start, probe, report.
+    async fn sync(&self) -> anyhow::Result<()> {
         let pods = self
             .store
             .list(&self.types.pods, None, &ListOptions::default())
             .map_err(|e| anyhow!("listing pods: {e}"))?
             .items;
-        for pod in &pods {
-            let unbound = pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
-            if unbound && !meta::is_terminating(pod) {
-                self.bind(pod);
-            }
-        }
         let ours: BTreeMap<String, &Value> = pods
             .iter()
             .filter(|p| p["spec"]["nodeName"] == self.config.node_name.as_str())
@@ -366,24 +384,9 @@ impl NodeLoop {
         self.adopt(&ours);
         self.finish_terminating(&ours);
         self.reap_and_start(&ours);
-        self.publish_names()?;
         self.probe().await;
         self.report(&ours);
         Ok(())
-    }
-
-    fn bind(&self, pod: &Value) {
-        let patch = json!({"spec": {"nodeName": self.config.node_name}});
-        if let Err(error) = self.store.patch(
-            &self.types.pods,
-            meta::namespace_of(pod),
-            meta::name_of(pod),
-            Patch::Merge(patch),
-            false,
-            &options(),
-        ) {
-            eprintln!("kubelet: binding {}: {error}", meta::name_of(pod));
-        }
     }
 
     /// Pods that are gone from the API (forced deletion) lose their process at once.
@@ -409,7 +412,7 @@ impl NodeLoop {
                 continue;
             }
             let used: BTreeSet<usize> = pods.by_uid.values().map(|r| r.slot).collect();
-            let Some(slot) = (0..self.slots.len()).find(|s| !used.contains(s)) else {
+            let Some(slot) = (0..self.config.slots.len()).find(|s| !used.contains(s)) else {
                 continue;
             };
             let now = meta::now();
@@ -441,6 +444,9 @@ impl NodeLoop {
         let mut finished = Vec::new();
         {
             let mut pods = lock(&self.shared);
+            if pods.off {
+                return;
+            }
             for (uid, runtime) in pods.by_uid.iter_mut() {
                 let Some(pod) = ours.get(uid).filter(|p| meta::is_terminating(p)) else {
                     continue;
@@ -486,13 +492,15 @@ impl NodeLoop {
                 precondition_uid: Some(uid.clone()),
                 ..DeleteOptions::default()
             };
-            let deleted = self.store.delete(
-                &self.types.pods,
-                meta::namespace_of(pod),
-                meta::name_of(pod),
-                &force,
-            );
-            if deleted.is_ok() {
+            let deleted = self.while_on(|| {
+                self.store.delete(
+                    &self.types.pods,
+                    meta::namespace_of(pod),
+                    meta::name_of(pod),
+                    &force,
+                )
+            });
+            if matches!(deleted, Some(Ok(_))) {
                 lock(&self.shared).by_uid.remove(&uid);
             }
         }
@@ -501,7 +509,7 @@ impl NodeLoop {
     /// Records exited containers and starts those due.
     fn reap_and_start(&self, ours: &BTreeMap<String, &Value>) {
         let mut pods = lock(&self.shared);
-        if pods.stopping {
+        if pods.off {
             return;
         }
         for (uid, runtime) in pods.by_uid.iter_mut() {
@@ -549,6 +557,11 @@ impl NodeLoop {
                         runtime.waiting = Value::Null;
                         runtime.probe_failures = 0;
                         runtime.next_probe = Instant::now();
+                        // Without a readiness probe, a running container is ready.
+                        if !pod["spec"]["containers"][0]["readinessProbe"].is_object() {
+                            runtime.ready = true;
+                            runtime.ready_since = meta::now();
+                        }
                     }
                     Err(error) => {
                         runtime.waiting = json!({
@@ -564,7 +577,7 @@ impl NodeLoop {
 
     fn start_container(&self, pod: &Value, runtime: &PodRuntime) -> anyhow::Result<Running> {
         let container = &pod["spec"]["containers"][0];
-        let slot = &self.slots[runtime.slot];
+        let slot = &self.config.slots[runtime.slot];
         let mounts = self.mounts(pod, container)?;
         let mut env: Vec<(String, String)> = Vec::new();
         for var in container["env"].as_array().into_iter().flatten() {
@@ -594,7 +607,7 @@ impl NodeLoop {
             .get(program)
             .ok_or_else(|| anyhow!("no program {program:?} on this node"))?;
 
-        let pod_dir = self.config.dir.join("pods").join(meta::uid_of(pod));
+        let pod_dir = pod_dir(&self.config, meta::uid_of(pod));
         fs::create_dir_all(&pod_dir)?;
         let termination_log = pod_dir.join("termination-log");
         File::create(&termination_log)?;
@@ -604,7 +617,11 @@ impl NodeLoop {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        writeln!(log, "--- start {} ---", runtime.restart_count)?;
+        writeln!(
+            log,
+            "--- start {} on {} ---",
+            runtime.restart_count, self.config.node_name
+        )?;
 
         let mut command = Command::new("ip");
         command
@@ -660,7 +677,7 @@ impl NodeLoop {
                     .unwrap_or("default")
                     .to_string(),
                 "status.podIP" => slot.address.to_string(),
-                "status.hostIP" => self.host_ip.to_string(),
+                "status.hostIP" => self.config.host_ip.to_string(),
                 other => bail!("unsupported fieldRef {other}"),
             });
         }
@@ -697,13 +714,10 @@ impl NodeLoop {
                 .find(|v| v["name"] == volume_name)
                 .ok_or_else(|| anyhow!("volume {volume_name:?} is not in the pod"))?;
             let dir = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
-                self.bind_claim(namespace, claim)?;
-                claim_dir(&self.config.dir, namespace, claim)
+                let volume = self.bind_claim(namespace, claim)?;
+                volume_dir(&self.config.dir, &volume)
             } else if volume["emptyDir"].is_object() {
-                self.config
-                    .dir
-                    .join("pods")
-                    .join(meta::uid_of(pod))
+                pod_dir(&self.config, meta::uid_of(pod))
                     .join("volumes")
                     .join(volume_name)
             } else {
@@ -717,15 +731,19 @@ impl NodeLoop {
         Ok(mounts)
     }
 
-    /// Marks a claim Bound to its directory, as a provisioner would; a missing claim keeps the
-    /// container from starting, as it does on a real node.
-    fn bind_claim(&self, namespace: &str, claim: &str) -> anyhow::Result<()> {
+    /// Binds a claim to its volume, provisioned on first use as a dynamic provisioner would:
+    /// volume `pvc-UID`, a directory of its own, so that a claim made again under the same name
+    /// gets a fresh, empty volume. Returns the volume's name. A missing claim keeps the
+    /// container from starting, as it does on a real node. Called while starting a container,
+    /// under the lock, with the power on.
+    fn bind_claim(&self, namespace: &str, claim: &str) -> anyhow::Result<String> {
         let live = self
             .store
             .get(&self.types.claims, namespace, claim)
             .map_err(|e| anyhow!("claim {claim:?}: {e}"))?;
+        let volume = volume_name(&live);
         if live["status"]["phase"] == "Bound" {
-            return Ok(());
+            return Ok(volume);
         }
         let status = json!({
             "phase": "Bound",
@@ -737,49 +755,12 @@ impl NodeLoop {
                 &self.types.claims,
                 namespace,
                 claim,
-                Patch::Merge(json!({ "status": status })),
+                Patch::Merge(json!({ "spec": {"volumeName": volume}, "status": status })),
                 true,
                 &options(),
             )
             .map_err(|e| anyhow!("binding claim {claim:?}: {e}"))?;
-        Ok(())
-    }
-
-    /// Rewrites every host's hosts file (and the test's) when the names changed.
-    fn publish_names(&mut self) -> anyhow::Result<()> {
-        let services = self
-            .store
-            .list(&self.types.services, None, &ListOptions::default())
-            .map_err(|e| anyhow!("listing services: {e}"))?
-            .items;
-        let pods = self
-            .store
-            .list(&self.types.pods, None, &ListOptions::default())
-            .map_err(|e| anyhow!("listing pods: {e}"))?
-            .items;
-        let addressed: Vec<PodAddress> = {
-            let runtimes = lock(&self.shared);
-            pods.iter()
-                .filter_map(|pod| {
-                    let runtime = runtimes.by_uid.get(meta::uid_of(pod))?;
-                    Some(PodAddress {
-                        pod: pod.clone(),
-                        address: self.slots[runtime.slot].address,
-                        ready: runtime.ready,
-                    })
-                })
-                .collect()
-        };
-        let text = hosts_text(&dns_records(&services, &addressed));
-        if text == self.published_hosts {
-            return Ok(());
-        }
-        for slot in &self.slots {
-            write_in_place(&slot.hosts_path, &text)?;
-        }
-        write_in_place(&self.hosts_file, &text)?;
-        self.published_hosts = text;
-        Ok(())
+        Ok(volume)
     }
 
     /// Runs the readiness probes that are due, all at once.
@@ -810,7 +791,7 @@ impl NodeLoop {
                     let failures = container["readinessProbe"]["failureThreshold"]
                         .as_u64()
                         .unwrap_or(3) as u32;
-                    let address = format!("{}:{port}", self.slots[r.slot].address);
+                    let address = format!("{}:{port}", self.config.slots[r.slot].address);
                     Some((uid.clone(), address, path, failures))
                 })
                 .collect()
@@ -852,15 +833,17 @@ impl NodeLoop {
             let pod = ours[&uid];
             let mut body = (*pod).clone();
             body["status"] = status.clone();
-            let written = self.store.update(
-                &self.types.pods,
-                meta::namespace_of(pod),
-                meta::name_of(pod),
-                body,
-                true,
-                &options(),
-            );
-            if written.is_ok() {
+            let written = self.while_on(|| {
+                self.store.update(
+                    &self.types.pods,
+                    meta::namespace_of(pod),
+                    meta::name_of(pod),
+                    body,
+                    true,
+                    &options(),
+                )
+            });
+            if matches!(written, Some(Ok(_))) {
                 if let Some(runtime) = lock(&self.shared).by_uid.get_mut(&uid) {
                     runtime.written = Some(status);
                 }
@@ -906,13 +889,13 @@ impl NodeLoop {
                 "lastTransitionTime": since,
             })
         };
-        let address = self.slots[runtime.slot].address.to_string();
+        let address = self.config.slots[runtime.slot].address.to_string();
         let started = runtime.container.is_some() || runtime.restart_count > 0;
         let phase = if started { "Running" } else { "Pending" };
         json!({
             "phase": phase,
-            "hostIP": self.host_ip.to_string(),
-            "hostIPs": [{"ip": self.host_ip.to_string()}],
+            "hostIP": self.config.host_ip.to_string(),
+            "hostIPs": [{"ip": self.config.host_ip.to_string()}],
             "podIP": address,
             "podIPs": [{"ip": address}],
             "startTime": runtime.start_time,
@@ -928,82 +911,34 @@ impl NodeLoop {
     }
 }
 
-/// A pod the kubelet gave an address.
-struct PodAddress {
-    pod: Value,
-    address: Ipv4Addr,
-    ready: bool,
-}
-
-/// `(address, name)` records: pods by `HOSTNAME.SUBDOMAIN.NS.svc` (when the headless Service
-/// `SUBDOMAIN` exists), Services by `NAME.NS.svc` to the pods they select.
-fn dns_records(services: &[Value], pods: &[PodAddress]) -> Vec<(Ipv4Addr, String)> {
-    let mut records = Vec::new();
-    for service in services {
-        let namespace = meta::namespace_of(service);
-        let name = meta::name_of(service);
-        let Some(selector) = service["spec"]["selector"].as_object() else {
-            continue;
-        };
-        let not_ready_too = service["spec"]["publishNotReadyAddresses"] == true;
-        for member in pods {
-            let pod = &member.pod;
-            if meta::namespace_of(pod) != namespace
-                || meta::is_terminating(pod)
-                || !selector
-                    .iter()
-                    .all(|(k, v)| &pod["metadata"]["labels"][k] == v)
-            {
-                continue;
-            }
-            if member.ready || not_ready_too {
-                records.push((member.address, format!("{name}.{namespace}.svc")));
-            }
-            if let (Some(hostname), Some(subdomain)) = (
-                pod["spec"]["hostname"].as_str(),
-                pod["spec"]["subdomain"].as_str(),
-            ) {
-                if subdomain == name {
-                    records.push((
-                        member.address,
-                        format!("{hostname}.{subdomain}.{namespace}.svc"),
-                    ));
-                }
-            }
-        }
+/// The volume a claim is bound to, or will be: `pvc-UID`, as dynamic provisioners name them.
+pub fn volume_name(claim: &Value) -> String {
+    match claim["spec"]["volumeName"].as_str() {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => format!("pvc-{}", meta::uid_of(claim)),
     }
-    records.sort();
-    records.dedup();
-    records
 }
 
-fn hosts_text(records: &[(Ipv4Addr, String)]) -> String {
-    let mut text = String::from("127.0.0.1\tlocalhost\n");
-    for (address, name) in records {
-        text.push_str(&format!("{address}\t{name} {name}.cluster.local\n"));
-    }
-    text
+/// The directory that holds a volume's data, whichever node mounts it.
+pub fn volume_dir(dir: &Path, volume: &str) -> PathBuf {
+    dir.join("volumes").join(volume)
 }
 
-/// Rewrites a file keeping its inode, so bind mounts of it see the new text.
-fn write_in_place(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// The directory that holds claim `claim`'s data, whichever pod uses it.
-pub fn claim_dir(dir: &Path, namespace: &str, claim: &str) -> PathBuf {
-    dir.join("volumes").join(namespace).join(claim)
-}
-
-fn log_path(dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+/// Where a pod's container log goes, whichever node runs it: every start, appended.
+pub(crate) fn log_path(dir: &Path, namespace: &str, pod: &str) -> PathBuf {
     dir.join("logs").join(format!("{namespace}_{pod}.log"))
+}
+
+/// A node's own files: what does not move with a pod.
+fn node_dir(dir: &Path, node: &str) -> PathBuf {
+    dir.join("nodes").join(node)
+}
+
+/// A pod's files on its node: termination log, `emptyDir` volumes.
+fn pod_dir(config: &KubeletConfig, uid: &str) -> PathBuf {
+    node_dir(&config.dir, &config.node_name)
+        .join("pods")
+        .join(uid)
 }
 
 fn container_id(child: &Child) -> String {
@@ -1124,39 +1059,6 @@ mod tests {
         assert_eq!(
             rewrite_paths("--data-dir=/var/lib/ferrokv/database", &mounts),
             "--data-dir=/var/lib/ferrokv/database"
-        );
-    }
-
-    #[test]
-    fn services_resolve_to_selected_pods_and_pods_by_their_subdomain() {
-        let service = |name: &str, not_ready: bool| {
-            json!({
-                "metadata": {"name": name, "namespace": "prod"},
-                "spec": {"selector": {"app": "kv"}, "publishNotReadyAddresses": not_ready},
-            })
-        };
-        let pod = |name: &str, ready: bool, octet: u8| PodAddress {
-            pod: json!({
-                "metadata": {"name": name, "namespace": "prod", "labels": {"app": "kv"}},
-                "spec": {"hostname": name, "subdomain": "kv-peer"},
-            }),
-            address: Ipv4Addr::new(10, 0, 0, octet),
-            ready,
-        };
-        let records = dns_records(
-            &[service("kv-peer", true), service("kv-client", false)],
-            &[pod("kv-0", true, 1), pod("kv-1", false, 2)],
-        );
-        let names: Vec<String> = records.iter().map(|(a, n)| format!("{a} {n}")).collect();
-        assert_eq!(
-            names,
-            [
-                "10.0.0.1 kv-0.kv-peer.prod.svc",
-                "10.0.0.1 kv-client.prod.svc",
-                "10.0.0.1 kv-peer.prod.svc",
-                "10.0.0.2 kv-1.kv-peer.prod.svc",
-                "10.0.0.2 kv-peer.prod.svc",
-            ]
         );
     }
 }

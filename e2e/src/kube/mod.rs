@@ -6,7 +6,7 @@
 //! references and garbage collection, CRDs with their schemas and CEL rules enforced.
 //!
 //! [`ApiServer::start`] runs one; [`ApiServer::kubeconfig`] is what kubectl and the operator
-//! are pointed at. In-process controllers (a StatefulSet controller, a kubelet) use the same
+//! are pointed at. In-process controllers (a StatefulSet controller, the nodes) use the same
 //! [`store::Store`] the HTTP layer does.
 //!
 //! | module | owns |
@@ -20,19 +20,23 @@
 //! | `discovery`, `openapi`, `table` | discovery and OpenAPI documents, `kubectl get` tables |
 //! | `views` | kinds served under two APIs from one storage (Events) |
 //! | `selector`, `meta`, `error` | selectors, server-assigned metadata, Status errors |
-//! | `statefulset`, `kubelet` | in-process controllers: StatefulSets to pods and claims; pods run as processes in network namespaces |
+//! | `statefulset` | in-process controller: StatefulSets to pods and claims |
+//! | `nodes` | a pool of nodes sharing one pod network: a `kubelet` per node (pods run as processes in network namespaces), the `scheduler`, the `node_lifecycle` controller and the `cluster_dns` |
 
 pub mod cel;
+mod cluster_dns;
 pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod http;
 pub mod kubelet;
 pub mod meta;
+mod node_lifecycle;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod resources;
+mod scheduler;
 pub mod schema;
 pub mod selector;
 pub mod statefulset;
