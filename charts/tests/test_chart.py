@@ -133,3 +133,22 @@ def test_values_schema_accepts_the_defaults():
     chart = helm.Chart.load(CHART)
     chart.validate_schema({})
     chart.validate_schema({"replicaCount": 3, "serviceMonitor": {"enabled": True}})
+
+
+def test_image_values_reach_the_operator_and_its_pods_keep_their_selector_labels():
+    # scripts/e2e-real-cluster installs locally built images this way; the e2e fixture finds
+    # the operator's pods by app.kubernetes.io/name.
+    chart = helm.Chart.load(CHART)
+    values = {
+        "image": {"repository": "ferrokv-e2e/ferrokv-operator", "tag": "v0.1.0"},
+        "memberImage": {"repository": "ferrokv-e2e/ferrokv"},
+    }
+    chart.validate_schema(values)
+    manifests = chart.render(values, name="ferrokv-operator", namespace=NAMESPACE, is_install=True)
+    objects = [o for path, text in manifests.items() if not path.endswith(".txt") for o in load_all(text)]
+    (deployment,) = by_kind(objects, "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "ferrokv-operator"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ferrokv-e2e/ferrokv-operator:v0.1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FERROKV_IMAGE_REPOSITORY"] == "ferrokv-e2e/ferrokv"

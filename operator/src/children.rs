@@ -11,10 +11,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -32,6 +33,9 @@ use crate::names::{
 pub const CONTAINER_NAME: &str = "ferrokv";
 /// Where the node writes why it refused to start; the operator reads it from the pod status.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// The unprivileged user and group members run as: the `ferrokv` image's own user (see the
+/// Dockerfile), and the group that owns their volumes.
+pub const MEMBER_UID: i64 = 65532;
 
 /// Settings of the operator that shape what it builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,6 +290,36 @@ fn default_affinity(names: &ClusterNames) -> Affinity {
     }
 }
 
+/// Members run unprivileged. A freshly formatted volume belongs to root, so the kubelet hands
+/// it to the member's group (`fsGroup`) before the node starts; `OnRootMismatch` skips the
+/// recursive walk when it already does, so a large data dir does not slow every restart.
+fn member_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(MEMBER_UID),
+        run_as_group: Some(MEMBER_UID),
+        fs_group: Some(MEMBER_UID),
+        fs_group_change_policy: Some("OnRootMismatch".to_string()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The node needs no capability: its ports are above 1024 and it writes only its volumes.
+fn member_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The StatefulSet running the members, at the size the planner decided.
 ///
 /// Pods are created in parallel (a forming cluster needs all of them at once) and updated only
@@ -339,6 +373,7 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, defaults: &BuildDefaults) ->
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
         termination_message_policy: Some("File".to_string()),
+        security_context: Some(member_container_security()),
         ..Container::default()
     };
     let pod = PodSpec {
@@ -352,6 +387,7 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, defaults: &BuildDefaults) ->
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(30),
+        security_context: Some(member_pod_security()),
         ..PodSpec::default()
     };
     StatefulSet {
@@ -617,6 +653,22 @@ mod tests {
             image(serde_json::json!({"version": "v0.2.1", "image": "mine:dev"})),
             "mine:dev"
         );
+    }
+
+    #[test]
+    fn members_run_unprivileged_and_own_their_volumes_through_fs_group() {
+        let sts = stateful_set(
+            &cluster(serde_json::json!({})),
+            3,
+            &BuildDefaults::default(),
+        );
+        let pod = pod_spec(&sts);
+        let security = pod.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.run_as_user, Some(MEMBER_UID));
+        assert_eq!(security.fs_group, Some(MEMBER_UID));
+        let container = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(container.allow_privilege_escalation, Some(false));
     }
 
     #[test]
