@@ -9,7 +9,8 @@
 //! - the operator is the one `scripts/e2e-real-cluster` installed with the Helm chart, in
 //!   `E2E_OPERATOR_NAMESPACE` (default `ferrokv-system`); killing it force-deletes its pod and
 //!   its Deployment starts another;
-//! - each test runs in a namespace of its own, deleted afterwards (kept with `E2E_KEEP=1`);
+//! - each test runs in a namespace of its own, deleted afterwards (kept when the test fails or
+//!   with `E2E_KEEP=1`);
 //! - clients reach the members through `kubectl port-forward`;
 //! - a node fails by running `E2E_FAIL_NODE_COMMAND` with `{node}` replaced by its name (for
 //!   kind: `docker stop {node}`), and comes back with `E2E_RESTORE_NODE_COMMAND`;
@@ -621,7 +622,9 @@ impl Drop for KubeEnv {
             eprintln!("kept {}", self.dir.path().display());
         }
         if let Backend::Real(_) = self.backend {
-            if std::env::var_os("E2E_KEEP").is_none() {
+            if std::thread::panicking() {
+                eprintln!("namespace {} kept for diagnostics", self.namespace);
+            } else if std::env::var_os("E2E_KEEP").is_none() {
                 // Best effort, without waiting: the namespace goes with everything in it.
                 let _ = std::process::Command::new(crate::binaries::kubectl_binary())
                     .arg(format!(
