@@ -92,7 +92,8 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
 
 /// The identity of a member joining a running cluster (`--initial-cluster-state=existing`):
 /// the members of `--initial-cluster` tell the cluster ID and the member ID that `etcdctl member
-/// add` gave to this member's peer URLs.
+/// add` gave to this member's peer URLs. A member with those peer URLs that has already run is
+/// this member after it lost its data: it refuses, as a founding member does.
 async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
     let network = PeerNetwork::new(0, 0);
     let mine: Vec<&String> = config.advertise_peer_urls.iter().collect();
@@ -118,6 +119,15 @@ async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
                         .iter()
                         .find(|(_, node)| node.peer_urls.iter().any(|u| mine.contains(&u)));
                     return match found {
+                        // A member that has run, and now starts on empty dirs, lost its data:
+                        // joining under its old ID would give it a fresh log and vote.
+                        Some((id, _)) if reply.published.contains(id) => {
+                            Err(Error::AlreadyBootstrapped {
+                                name: config.name.clone(),
+                                member_id: *id,
+                                cluster_id: reply.cluster_id,
+                            })
+                        }
                         Some((id, _)) => Ok(Identity {
                             name: config.name.clone(),
                             member_id: *id,
