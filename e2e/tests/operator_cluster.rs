@@ -1,7 +1,8 @@
 //! The operator runs a real cluster: the hermetic API server, its StatefulSet controller and a
 //! kubelet whose pods are `ferrokv` processes in network namespaces. A KVCluster applied with
 //! kubectl becomes Available with its members, and etcdctl reaches it through the client
-//! Service's name.
+//! Service's name; it scales, a deleted pod comes back as the same member, and a member whose
+//! data volume was lost (its WAL volume intact) is replaced under its name on fresh volumes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use serde_json::Value;
 use ferrokv_e2e::binaries::{etcdctl_binary, operator_binary, server_binary};
 use ferrokv_e2e::kube::kubelet::{claim_dir, Kubelet, KubeletConfig};
 use ferrokv_e2e::kube::statefulset::StatefulSetController;
+use ferrokv_e2e::kube::store::ListOptions;
 use ferrokv_e2e::kube::{ApiServer, ServerConfig};
 use ferrokv_e2e::kubectl::Kubectl;
 use ferrokv_e2e::operator::RunningOperator;
@@ -167,6 +169,38 @@ impl Cluster {
             .store
             .get(&pods, "default", &format!("example-{ordinal}"))
             .ok()
+    }
+
+    /// The member ID `status.members` shows for `name`, if it lists it.
+    fn member_id(&self, name: &str) -> Option<Value> {
+        self.kvcluster()["status"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == name)
+            .map(|m| m["id"].clone())
+    }
+
+    /// `(reason, note)` of every Event recorded about the KVCluster.
+    fn events(&self) -> Vec<(String, String)> {
+        let events = self
+            .server
+            .store
+            .resource_type("events.k8s.io", "v1", "events")
+            .expect("built-in");
+        let listed = self
+            .server
+            .store
+            .list(&events, Some("default"), &ListOptions::default())
+            .expect("list events");
+        listed
+            .items
+            .iter()
+            .map(|e| {
+                let text = |field: &str| e[field].as_str().unwrap_or_default().to_string();
+                (text("reason"), text("note"))
+            })
+            .collect()
     }
 
     /// `http://POD_IP:2379` of member `ordinal`.
@@ -390,15 +424,9 @@ async fn deleted_member_pod_comes_back_with_its_claims_as_the_same_member() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let member_id = |cluster: &Cluster| {
-        cluster.kvcluster()["status"]["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["name"] == "example-1")
-            .map(|m| m["id"].clone())
-    };
-    let id = member_id(&cluster).expect("example-1 is a member");
+    let id = cluster
+        .member_id("example-1")
+        .expect("example-1 is a member");
     let uid = cluster.pod(1)["metadata"]["uid"].clone();
 
     // kubectl waits until the kubelet has stopped the process and removed the pod.
@@ -418,10 +446,108 @@ async fn deleted_member_pod_comes_back_with_its_claims_as_the_same_member() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        member_id(&cluster),
+        cluster.member_id("example-1"),
         Some(id),
         "the same member, from its own data"
     );
+    let get = cluster
+        .etcdctl(&["get", "kept", "--print-value-only"])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_whose_data_volume_was_lost_is_replaced_on_fresh_volumes_under_its_name() {
+    let cluster = Cluster::start().await;
+    cluster
+        .kubectl
+        .run(&[
+            "apply",
+            "-f",
+            repo_root()
+                .join("examples/kvcluster.yaml")
+                .to_str()
+                .unwrap(),
+        ])
+        .await
+        .unwrap()
+        .expect_stdout();
+    cluster.wait_available(3, FORMING).await;
+    let put = cluster.etcdctl(&["put", "kept", "yes"]).await;
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let old_id = cluster
+        .member_id("example-1")
+        .expect("example-1 is a member");
+
+    // example-1's data volume loses everything; its WAL volume keeps the member's log. The pod
+    // then starts again on them.
+    let data = claim_dir(
+        &cluster.dir.path().join("node-0"),
+        "default",
+        "data-example-1",
+    );
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "example-1"])
+        .await
+        .unwrap()
+        .expect_stdout();
+
+    // The node refuses, naming the old member's log; the operator replaces the member.
+    let replaced = Instant::now();
+    loop {
+        let id = cluster.member_id("example-1");
+        if id.is_some() && id != Some(old_id.clone()) && cluster.available_with(3) {
+            break;
+        }
+        if replaced.elapsed() > SCALING {
+            cluster.dump();
+            panic!(
+                "example-1 was not replaced: status {}, events {:?}",
+                cluster.kvcluster()["status"],
+                cluster.events()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "data volume lost to replaced member: {:.1}s",
+        replaced.elapsed().as_secs_f64()
+    );
+
+    // Removed, added again, its volumes discarded once it was added, promoted.
+    let events = cluster.events();
+    for reason in [
+        "MemberRemoved",
+        "MemberAdded",
+        "MemberDataDiscarded",
+        "MemberPromoted",
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|(r, note)| r == reason && note.contains("example-1")),
+            "no {reason} event for example-1: {events:?}"
+        );
+    }
+    let refusal = format!(
+        "holds the log of member example-1 (ID {})",
+        old_id.as_str().unwrap()
+    );
+    let log = cluster.kubelet.container_log("default", "example-1");
+    assert!(log.contains(&refusal), "{refusal:?} not in the log:\n{log}");
     let get = cluster
         .etcdctl(&["get", "kept", "--print-value-only"])
         .await;

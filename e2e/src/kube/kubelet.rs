@@ -7,7 +7,8 @@
 //!   [`KubeletConfig::programs`]) inside a host of a [`HostNetwork`], which gives the pod its IP;
 //! - expands the container's env (values, `fieldRef`, `configMapKeyRef` — read again at every
 //!   start) and the `$(VAR)` references in its args;
-//! - binds each PersistentVolumeClaim to a directory that outlives the pod, and rewrites the
+//! - binds each PersistentVolumeClaim to a directory that outlives the pod (a claim made again
+//!   under an old name gets an empty one, as a newly provisioned volume), and rewrites the
 //!   container's mount paths in args and env to it;
 //! - publishes DNS names in every host's `/etc/hosts`, and in a file the test's own programs
 //!   resolve through ([`Kubelet::command`]): `HOSTNAME.SUBDOMAIN.NS.svc` for each pod, and each
@@ -726,6 +727,14 @@ impl NodeLoop {
             .map_err(|e| anyhow!("claim {claim:?}: {e}"))?;
         if live["status"]["phase"] == "Bound" {
             return Ok(());
+        }
+        // A claim binds once, to a new volume: one deleted and made again under the same name
+        // does not see its predecessor's data.
+        let dir = claim_dir(&self.config.dir, namespace, claim);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("emptying {}", dir.display())),
         }
         let status = json!({
             "phase": "Bound",
