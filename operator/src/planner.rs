@@ -564,7 +564,7 @@ fn repair_lost_data(
                 wal_holds_log,
             } => (*registered_id, !wal_holds_log),
             StartRefusal::UnusableDataDir => (None, false),
-            // A member started at its URL came after this refusal.
+            // Once a member has started at its URL, a refusal for its absence is stale.
             StartRefusal::NotAdded if !started => (None, true),
             StartRefusal::RemovedMember if !started => {
                 return Some(Action::DiscardMemberData {
