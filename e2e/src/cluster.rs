@@ -13,6 +13,7 @@
 //! the member exits, so start and restart members from the test's own task (as all tests do), not
 //! from `spawn_blocking`.
 
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -183,6 +184,7 @@ impl ClusterBuilder {
                 data_dir,
                 wal_dir,
                 args,
+                env: Vec::new(),
                 process: None,
                 starts: 0,
             });
@@ -210,6 +212,8 @@ struct Member {
     log_path: PathBuf,
     /// The exact flags of the first start; restarts reuse them.
     args: Vec<String>,
+    /// Environment variables set for the member's next starts, e.g. `FERROKV_TERMINATION_LOG`.
+    env: Vec<(String, OsString)>,
     process: Option<Child>,
     /// How many times the member has been started, for the log's section markers.
     starts: u32,
@@ -307,6 +311,14 @@ impl TestCluster {
         let args = &mut self.members[i].args;
         args.retain(|arg| !arg.starts_with(&prefix));
         args.push(format!("{flag}={value}"));
+    }
+
+    /// Sets environment variable `key` of member `i` to `value` for its next starts, e.g.
+    /// `FERROKV_TERMINATION_LOG` to collect the reason a member refuses to start.
+    pub fn set_env(&mut self, i: usize, key: &str, value: impl Into<OsString>) {
+        let env = &mut self.members[i].env;
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.into()));
     }
 
     /// Moves stopped member `i` to a "new machine": copies its data dir (and WAL dir) to a new
@@ -424,6 +436,7 @@ impl TestCluster {
                 command.env_remove(key);
             }
         }
+        command.envs(member.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             command.pre_exec(|| {

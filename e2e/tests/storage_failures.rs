@@ -8,7 +8,11 @@
 //! - a 5-member cluster keeps taking writes after two members are SIGKILLed;
 //! - after the leader is SIGKILLed the others elect a new one within a few election timeouts, as
 //!   etcd's followers do: a follower campaigns after a random 1–2 election timeouts without
-//!   hearing from its leader.
+//!   hearing from its leader;
+//! - a member whose data dir was lost refuses to come back under its old member ID: bootstrapping
+//!   again, joining again as `existing` (ferrokv only), or, with its separate WAL dir intact,
+//!   starting on that log alone (ferrokv only), which it refuses in its termination message
+//!   with the steps that replace it, leaving the log untouched; the others keep serving.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -502,5 +506,117 @@ async fn member_whose_data_dir_was_lost_refuses_to_bootstrap_again() {
     };
     assert!(refused, "{log}");
     // The others go on.
+    client.put("lost/after", "v", None).await.expect("put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_whose_data_dir_alone_was_lost_refuses_naming_its_wal_and_the_others_serve() {
+    if server_is_etcd() {
+        // The message and the termination log are ferrokv's.
+        return;
+    }
+    let mut cluster = TestCluster::builder(3)
+        .separate_wal_dir()
+        .start()
+        .await
+        .expect("start a 3-member cluster");
+    let mut client = cluster.member_client(0).await.expect("client");
+    client.put("lost/k", "v", None).await.expect("put");
+    let cluster_id = client
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .cluster_id();
+    let lost = 2;
+    let member_id = cluster.member_id(lost).await.expect("member id");
+    cluster.stop(lost).await.expect("stop the member");
+    let wal_dir = cluster
+        .wal_dir(lost)
+        .expect("separate WAL dir")
+        .to_path_buf();
+    fs::remove_dir_all(cluster.data_dir(lost)).expect("lose the data dir");
+    let wal_before = files_under(&wal_dir);
+
+    // As under Kubernetes, the file exists before the container starts.
+    let termination_log = cluster
+        .data_dir(lost)
+        .parent()
+        .expect("member dir")
+        .join("termination-log");
+    fs::write(&termination_log, "").expect("create the termination log");
+    cluster.set_env(lost, "FERROKV_TERMINATION_LOG", &termination_log);
+    cluster.restart(lost).expect("restart on an empty data dir");
+    let exit = cluster
+        .wait_exit(lost, REFUSAL_TIMEOUT)
+        .await
+        .expect("the member refuses to start");
+    assert!(!exit.success(), "{exit}");
+
+    let message = fs::read_to_string(&termination_log).expect("read the termination log");
+    let wal = wal_dir.display();
+    let expected = format!(
+        "data dir empty but --wal-dir {wal} holds the log of member {} (ID {member_id:x}) of \
+         cluster {cluster_id:x}, whose data in --data-dir {} is lost and cannot be rebuilt from \
+         the log: remove the member with `etcdctl member remove {member_id:x}`, add it again \
+         with `etcdctl member add {} --peer-urls={}`, empty {wal}, and start it with \
+         --initial-cluster-state=existing",
+        cluster.name(lost),
+        cluster.data_dir(lost).display(),
+        cluster.name(lost),
+        cluster.peer_url(lost),
+    );
+    assert_eq!(
+        message, expected,
+        "the termination message is the reason alone"
+    );
+    assert!(
+        cluster.log_tail(lost).contains(&expected),
+        "{}",
+        cluster.log_tail(lost)
+    );
+    assert!(
+        changed_files(&wal_before, &files_under(&wal_dir)).is_empty(),
+        "the refusal changed the WAL dir"
+    );
+    // The others go on.
+    client.put("lost/after", "v", None).await.expect("put");
+    let mut other = cluster.member_client(1).await.expect("client");
+    let held = other.get("lost/after", None).await.expect("get");
+    assert_eq!(held.kvs().len(), 1, "member 1 serves the write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_whose_dirs_were_lost_refuses_to_join_again_under_its_old_id() {
+    if server_is_etcd() {
+        // etcd checks for an already-bootstrapped member only with --initial-cluster-state=new.
+        return;
+    }
+    let mut cluster = TestCluster::start(3)
+        .await
+        .expect("start a 3-member cluster");
+    let mut client = cluster.member_client(0).await.expect("client");
+    client.put("lost/k", "v", None).await.expect("put");
+    let lost = 1;
+    let member_id = cluster.member_id(lost).await.expect("member id");
+    cluster.kill(lost).expect("SIGKILL");
+    fs::remove_dir_all(cluster.data_dir(lost)).expect("lose the data dir");
+    // As the operator's pods start once the cluster runs: its peer URL is still registered, to
+    // the member that lost its data.
+    cluster.set_flag(lost, "--initial-cluster-state", "existing");
+    cluster.restart(lost).expect("restart on an empty data dir");
+    cluster
+        .wait_exit(lost, REFUSAL_TIMEOUT)
+        .await
+        .expect("the member refuses to start");
+    let log = cluster.log_tail(lost);
+    assert!(
+        log.contains(&format!(
+            "data dir empty but member {} is registered as ID {member_id:x}",
+            cluster.name(lost)
+        )),
+        "{log}"
+    );
     client.put("lost/after", "v", None).await.expect("put");
 }

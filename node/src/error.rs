@@ -121,7 +121,6 @@ pub enum Error {
     /// Raft itself failed (shutting down, or an unexpected protocol error).
     #[error("etcdserver: raft: {0}")]
     Raft(String),
-    /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
     /// A founding member with an empty data dir whom the cluster knows as one that has run: it
     /// lost its data. The message starts with the phrase the operator recognises.
     #[error("data dir empty but member {name} is registered as ID {member_id:x} in cluster {cluster_id:x} (member already bootstrapped): remove it with `etcdctl member remove {member_id:x}`, add it again with `etcdctl member add`, and start it with --initial-cluster-state=existing")]
@@ -130,9 +129,25 @@ pub enum Error {
         member_id: u64,
         cluster_id: u64,
     },
+    /// A member whose data dir is empty while its separate WAL dir still holds its log: the data
+    /// volume alone was lost. The log cannot rebuild the data (entries before the last snapshot
+    /// are purged), so the member is replaced, and the replacement needs an empty WAL dir too.
+    /// The message starts with the phrase the operator recognises; "holds the log of member"
+    /// tells it that the WAL volume must be discarded as well.
+    #[error("data dir empty but --wal-dir {} holds the log of member {name} (ID {member_id:x}) of cluster {cluster_id:x}, whose data in --data-dir {} is lost and cannot be rebuilt from the log: remove the member with `etcdctl member remove {member_id:x}`, add it again with `etcdctl member add {name} --peer-urls={peer_urls}`, empty {}, and start it with --initial-cluster-state=existing", wal_dir.display(), data_dir.display(), wal_dir.display())]
+    WalWithoutData {
+        name: String,
+        member_id: u64,
+        cluster_id: u64,
+        data_dir: PathBuf,
+        wal_dir: PathBuf,
+        /// `--initial-advertise-peer-urls`, comma-separated, for the `member add` to run.
+        peer_urls: String,
+    },
     /// Flags that cannot work together for what this member is about to do.
     #[error("{0}")]
     Config(String),
+    /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
     #[error("data dir: {0}")]
     DataDir(String),
     /// Discovery bootstrap failed; the message is etcd's (`discovery: cluster is full`, ...).

@@ -64,10 +64,14 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
             }
             Ok((id, false))
         }
-        (None, Some(w)) => Err(Error::DataDir(format!(
-            "--data-dir {} is empty but --wal-dir {} holds the log of member {} ({:x}) of cluster {:x}; refusing to start",
-            config.data_dir.display(), config.wal_dir.display(), w.name, w.member_id, w.cluster_id
-        ))),
+        (None, Some(w)) => Err(Error::WalWithoutData {
+            name: w.name,
+            member_id: w.member_id,
+            cluster_id: w.cluster_id,
+            data_dir: config.data_dir.clone(),
+            wal_dir: config.wal_dir.clone(),
+            peer_urls: config.advertise_peer_urls.join(","),
+        }),
         (None, None) => {
             if config.initial_cluster_state == ClusterState::Existing {
                 return joining_identity(config).await.map(|id| (id, true));
@@ -88,7 +92,8 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
 
 /// The identity of a member joining a running cluster (`--initial-cluster-state=existing`):
 /// the members of `--initial-cluster` tell the cluster ID and the member ID that `etcdctl member
-/// add` gave to this member's peer URLs.
+/// add` gave to this member's peer URLs. A member with those peer URLs that has already run is
+/// this member after it lost its data: it refuses, as a founding member does.
 async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
     let network = PeerNetwork::new(0, 0);
     let mine: Vec<&String> = config.advertise_peer_urls.iter().collect();
@@ -114,6 +119,15 @@ async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
                         .iter()
                         .find(|(_, node)| node.peer_urls.iter().any(|u| mine.contains(&u)));
                     return match found {
+                        // A member that has run, and now starts on empty dirs, lost its data:
+                        // joining under its old ID would give it a fresh log and vote.
+                        Some((id, _)) if reply.published.contains(id) => {
+                            Err(Error::AlreadyBootstrapped {
+                                name: config.name.clone(),
+                                member_id: *id,
+                                cluster_id: reply.cluster_id,
+                            })
+                        }
                         Some((id, _)) => Ok(Identity {
                             name: config.name.clone(),
                             member_id: *id,
@@ -435,5 +449,60 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn node_config(data_dir: &std::path::Path, wal_dir: &std::path::Path) -> NodeConfig {
+        let args = [
+            "ferrokv".to_string(),
+            "--name=kv-1".into(),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--wal-dir={}", wal_dir.display()),
+            "--initial-advertise-peer-urls=http://kv-1.kv-peer:2380".into(),
+            "--initial-cluster=kv-0=http://kv-0.kv-peer:2380,kv-1=http://kv-1.kv-peer:2380,kv-2=http://kv-2.kv-peer:2380".into(),
+            "--initial-cluster-token=kv".into(),
+        ];
+        let config = crate::config::Config::try_parse_from(args).expect("flags parse");
+        NodeConfig::check(config, true).expect("flags check")
+    }
+
+    #[tokio::test]
+    async fn lost_data_dir_with_the_wal_of_the_member_refuses_saying_how_to_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = node_config(&dir.path().join("data"), &dir.path().join("wal"));
+        let identity = founding_identity(&config);
+        identity.store(&config.wal_dir).unwrap();
+
+        let error = resolve_identity(&config).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::WalWithoutData { member_id, .. } if *member_id == identity.member_id),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        let (id, cluster, wal) = (
+            format!("{:x}", identity.member_id),
+            format!("{:x}", identity.cluster_id),
+            config.wal_dir.display().to_string(),
+        );
+        assert!(
+            message.starts_with(&format!(
+                "data dir empty but --wal-dir {wal} holds the log of member kv-1 (ID {id}) of cluster {cluster}"
+            )),
+            "{message}"
+        );
+        for step in [
+            format!("`etcdctl member remove {id}`"),
+            "`etcdctl member add kv-1 --peer-urls=http://kv-1.kv-peer:2380`".to_string(),
+            format!("empty {wal}"),
+            "--initial-cluster-state=existing".to_string(),
+        ] {
+            assert!(message.contains(&step), "{step} missing from: {message}");
+        }
+        assert!(!message.contains('\n'), "one line: {message}");
     }
 }

@@ -200,7 +200,8 @@ mod tests {
         assert_eq!(
             member.start_refusal,
             Some(StartRefusal::EmptyDataDir {
-                registered_id: Some(0x2a)
+                registered_id: Some(0x2a),
+                wal_holds_log: false,
             })
         );
         assert_eq!(

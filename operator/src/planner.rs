@@ -107,12 +107,21 @@ pub enum NodeState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartRefusal {
     /// "data dir empty but member NAME is registered as ID X": the volume lost its data while
-    /// the member is still registered.
-    EmptyDataDir { registered_id: Option<u64> },
+    /// the member is still registered. Or, with `wal_holds_log`, "data dir empty but --wal-dir
+    /// DIR holds the log of member NAME (ID X)": only the data volume was lost, and the WAL
+    /// volume still holds the log of member X, which keeps the pod from starting until both
+    /// volumes are replaced.
+    EmptyDataDir {
+        registered_id: Option<u64>,
+        wal_holds_log: bool,
+    },
     /// The data dir holds something the node cannot use (corrupt, another cluster's).
     UnusableDataDir,
     /// The data dir belongs to a member that was removed from the cluster.
     RemovedMember,
+    /// "... has no member with peer URLs ...": the node started on empty volumes to join the
+    /// running cluster, which has not added it.
+    NotAdded,
     /// Any other reason; reported, not acted upon.
     Other(String),
 }
@@ -127,13 +136,27 @@ impl StartRefusal {
         }
         let lower = line.to_ascii_lowercase();
         let refusal = if lower.starts_with("data dir empty") {
-            let registered_id = lower
-                .split_once("registered as id ")
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .and_then(|id| u64::from_str_radix(id.trim_end_matches(['.', ',']), 16).ok());
-            Self::EmptyDataDir { registered_id }
+            let hex = |id: &str| u64::from_str_radix(id.trim_end_matches(['.', ',', ')']), 16).ok();
+            match lower.split_once(" holds the log of member ") {
+                Some((_, rest)) => Self::EmptyDataDir {
+                    registered_id: rest
+                        .split_once("(id ")
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .and_then(hex),
+                    wal_holds_log: true,
+                },
+                None => Self::EmptyDataDir {
+                    registered_id: lower
+                        .split_once("registered as id ")
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .and_then(hex),
+                    wal_holds_log: false,
+                },
+            }
         } else if lower.starts_with("data dir unusable") || lower.starts_with("data dir corrupt") {
             Self::UnusableDataDir
+        } else if lower.contains("has no member with peer urls") {
+            Self::NotAdded
         } else if lower.contains("member") && lower.contains("removed") {
             Self::RemovedMember
         } else {
@@ -511,9 +534,12 @@ fn move_pod_off_lost_node(observed: &Observed) -> Option<Action> {
     })
 }
 
-/// Replacement of a member whose volume lost its data while its name is still registered:
-/// remove the old ID, add the same peer URL again as a learner, let the pod join as
-/// `existing`. Also clears data that can never be used again.
+/// Replacement of a member whose pod cannot start on its volumes while its name is still
+/// registered: remove the old ID, add the same peer URL again as a learner, then let the pod
+/// join as `existing` — on its own volumes when they are empty, on fresh ones when they hold
+/// something it can never start from (a WAL volume with the old member's log, unusable data).
+/// Volumes are discarded only once the learner is added, so the fresh pod joins at its first
+/// start. Also clears data that can never be used again.
 fn repair_lost_data(
     observed: &Observed,
     members: &[Member],
@@ -524,67 +550,66 @@ fn repair_lost_data(
         let Some(refusal) = &pod.start_refusal else {
             continue;
         };
-        if pod.running {
-            // The refusal is from an earlier start; this one got past it.
+        // A running pod got past its earlier refusal; a terminating one is being replaced.
+        if pod.running || pod.terminating {
             continue;
         }
         let member = member_at(members, pod.ordinal);
-        match refusal {
-            StartRefusal::EmptyDataDir { registered_id } => match member {
-                Some(m) if m.is_started() => {
-                    // A refusal naming another ID predates the member's latest addition.
-                    if registered_id.is_some_and(|id| id != m.id) {
-                        continue;
-                    }
-                    if !count.keeps_quorum_without(m) {
-                        return Some(Action::Wait(WaitReason::WouldLoseQuorum));
-                    }
-                    return Some(Action::RemoveMember {
-                        id: m.id,
-                        ordinal: pod.ordinal,
-                        reason: RemovalReason::DataLost,
-                    });
-                }
-                Some(_) => {
-                    return Some(Action::RestartPod {
-                        ordinal: pod.ordinal,
-                        reason: RestartReason::Rejoin,
-                    });
-                }
-                None if desired.is_some_and(|d| pod.ordinal < d)
-                    && !members.iter().any(|m| m.is_learner) =>
-                {
-                    return Some(Action::AddLearner {
-                        ordinal: pod.ordinal,
-                    });
-                }
-                None => {}
-            },
-            StartRefusal::UnusableDataDir => match member {
-                Some(m) if m.is_started() => {
-                    if !count.keeps_quorum_without(m) {
-                        return Some(Action::Wait(WaitReason::WouldLoseQuorum));
-                    }
-                    return Some(Action::RemoveMember {
-                        id: m.id,
-                        ordinal: pod.ordinal,
-                        reason: RemovalReason::DataLost,
-                    });
-                }
-                _ => {
-                    return Some(Action::DiscardMemberData {
-                        ordinal: pod.ordinal,
-                    })
-                }
-            },
-            StartRefusal::RemovedMember => {
-                if !member.is_some_and(Member::is_started) {
-                    return Some(Action::DiscardMemberData {
-                        ordinal: pod.ordinal,
-                    });
-                }
+        let started = member.is_some_and(Member::is_started);
+        // The ID of the member the volumes belonged to, when the node named it, and whether the
+        // pod can join from its volumes once it is registered again (they are empty).
+        let (named_id, volumes_empty) = match refusal {
+            StartRefusal::EmptyDataDir {
+                registered_id,
+                wal_holds_log,
+            } => (*registered_id, !wal_holds_log),
+            StartRefusal::UnusableDataDir => (None, false),
+            // Once a member has started at its URL, a refusal for its absence is stale.
+            StartRefusal::NotAdded if !started => (None, true),
+            StartRefusal::RemovedMember if !started => {
+                return Some(Action::DiscardMemberData {
+                    ordinal: pod.ordinal,
+                })
             }
-            StartRefusal::Other(_) => {}
+            StartRefusal::NotAdded | StartRefusal::RemovedMember | StartRefusal::Other(_) => {
+                continue
+            }
+        };
+        match member {
+            Some(m) if started => {
+                // A refusal naming another ID predates the member's latest addition.
+                if named_id.is_some_and(|id| id != m.id) {
+                    continue;
+                }
+                if !count.keeps_quorum_without(m) {
+                    return Some(Action::Wait(WaitReason::WouldLoseQuorum));
+                }
+                return Some(Action::RemoveMember {
+                    id: m.id,
+                    ordinal: pod.ordinal,
+                    reason: RemovalReason::DataLost,
+                });
+            }
+            // Added again and not started yet: start it where it can join.
+            Some(_) if volumes_empty => {
+                return Some(Action::RestartPod {
+                    ordinal: pod.ordinal,
+                    reason: RestartReason::Rejoin,
+                });
+            }
+            Some(_) => {
+                return Some(Action::DiscardMemberData {
+                    ordinal: pod.ordinal,
+                });
+            }
+            None if desired.is_some_and(|d| pod.ordinal < d)
+                && !members.iter().any(|m| m.is_learner) =>
+            {
+                return Some(Action::AddLearner {
+                    ordinal: pod.ordinal,
+                });
+            }
+            None => {}
         }
     }
     // A pod waiting for a claim that is being deleted never starts; a new pod gets new claims.

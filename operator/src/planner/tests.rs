@@ -110,9 +110,89 @@ fn lose_data(o: &mut Observed, ordinal: u32) {
     member_mut(o, ordinal).healthy = false;
 }
 
+/// The node's refusal when only the data volume came back empty: the WAL volume still holds the
+/// log of member `member_id`.
+fn wal_refusal(ordinal: u32, member_id: u64) -> Option<StartRefusal> {
+    StartRefusal::parse(&format!(
+        "data dir empty but --wal-dir /var/lib/ferrokv/wal holds the log of member kv-{ordinal} \
+         (ID {member_id:x}) of cluster 5e1f0c4a9d3b7e21, whose data in --data-dir \
+         /var/lib/ferrokv/data is lost and cannot be rebuilt from the log: remove the member \
+         with `etcdctl member remove {member_id:x}`, add it again with `etcdctl member add \
+         kv-{ordinal} --peer-urls=http://kv-{ordinal}.kv-peer.ns.svc:2380`, empty \
+         /var/lib/ferrokv/wal, and start it with --initial-cluster-state=existing"
+    ))
+}
+
+/// Only the member's data volume came back empty; its WAL volume still holds its log.
+fn lose_data_volume(o: &mut Observed, ordinal: u32) {
+    let member_id = member_mut(o, ordinal).id;
+    let pod = pod_mut(o, ordinal);
+    pod.ready = false;
+    pod.running = false;
+    pod.start_refusal = wal_refusal(ordinal, member_id);
+    member_mut(o, ordinal).healthy = false;
+}
+
+/// The StatefulSet's new pod for `ordinal`, started on its claims. Volumes that made the last
+/// start refuse make this one refuse alike; empty volumes join as the member registered at the
+/// pod's peer URL, refusing as the node does when that member has run already or when there is
+/// none.
+fn recreate_pod(o: &mut Observed, ordinal: u32, previous: Option<StartRefusal>) {
+    o.pods.retain(|p| p.ordinal != ordinal);
+    let empty_volumes = match previous {
+        None => false,
+        Some(
+            StartRefusal::EmptyDataDir {
+                wal_holds_log: false,
+                ..
+            }
+            | StartRefusal::NotAdded,
+        ) => true,
+        Some(refusal) => {
+            o.pods.push(refusing_pod(ordinal, refusal));
+            return;
+        }
+    };
+    if empty_volumes {
+        start_on_empty_volumes(o, ordinal);
+    } else {
+        o.pods.push(pod(ordinal));
+    }
+}
+
+/// A pod that exited because of `refusal`.
+fn refusing_pod(ordinal: u32, refusal: StartRefusal) -> MemberPod {
+    MemberPod {
+        ready: false,
+        running: false,
+        start_refusal: Some(refusal),
+        ..pod(ordinal)
+    }
+}
+
+/// A new pod of `ordinal` on empty volumes, started with `--initial-cluster-state=existing`.
+fn start_on_empty_volumes(o: &mut Observed, ordinal: u32) {
+    o.pods.retain(|p| p.ordinal != ordinal);
+    let registered = members_mut(o)
+        .iter()
+        .find(|m| m.ordinal == Some(ordinal))
+        .cloned();
+    match registered {
+        None => o.pods.push(refusing_pod(ordinal, StartRefusal::NotAdded)),
+        Some(m) if m.is_started() => o.pods.push(refusing_pod(
+            ordinal,
+            StartRefusal::EmptyDataDir {
+                registered_id: Some(m.id),
+                wal_holds_log: false,
+            },
+        )),
+        Some(_) => o.pods.push(pod(ordinal)),
+    }
+}
+
 /// What Kubernetes and the cluster do after a step, when everything goes well. The pods of
-/// the StatefulSet start, a learner whose pod runs catches up, and a member that starts with an
-/// empty volume while registered refuses to start.
+/// the StatefulSet start, a learner whose pod runs catches up, and a pod refuses to start as
+/// the node does on the volumes it has (see [`recreate_pod`]).
 fn carry_out(o: &mut Observed, action: &Action) {
     match action {
         Action::WriteBootstrapConfig(config) => o.bootstrap = Some(config.clone()),
@@ -163,21 +243,21 @@ fn carry_out(o: &mut Observed, action: &Action) {
         Action::RemoveMember { id, .. } => members_mut(o).retain(|m| m.id != *id),
         Action::DeleteClaims { ordinal } => o.claims.retain(|c| c.ordinal != *ordinal),
         Action::DiscardMemberData { ordinal } => {
+            // The StatefulSet recreates the pod with new, empty claims.
             o.claims.retain(|c| c.ordinal != *ordinal);
-            o.pods.retain(|p| p.ordinal != *ordinal);
+            o.claims.extend(claims(*ordinal));
+            start_on_empty_volumes(o, *ordinal);
         }
         Action::ForceDeletePod { ordinal } | Action::RestartPod { ordinal, .. } => {
             // The StatefulSet recreates the pod on a Ready node, with the same claims.
-            o.pods.retain(|p| p.ordinal != *ordinal);
-            o.pods.push(pod(*ordinal));
-            let registered = members_mut(o)
-                .iter()
-                .any(|m| m.ordinal == Some(*ordinal) && m.is_started());
+            let previous = pod_mut(o, *ordinal).start_refusal.clone();
+            recreate_pod(o, *ordinal, previous);
+            let running = pod_mut(o, *ordinal).running;
             if let Some(m) = members_mut(o)
                 .iter_mut()
                 .find(|m| m.ordinal == Some(*ordinal))
             {
-                m.healthy = registered;
+                m.healthy = running && m.is_started();
             }
         }
         Action::Wait(_) | Action::Converged => {}
@@ -663,11 +743,120 @@ fn data_loss_with_a_stale_refusal_for_an_older_id_is_not_replaced_again() {
     ));
 }
 
+/// The steps that replace member `ordinal` of `n` whose volumes can never start it again: it
+/// is removed, added again as a learner, and only then are its volumes replaced, so the fresh
+/// pod joins at its first start.
+fn replace_on_fresh_volumes_steps(n: u32, ordinal: u32, new_id: u64) -> Vec<Action> {
+    let others: Vec<u32> = (0..n).filter(|&o| o != ordinal).collect();
+    vec![
+        Action::RemoveMember {
+            id: id(ordinal),
+            ordinal,
+            reason: RemovalReason::DataLost,
+        },
+        existing(others),
+        Action::AddLearner { ordinal },
+        existing(0..n),
+        Action::DiscardMemberData { ordinal },
+        Action::PromoteLearner {
+            id: new_id,
+            ordinal,
+        },
+        Action::Converged,
+    ]
+}
+
+/// [`walk`], checking after every step that a healthy quorum of voters remains.
+fn walk_keeping_quorum(o: &mut Observed) -> Vec<Action> {
+    let mut steps = Vec::new();
+    for _ in 0..64 {
+        let action = plan(o);
+        steps.push(action.clone());
+        if matches!(action, Action::Converged | Action::Wait(_)) {
+            return steps;
+        }
+        carry_out(o, &action);
+        assert!(
+            VoterCount::of(o.members.as_ref().unwrap()).has_quorum(),
+            "quorum lost after {steps:?}"
+        );
+    }
+    panic!("no convergence after 64 steps: {steps:?}");
+}
+
 #[test]
-fn an_unusable_data_dir_is_discarded_after_the_member_is_removed() {
+fn an_unusable_data_dir_is_discarded_once_the_member_is_added_again() {
     let mut o = cluster(3, 3);
     lose_data(&mut o, 1);
     pod_mut(&mut o, 1).start_refusal = StartRefusal::parse("data dir unusable: checksum mismatch");
+    assert_eq!(
+        walk(&mut o),
+        replace_on_fresh_volumes_steps(3, 1, learner_id(1, 2))
+    );
+}
+
+#[test]
+fn data_volume_loss_at_any_ordinal_replaces_the_member_on_fresh_volumes() {
+    for n in [3, 5] {
+        for ordinal in 0..n {
+            let mut o = cluster(n, n as i32);
+            if ordinal == 0 {
+                member_mut(&mut o, 0).is_leader = false;
+                member_mut(&mut o, 1).is_leader = true;
+            }
+            lose_data_volume(&mut o, ordinal);
+            let new_id = learner_id(ordinal, n as u64 - 1);
+            assert_eq!(
+                walk_keeping_quorum(&mut o),
+                replace_on_fresh_volumes_steps(n, ordinal, new_id),
+                "{n} members, data volume lost at {ordinal}"
+            );
+            assert_eq!(member_mut(&mut o, ordinal).id, new_id);
+            assert!(pod_mut(&mut o, ordinal).running);
+            assert_eq!(o.stateful_set.as_ref().unwrap().replicas, n as i32);
+            assert_eq!(o.claims.len(), 2 * n as usize);
+        }
+    }
+}
+
+#[test]
+fn data_volume_loss_of_the_member_the_operator_sees_as_leader_is_replaced_without_a_hand_off() {
+    // The survivors still name the lost member as leader: a hand-off could only be sent to the
+    // member that is down, so the removal goes ahead (the cluster commits it once they elect).
+    for ordinal in 0..3 {
+        let mut o = cluster(3, 3);
+        for m in members_mut(&mut o) {
+            m.is_leader = m.ordinal == Some(ordinal);
+        }
+        lose_data_volume(&mut o, ordinal);
+        assert_eq!(
+            walk_keeping_quorum(&mut o),
+            replace_on_fresh_volumes_steps(3, ordinal, learner_id(ordinal, 2)),
+            "leader {ordinal} lost its data volume"
+        );
+    }
+}
+
+/// The cluster after the operator removed member 1, whose data volume was lost, and added it
+/// again as a learner; pod 1 still refuses on the old member's WAL.
+fn data_volume_loss_with_learner_added() -> (Observed, u64) {
+    let mut o = cluster(3, 3);
+    lose_data_volume(&mut o, 1);
+    for _ in 0..4 {
+        step(&mut o); // RemoveMember, config, AddLearner, config
+    }
+    let learner = member_mut(&mut o, 1).clone();
+    assert!(learner.is_learner && !learner.is_started(), "{learner:?}");
+    (o, learner.id)
+}
+
+#[test]
+fn data_volume_loss_every_intermediate_state_leads_forward() {
+    let learner_waits = Action::Wait(WaitReason::LearnerCatchingUp { ordinal: 1 });
+
+    // The pod refuses and the member is still registered: it is removed.
+    let mut o = cluster(3, 3);
+    lose_data_volume(&mut o, 1);
     assert_eq!(
         plan(&o),
         Action::RemoveMember {
@@ -676,9 +865,163 @@ fn an_unusable_data_dir_is_discarded_after_the_member_is_removed() {
             reason: RemovalReason::DataLost
         }
     );
+
+    // Removed, the ConfigMap not yet updated (the operator died): the ConfigMap first ...
     step(&mut o);
-    step(&mut o); // bootstrap config follows membership
+    assert_eq!(plan(&o), existing([0, 2]));
+    // ... then the same peer URL is added again, before anything touches the volumes.
+    step(&mut o);
+    assert_eq!(plan(&o), Action::AddLearner { ordinal: 1 });
+
+    // Added again, while the pod refuses on the old member's WAL: its volumes are replaced.
+    let (o, learner) = data_volume_loss_with_learner_added();
     assert_eq!(plan(&o), Action::DiscardMemberData { ordinal: 1 });
+
+    // The kubelet restarted the refusing container and it has not refused yet: no step.
+    let mut starting = o.clone();
+    pod_mut(&mut starting, 1).running = true;
+    assert_eq!(plan(&starting), learner_waits);
+
+    // The operator died after deleting the claims, before deleting the pod: done again.
+    let mut half = o.clone();
+    for c in half.claims.iter_mut().filter(|c| c.ordinal == 1) {
+        c.terminating = true;
+    }
+    assert_eq!(plan(&half), Action::DiscardMemberData { ordinal: 1 });
+
+    // The old pod and its claims are terminating: wait, without deleting again.
+    let mut terminating = half.clone();
+    pod_mut(&mut terminating, 1).terminating = true;
+    assert_eq!(plan(&terminating), learner_waits);
+
+    // The old pod is gone, its claims still terminating.
+    let mut gone = half.clone();
+    gone.pods.retain(|p| p.ordinal != 1);
+    assert_eq!(plan(&gone), learner_waits);
+
+    // The StatefulSet made the new pod before the claims were gone: it would wait for them
+    // forever; a pod made after they are gone gets new claims.
+    let mut pending = gone.clone();
+    pending.pods.push(MemberPod {
+        ready: false,
+        running: false,
+        ..pod(1)
+    });
+    assert_eq!(
+        plan(&pending),
+        Action::RestartPod {
+            ordinal: 1,
+            reason: RestartReason::ClaimReplaced
+        }
+    );
+
+    // The new pod on new claims is starting.
+    let mut fresh = pending.clone();
+    fresh.claims.retain(|c| c.ordinal != 1);
+    fresh.claims.extend(claims(1));
+    assert_eq!(plan(&fresh), learner_waits);
+
+    // It joined as the learner and caught up: promoted.
+    let mut joined = fresh.clone();
+    pod_mut(&mut joined, 1).running = true;
+    pod_mut(&mut joined, 1).ready = true;
+    let m = member_mut(&mut joined, 1);
+    m.name = "kv-1".into();
+    m.healthy = true;
+    assert_eq!(
+        plan(&joined),
+        Action::PromoteLearner {
+            id: learner,
+            ordinal: 1
+        }
+    );
+    step(&mut joined);
+    assert_eq!(plan(&joined), Action::Converged);
+}
+
+#[test]
+fn a_fresh_pod_that_started_before_its_member_was_added_is_added_not_stranded() {
+    // Volumes replaced while the member was not registered (by hand, or by an older operator):
+    // the node on them finds no member with its peer URL. Its volumes are empty, so adding it
+    // is safe, and it joins once restarted.
+    let mut o = cluster(3, 3);
+    members_mut(&mut o).retain(|m| m.ordinal != Some(1));
+    o.bootstrap = Some(BootstrapConfig::existing_cluster([0, 2]));
+    *pod_mut(&mut o, 1) = refusing_pod(
+        1,
+        StartRefusal::parse(
+            "the cluster at http://kv-0.kv-peer.ns.svc:2380 has no member with peer URLs \
+             http://kv-1.kv-peer.ns.svc:2380; add this member first with `etcdctl member add \
+             kv-1 --peer-urls=http://kv-1.kv-peer.ns.svc:2380`",
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        walk_keeping_quorum(&mut o),
+        vec![
+            Action::AddLearner { ordinal: 1 },
+            existing(0..3),
+            Action::RestartPod {
+                ordinal: 1,
+                reason: RestartReason::Rejoin
+            },
+            Action::PromoteLearner {
+                id: learner_id(1, 2),
+                ordinal: 1
+            },
+            Action::Converged,
+        ]
+    );
+}
+
+#[test]
+fn data_volume_loss_never_risks_quorum() {
+    // Three members, one down: the one that lost its data volume is not removed.
+    let mut o = cluster(3, 3);
+    lose_pod(&mut o, 2);
+    lose_data_volume(&mut o, 1);
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::QuorumLost {
+            healthy: 1,
+            voters: 3
+        })
+    );
+
+    // Five members, one down: three of the four others stay healthy through every step, and
+    // the replacement is promoted only when the voters it joins keep a healthy quorum.
+    let mut o = cluster(5, 5);
+    lose_pod(&mut o, 4);
+    lose_data_volume(&mut o, 1);
+    let mut expected = replace_on_fresh_volumes_steps(5, 1, learner_id(1, 4));
+    expected.pop();
+    expected.push(Action::Wait(WaitReason::MembersUnhealthy {
+        unhealthy: vec!["kv-4".into()],
+    }));
+    assert_eq!(walk_keeping_quorum(&mut o), expected);
+
+    // A second member losing its data volume while the first is being replaced waits for it.
+    let (mut o, _) = data_volume_loss_with_learner_added();
+    lose_data_volume(&mut o, 2);
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::QuorumLost {
+            healthy: 1,
+            voters: 2
+        })
+    );
+}
+
+#[test]
+fn data_volume_loss_with_a_refusal_for_an_older_id_is_not_replaced_again() {
+    let mut o = cluster(3, 3);
+    lose_data_volume(&mut o, 2);
+    // The member was already replaced: it is registered under a new ID and has started.
+    member_mut(&mut o, 2).id = id(2) + 1;
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy { .. })
+    ));
 }
 
 #[test]
@@ -790,14 +1133,43 @@ fn termination_messages_are_read_as_start_refusals() {
             "data dir empty but member kv-2 is registered as ID 8e9e05c52164694d\n"
         ),
         Some(StartRefusal::EmptyDataDir {
-            registered_id: Some(0x8e9e05c52164694d)
+            registered_id: Some(0x8e9e05c52164694d),
+            wal_holds_log: false,
         })
     );
     assert_eq!(
         StartRefusal::parse("data dir empty but member kv-2 is registered"),
         Some(StartRefusal::EmptyDataDir {
-            registered_id: None
+            registered_id: None,
+            wal_holds_log: false,
         })
+    );
+    // The node's whole message, as Error::AlreadyBootstrapped writes it.
+    assert_eq!(
+        StartRefusal::parse(
+            "data dir empty but member kv-2 is registered as ID 8e9e05c52164694d in cluster \
+             cdf818194e3a8c32 (member already bootstrapped): remove it with `etcdctl member \
+             remove 8e9e05c52164694d`, add it again with `etcdctl member add`, and start it with \
+             --initial-cluster-state=existing"
+        ),
+        Some(StartRefusal::EmptyDataDir {
+            registered_id: Some(0x8e9e05c52164694d),
+            wal_holds_log: false,
+        })
+    );
+    assert_eq!(
+        wal_refusal(2, 0x8e9e05c52164694d),
+        Some(StartRefusal::EmptyDataDir {
+            registered_id: Some(0x8e9e05c52164694d),
+            wal_holds_log: true,
+        })
+    );
+    assert_eq!(
+        StartRefusal::parse(
+            "the cluster at http://kv-0.kv-peer.ns.svc:2380 has no member with peer URLs \
+             http://kv-2.kv-peer.ns.svc:2380; add this member first"
+        ),
+        Some(StartRefusal::NotAdded)
     );
     assert_eq!(
         StartRefusal::parse("data dir corrupt: wal record 12 checksum mismatch"),
