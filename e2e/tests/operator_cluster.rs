@@ -363,7 +363,12 @@ async fn member_whose_data_volume_is_lost_is_replaced_under_a_new_id() {
         assert_eq!(after.get(name), before.get(name), "{name} kept its ID");
     }
     let reasons = event_reasons(&env).await;
-    for step in ["MemberRemoved", "MemberAdded", "MemberPromoted"] {
+    for step in [
+        "MemberRemoved",
+        "MemberAdded",
+        "MemberDataDiscarded",
+        "MemberPromoted",
+    ] {
         assert!(reasons.iter().any(|r| r == step), "{step} in {reasons:?}");
     }
     assert_eq!(etcdctl_get(&env, "kept").await, "yes");
