@@ -15,8 +15,8 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use serde_json::{json, Value};
 
 use ferrokv_e2e::kube_env::{
-    member_name, EnvOptions, Kind, KubeEnv, CLAIMS, CONFIG_MAPS, DISRUPTION_BUDGETS, PODS,
-    SERVICES, STATEFUL_SETS,
+    member_name, EnvOptions, Kind, KubeEnv, CLAIMS, CONFIG_MAPS, DISRUPTION_BUDGETS, KVCLUSTERS,
+    PODS, SERVICES, STATEFUL_SETS,
 };
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
@@ -424,23 +424,12 @@ async fn operator_killed_in_the_middle_of_scale_steps_converges_after_restart() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_the_kvcluster_removes_its_children_and_volumes() {
-    let env = start("delete", EnvOptions::default()).await;
-    apply_example(&env, |_| {}).await;
-    assert_eq!(env.names(CLAIMS).await.len(), 6);
-
+/// Deletes the KVCluster and waits until it and every child of the kinds in `gone` are gone.
+async fn delete_kvcluster(env: &KubeEnv, gone: &[Kind]) {
     env.kubectl_in_namespace(&["delete", "kvc/example"])
         .await
         .unwrap();
-    for kind in [
-        STATEFUL_SETS,
-        SERVICES,
-        CONFIG_MAPS,
-        DISRUPTION_BUDGETS,
-        PODS,
-        CLAIMS,
-    ] {
+    for &kind in gone {
         env.eventually(kind.plural, SCALING, || async {
             let left: Vec<String> = env
                 .names(kind)
@@ -452,8 +441,40 @@ async fn deleting_the_kvcluster_removes_its_children_and_volumes() {
         })
         .await;
     }
-    assert!(env
-        .get(ferrokv_e2e::kube_env::KVCLUSTERS, "example")
+    assert!(env.get(KVCLUSTERS, "example").await.is_none());
+}
+
+const CHILDREN: [Kind; 5] = [
+    STATEFUL_SETS,
+    SERVICES,
+    CONFIG_MAPS,
+    DISRUPTION_BUDGETS,
+    PODS,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_kvcluster_removes_its_children_and_volumes() {
+    let env = start("delete", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+    assert_eq!(env.names(CLAIMS).await.len(), 6);
+    let mut gone = CHILDREN.to_vec();
+    gone.push(CLAIMS);
+    delete_kvcluster(&env, &gone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_kvcluster_that_retains_its_volumes_keeps_the_claims() {
+    let env = start("retain", EnvOptions::default()).await;
+    apply_example(&env, |kvc| {
+        kvc["spec"]["volumeClaimRetentionPolicy"] = json!({"whenDeleted": "Retain"})
+    })
+    .await;
+    let claims = env.names(CLAIMS).await;
+    assert_eq!(claims.len(), 6);
+    delete_kvcluster(&env, &CHILDREN).await;
+    assert_eq!(env.names(CLAIMS).await, claims);
+    assert!(event_reasons(&env)
         .await
-        .is_none());
+        .iter()
+        .any(|r| r == "VolumesRetained"));
 }

@@ -2,8 +2,9 @@
 //! step, takes at most that one step, and writes status.
 //!
 //! Every write is a server-side apply under the one field manager, except deletions and the
-//! etcd membership calls. The finalizer deletes the members' volumes when a KVCluster goes, so a
-//! new cluster of the same name never starts from an old one's data.
+//! etcd membership calls. The finalizer deletes the members' volumes when a KVCluster goes (unless
+//! its `volumeClaimRetentionPolicy` says `Retain`), so a new cluster of the same name never
+//! finds an old one's data.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use serde::Serialize;
 use tracing::{info, instrument, warn};
 
 use crate::children::{self, BuildDefaults};
-use crate::crd::KVCluster;
+use crate::crd::{KVCluster, WhenDeleted};
 use crate::error::Error;
 use crate::membership;
 use crate::metrics::Metrics;
@@ -328,8 +329,20 @@ async fn delete_claims(client: &Client, names: &ClusterNames, ordinal: u32) -> R
 }
 
 /// The KVCluster is being deleted: its owned children go by garbage collection; the volumes
-/// are not owned by it, so they are deleted here.
+/// are not owned by it, so they are deleted here, unless the policy keeps them.
 async fn cleanup(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
+    if kvc.spec.volume_claim_retention_policy.when_deleted == WhenDeleted::Retain {
+        publish(
+            ctx,
+            kvc,
+            EventType::Normal,
+            "VolumesRetained",
+            "volumeClaimRetentionPolicy.whenDeleted is Retain: the member volume claims are kept"
+                .to_string(),
+        )
+        .await;
+        return Ok(Requeue::await_change());
+    }
     let names = children::names_of(kvc);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let list = claims.list(&ListParams::default()).await?;

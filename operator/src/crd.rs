@@ -129,6 +129,11 @@ pub struct KVClusterSpec {
     /// When the operator moves a member whose node is lost.
     #[serde(default)]
     pub replacement: ReplacementPolicy,
+
+    /// What becomes of the members' volume claims when the KVCluster is deleted. (A member
+    /// removed by scaling down always loses its claims, so that it can never come back stale.)
+    #[serde(default)]
+    pub volume_claim_retention_policy: VolumeClaimRetentionPolicy,
 }
 
 fn default_replicas() -> i32 {
@@ -231,6 +236,25 @@ impl AutoCompactionMode {
             Self::Revision => "revision",
         }
     }
+}
+
+/// What becomes of the members' volume claims when the KVCluster is deleted, after the
+/// StatefulSet field of the same name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaimRetentionPolicy {
+    /// `Delete` (the default) deletes the claims with the cluster; `Retain` keeps them, for
+    /// copying data out. A new KVCluster does not start on retained claims: its members refuse
+    /// data of another cluster (another `--initial-cluster-token`).
+    #[serde(default)]
+    pub when_deleted: WhenDeleted,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WhenDeleted {
+    #[default]
+    Delete,
+    Retain,
 }
 
 /// When a member's pod is moved off a node that is lost.
