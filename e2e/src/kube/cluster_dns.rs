@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use serde_json::Value;
-use tokio::task::JoinHandle;
 
+use crate::kube::background::Background;
 use crate::kube::meta;
 use crate::kube::store::{ListOptions, Store, WatchOptions};
 
@@ -30,7 +30,7 @@ const RESYNC: Duration = Duration::from_secs(1);
 
 /// A running publisher; stops when dropped.
 pub(crate) struct ClusterDns {
-    task: JoinHandle<()>,
+    _task: Background,
 }
 
 impl ClusterDns {
@@ -44,14 +44,8 @@ impl ClusterDns {
         };
         publisher.publish()?;
         Ok(ClusterDns {
-            task: tokio::spawn(publisher.run()),
+            _task: Background::spawn(publisher.run()),
         })
-    }
-}
-
-impl Drop for ClusterDns {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -22,7 +22,9 @@
 //! | `selector`, `meta`, `error` | selectors, server-assigned metadata, Status errors |
 //! | `statefulset` | in-process controller: StatefulSets to pods and claims |
 //! | `nodes` | a pool of nodes sharing one pod network: a `kubelet` per node (pods run as processes in network namespaces), the `scheduler`, the `node_lifecycle` controller and the `cluster_dns` |
+//! | `background` | the controllers' tasks, which stop when their owner is dropped |
 
+pub mod background;
 pub mod cel;
 mod cluster_dns;
 pub mod discovery;

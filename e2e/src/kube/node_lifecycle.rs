@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 
+use crate::kube::background::Background;
 use crate::kube::meta;
 use crate::kube::resources::ResourceType;
 use crate::kube::store::{ListOptions, Patch, Store, WriteOptions};
@@ -40,7 +40,7 @@ pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
 /// A running controller; stops when dropped.
 pub(crate) struct NodeLifecycleController {
-    task: JoinHandle<()>,
+    _task: Background,
 }
 
 impl NodeLifecycleController {
@@ -48,14 +48,8 @@ impl NodeLifecycleController {
     /// without a heartbeat before it is marked `Unknown`.
     pub fn start(store: Arc<Store>, grace: Duration) -> NodeLifecycleController {
         NodeLifecycleController {
-            task: tokio::spawn(run(store, grace)),
+            _task: Background::spawn(run(store, grace)),
         }
-    }
-}
-
-impl Drop for NodeLifecycleController {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 
+use crate::kube::background::Background;
 use crate::kube::meta;
 use crate::kube::resources::ResourceType;
 use crate::kube::selector::LabelSelector;
@@ -48,21 +48,15 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// A running scheduler; stops when dropped.
 pub(crate) struct Scheduler {
-    task: JoinHandle<()>,
+    _task: Background,
 }
 
 impl Scheduler {
     /// Starts the scheduler in the current tokio runtime.
     pub fn start(store: Arc<Store>) -> Scheduler {
         Scheduler {
-            task: tokio::spawn(run(store)),
+            _task: Background::spawn(run(store)),
         }
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 
+use crate::kube::background::Background;
 use crate::kube::meta;
 use crate::kube::resources::ResourceType;
 use crate::kube::store::{DeleteOptions, ListOptions, Patch, Store, WatchOptions, WriteOptions};
@@ -34,21 +34,15 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// A running controller; stops when dropped.
 pub struct StatefulSetController {
-    task: JoinHandle<()>,
+    _task: Background,
 }
 
 impl StatefulSetController {
     /// Starts the controller in the current tokio runtime.
     pub fn start(store: Arc<Store>) -> StatefulSetController {
         StatefulSetController {
-            task: tokio::spawn(run(store)),
+            _task: Background::spawn(run(store)),
         }
-    }
-}
-
-impl Drop for StatefulSetController {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
