@@ -56,6 +56,29 @@ async fn move_leader(cluster: &TestCluster, target: u64) -> String {
     output.expect_stdout().to_string()
 }
 
+/// Makes `target` the leader for a test about what follows, however long it takes: a transfer
+/// that times out ("leader transfer took too long", which a loaded machine can cause) may still
+/// complete, or be tried again, as an operator would.
+async fn hand_leadership_to(cluster: &TestCluster, target: u64) {
+    for attempt in 1..=3 {
+        let output = cluster
+            .etcdctl(&[
+                "--command-timeout=20s",
+                "move-leader",
+                &format!("{target:x}"),
+            ])
+            .await;
+        let leader = leader_in_endpoint_status(cluster).await;
+        if leader == target {
+            return;
+        }
+        assert!(
+            attempt < 3,
+            "leadership stayed with {leader:x} after three move-leader attempts; the last: {output:?}"
+        );
+    }
+}
+
 /// Asserts that `result` is the gRPC error `code` with exactly `message`.
 fn assert_refused<T: std::fmt::Debug>(
     result: Result<T, etcd_client::Error>,
@@ -446,10 +469,7 @@ async fn move_leader_abandoned_by_its_client_leaves_a_leader_that_keeps_leadersh
 
     // Leadership to the first leader, by a patient client; it must then stay there.
     if leader_id != first_id {
-        assert_eq!(
-            move_leader(&cluster, first_id).await,
-            format!("Leadership transferred from {leader_id:x} to {first_id:x}\n")
-        );
+        hand_leadership_to(&cluster, first_id).await;
     }
     let deadline = Instant::now() + STABLE_FOR;
     while Instant::now() < deadline {
@@ -492,8 +512,7 @@ async fn after_move_leader_the_old_leader_cut_off_alone_does_not_raise_its_term(
     let target = (old + 1) % cluster.len();
     let other = (old + 2) % cluster.len();
     let target_id = cluster.member_id(target).await.expect("target id");
-    move_leader(&cluster, target_id).await;
-    assert_eq!(leader_in_endpoint_status(&cluster).await, target_id);
+    hand_leadership_to(&cluster, target_id).await;
 
     // The old leader hears from nobody for four election timeouts.
     let term = raft_term(&cluster, old).await;
