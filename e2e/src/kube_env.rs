@@ -259,18 +259,7 @@ impl KubeEnv {
                 let namespace = if kind.namespaced { &self.namespace } else { "" };
                 h.server.store.get(&rt, namespace, name).ok()
             }
-            Backend::Real(_) => {
-                let resource = kind.kubectl_name();
-                let mut args = vec!["get", resource.as_str(), name, "-o", "json"];
-                if kind.namespaced {
-                    args.extend(["-n", self.namespace.as_str()]);
-                }
-                let output = self.kubectl.run(&args).await.ok()?;
-                if !output.success() {
-                    return None;
-                }
-                serde_json::from_str(&output.stdout).ok()
-            }
+            Backend::Real(_) => self.kubectl_get(kind, Some(name)).await,
         }
     }
 
@@ -286,21 +275,29 @@ impl KubeEnv {
                     .map(|listed| listed.items)
                     .unwrap_or_default()
             }
-            Backend::Real(_) => {
-                let resource = kind.kubectl_name();
-                let mut args = vec!["get", resource.as_str(), "-o", "json"];
-                if kind.namespaced {
-                    args.extend(["-n", self.namespace.as_str()]);
-                }
-                let Ok(output) = self.kubectl.run(&args).await else {
-                    return Vec::new();
-                };
-                serde_json::from_str::<Value>(&output.stdout)
-                    .ok()
-                    .and_then(|list| list["items"].as_array().cloned())
-                    .unwrap_or_default()
-            }
+            Backend::Real(_) => self
+                .kubectl_get(kind, None)
+                .await
+                .and_then(|list| list["items"].as_array().cloned())
+                .unwrap_or_default(),
         }
+    }
+
+    /// `kubectl get KIND [NAME] -o json` in the test's namespace; `None` when kubectl fails
+    /// (no such object).
+    async fn kubectl_get(&self, kind: Kind, name: Option<&str>) -> Option<Value> {
+        let resource = kind.kubectl_name();
+        let mut args = vec!["get", resource.as_str()];
+        args.extend(name);
+        args.extend(["-o", "json"]);
+        if kind.namespaced {
+            args.extend(["-n", self.namespace.as_str()]);
+        }
+        let output = self.kubectl.run(&args).await.ok()?;
+        if !output.success() {
+            return None;
+        }
+        serde_json::from_str(&output.stdout).ok()
     }
 
     /// The names of the objects of a kind, sorted.

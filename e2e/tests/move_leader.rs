@@ -42,18 +42,25 @@ async fn leader_in_endpoint_status(cluster: &TestCluster) -> u64 {
     }
 }
 
-/// `etcdctl move-leader <target>` through every member; returns what it printed on success.
-async fn move_leader(cluster: &TestCluster, target: u64) -> String {
+/// `etcdctl move-leader <target>` through every member.
+async fn try_move_leader(cluster: &TestCluster, target: u64) -> ferrokv_e2e::EtcdctlOutput {
     // ferrokv's transfer waits out the followers' lease (about one election timeout, more on
     // a loaded machine while writes drain), so allow more than etcdctl's default 5 s.
-    let output = cluster
+    cluster
         .etcdctl(&[
             "--command-timeout=20s",
             "move-leader",
             &format!("{target:x}"),
         ])
-        .await;
-    output.expect_stdout().to_string()
+        .await
+}
+
+/// `etcdctl move-leader <target>`, which must succeed; returns what it printed.
+async fn move_leader(cluster: &TestCluster, target: u64) -> String {
+    try_move_leader(cluster, target)
+        .await
+        .expect_stdout()
+        .to_string()
 }
 
 /// Makes `target` the leader for a test about what follows, however long it takes: a transfer
@@ -61,13 +68,7 @@ async fn move_leader(cluster: &TestCluster, target: u64) -> String {
 /// complete, or be tried again, as an operator would.
 async fn hand_leadership_to(cluster: &TestCluster, target: u64) {
     for attempt in 1..=3 {
-        let output = cluster
-            .etcdctl(&[
-                "--command-timeout=20s",
-                "move-leader",
-                &format!("{target:x}"),
-            ])
-            .await;
+        let output = try_move_leader(cluster, target).await;
         let leader = leader_in_endpoint_status(cluster).await;
         if leader == target {
             return;

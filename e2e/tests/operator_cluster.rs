@@ -198,16 +198,16 @@ async fn scale(env: &KubeEnv, replicas: u32) -> Duration {
         env.member_ids().await.into_keys().collect::<Vec<_>>(),
         expected
     );
-    let claims: Vec<String> = (0..replicas)
+    // Sorted, as `names` lists them.
+    let mut claims: Vec<String> = (0..replicas)
         .flat_map(|o| {
             [
                 format!("data-{}", member_name(o)),
                 format!("wal-{}", member_name(o)),
             ]
         })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .collect();
+    claims.sort();
     env.eventually(
         "removed members' pods and claims to go",
         SCALING,

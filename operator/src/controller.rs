@@ -279,12 +279,7 @@ async fn take_step(
             let leader = members
                 .iter()
                 .find(|m| m.id == *from)
-                .and_then(|m| {
-                    m.client_urls
-                        .first()
-                        .cloned()
-                        .or_else(|| m.ordinal.map(|o| names.client_url(o)))
-                })
+                .and_then(|m| m.client_url(names))
                 .ok_or(Error::LeaderUnreachable(*from))?;
             membership::move_leader(&leader, *to).await
         }

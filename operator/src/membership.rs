@@ -141,12 +141,7 @@ pub fn change_endpoints(names: &ClusterNames, members: &[Member], all: Vec<Strin
     members
         .iter()
         .find(|m| m.is_leader && m.healthy)
-        .and_then(|m| {
-            m.client_urls
-                .first()
-                .cloned()
-                .or_else(|| m.ordinal.map(|o| names.client_url(o)))
-        })
+        .and_then(|m| m.client_url(names))
         .map_or(all, |url| vec![url])
 }
 

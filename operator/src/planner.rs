@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::bootstrap::{BootstrapConfig, InitialClusterState};
 use crate::crd::{MAX_REPLICAS, MIN_REPLICAS};
-use crate::names::VolumeKind;
+use crate::names::{ClusterNames, VolumeKind};
 
 /// Everything one reconcile pass observed about a cluster.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +63,15 @@ pub struct Member {
 impl Member {
     pub fn is_started(&self) -> bool {
         !self.name.is_empty()
+    }
+
+    /// Where the member serves clients: the URL it published, or (before it has started) the
+    /// stable one of its ordinal.
+    pub fn client_url(&self, names: &ClusterNames) -> Option<String> {
+        self.client_urls
+            .first()
+            .cloned()
+            .or_else(|| self.ordinal.map(|o| names.client_url(o)))
     }
 
     fn is_healthy_voter(&self) -> bool {

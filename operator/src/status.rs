@@ -281,12 +281,7 @@ pub fn build_status(
                     .map_or_else(|| m.name.clone(), |o| names.member(o)),
                 id: format!("{:x}", m.id),
                 peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
-                client_url: m
-                    .client_urls
-                    .first()
-                    .cloned()
-                    .or_else(|| m.ordinal.map(|o| names.client_url(o)))
-                    .unwrap_or_default(),
+                client_url: m.client_url(names).unwrap_or_default(),
                 healthy: m.healthy,
                 leader: m.is_leader,
                 learner: m.is_learner,
