@@ -1,8 +1,9 @@
 //! ferrokv: one member of a Raft-replicated key-value store that speaks etcd's v3 API.
 //!
 //! Layers, from the wire down; each talks only to the one below it:
-//! `api` (gRPC and plain HTTP) → `server` (proposals, reads) → `raft` (openraft glue: log
-//! store, state machine, peer network) → `storage` (WAL, MVCC store, member identity).
+//! `api` (gRPC and plain HTTP) → `server` (proposals, reads) → `raft` (tikv's Raft driven by a
+//! Ready loop: log on the WAL, apply stage, peer transport) → `storage` (WAL, MVCC store,
+//! member identity).
 //! `config` parses the flags, `run` wires the layers together, `restore` builds a data dir
 //! from a snapshot file.
 

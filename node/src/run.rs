@@ -3,7 +3,7 @@
 //! and runs until SIGTERM or SIGINT.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -11,15 +11,21 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+use prost_011::Message as _;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::RawNode;
+
 use crate::config::{ClusterState, HostPort, NodeConfig};
 use crate::metrics::Metrics;
-use crate::raft::election::{run_elections, LeaderContact};
-use crate::raft::log_store::LogStore;
-use crate::raft::network::{PeerNetwork, MAX_PEER_MESSAGE_BYTES};
-use crate::raft::peer::pb::peer_server::PeerServer;
-use crate::raft::peer::PeerService;
-use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MemberNode, Raft, WriteGate};
+use crate::raft::apply::{applied_state, ApplyParts, StateMachine, Waiters};
+use crate::raft::log::RaftLog;
+use crate::raft::members::Members;
+use crate::raft::node::{self, Command, LoopOptions};
+use crate::raft::transport::pb::peer_server::PeerServer;
+use crate::raft::transport::{
+    LeaderDuties, PeerNetwork, PeerService, Transport, MAX_PEER_MESSAGE_BYTES,
+};
+use crate::raft::types::{codec, ConfChangeContext, MemberNode};
 use crate::server::{Server, ServerParts};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
@@ -27,6 +33,8 @@ use crate::{api, Error, Result};
 
 /// The MVCC store's file inside `<data-dir>/member`.
 pub const DB_FILE: &str = "db.redb";
+/// How long a removed member keeps serving after it learns of its removal.
+const REMOVAL_GRACE: Duration = Duration::from_millis(500);
 /// Written into `<data-dir>/member` when the cluster removes this member; its text says why.
 const REMOVED_FILE: &str = "removed";
 
@@ -95,7 +103,7 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
 /// add` gave to this member's peer URLs. A member with those peer URLs that has already run is
 /// this member after it lost its data: it refuses, as a founding member does.
 async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
-    let network = PeerNetwork::new(0, 0);
+    let network = PeerNetwork::new(0, 0, String::new());
     let mine: Vec<&String> = config.advertise_peer_urls.iter().collect();
     let others: Vec<&String> = config
         .initial_cluster
@@ -161,7 +169,7 @@ async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
 /// "member has already been bootstrapped"). Peers that do not answer (a cluster that is only
 /// forming) are no evidence either way.
 async fn refuse_if_already_bootstrapped(config: &NodeConfig, identity: &Identity) -> Result<()> {
-    let network = PeerNetwork::new(0, 0);
+    let network = PeerNetwork::new(0, 0, String::new());
     for (name, urls) in &config.initial_cluster {
         if *name == config.name {
             continue;
@@ -206,33 +214,88 @@ pub fn founding_identity(config: &NodeConfig) -> Identity {
     }
 }
 
-fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
-    let election = config.election_timeout.as_millis() as u64;
-    let raft_config = openraft::Config {
-        cluster_name: config.initial_cluster_token.clone(),
-        heartbeat_interval: config.heartbeat.as_millis() as u64,
-        // Elections are timed by raft/election.rs ([1, 2) × --election-timeout, as etcd);
-        // openraft still uses election_timeout_max as the leader's lease: a member refuses to
-        // vote for another while it has heard from a leader within it.
-        election_timeout_min: election / 2,
-        election_timeout_max: election,
-        install_snapshot_timeout: 10_000,
-        max_payload_entries: 1000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
-        // Elections start from ferrokv's own timer, after a pre-vote (raft/election.rs).
-        enable_elect: false,
+/// tikv's Raft configured from etcd's flags: a tick per heartbeat interval, elections after
+/// `--election-timeout` (randomised up to twice that, as etcd), check-quorum and pre-vote on, and
+/// appends bounded so that no message nears the peer limit and a slow member is flow-controlled.
+fn raft_config(config: &NodeConfig, id: u64, applied: u64) -> Result<raft::Config> {
+    let heartbeat = config.heartbeat.as_millis().max(1) as u64;
+    let election_ticks = (config.election_timeout.as_millis() as u64 / heartbeat).max(2) as usize;
+    let raft_config = raft::Config {
+        id,
+        election_tick: election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        // etcd's maxSizePerMsg and maxInflightMsgs.
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 512,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: raft::ReadOnlyOption::Safe,
         ..Default::default()
     };
     raft_config
         .validate()
-        .map_err(|e| Error::Raft(format!("invalid raft configuration: {e}")))
+        .map_err(|e| Error::Raft(format!("invalid raft configuration: {e}")))?;
+    Ok(raft_config)
+}
+
+/// The founding members' configuration changes: the first entries of a new cluster's log, the
+/// same on every founding member (etcd's bootstrap does the same).
+fn founding_entries(identity: &Identity) -> Vec<Entry> {
+    identity
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| {
+            (
+                identity::member_id(urls, &identity.cluster_token, None),
+                MemberNode {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                },
+            )
+        })
+        .collect::<BTreeMap<u64, MemberNode>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, member))| {
+            let mut single = ConfChangeSingle {
+                node_id: id,
+                ..Default::default()
+            };
+            single.set_change_type(ConfChangeType::AddNode);
+            let change = ConfChangeV2 {
+                changes: vec![single].into(),
+                context: codec::encode(&ConfChangeContext {
+                    proposer: 0,
+                    id: 0,
+                    member: Some(member),
+                })
+                .into(),
+                ..Default::default()
+            };
+            let mut entry = Entry {
+                index: i as u64 + 1,
+                term: 1,
+                data: change.encode_to_vec().into(),
+                ..Default::default()
+            };
+            entry.set_entry_type(EntryType::EntryConfChangeV2);
+            entry
+        })
+        .collect()
 }
 
 async fn bind(url: &HostPort, flag: &str) -> Result<TcpListener> {
     TcpListener::bind((url.host.as_str(), url.port))
         .await
         .map_err(|e| Error::DataDir(format!("{flag}: cannot listen on {}: {e}", url.url)))
+}
+
+/// Runs blocking storage work (opening files, replaying the WAL) off the async runtime.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Raft(format!("storage task failed: {e}")))?
 }
 
 pub async fn run(config: NodeConfig) -> Result<()> {
@@ -244,17 +307,44 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&config.wal_dir)
         .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", config.wal_dir.display())))?;
 
-    let log_store = LogStore::open(&config.wal_dir)?;
-    // Shares the log cache: pre-vote compares logs with it.
-    let elections_log = log_store.clone();
-    if fresh && !log_store.is_empty() {
+    let wal_dir = config.wal_dir.clone();
+    let log = blocking(move || RaftLog::open(&wal_dir)).await?;
+    if fresh && !log.is_empty() {
         return Err(Error::DataDir(format!(
             "--wal-dir {} holds a Raft log but no member identity; refusing to start",
             config.wal_dir.display()
         )));
     }
-    let needs_bootstrap = log_store.is_empty();
-    let store = MvccStore::open(&member_dir.join(DB_FILE))?;
+    let db = member_dir.join(DB_FILE);
+    let store = blocking(move || MvccStore::open(&db)).await?;
+    let applied = applied_state(&store)?;
+    // A founding member bootstraps until its log shows it has: a fresh data dir, a restored
+    // snapshot, or a first start that died before the bootstrap reached the WAL.
+    if log.is_empty() && applied.index == 0 && !identity.initial_cluster.is_empty() {
+        let entries = founding_entries(&identity);
+        let bootstrap_log = log.clone();
+        blocking(move || bootstrap_log.bootstrap(entries)).await?;
+    }
+    log.catch_up_with_store(applied.index, applied.term)?;
+    let conf_state = if applied.index == 0 && !identity.initial_cluster.is_empty() {
+        // As etcd's bootstrap: the founding configuration holds from the start, so the first
+        // election need not wait for the founding entries to be applied.
+        let voters = founding_entries(&identity)
+            .iter()
+            .map(|e| {
+                ConfChangeV2::decode(e.data.as_ref())
+                    .map(|c| c.changes[0].node_id)
+                    .unwrap_or(0)
+            })
+            .collect::<Vec<u64>>();
+        ConfState {
+            voters,
+            ..Default::default()
+        }
+    } else {
+        applied.conf_state.clone()
+    };
+    log.set_conf_state(conf_state);
     if fresh {
         identity.store(&member_dir)?;
         identity.store(&config.wal_dir)?;
@@ -265,59 +355,79 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         cluster_id = format!("{:x}", identity.cluster_id),
         data_dir = %config.data_dir.display(),
         wal_dir = %config.wal_dir.display(),
+        applied = applied.index,
         "starting member"
     );
 
-    let metrics = Arc::new(Metrics::new(log_store.fsync_histogram()));
-    let network = PeerNetwork::new(identity.cluster_id, identity.member_id)
-        .with_round_trip_metric(metrics.peer_round_trip.clone());
-    let state_machine = StateMachine::new(store.clone(), metrics.backend_commit_duration.clone());
-    state_machine.measure_size_in_use()?;
-    let raft = Raft::new(
+    let metrics = Arc::new(Metrics::new(log.fsync_histogram()));
+    let network = PeerNetwork::new(
+        identity.cluster_id,
         identity.member_id,
-        Arc::new(raft_config(&config)?),
+        config.advertise_peer_urls.first().cloned().unwrap_or_default(),
+    );
+    let members = Members::default();
+    let waiters = Waiters::default();
+    let (commands, command_queue) = std::sync::mpsc::channel();
+    let (state_machine, removed_by_apply) = StateMachine::start(ApplyParts {
+        store: store.clone(),
+        member_id: identity.member_id,
+        members: members.clone(),
+        waiters: waiters.clone(),
+        log: log.clone(),
+        commands: commands.clone(),
+        commit_duration: metrics.backend_commit_duration.clone(),
+        snapshot_count: config.snapshot_count,
+    })?;
+    let transport = Transport::new(
         network.clone(),
-        log_store,
+        members.clone(),
+        commands.clone(),
+        tokio::runtime::Handle::current(),
+        metrics.peer_round_trip.clone(),
+    );
+    let raft_config = raft_config(&config, identity.member_id, applied.index)?;
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let node = RawNode::new(&raft_config, log.clone(), &logger)
+        .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+    let sole_voter = node.raft.prs().conf().voters().ids().iter().eq([identity.member_id]);
+    let raft = node::spawn(
+        node,
+        (commands, command_queue),
         state_machine.clone(),
-    )
-    .await
-    .map_err(|e| Error::Raft(e.to_string()))?;
-
-    // A founding member bootstraps until its log shows it has: a fresh data dir, a restored
-    // snapshot, or a first start that died before the bootstrap reached the WAL.
-    if needs_bootstrap && !identity.initial_cluster.is_empty() {
-        let members: BTreeMap<u64, MemberNode> = identity
-            .initial_cluster
-            .iter()
-            .map(|(name, urls)| {
-                (
-                    identity::member_id(urls, &identity.cluster_token, None),
-                    MemberNode {
-                        name: name.clone(),
-                        peer_urls: urls.clone(),
-                    },
-                )
-            })
-            .collect();
-        // Every founding member proposes the same initial membership at log index 0.
-        raft.initialize(members)
-            .await
-            .map_err(|e| Error::Raft(format!("bootstrapping the cluster: {e}")))?;
+        transport.clone(),
+        LoopOptions {
+            tick: config.heartbeat,
+        },
+    )?;
+    if sole_voter {
+        // A one-member cluster need not wait out an election timeout to lead; Raft campaigns
+        // only once the committed configuration changes are applied.
+        let raft = raft.clone();
+        let state_machine = state_machine.clone();
+        let committed = log.hard_state().commit;
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            if state_machine.wait_applied(committed, deadline).await.is_ok()
+                && raft.status().leader().is_none()
+            {
+                raft.send(Command::Campaign);
+            }
+        });
     }
 
-    let write_gate = WriteGate::default();
-    let contact = LeaderContact::default();
     let (server, proposals, reads) = Server::new(ServerParts {
         raft: raft.clone(),
         store,
-        state_machine,
+        state_machine: state_machine.clone(),
         network: network.clone(),
+        members,
+        waiters,
         identity: identity.clone(),
         config: config.clone(),
         metrics,
-        write_gate: write_gate.clone(),
-        leader_contact: contact.clone(),
     });
+    let duties: Arc<OnceLock<Arc<dyn LeaderDuties>>> = Arc::new(OnceLock::new());
+    let _ = duties.set(Arc::new(server.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -325,23 +435,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     };
 
     let mut tasks = tokio::task::JoinSet::new();
-    let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
     for url in &config.listen_peer_urls {
         let listener = bind(url, "--listen-peer-urls").await?;
-        let peer = PeerServer::new(PeerService::new(
-            raft.clone(),
-            network.clone(),
-            Arc::new(server.clone()),
-            write_gate.clone(),
-            (
-                elections_log.clone(),
-                contact.clone(),
-                config.election_timeout,
-            ),
-            request_timeout,
-        ))
-        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let peer = PeerServer::new(PeerService::new(transport.clone(), duties.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
             // As on the client port: without TCP_NODELAY, Nagle delays Raft's small messages.
@@ -373,14 +471,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let server = server.clone();
         tokio::spawn(async move { server.publish_self().await });
     }
-    tokio::spawn(run_elections(
-        raft.clone(),
-        network.clone(),
-        elections_log,
-        contact,
-        identity.member_id,
-        config.election_timeout,
-    ));
     tokio::spawn(server.clone().run_proposer(proposals));
     tokio::spawn(server.clone().run_read_barrier(reads));
     tokio::spawn(server.clone().run_lease_expiry());
@@ -391,13 +481,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
-        reason = removed_from_cluster(raft.clone(), network.clone(), identity.member_id) => {
+        reason = removed_from_cluster(removed_by_apply, network.clone(), identity.member_id) => {
             let marker = member_dir.join(REMOVED_FILE);
             if let Err(e) = std::fs::write(&marker, &reason) {
                 tracing::error!(error = %e, "cannot record the removal in {}", marker.display());
             }
             Err(Error::DataDir(reason))
         }
+        reason = raft.failed() => Err(Error::Raft(reason)),
+        reason = state_machine.failed() => Err(Error::Backend(reason)),
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
@@ -406,39 +498,25 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     };
     tracing::info!("stopping member");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), raft.shutdown()).await;
     outcome
 }
 
-/// Resolves, with the reason, once this member learns it was removed from the cluster: from an
-/// applied membership without it, or from a member that refuses it as removed.
-async fn removed_from_cluster(raft: Raft, network: PeerNetwork, member_id: u64) -> String {
+/// Resolves, with the reason, once this member learns it was removed from the cluster: it
+/// applied its own removal, or a member refused it as removed.
+async fn removed_from_cluster(
+    mut applied_removal: watch::Receiver<bool>,
+    network: PeerNetwork,
+    member_id: u64,
+) -> String {
     let reason = format!("member {member_id:x} has been removed from the cluster");
-    let mut metrics = raft.metrics();
-    let by_membership = async {
-        // A joining member first sees memberships from before it was added (a snapshot taken
-        // earlier, old log entries): only leaving a membership it was in is a removal.
-        let mut was_member = false;
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                let membership = m.membership_config.membership();
-                if membership.get_node(&member_id).is_some() {
-                    was_member = true;
-                } else if was_member {
-                    return;
-                }
-            }
-            if metrics.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
     tokio::select! {
-        _ = by_membership => {}
+        _ = applied_removal.wait_for(|removed| *removed) => {}
         _ = network.removed() => {}
     }
     tracing::error!("{reason}; stopping");
+    // Long enough to answer the request that removed this member, and for a leader to tell the
+    // others that its removal is committed.
+    tokio::time::sleep(REMOVAL_GRACE).await;
     reason
 }
 

@@ -83,15 +83,13 @@ async fn version() -> impl IntoResponse {
 
 async fn metrics(State(server): State<Server>) -> impl IntoResponse {
     let m = server.metrics();
-    let raft = server.raft().metrics().borrow().clone();
+    let raft = server.raft_status();
     let store = server.store();
     m.has_leader.set(server.leader_alive() as i64);
     m.is_leader.set(server.is_leader() as i64);
-    // openraft applies what it commits at once and does not report its commit index apart
-    // from the applied one.
-    let applied = raft.last_applied.map(|l| l.index).unwrap_or(0) as i64;
-    m.proposals_committed.set(applied);
-    m.proposals_applied.set(applied);
+    m.proposals_committed.set(raft.commit as i64);
+    m.proposals_applied
+        .set(server.state_machine().applied_index() as i64);
     let size = store.db_size_bytes() as i64;
     m.db_total_size.set(size);
     m.db_total_size_in_use

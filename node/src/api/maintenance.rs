@@ -95,20 +95,16 @@ impl PbMaintenanceService for MaintenanceService {
         let store = self.server.store();
         let revision = store.current_revision().map_err(to_status)?;
         let db_size = store.db_size_bytes() as i64;
-        let metrics = self.server.raft().metrics().borrow().clone();
-        let is_learner = !metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == self.server.member_id());
+        let raft = self.server.raft_status();
+        let is_learner = raft.learners.contains(&self.server.member_id());
         Ok(Response::new(PbStatusResponse {
             header: Some(self.server.header(revision)),
             version: ETCD_API_VERSION.to_string(),
             db_size,
-            leader: metrics.current_leader.unwrap_or(0),
-            raft_index: metrics.last_log_index.unwrap_or(0),
-            raft_term: metrics.current_term,
-            raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            leader: raft.leader,
+            raft_index: raft.commit,
+            raft_term: raft.term,
+            raft_applied_index: self.server.state_machine().applied_index(),
             errors: Vec::new(),
             db_size_in_use: self.server.state_machine().size_in_use() as i64,
             is_learner,

@@ -487,7 +487,7 @@ async fn observe_ancestors(
 }
 
 fn v2_headers(server: &Server, index: u64) -> HeaderMap {
-    let raft = server.raft().metrics().borrow().clone();
+    let applied = server.state_machine().applied_index();
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -496,9 +496,9 @@ fn v2_headers(server: &Server, index: u64) -> HeaderMap {
     headers.insert("X-Etcd-Index", HeaderValue::from(index));
     headers.insert(
         "X-Raft-Index",
-        HeaderValue::from(raft.last_applied.map_or(0, |l| l.index)),
+        HeaderValue::from(applied),
     );
-    headers.insert("X-Raft-Term", HeaderValue::from(raft.current_term));
+    headers.insert("X-Raft-Term", HeaderValue::from(server.raft_status().term));
     headers
 }
 

@@ -1,10 +1,19 @@
-//! The glue between ferrokv and openraft: the type configuration, the log store on the WAL,
-//! the state machine on the MVCC store, and the peer network. The rest of the node talks to
-//! Raft only through the `Raft` handle.
+//! Consensus: tikv's `raft` crate (etcd's Raft algorithm) driven the way etcd's raftNode drives
+//! etcd's raft.
+//!
+//! - `node`: the Ready loop, one thread owning the `RawNode`; the rest of the member talks to
+//!   Raft only through its `RaftHandle`.
+//! - `log`: the Raft log (`raft::Storage`) on the WAL.
+//! - `apply`: the apply stage, applying committed entries to the MVCC store on its own thread,
+//!   building and installing snapshots.
+//! - `transport`: streams of Raft messages and snapshot chunks between members, and the unary
+//!   calls only a leader answers.
+//! - `members`: names and peer URLs of the members, from applied configuration changes.
+//! - `types`: what entries carry and what applying them yields.
 
-pub mod election;
-pub mod log_store;
-pub mod network;
-pub mod peer;
-pub mod state_machine;
+pub mod apply;
+pub mod log;
+pub mod members;
+pub mod node;
+pub mod transport;
 pub mod types;

@@ -1,11 +1,11 @@
-//! The Raft type configuration: what a log entry carries (`Request`), what applying it yields
-//! (`Response`), and what the cluster knows of each member (`MemberNode`).
+//! What the Raft log carries: a normal entry holds a `Proposal` (a `Request` and who proposed
+//! it), a configuration change carries a `ConfChangeContext`; applying a request yields a
+//! `Response`. `MemberNode` is what the cluster knows of each member.
 //!
 //! Requests hold etcd's own protobuf messages, so the log records exactly what the client sent;
 //! they travel through serde as their protobuf encoding.
 
 use std::fmt;
-use std::io::Cursor;
 
 use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbPutRequest,
@@ -13,27 +13,23 @@ use etcd_client::proto::{
 };
 use serde::{Deserialize, Serialize};
 
-openraft::declare_raft_types!(
-    /// ferrokv's Raft: member IDs are etcd's 64-bit IDs, entries carry `Request`s.
-    pub TypeConfig:
-        D = Request,
-        R = Response,
-        NodeId = u64,
-        Node = MemberNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-);
+/// The payload of a normal log entry. `id` is unique among the proposals of member
+/// `proposer`, which alone waits for the entry's outcome; every member applies it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub proposer: u64,
+    pub id: u64,
+    pub request: Request,
+}
 
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<u64>;
-pub type Vote = openraft::Vote<u64>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
-pub type StorageError = openraft::StorageError<u64>;
-
-/// Held shared by every write proposed on the leader, and exclusively while leadership is being
-/// handed to another member, so that no write renews the followers' leases meanwhile.
-pub type WriteGate = std::sync::Arc<tokio::sync::RwLock<()>>;
+/// The context of a configuration change entry: the member it concerns (for an addition) and
+/// the proposal waiting for it, if any (bootstrap entries have none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfChangeContext {
+    pub proposer: u64,
+    pub id: u64,
+    pub member: Option<MemberNode>,
+}
 
 /// What the Raft membership records of a member: its name and peer URLs. Client URLs are
 /// published by the member itself once it runs (`Request::PublishMember`), as in etcd.
@@ -72,12 +68,31 @@ pub enum Request {
     },
     /// Requests proposed together; applied in order, each with its own revision.
     Batch(Vec<Request>),
+    /// MemberUpdate: new peer URLs for a member (not a configuration change to Raft).
+    UpdateMember {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
     /// A member announces its name and client URLs (etcd's "publish" step).
     PublishMember {
         id: u64,
         name: String,
         client_urls: Vec<String>,
     },
+}
+
+impl Request {
+    /// About the bytes the request takes in a log entry, to bound batches.
+    pub fn approximate_size(&self) -> usize {
+        use prost::Message as _;
+        match self {
+            Request::Put(r) => r.key.len() + r.value.len() + 16,
+            Request::DeleteRange(r) => r.key.len() + r.range_end.len() + 16,
+            Request::Txn(r) => r.encoded_len(),
+            Request::Batch(requests) => requests.iter().map(Request::approximate_size).sum(),
+            _ => 64,
+        }
+    }
 }
 
 /// The result of applying a `Request`. Errors that applying can deterministically produce
@@ -135,6 +150,64 @@ impl ApplyError {
             Error::NoSpace => ApplyError::NoSpace,
             _ => return None,
         })
+    }
+}
+
+/// An error as it crosses the peer wire: the conditions a member acts on keep their variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireError {
+    NotLeader,
+    NoLeader,
+    Timeout,
+    LeaseNotFound,
+    MemberNotFound,
+    MemberNotLearner,
+    LearnerNotReady,
+    PeerUrlExists,
+    MembershipInProgress,
+    Unhealthy(String),
+    BadPeerUrl(String),
+    /// Any other failure, by its message.
+    Other(String),
+}
+
+impl From<crate::Error> for WireError {
+    fn from(e: crate::Error) -> WireError {
+        use crate::Error;
+        match e {
+            Error::NotLeader => WireError::NotLeader,
+            Error::NoLeader => WireError::NoLeader,
+            Error::Timeout => WireError::Timeout,
+            Error::LeaseNotFound => WireError::LeaseNotFound,
+            Error::MemberNotFound => WireError::MemberNotFound,
+            Error::MemberNotLearner => WireError::MemberNotLearner,
+            Error::LearnerNotReady => WireError::LearnerNotReady,
+            Error::PeerUrlExists => WireError::PeerUrlExists,
+            Error::MembershipInProgress => WireError::MembershipInProgress,
+            Error::Unhealthy(why) => WireError::Unhealthy(why),
+            Error::BadPeerUrl(url) => WireError::BadPeerUrl(url),
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for crate::Error {
+    fn from(e: WireError) -> crate::Error {
+        use crate::Error;
+        match e {
+            WireError::NotLeader => Error::NotLeader,
+            WireError::NoLeader => Error::NoLeader,
+            WireError::Timeout => Error::Timeout,
+            WireError::LeaseNotFound => Error::LeaseNotFound,
+            WireError::MemberNotFound => Error::MemberNotFound,
+            WireError::MemberNotLearner => Error::MemberNotLearner,
+            WireError::LearnerNotReady => Error::LearnerNotReady,
+            WireError::PeerUrlExists => Error::PeerUrlExists,
+            WireError::MembershipInProgress => Error::MembershipInProgress,
+            WireError::Unhealthy(why) => Error::Unhealthy(why),
+            WireError::BadPeerUrl(url) => Error::BadPeerUrl(url),
+            WireError::Other(message) => Error::Raft(message),
+        }
     }
 }
 

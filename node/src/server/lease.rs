@@ -6,15 +6,22 @@
 //! early because leadership moved — and revokes a lease by proposing the revoke, so its keys are
 //! deleted in one revision on every member. Keep-alives and TTL queries that reach a follower are
 //! forwarded to the leader.
+//!
+//! A keep-alive is answered only by a leader that has confirmed its leadership with a quorum
+//! after the request arrived (a read-index round, etcd-io/etcd#15247) and has applied its log:
+//! a leader cut off from its peers, whom the majority has already replaced, renews nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant as Deadline;
+
 use serde::{Deserialize, Serialize};
 
 use super::Server;
-use crate::raft::types::{Request, Response};
+use crate::raft::transport::{LeaderDuties, LeaseQuery};
+use crate::raft::types::{Request, Response, WireError};
 use crate::{Error, Result};
 
 /// etcd's largest lease TTL, in seconds.
@@ -111,7 +118,7 @@ impl Server {
     /// Renews lease `id`; on a follower, asks the leader.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseTtl> {
         if self.is_leader() {
-            return self.keep_alive_as_leader(id);
+            return self.keep_alive_as_leader(id).await;
         }
         self.ask_leader_about_lease(id, true).await
     }
@@ -125,26 +132,27 @@ impl Server {
     }
 
     async fn ask_leader_about_lease(&self, id: i64, renew: bool) -> Result<LeaseTtl> {
-        let deadline = Instant::now() + self.inner.request_timeout;
+        let deadline = Deadline::now() + self.inner.request_timeout;
         loop {
             if self.is_leader() {
                 return if renew {
-                    self.keep_alive_as_leader(id)
+                    self.keep_alive_as_leader(id).await
                 } else {
                     self.time_to_live_as_leader(id)
                 };
             }
             let leader = self.wait_for_leader(deadline).await?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(Deadline::now());
             if remaining.is_zero() {
                 return Err(Error::Timeout);
             }
             if let Some(url) = self.peer_url_of(leader) {
                 match self.inner.network.lease(&url, id, renew, remaining).await {
                     Ok(Ok(ttl)) => return Ok(ttl),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "leader refused a lease request; retrying")
+                    Ok(Err(WireError::NotLeader)) => {
+                        tracing::debug!("the member asked is no longer the leader; retrying")
                     }
+                    Ok(Err(e)) => return Err(e.into()),
                     Err(e) => {
                         tracing::debug!(error = %e, "lease request to the leader failed; retrying")
                     }
@@ -156,14 +164,14 @@ impl Server {
 
     /// Loads the clock when this member has just become leader: every lease starts afresh.
     fn sync_lease_clock(&self) -> Result<()> {
-        let metrics = self.raft().metrics().borrow().clone();
+        let status = self.raft_status();
         let mut clock = self.inner.lease_clock.lock().unwrap();
-        if metrics.state != openraft::ServerState::Leader {
+        if !status.is_leader() {
             clock.term = 0;
             clock.expiries.clear();
             return Ok(());
         }
-        if clock.term != metrics.current_term {
+        if clock.term != status.term {
             let now = Instant::now();
             clock.expiries = self
                 .store()
@@ -171,12 +179,17 @@ impl Server {
                 .into_iter()
                 .map(|l| (l.id, now + Duration::from_secs(l.ttl.max(0) as u64)))
                 .collect();
-            clock.term = metrics.current_term;
+            clock.term = status.term;
         }
         Ok(())
     }
 
-    fn keep_alive_as_leader(&self, id: i64) -> Result<LeaseTtl> {
+    async fn keep_alive_as_leader(&self, id: i64) -> Result<LeaseTtl> {
+        // Leadership confirmed by a quorum since the request arrived, and the log applied.
+        self.read_barrier().await?;
+        if !self.is_leader() {
+            return Err(Error::NotLeader);
+        }
         self.sync_lease_clock()?;
         let Some(lease) = self.store().lease(id)? else {
             return Ok(LeaseTtl::NotFound);
@@ -269,7 +282,7 @@ impl Server {
 }
 
 #[tonic::async_trait]
-impl crate::raft::peer::LeaderDuties for Server {
+impl LeaderDuties for Server {
     fn published_members(&self) -> Vec<u64> {
         self.state_machine()
             .member_attributes()
@@ -286,24 +299,22 @@ impl crate::raft::peer::LeaderDuties for Server {
     async fn change_members(
         &self,
         change: super::membership::MemberChange,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, WireError> {
         if !self.is_leader() {
-            return Err(super::membership::NOT_LEADER.into());
+            return Err(WireError::NotLeader);
         }
-        self.change_members_as_leader(change)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.change_members_as_leader(change).await?)
     }
 
-    async fn lease(&self, query: crate::raft::peer::LeaseQuery) -> Result<LeaseTtl, String> {
+    async fn lease(&self, query: LeaseQuery) -> Result<LeaseTtl, WireError> {
         if !self.is_leader() {
-            return Err("not the leader".into());
+            return Err(WireError::NotLeader);
         }
         let result = if query.renew {
-            self.keep_alive_as_leader(query.id)
+            self.keep_alive_as_leader(query.id).await
         } else {
             self.time_to_live_as_leader(query.id)
         };
-        result.map_err(|e| e.to_string())
+        Ok(result?)
     }
 }

@@ -1,19 +1,21 @@
 //! Membership changes: MemberAdd, MemberRemove, MemberUpdate, MemberPromote — the Cluster
-//! service's writes — mapped onto openraft's learners and joint-consensus changes.
+//! service's writes — as Raft configuration changes (ConfChangeV2), and MoveLeader as a Raft
+//! leader transfer.
 //!
 //! Only the leader changes membership; a follower forwards the request. One change runs at a
-//! time (openraft refuses a second while one is in flight), and a change that would leave the
-//! cluster without a quorum of healthy voters is refused before it is proposed.
+//! time, and a change that would leave the cluster without a quorum of healthy voters is
+//! refused before it is proposed.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::ChangeMembers;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{MemberInfo, Server};
-use crate::raft::types::{MemberNode, Raft};
+use crate::raft::node::Command;
+use crate::raft::types::{codec, ConfChangeContext, MemberNode, Request, Response, WireError};
 use crate::storage::identity;
 use crate::{Error, Result};
 
@@ -38,6 +40,8 @@ pub enum MemberChange {
 
 /// A learner may be promoted once it has this share of the leader's log (etcd's rule).
 const LEARNER_READY_PERCENT: u64 = 90;
+/// A voter counts as healthy for a membership change when it is this close to the leader.
+const HEALTHY_LAG_ENTRIES: u64 = 1000;
 
 impl Server {
     /// Applies a membership change on the leader, forwarding it there from a follower; returns
@@ -75,8 +79,8 @@ impl Server {
                                 added.and_then(|id| members.iter().find(|m| m.id == id).cloned());
                             return Ok((added, members));
                         }
-                        Ok(Err(message)) if message == NOT_LEADER => {}
-                        Ok(Err(message)) => return Err(membership_error(&message)),
+                        Ok(Err(WireError::NotLeader)) => {}
+                        Ok(Err(e)) => return Err(e.into()),
                         Err(e) => {
                             tracing::debug!(error = %e, "forwarding a membership change failed; retrying")
                         }
@@ -89,16 +93,17 @@ impl Server {
 
     /// On the leader: carries out the change; returns the ID of an added member.
     pub async fn change_members_as_leader(&self, change: MemberChange) -> Result<Option<u64>> {
-        let metrics = self.raft().metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let nodes: BTreeMap<u64, MemberNode> =
-            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
-        if membership.get_joint_config().len() > 1 {
+        let _one_at_a_time = self.inner.membership.lock().await;
+        let status = self.raft_status();
+        if !status.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        if status.pending_conf_index > self.state_machine().applied_index() {
             return Err(Error::MembershipInProgress);
         }
-        let raft = self.raft();
-        let outcome = match change {
+        let nodes = self.inner.members.nodes();
+        let known = |id: &u64| status.voters.contains(id) || status.learners.contains(id);
+        let (single, member, added) = match change {
             MemberChange::Add { peer_urls, learner } => {
                 for url in &peer_urls {
                     crate::config::parse_url(url).map_err(Error::BadPeerUrl)?;
@@ -115,40 +120,33 @@ impl Server {
                     .unwrap_or(0);
                 let id =
                     identity::member_id(&peer_urls, &self.inner.identity.cluster_token, Some(salt));
-                let node = MemberNode {
+                if !learner {
+                    self.check_quorum_after(&status.voters, Some(id), None)?;
+                }
+                let change_type = if learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                };
+                let member = MemberNode {
                     name: String::new(),
                     peer_urls,
                 };
-                if !learner {
-                    self.check_quorum_after(&voters, Some(id), None)?;
-                }
-                raft.add_learner(id, node, false)
-                    .await
-                    .map_err(raft_error)?;
-                if !learner {
-                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                        .await
-                        .map_err(raft_error)?;
-                }
-                return Ok(Some(id));
+                (conf_change(change_type, id), Some(member), Some(id))
             }
             MemberChange::Remove { id } => {
-                if !nodes.contains_key(&id) {
+                if !known(&id) {
                     return Err(Error::MemberNotFound);
                 }
-                if voters.contains(&id) {
-                    self.check_quorum_after(&voters, None, Some(id))?;
-                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                        .await
-                } else {
-                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
+                if status.voters.contains(&id) {
+                    self.check_quorum_after(&status.voters, None, Some(id))?;
                 }
+                (conf_change(ConfChangeType::RemoveNode, id), None, None)
             }
             MemberChange::Update { id, peer_urls } => {
-                let Some(node) = nodes.get(&id) else {
+                if !known(&id) {
                     return Err(Error::MemberNotFound);
-                };
+                }
                 for url in &peer_urls {
                     crate::config::parse_url(url).map_err(Error::BadPeerUrl)?;
                 }
@@ -157,65 +155,79 @@ impl Server {
                 }) {
                     return Err(Error::PeerUrlExists);
                 }
-                let updated = MemberNode {
-                    name: node.name.clone(),
-                    peer_urls,
+                // Peer URLs are the members' business, not Raft's configuration.
+                return match self
+                    .propose(Request::UpdateMember { id, peer_urls })
+                    .await?
+                {
+                    Response::Rejected(e) => Err(e.into()),
+                    _ => Ok(None),
                 };
-                raft.change_membership(
-                    ChangeMembers::SetNodes(BTreeMap::from([(id, updated)])),
-                    true,
-                )
-                .await
             }
             MemberChange::Promote { id } => {
-                if !nodes.contains_key(&id) {
+                if !known(&id) {
                     return Err(Error::MemberNotFound);
                 }
-                if voters.contains(&id) {
+                if status.voters.contains(&id) {
                     return Err(Error::MemberNotLearner);
                 }
-                let leader_index = metrics.last_log_index.unwrap_or(0);
-                let learner_index = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0);
-                if learner_index * 100 < leader_index * LEARNER_READY_PERCENT {
+                let learner_index = status.progress.get(&id).map_or(0, |p| p.matched);
+                if learner_index * 100 < status.last_index * LEARNER_READY_PERCENT {
                     return Err(Error::LearnerNotReady);
                 }
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                    .await
+                let member = nodes.get(&id).cloned();
+                (conf_change(ConfChangeType::AddNode, id), member, None)
             }
         };
-        outcome.map(|_| None).map_err(raft_error)
+        self.propose_conf_change(single, member).await?;
+        Ok(added)
+    }
+
+    /// Proposes one configuration change and waits until this member has applied it.
+    async fn propose_conf_change(
+        &self,
+        single: ConfChangeSingle,
+        member: Option<MemberNode>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let id = self.next_proposal_id();
+        let context = codec::encode(&ConfChangeContext {
+            proposer: self.member_id(),
+            id,
+            member,
+        });
+        let change = ConfChangeV2 {
+            changes: vec![single].into(),
+            ..Default::default()
+        };
+        let (answer, _guard) = self.wait_for_proposal(id);
+        self.inner
+            .raft
+            .propose_conf_change(change, context)
+            .await?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result.map(|_| ()),
+            Ok(Err(_)) => Err(Error::Raft("the server is stopping".into())),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// Refuses a change of voters after which fewer than a quorum of voters would be healthy:
-    /// answering this leader within an election timeout, and caught up to within a few entries.
+    /// recently heard from by this leader, and caught up to within a few entries.
     fn check_quorum_after(
         &self,
         voters: &BTreeSet<u64>,
         adding: Option<u64>,
         removing: Option<u64>,
     ) -> Result<()> {
-        let metrics = self.raft().metrics().borrow().clone();
-        let last = metrics.last_log_index.unwrap_or(0);
+        let status = self.raft_status();
         let healthy = |id: &u64| -> bool {
             if *id == self.member_id() {
                 return true;
             }
-            let answering = self
-                .inner
-                .network
-                .since_last_answer(*id)
-                .is_some_and(|ago| ago < self.config().election_timeout);
-            answering
-                && metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .is_some_and(|matched| matched.index + 1000 >= last)
+            status.progress.get(id).is_some_and(|p| {
+                p.recent_active && p.matched + HEALTHY_LAG_ENTRIES >= status.last_index
+            })
         };
         let mut after: BTreeSet<u64> = voters.clone();
         if let Some(id) = adding {
@@ -235,125 +247,47 @@ impl Server {
         }
         Ok(())
     }
-}
 
-/// What a follower hears back when the member it forwarded to is no longer the leader.
-pub const NOT_LEADER: &str = "not the leader";
-
-fn raft_error(e: RaftError<u64, ClientWriteError<u64, MemberNode>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NoLeader,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(_),
-        )) => Error::MembershipInProgress,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Error::Unhealthy(e.to_string())
-        }
-        other => Error::Raft(other.to_string()),
-    }
-}
-
-/// Turns an error message from the leader back into the error it names.
-pub fn membership_error(message: &str) -> Error {
-    let known = [
-        Error::MemberNotFound,
-        Error::MemberNotLearner,
-        Error::LearnerNotReady,
-        Error::PeerUrlExists,
-        Error::MembershipInProgress,
-        Error::NoLeader,
-        Error::Timeout,
-        Error::Unhealthy(String::new()),
-    ];
-    known
-        .into_iter()
-        .find(|e| e.to_string() == message)
-        .unwrap_or_else(|| Error::Raft(message.to_string()))
-}
-
-impl Server {
-    /// Hands leadership to `target` (etcd's MoveLeader). openraft 0.9 has no leadership
-    /// transfer, so the leader stops writing and heartbeating until the followers' lease on it
-    /// has run out, and asks the target to campaign at that moment — before any other follower's
-    /// election timer fires. Writes wait meanwhile, about one election timeout.
-    ///
-    /// A target that cannot catch up within one election timeout (it is down, or cut off) ends
-    /// the attempt, as etcd's raft abandons a transfer after one election timeout: writes must
-    /// not wait longer than that. The future may be dropped at any await (its client gave up);
-    /// heartbeats are switched back on however it ends.
+    /// Hands leadership to `target` (etcd's MoveLeader): a Raft leader transfer. The leader
+    /// waits for the target to hold its whole log, then tells it to campaign at once; the
+    /// transfer fails, as etcd's does, if the target has not taken over within an election
+    /// timeout after catching up.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
-        if !self.is_leader() {
+        let status = self.raft_status();
+        if !status.is_leader() {
             return Err(Error::NotLeader);
         }
         if target == self.member_id() {
             return Ok(());
         }
-        let metrics = self.raft().metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
-        if !membership.voter_ids().any(|id| id == target) {
+        if !status.voters.contains(&target) {
             return Err(Error::BadLeaderTransferee);
         }
-        let url = self.peer_url_of(target).ok_or(Error::BadLeaderTransferee)?;
-        let deadline = Instant::now() + self.inner.request_timeout;
-        let _writes = self.inner.write_gate.write().await;
-        let catch_up_deadline = Instant::now() + self.config().election_timeout;
-        // The target must hold everything, or it cannot win the election.
+        let election = self.config().election_timeout;
+        let deadline = Instant::now() + 2 * election;
+        self.inner.raft.send(Command::TransferLeader(target));
+        let mut watch = self.inner.raft.status_watch();
         loop {
-            let m = self.raft().metrics().borrow().clone();
-            let last = m.last_log_index.unwrap_or(0);
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten())
-                .map(|l| l.index)
-                .unwrap_or(0);
-            if matched >= last {
-                break;
-            }
-            if Instant::now() >= catch_up_deadline {
-                return Err(Error::LeaderTransferTimeout);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let lease = self.config().election_timeout;
-        let _paused = PausedHeartbeats::pause(self.raft());
-        let campaign = self
-            .inner
-            .network
-            .campaign(&url, lease + Duration::from_millis(50))
-            .await;
-        let moved = async {
-            campaign.map_err(|e| Error::Raft(e.to_string()))?;
-            loop {
-                if self.leader() == Some(target) {
+            {
+                let now = watch.borrow_and_update();
+                if now.leader == target {
                     return Ok(());
                 }
-                if Instant::now() >= deadline {
-                    return Err(Error::LeaderTransferTimeout);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Raft("raft stopped".into())),
+                Err(_) => return Err(Error::LeaderTransferTimeout),
             }
         }
-        .await;
-        moved
     }
 }
 
-/// The leader's heartbeats, switched off while leadership is handed over and back on when this
-/// is dropped — also when the MoveLeader future is dropped half-way, which would otherwise leave
-/// a member that never heartbeats when it leads again. openraft's own election timer is not
-/// touched: it stays off, as ferrokv times elections itself with a pre-vote (`raft::election`).
-struct PausedHeartbeats<'a>(&'a Raft);
-
-impl<'a> PausedHeartbeats<'a> {
-    fn pause(raft: &'a Raft) -> Self {
-        raft.runtime_config().heartbeat(false);
-        PausedHeartbeats(raft)
-    }
-}
-
-impl Drop for PausedHeartbeats<'_> {
-    fn drop(&mut self) {
-        self.0.runtime_config().heartbeat(true);
-    }
+fn conf_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeSingle {
+    let mut single = ConfChangeSingle {
+        node_id,
+        ..Default::default()
+    };
+    single.set_change_type(change_type);
+    single
 }

@@ -1,9 +1,12 @@
 //! The server: turns client requests into Raft proposals and serves reads.
 //!
-//! Writes are proposed on the leader; a follower forwards them over the peer network and
-//! answers once it has applied them itself, so a client reading from the member it wrote
-//! through sees its write. Linearizable reads wait for a read index confirmed by the leader
-//! (ReadIndex); serializable reads are served from the local store as it is.
+//! A write is proposed to Raft on whichever member received it (a follower's Raft forwards it
+//! to the leader as a Raft message) and answered once this member has applied it, so a client
+//! reading from the member it wrote through sees its write. A proposal is made once: if its
+//! outcome cannot be known (the leader changed, the request timed out) the client is told so
+//! with etcd's error and nothing is proposed again. Linearizable reads wait for a read index
+//! the leader confirmed with a quorum (ReadIndex); serializable reads are served from the
+//! local store as it is.
 
 pub mod compactor;
 pub mod lease;
@@ -13,27 +16,31 @@ pub mod proposer;
 pub mod read_index;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::proto::{PbRangeRequest, PbRangeResponse, PbResponseHeader};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::ServerState;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
-use crate::raft::election::LeaderContact;
-use crate::raft::network::PeerNetwork;
-use crate::raft::peer::{ProposeReply, ReadIndexReply};
-use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MemberNode, Raft, Request, Response, WriteGate};
+use crate::raft::apply::{StateMachine, Waiters};
+use crate::raft::members::Members;
+use crate::raft::node::{RaftHandle, RaftStatus};
+use crate::raft::transport::PeerNetwork;
+use crate::raft::types::{codec, Proposal, Request, Response};
 use crate::storage::identity::Identity;
 use crate::storage::mvcc::MvccStore;
 use crate::{Error, Result};
 
 /// The version of etcd's API this server speaks, reported by Status and /version.
 pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// How long one read-index round may go unanswered before it is asked again (etcd's
+/// readIndexRetryTime): a round is lost when leadership changes under it.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 /// One member of the cluster as MemberList reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,15 +54,15 @@ pub struct MemberInfo {
 
 /// What a server is made of, from `run`.
 pub struct ServerParts {
-    pub raft: Raft,
+    pub raft: RaftHandle,
     pub store: MvccStore,
     pub state_machine: StateMachine,
     pub network: PeerNetwork,
+    pub members: Members,
+    pub waiters: Waiters,
     pub identity: Identity,
     pub config: Arc<NodeConfig>,
     pub metrics: Arc<Metrics>,
-    pub write_gate: WriteGate,
-    pub leader_contact: LeaderContact,
 }
 
 #[derive(Clone)]
@@ -64,10 +71,12 @@ pub struct Server {
 }
 
 struct Inner {
-    raft: Raft,
+    raft: RaftHandle,
     store: MvccStore,
     state_machine: StateMachine,
     network: PeerNetwork,
+    members: Members,
+    waiters: Waiters,
     identity: Identity,
     config: Arc<NodeConfig>,
     request_timeout: Duration,
@@ -76,8 +85,24 @@ struct Inner {
     metrics: Arc<Metrics>,
     proposer: proposer::Proposer,
     read_barrier: read_index::ReadBarrier,
-    write_gate: WriteGate,
-    leader_contact: LeaderContact,
+    next_proposal: AtomicU64,
+    /// One membership change at a time.
+    membership: tokio::sync::Mutex<()>,
+}
+
+/// Removes a proposal's waiter when its caller stops waiting, whatever the reason.
+struct WaiterGuard<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Server {
@@ -93,22 +118,30 @@ impl Server {
             store,
             state_machine,
             network,
+            members,
+            waiters,
             identity,
             config,
             metrics,
-            write_gate,
-            leader_contact,
         } = parts;
         // etcd: 5s plus the time of two elections.
         let request_timeout = Duration::from_secs(5) + 2 * config.election_timeout;
         let (proposer, queue) = proposer::proposer();
         let (read_barrier, reads) = read_index::read_barrier();
+        // Proposal IDs start from the clock, so that an entry proposed before a restart never
+        // answers a proposal made after it.
+        let first_proposal = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| (d.as_millis() as u64) << 20)
+            .unwrap_or(1);
         let server = Server {
             inner: Arc::new(Inner {
                 raft,
                 store,
                 state_machine,
                 network,
+                members,
+                waiters,
                 lease_ids: lease::LeaseIds::new(identity.member_id),
                 identity,
                 config,
@@ -117,15 +150,20 @@ impl Server {
                 metrics,
                 proposer,
                 read_barrier,
-                write_gate,
-                leader_contact,
+                next_proposal: AtomicU64::new(first_proposal),
+                membership: tokio::sync::Mutex::new(()),
             }),
         };
         (server, queue, reads)
     }
 
-    pub fn raft(&self) -> &Raft {
+    pub fn raft(&self) -> &RaftHandle {
         &self.inner.raft
+    }
+
+    /// What Raft says of this member now.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.inner.raft.status()
     }
 
     pub fn store(&self) -> &MvccStore {
@@ -158,53 +196,44 @@ impl Server {
             cluster_id: self.cluster_id(),
             member_id: self.member_id(),
             revision,
-            raft_term: self.inner.raft.metrics().borrow().current_term,
+            raft_term: self.raft_status().term,
         }
     }
 
     pub fn leader(&self) -> Option<u64> {
-        self.inner.raft.metrics().borrow().current_leader
+        self.raft_status().leader()
     }
 
-    /// Whether this member is in touch with a leader: it is the leader and a quorum has
-    /// acknowledged it within an election timeout, or it has heard from the leader within one.
-    /// A member cut off from its leader still names it (openraft keeps the last leader it knew)
-    /// but is not in touch; health and readiness go by this.
+    /// Whether this member is in touch with a leader. A leader that loses its quorum steps
+    /// down within an election timeout (check-quorum), and a follower that stops hearing from
+    /// its leader forgets it when it starts a pre-vote; health and readiness go by this.
     pub fn leader_alive(&self) -> bool {
-        let timeout = self.inner.config.election_timeout;
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        match metrics.state {
-            ServerState::Leader => {
-                let voters = metrics.membership_config.membership().voter_ids().count();
-                voters == 1
-                    || metrics
-                        .millis_since_quorum_ack
-                        .is_some_and(|ms| ms < timeout.as_millis() as u64)
-            }
-            _ => metrics.current_leader.is_some() && self.inner.leader_contact.elapsed() < timeout,
-        }
+        self.leader().is_some()
     }
 
     pub fn is_leader(&self) -> bool {
-        self.inner.raft.metrics().borrow().state == ServerState::Leader
+        self.raft_status().is_leader()
     }
 
     fn peer_url_of(&self, id: u64) -> Option<String> {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .and_then(|n: &MemberNode| n.peer_urls.first().cloned())
+        self.inner.members.peer_url(id)
     }
 
-    /// Waits until a leader is known, or the request times out.
+    /// Whether this member has known of no leader for two election timeouts: the side of a
+    /// partition without a quorum, which refuses rather than waiting out the request timeout.
+    fn out_of_touch(&self) -> bool {
+        self.raft_status()
+            .leaderless_since
+            .is_some_and(|since| since.elapsed() >= 2 * self.inner.config.election_timeout)
+    }
+
+    /// Waits until a leader is known; "no leader" once out of touch, or at `deadline`.
     async fn wait_for_leader(&self, deadline: Instant) -> Result<u64> {
         loop {
             if let Some(leader) = self.leader() {
                 return Ok(leader);
             }
-            if Instant::now() >= deadline {
+            if self.out_of_touch() || Instant::now() >= deadline {
                 return Err(Error::NoLeader);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -224,103 +253,65 @@ impl Server {
         result
     }
 
-    /// Proposes one entry: on the leader directly, from a follower through the leader. A member
-    /// cut off from a live leader refuses with "no leader" after two election timeouts rather
-    /// than waiting out the whole request timeout.
-    async fn propose_direct(&self, req: Request) -> Result<Response> {
-        tokio::select! {
-            result = self.propose_through_leader(req) => result,
-            _ = self.out_of_touch() => Err(Error::NoLeader),
-        }
+    fn next_proposal_id(&self) -> u64 {
+        self.inner.next_proposal.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Resolves once this member has been out of touch with a live leader for two election
-    /// timeouts: the side of a partition without a quorum.
-    async fn out_of_touch(&self) {
-        let limit = 2 * self.inner.config.election_timeout;
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if self.out_of_touch_for() >= limit {
-                return;
-            }
-        }
+    /// Registers a waiter for proposal `id`; the guard removes it when dropped.
+    fn wait_for_proposal(&self, id: u64) -> (oneshot::Receiver<Result<Response>>, WaiterGuard<'_>) {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        (
+            rx,
+            WaiterGuard {
+                waiters: &self.inner.waiters,
+                id,
+            },
+        )
     }
 
-    /// How long this member has been without a live leader: as leader, since a quorum last
-    /// acknowledged it; as follower, since it last heard from a leader.
-    fn out_of_touch_for(&self) -> Duration {
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        match metrics.state {
-            ServerState::Leader => {
-                if metrics.membership_config.membership().voter_ids().count() == 1 {
-                    Duration::ZERO
-                } else {
-                    Duration::from_millis(metrics.millis_since_quorum_ack.unwrap_or(0))
-                }
-            }
-            _ => self.inner.leader_contact.elapsed(),
-        }
-    }
-
-    async fn propose_through_leader(&self, req: Request) -> Result<Response> {
+    /// Proposes one entry, once, and waits for this member to apply it.
+    ///
+    /// Raft refuses a proposal outright only when it knows of no leader (or is handing
+    /// leadership over): such a proposal was never made and is tried again once a leader is
+    /// known. Once Raft took it, its fate is the log's: it is answered when applied, or with
+    /// "request timed out" — never proposed a second time.
+    async fn propose_direct(&self, request: Request) -> Result<Response> {
         let deadline = Instant::now() + self.inner.request_timeout;
+        let id = self.next_proposal_id();
+        let data = codec::encode(&Proposal {
+            proposer: self.member_id(),
+            id,
+            request,
+        });
+        let (answer, _guard) = self.wait_for_proposal(id);
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(Error::Timeout);
-            }
-            if self.is_leader() {
-                let write = async {
-                    let _gate = self.inner.write_gate.read().await;
-                    self.inner.raft.client_write(req.clone()).await
-                };
-                match tokio::time::timeout(remaining, write).await {
-                    Err(_) => return Err(Error::Timeout),
-                    Ok(Ok(written)) => return Ok(written.data),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => continue,
-                    Ok(Err(e)) => return Err(Error::Raft(e.to_string())),
-                }
-            }
-            let leader = self.wait_for_leader(deadline).await?;
-            if leader == self.member_id() {
-                continue;
-            }
-            let Some(url) = self.peer_url_of(leader) else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            match self.inner.network.propose(&url, &req, remaining).await {
-                Ok(ProposeReply::Applied { index, response }) => {
-                    self.wait_applied(index, deadline).await?;
-                    return Ok(response);
-                }
-                Ok(ProposeReply::NotLeader { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Ok(ProposeReply::Failed(msg)) => {
-                    if msg.contains("timed out") {
+            match self.inner.raft.propose(data.clone()).await {
+                Ok(()) => break,
+                Err(Error::NoLeader) => {
+                    self.wait_for_leader(deadline).await?;
+                    if Instant::now() >= deadline {
                         return Err(Error::Timeout);
                     }
-                    return Err(Error::Raft(msg));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "forwarding a write to the leader failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(e) => return Err(e),
             }
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Raft("the server is stopping".into())),
+            Err(_) => Err(Error::Timeout),
         }
     }
 
     /// Waits until this member has applied log `index`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        self.inner
-            .raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "read or forwarded write")
-            .await
-            .map(|_| ())
-            .map_err(|_| Error::Timeout)
+        self.inner.state_machine.wait_applied(index, deadline).await
     }
 
     /// Makes the next local read linearizable: waits until this member has applied everything
@@ -330,60 +321,19 @@ impl Server {
         self.inner.read_barrier.wait().await
     }
 
-    /// Obtains one read index and waits until this member has applied it; refuses with "no
-    /// leader" when cut off from a live leader, as writes do.
+    /// Obtains one read index — confirmed by the leader with a quorum after this call began —
+    /// and waits until this member has applied it; refuses with "no leader" when cut off.
     async fn read_barrier_once(&self) -> Result<()> {
-        tokio::select! {
-            result = self.read_index_from_leader() => result,
-            _ = self.out_of_touch() => Err(Error::NoLeader),
-        }
-    }
-
-    async fn read_index_from_leader(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.request_timeout;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if self.out_of_touch() {
+                return Err(Error::NoLeader);
+            }
+            if Instant::now() >= deadline {
                 return Err(Error::Timeout);
             }
-            if self.is_leader() {
-                match tokio::time::timeout(remaining, self.inner.raft.ensure_linearizable()).await {
-                    Err(_) => return Err(Error::Timeout),
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
-                        continue
-                    }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                        return Err(Error::Timeout)
-                    }
-                    Ok(Err(e)) => return Err(Error::Raft(e.to_string())),
-                }
-            }
-            let leader = self.wait_for_leader(deadline).await?;
-            if leader == self.member_id() {
-                continue;
-            }
-            let Some(url) = self.peer_url_of(leader) else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            match self.inner.network.read_index(&url, remaining).await {
-                Ok(ReadIndexReply::Index(index)) => {
-                    return self.wait_applied(index, deadline).await
-                }
-                Ok(ReadIndexReply::NotLeader { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Ok(ReadIndexReply::Failed(msg)) => {
-                    if msg.contains("timed out") {
-                        return Err(Error::Timeout);
-                    }
-                    return Err(Error::Raft(msg));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "read index from the leader failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            if let Some(index) = self.inner.raft.read_index(READ_INDEX_RETRY).await {
+                return self.wait_applied(index, deadline).await;
             }
         }
     }
@@ -406,40 +356,40 @@ impl Server {
     /// The members as the cluster knows them, with the client URLs they published.
     pub fn members(&self) -> Result<Vec<MemberInfo>> {
         let attributes = self.inner.state_machine.member_attributes()?;
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
-        let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let mut members = BTreeMap::new();
-        for (id, node) in membership.nodes() {
-            let attrs = attributes.get(id);
-            members.insert(
-                *id,
+        let status = self.raft_status();
+        let nodes = self.inner.members.nodes();
+        let ids = status.voters.iter().chain(status.learners.iter());
+        Ok(ids
+            .map(|id| {
+                let node = nodes.get(id).cloned().unwrap_or_default();
+                let attrs = attributes.get(id);
                 MemberInfo {
                     id: *id,
                     name: attrs
                         .map(|a| a.name.clone())
                         .unwrap_or_else(|| node.name.clone()),
-                    peer_urls: node.peer_urls.clone(),
+                    peer_urls: node.peer_urls,
                     client_urls: attrs.map(|a| a.client_urls.clone()).unwrap_or_default(),
-                    is_learner: !voters.contains(id),
-                },
-            );
-        }
-        Ok(members.into_values().collect())
+                    is_learner: status.learners.contains(id),
+                }
+            })
+            .map(|member| (member.id, member))
+            .collect::<std::collections::BTreeMap<u64, MemberInfo>>()
+            .into_values()
+            .collect())
     }
 
     /// Counts leader changes as this member sees them (`etcd_server_leader_changes_seen_total`).
     pub async fn count_leader_changes(self) {
-        let mut metrics = self.inner.raft.metrics();
+        let mut status = self.inner.raft.status_watch();
         let mut leader = None;
         loop {
-            let now = metrics.borrow_and_update().current_leader;
+            let now = status.borrow_and_update().leader();
             if now.is_some() && now != leader {
                 self.inner.metrics.leader_changes_seen.inc();
             }
             leader = now;
-            if metrics.changed().await.is_err() {
+            if status.changed().await.is_err() {
                 return;
             }
         }

@@ -1,10 +1,11 @@
 //! Batching of proposals: client writes that arrive while others are in flight travel to the
 //! leader and through Raft together, as one log entry.
 //!
-//! openraft's core does a fixed amount of work per entry (and the WAL one fsync per flush), so
-//! under concurrent load one entry per write caps throughput long before the disk or the
-//! network does. A batch is still applied request by request — each write gets its own
-//! revision — and each caller gets its own response.
+//! Every entry costs Raft, the WAL and the apply stage a fixed amount of work, so under
+//! concurrent load one entry per write caps throughput before the disk or the network does. A
+//! batch is still applied request by request — each write gets its own revision — and each
+//! caller gets its own response. Batches stay small in bytes, so that large values never make
+//! an entry too large to replicate.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use crate::{Error, Result};
 
 /// Most requests in one batch.
 const MAX_BATCH_REQUESTS: usize = 256;
+/// A batch stops growing at this many bytes of requests.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Batches proposed at once: enough to keep the Raft pipeline full.
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Requests waiting to be batched before callers wait for room.
@@ -55,17 +58,35 @@ impl Server {
     /// Takes queued requests, as many as are waiting, and proposes them as one entry.
     pub async fn run_proposer(self, mut queue: ProposerQueue) {
         let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-        while let Some(first) = queue.queue.recv().await {
+        // A request that would have made the last batch too large starts the next one.
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match queue.queue.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
             let permit = in_flight
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
             // Requests that arrived while waiting for a slot join this batch.
+            let mut bytes = first.0.approximate_size();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_REQUESTS {
+            while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
                 match queue.queue.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        let size = next.0.approximate_size();
+                        if bytes + size > MAX_BATCH_BYTES {
+                            carried = Some(next);
+                            break;
+                        }
+                        bytes += size;
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }

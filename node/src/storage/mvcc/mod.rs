@@ -210,6 +210,20 @@ impl MvccStore {
         snapshot::dump(&self.db().begin_read()?)
     }
 
+    /// A dump as `snapshot` makes, with the metadata values of `keys` read at the same point.
+    pub fn snapshot_with_meta(&self, keys: &[&str]) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>)> {
+        let txn = self.db().begin_read()?;
+        let values = {
+            let meta = txn.open_table(META)?;
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(meta.get(*key)?.map(|value| value.value().to_vec()));
+            }
+            values
+        };
+        Ok((snapshot::dump(&txn)?, values))
+    }
+
     /// Replaces the whole store with a snapshot's contents, durably.
     pub fn restore(&self, snapshot: &[u8]) -> Result<()> {
         let txn = self.db().begin_write()?;

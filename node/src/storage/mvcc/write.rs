@@ -206,6 +206,13 @@ impl MvccWrite {
         Ok(stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes())
     }
 
+    /// A metadata value as this transaction sees it.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(META)?;
+        let value = table.get(key)?.map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
     /// Removes a metadata entry, if present.
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         self.txn.open_table(META)?.remove(key)?;

@@ -230,6 +230,33 @@ impl Wal {
         self.call(|done| Request::Vote { vote, done }).await
     }
 
+    /// Saves the vote; `done` runs on the writer thread once it is durable.
+    pub fn save_vote_with(&self, vote: Vec<u8>, done: Box<dyn FnOnce(Result<()>) + Send>) {
+        self.send(Request::Vote { vote, done });
+    }
+
+    /// As `purge`, with `done` run on the writer thread once the purge is durable.
+    pub fn purge_with(
+        &self,
+        up_to_index: u64,
+        purged: Vec<u8>,
+        done: Box<dyn FnOnce(Result<()>) + Send>,
+    ) {
+        self.send(Request::Purge {
+            up_to: up_to_index,
+            purged,
+            done,
+        });
+    }
+
+    /// As `truncate`, with `done` run on the writer thread once the truncation is durable.
+    pub fn truncate_with(&self, from_index: u64, done: Box<dyn FnOnce(Result<()>) + Send>) {
+        self.send(Request::Truncate {
+            from: from_index,
+            done,
+        });
+    }
+
     /// Records the committed marker. It is not synced on its own: it is written with the next
     /// write that is synced anyway, or when the WAL closes.
     pub fn save_committed(&self, committed: Vec<u8>) {
