@@ -40,6 +40,10 @@ const OPENRAFT_MEMBERSHIP_KEY: &str = "raft/membership";
 
 /// How long applied state may stay only in the page cache before a durable commit.
 const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How many bytes of entries may be applied by commits that are not durable. redb cannot reuse
+/// pages freed since its last durable commit, so this bounds the garbage that counts against
+/// the backend quota and grows the file.
+const DURABLE_COMMIT_BYTES: usize = 256 * 1024;
 /// Entries kept in the log behind a compaction, so that a member a little behind catches up
 /// from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
 const CATCH_UP_ENTRIES: u64 = 5000;
@@ -107,6 +111,8 @@ struct Applier {
     commit_duration: prometheus::Histogram,
     snapshot_count: u64,
     last_durable: Instant,
+    /// Bytes of entries applied since the last durable commit.
+    undurable_bytes: usize,
     /// The applied index at the last durable commit that allowed a compaction.
     last_snapshot: u64,
     removed: watch::Sender<bool>,
@@ -211,6 +217,7 @@ impl StateMachine {
             commit_duration,
             snapshot_count: snapshot_count.max(1),
             last_durable: Instant::now(),
+            undurable_bytes: 0,
             last_snapshot: applied_now.index,
             removed,
         };
@@ -449,7 +456,10 @@ impl Applier {
         }
         write.set_meta(APPLIED_KEY, &codec::encode(&last))?;
         let snapshot_due = last.0 >= self.last_snapshot + self.snapshot_count;
-        let durable = snapshot_due || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
+        self.undurable_bytes += batch.iter().map(|c| c.entry.data.len()).sum::<usize>();
+        let durable = snapshot_due
+            || self.undurable_bytes >= DURABLE_COMMIT_BYTES
+            || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
         if durable {
             record_size_in_use(&self.size_in_use, &write);
         }
@@ -458,6 +468,7 @@ impl Applier {
         timer.observe_duration();
         if durable {
             self.last_durable = Instant::now();
+            self.undurable_bytes = 0;
         }
         if members_changed {
             let (nodes, removed) = read_members(&self.store)?;

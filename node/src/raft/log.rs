@@ -293,6 +293,12 @@ impl RaftLog {
         self.write().built = Some(snapshot);
     }
 
+    /// Drops the built snapshot once it was sent: it holds a copy of the whole store, and a
+    /// later request gets a fresher one.
+    pub fn forget_snapshot(&self) {
+        self.write().built = None;
+    }
+
     /// Whether Raft asked for a snapshot since the last call.
     pub fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::AcqRel)

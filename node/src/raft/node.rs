@@ -37,9 +37,9 @@ pub enum Command {
         data: Vec<u8>,
         done: oneshot::Sender<Result<()>>,
     },
+    /// A configuration change; what it concerns travels in the change's own context.
     ProposeConfChange {
         change: ConfChangeV2,
-        context: Vec<u8>,
         done: oneshot::Sender<Result<()>>,
     },
     /// Asks for a read index; answered with the index once the leader has confirmed it
@@ -134,13 +134,9 @@ impl RaftHandle {
         rx.await.unwrap_or(Err(Error::Raft("raft stopped".into())))
     }
 
-    pub async fn propose_conf_change(&self, change: ConfChangeV2, context: Vec<u8>) -> Result<()> {
+    pub async fn propose_conf_change(&self, change: ConfChangeV2) -> Result<()> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::ProposeConfChange {
-            change,
-            context,
-            done,
-        });
+        self.send(Command::ProposeConfChange { change, done });
         rx.await.unwrap_or(Err(Error::Raft("raft stopped".into())))
     }
 
@@ -291,14 +287,10 @@ impl ReadyLoop {
                     .map_err(|_| Error::NoLeader);
                 let _ = done.send(result);
             }
-            Command::ProposeConfChange {
-                change,
-                context,
-                done,
-            } => {
+            Command::ProposeConfChange { change, done } => {
                 let result = self
                     .node
-                    .propose_conf_change(context, change)
+                    .propose_conf_change(Vec::new(), change)
                     .map_err(|e| match e {
                         raft::Error::ProposalDropped => Error::NoLeader,
                         other => Error::Raft(other.to_string()),
@@ -316,14 +308,17 @@ impl ReadyLoop {
                 let _ = self.node.campaign();
             }
             Command::Unreachable(id) => self.node.report_unreachable(id),
-            Command::SnapshotSent { to, ok } => self.node.report_snapshot(
-                to,
-                if ok {
-                    raft::SnapshotStatus::Finish
-                } else {
-                    raft::SnapshotStatus::Failure
-                },
-            ),
+            Command::SnapshotSent { to, ok } => {
+                self.log.forget_snapshot();
+                self.node.report_snapshot(
+                    to,
+                    if ok {
+                        raft::SnapshotStatus::Finish
+                    } else {
+                        raft::SnapshotStatus::Failure
+                    },
+                );
+            }
             Command::Persisted(number) => {
                 while self.writing.front().is_some_and(|n| *n <= number) {
                     self.writing.pop_front();

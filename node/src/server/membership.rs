@@ -198,13 +198,11 @@ impl Server {
         });
         let change = ConfChangeV2 {
             changes: vec![single].into(),
+            context: context.into(),
             ..Default::default()
         };
         let (answer, _guard) = self.wait_for_proposal(id);
-        self.inner
-            .raft
-            .propose_conf_change(change, context)
-            .await?;
+        self.inner.raft.propose_conf_change(change).await?;
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result.map(|_| ()),
             Ok(Err(_)) => Err(Error::Raft("the server is stopping".into())),
