@@ -45,7 +45,8 @@ const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// the backend quota and grows the file.
 const DURABLE_COMMIT_BYTES: usize = 256 * 1024;
 /// Entries kept in the log behind a compaction, so that a member a little behind catches up
-/// from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
+/// from the log rather than a snapshot (etcd's SnapshotCatchUpEntries); never more than
+/// `--snapshot-count`.
 const CATCH_UP_ENTRIES: u64 = 5000;
 
 /// The proposals this member waits for, by proposal ID; the apply stage answers them.
@@ -492,7 +493,9 @@ impl Applier {
             self.last_snapshot = last.0;
             let _ = self
                 .commands
-                .send(Command::Compact(last.0.saturating_sub(CATCH_UP_ENTRIES)));
+                .send(Command::Compact(last.0.saturating_sub(
+                    CATCH_UP_ENTRIES.min(self.snapshot_count),
+                )));
         }
         if removed_self {
             self.removed.send_replace(true);
