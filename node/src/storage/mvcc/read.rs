@@ -12,7 +12,7 @@ use etcd_client::proto::{PbKeyValue, PbRangeRequest, PbRangeResponse, PbResponse
 use redb::ReadableTable;
 
 use super::key_span::KeySpan;
-use super::tables::{decode_kv, HistoryKey, HistoryRecord};
+use super::tables::{decode_latest, HistoryKey, HistoryRecord};
 use crate::error::{Error, Result};
 
 /// `RangeRequest.SortOrder`, an i32 on the wire.
@@ -74,10 +74,28 @@ where
 
     /// The live version of `key` at the current revision.
     pub(super) fn latest(&self, key: &[u8]) -> Result<Option<PbKeyValue>> {
-        match self.latest.get(key)? {
-            Some(value) => Ok(Some(decode_kv(value.value())?)),
-            None => Ok(None),
-        }
+        let at = match self.latest.get(key)? {
+            Some(value) => decode_latest(value.value())?,
+            None => return Ok(None),
+        };
+        self.live_version(key, at).map(Some)
+    }
+
+    /// The version of `key` that `kv_latest` points at.
+    fn live_version(&self, key: &[u8], (main, sub): (i64, i64)) -> Result<PbKeyValue> {
+        let record = match self.history.get((key, main, sub))? {
+            Some(record) => HistoryRecord::decode(record.value())?,
+            None => {
+                return Err(Error::MvccCorrupt(format!(
+                    "kv_latest points at revision {main}.{sub} of a key, which kv_history lacks"
+                )))
+            }
+        };
+        record.into_kv().ok_or_else(|| {
+            Error::MvccCorrupt(format!(
+                "kv_latest points at the tombstone at revision {main}.{sub}"
+            ))
+        })
     }
 
     /// The version of `key` that was live at `revision`, if any.
@@ -122,10 +140,11 @@ where
                     .latest
                     .range::<&[u8]>((Bound::Included(start.as_slice()), upper))?
                 {
-                    let (_, value) = entry?;
-                    // Counting needs no decoding; only the returned key-values are decoded.
+                    let (key, value) = entry?;
+                    // Counting needs no decoding; only the returned key-values are read.
                     if found.wants_more() {
-                        found.add(Some(decode_kv(value.value())?));
+                        let at = decode_latest(value.value())?;
+                        found.add(Some(self.live_version(key.value(), at)?));
                     } else {
                         found.count += 1;
                     }

@@ -14,7 +14,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    encode_kv, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES,
+    encode_latest, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES,
     LEASE_KEYS, META, REVISIONS,
 };
 use crate::error::{Error, Result};
@@ -160,7 +160,7 @@ pub(super) fn load(txn: &WriteTransaction, snapshot: &[u8]) -> Result<()> {
             .get(i + 1)
             .is_none_or(|next| next.key != change.key);
         if let (true, HistoryRecord::Put(kv)) = (is_last_of_key, &record) {
-            latest.insert(key, encode_kv(kv).as_slice())?;
+            latest.insert(key, encode_latest(change.main, change.sub).as_slice())?;
             if kv.lease != 0 {
                 lease_keys.insert((kv.lease, key), ())?;
             }

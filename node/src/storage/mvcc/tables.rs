@@ -4,8 +4,9 @@
 //! write transaction of a batch, so one redb commit moves all of them (and the Raft state
 //! machine's metadata) together:
 //!
-//! - `kv_latest`: key → the live version of the key (absent once deleted). Serves reads at the
-//!   current revision without touching history.
+//! - `kv_latest`: key → the revision (main, sub) of the key's live version in `kv_history`
+//!   (absent once deleted): an index, so every value is stored once. Serves reads at the current
+//!   revision without scanning history.
 //! - `kv_history`: (key, main revision, sub revision) → every version and tombstone, kept until
 //!   compaction. Serves reads at older revisions and the `prev_kv` of replayed events.
 //! - `kv_events`: (main revision, sub revision) → key, the order in which changes happened.
@@ -87,12 +88,28 @@ impl HistoryRecord {
     }
 }
 
-/// Encodes a value of `kv_latest`.
-pub(super) fn encode_kv(kv: &PbKeyValue) -> Vec<u8> {
-    kv.encode_to_vec()
+/// Encodes a value of `kv_latest`: where in `kv_history` the live version is.
+pub(super) fn encode_latest(main: i64, sub: i64) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&main.to_be_bytes());
+    bytes[8..].copy_from_slice(&sub.to_be_bytes());
+    bytes
 }
 
-/// Decodes a value of `kv_latest` (or the body of a history record).
+/// Decodes a value of `kv_latest`.
+pub(super) fn decode_latest(bytes: &[u8]) -> Result<(i64, i64)> {
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
+        Error::MvccCorrupt(format!(
+            "kv_latest value of {} bytes, not a revision",
+            bytes.len()
+        ))
+    })?;
+    let main = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let sub = i64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+    Ok((main, sub))
+}
+
+/// Decodes the body of a history record.
 pub(super) fn decode_kv(bytes: &[u8]) -> Result<PbKeyValue> {
     PbKeyValue::decode(bytes).map_err(|e| Error::MvccCorrupt(format!("key-value: {e}")))
 }

@@ -19,7 +19,7 @@ use super::events::event_type;
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
-    decode_kv, encode_kv, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION,
+    encode_latest, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION,
     CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
 };
 use crate::error::{Error, Result};
@@ -198,12 +198,13 @@ impl MvccWrite {
         Ok(())
     }
 
-    /// The bytes the store's data occupies (keys, values, index and metadata, and the
-    /// fragmentation between them), which is what the backend quota counts — not the file's
-    /// length, which redb grows ahead of use.
+    /// The bytes the store's data occupies (keys, values, index and metadata), which is what
+    /// the backend quota counts — not the file's length, which redb grows ahead of use, nor the
+    /// free and not yet reusable pages inside it, which redb reuses after its next durable
+    /// commit and defragment returns to the file system.
     pub fn size_in_use(&self) -> Result<u64> {
         let stats = self.txn.stats()?;
-        Ok(stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes())
+        Ok(stats.stored_bytes() + stats.metadata_bytes())
     }
 
     /// A metadata value as this transaction sees it.
@@ -432,7 +433,9 @@ impl Request<'_, '_> {
             value,
             lease,
         };
-        self.tables.latest.insert(key, encode_kv(&kv).as_slice())?;
+        self.tables
+            .latest
+            .insert(key, encode_latest(self.main, self.sub).as_slice())?;
         self.record_change(key, &HistoryRecord::Put(kv.clone()))?;
         let prev_lease = prev.as_ref().map_or(0, |prev| prev.lease);
         if prev_lease != 0 && prev_lease != lease {
@@ -451,10 +454,11 @@ impl Request<'_, '_> {
 
     /// Deletes `key` at the next sub revision, if it is live.
     fn delete_key(&mut self, key: &[u8]) -> Result<()> {
-        let prev = match self.tables.latest.remove(key)? {
-            Some(prev) => decode_kv(prev.value())?,
+        let prev = match self.view().latest(key)? {
+            Some(prev) => prev,
             None => return Ok(()),
         };
+        self.tables.latest.remove(key)?;
         let main = self.main;
         self.record_change(key, &HistoryRecord::Tombstone)?;
         if prev.lease != 0 {
