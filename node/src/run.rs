@@ -264,19 +264,18 @@ fn founding_entries(identity: &Identity) -> Vec<Entry> {
             };
             single.set_change_type(ConfChangeType::AddNode);
             let change = ConfChangeV2 {
-                changes: vec![single].into(),
+                changes: vec![single],
                 context: codec::encode(&ConfChangeContext {
                     proposer: 0,
                     id: 0,
                     member: Some(member),
-                })
-                .into(),
+                }),
                 ..Default::default()
             };
             let mut entry = Entry {
                 index: i as u64 + 1,
                 term: 1,
-                data: change.encode_to_vec().into(),
+                data: change.encode_to_vec(),
                 ..Default::default()
             };
             entry.set_entry_type(EntryType::EntryConfChangeV2);
@@ -292,7 +291,9 @@ async fn bind(url: &HostPort, flag: &str) -> Result<TcpListener> {
 }
 
 /// Runs blocking storage work (opening files, replaying the WAL) off the async runtime.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Raft(format!("storage task failed: {e}")))?
@@ -307,6 +308,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&config.wal_dir)
         .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", config.wal_dir.display())))?;
 
+    // The store first: a data dir of an older release is refused before its WAL is read.
+    let db = member_dir.join(DB_FILE);
+    let store = blocking(move || MvccStore::open(&db)).await?;
+    let applied = applied_state(&store)?;
     let wal_dir = config.wal_dir.clone();
     let log = blocking(move || RaftLog::open(&wal_dir)).await?;
     if fresh && !log.is_empty() {
@@ -315,9 +320,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             config.wal_dir.display()
         )));
     }
-    let db = member_dir.join(DB_FILE);
-    let store = blocking(move || MvccStore::open(&db)).await?;
-    let applied = applied_state(&store)?;
     // A founding member bootstraps until its log shows it has: a fresh data dir, a restored
     // snapshot, or a first start that died before the bootstrap reached the WAL.
     if log.is_empty() && applied.index == 0 && !identity.initial_cluster.is_empty() {
@@ -363,7 +365,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let network = PeerNetwork::new(
         identity.cluster_id,
         identity.member_id,
-        config.advertise_peer_urls.first().cloned().unwrap_or_default(),
+        config
+            .advertise_peer_urls
+            .first()
+            .cloned()
+            .unwrap_or_default(),
     );
     let members = Members::default();
     let waiters = Waiters::default();
@@ -389,7 +395,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let node = RawNode::new(&raft_config, log.clone(), &logger)
         .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
-    let sole_voter = node.raft.prs().conf().voters().ids().iter().eq([identity.member_id]);
+    let sole_voter = node
+        .raft
+        .prs()
+        .conf()
+        .voters()
+        .ids()
+        .iter()
+        .eq([identity.member_id]);
     let raft = node::spawn(
         node,
         (commands, command_queue),
@@ -407,7 +420,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let committed = log.hard_state().commit;
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            if state_machine.wait_applied(committed, deadline).await.is_ok()
+            if state_machine
+                .wait_applied(committed, deadline)
+                .await
+                .is_ok()
                 && raft.status().leader().is_none()
             {
                 raft.send(Command::Campaign);

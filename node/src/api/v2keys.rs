@@ -494,10 +494,7 @@ fn v2_headers(server: &Server, index: u64) -> HeaderMap {
         HeaderValue::from_static("application/json"),
     );
     headers.insert("X-Etcd-Index", HeaderValue::from(index));
-    headers.insert(
-        "X-Raft-Index",
-        HeaderValue::from(applied),
-    );
+    headers.insert("X-Raft-Index", HeaderValue::from(applied));
     headers.insert("X-Raft-Term", HeaderValue::from(server.raft_status().term));
     headers
 }

@@ -348,7 +348,7 @@ pub(super) fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2> {
             };
             single.set_change_type(cc.get_change_type());
             Ok(ConfChangeV2 {
-                changes: vec![single].into(),
+                changes: vec![single],
                 context: cc.context,
                 ..Default::default()
             })
@@ -491,11 +491,10 @@ impl Applier {
         if snapshot_due {
             // The store holds everything up to `last` durably: the log before it may go.
             self.last_snapshot = last.0;
-            let _ = self
-                .commands
-                .send(Command::Compact(last.0.saturating_sub(
-                    CATCH_UP_ENTRIES.min(self.snapshot_count),
-                )));
+            let _ = self.commands.send(Command::Compact(
+                last.0
+                    .saturating_sub(CATCH_UP_ENTRIES.min(self.snapshot_count)),
+            ));
         }
         if removed_self {
             self.removed.send_replace(true);
@@ -547,7 +546,7 @@ impl Applier {
                             None => ConfState::default(),
                         };
                         let mut snapshot = Snapshot {
-                            data: data.into(),
+                            data,
                             ..Default::default()
                         };
                         let metadata = snapshot.mut_metadata();
@@ -651,5 +650,32 @@ fn apply_request(write: &mut MvccWrite, req: &Request) -> Result<Response> {
             Some(rejected) => Ok(Response::Rejected(rejected)),
             None => Err(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_the_openraft_engine_is_refused_saying_how_to_move_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let mut write = store.begin_write().unwrap();
+        write.set_meta(OPENRAFT_MEMBERSHIP_KEY, b"old").unwrap();
+        write.commit(true).unwrap();
+        let message = applied_state(&store).err().expect("refused").to_string();
+        assert!(message.contains("`etcdctl snapshot save`"), "{message}");
+        assert!(message.contains("`ferrokv snapshot restore`"), "{message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    #[test]
+    fn a_new_store_has_applied_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let applied = applied_state(&store).unwrap();
+        assert_eq!((applied.index, applied.term), (0, 0));
+        assert_eq!(applied.conf_state, ConfState::default());
     }
 }

@@ -83,7 +83,9 @@ impl RaftLog {
             hard_state.commit = hard_state.commit.max(commit);
         }
         let compacted = match &recovered.purged {
-            Some(bytes) => bincode::deserialize(bytes).map_err(|e| corrupt(dir, "compaction", e))?,
+            Some(bytes) => {
+                bincode::deserialize(bytes).map_err(|e| corrupt(dir, "compaction", e))?
+            }
             None => (0, 0),
         };
         let mut entries = VecDeque::with_capacity(recovered.entries.len());
@@ -398,7 +400,7 @@ mod tests {
         Entry {
             index,
             term,
-            data: format!("entry {index}").into_bytes().into(),
+            data: format!("entry {index}").into_bytes(),
             ..Default::default()
         }
     }

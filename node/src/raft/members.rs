@@ -73,7 +73,8 @@ impl Members {
         }
         let known = {
             let registry = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            registry.nodes.contains_key(&id) || registry.announced.get(&id).map(String::as_str) == Some(url)
+            registry.nodes.contains_key(&id)
+                || registry.announced.get(&id).map(String::as_str) == Some(url)
         };
         if !known {
             self.inner

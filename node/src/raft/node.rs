@@ -32,7 +32,7 @@ use crate::{Error, Result};
 /// What the Ready loop is asked to do.
 pub enum Command {
     /// A message from a peer.
-    Step(Message),
+    Step(Box<Message>),
     Propose {
         data: Vec<u8>,
         done: oneshot::Sender<Result<()>>,
@@ -278,7 +278,7 @@ impl ReadyLoop {
         match command {
             Command::Step(message) => {
                 // Messages from unknown or removed members, stale terms: Raft ignores them.
-                let _ = self.node.step(message);
+                let _ = self.node.step(*message);
             }
             Command::Propose { data, done } => {
                 let result = self
@@ -288,13 +288,13 @@ impl ReadyLoop {
                 let _ = done.send(result);
             }
             Command::ProposeConfChange { change, done } => {
-                let result = self
-                    .node
-                    .propose_conf_change(Vec::new(), change)
-                    .map_err(|e| match e {
-                        raft::Error::ProposalDropped => Error::NoLeader,
-                        other => Error::Raft(other.to_string()),
-                    });
+                let result =
+                    self.node
+                        .propose_conf_change(Vec::new(), change)
+                        .map_err(|e| match e {
+                            raft::Error::ProposalDropped => Error::NoLeader,
+                            other => Error::Raft(other.to_string()),
+                        });
                 let _ = done.send(result);
             }
             Command::ReadIndex(done) => {

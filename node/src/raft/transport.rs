@@ -14,7 +14,7 @@
 //! cluster, or one removed from this one, is refused with a typed `Refusal`, and a member
 //! refused as removed stops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -103,6 +103,10 @@ pub struct PeerNetwork {
     clients: Arc<Mutex<HashMap<String, PeerClient<Channel>>>>,
     /// Set when another member refuses this one as removed from the cluster.
     removed: Arc<watch::Sender<bool>>,
+    /// When each member was last heard from, on any stream or call.
+    last_heard: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// Members whose stream from this one broke and who have not been heard from since.
+    broken: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl PeerNetwork {
@@ -113,7 +117,47 @@ impl PeerNetwork {
             peer_url,
             clients: Arc::new(Mutex::new(HashMap::new())),
             removed: Arc::new(watch::channel(false).0),
+            last_heard: Arc::new(Mutex::new(HashMap::new())),
+            broken: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Whether member `id` was heard from within `window` and its stream is not known broken:
+    /// whether a message sent to it now is likely to arrive.
+    pub fn reachable(&self, id: u64, window: Duration) -> bool {
+        self.heard_from_within(id, window)
+            && !self
+                .broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+    }
+
+    fn stream_broke(&self, id: u64) {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    /// Whether member `id` was heard from within `window`.
+    pub fn heard_from_within(&self, id: u64, window: Duration) -> bool {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    fn heard_from(&self, id: u64) {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -304,11 +348,7 @@ impl Transport {
                 }
                 _ => {}
             }
-            let mut streams = self
-                .inner
-                .streams
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut streams = self.inner.streams.lock().unwrap_or_else(|p| p.into_inner());
             let stream = streams.entry(to).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let inner = self.inner.clone();
@@ -343,7 +383,11 @@ impl TransportInner {
 }
 
 /// Keeps a stream open to member `to` and sends it what is queued, in batches.
-async fn stream_to(inner: Arc<TransportInner>, to: u64, mut queue: mpsc::UnboundedReceiver<Message>) {
+async fn stream_to(
+    inner: Arc<TransportInner>,
+    to: u64,
+    mut queue: mpsc::UnboundedReceiver<Message>,
+) {
     loop {
         let Some(first) = queue.recv().await else {
             return;
@@ -361,14 +405,24 @@ async fn stream_to(inner: Arc<TransportInner>, to: u64, mut queue: mpsc::Unbound
             }
         };
         let (batches, outgoing) = mpsc::channel::<RaftBatch>(STREAM_BUFFER);
-        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(outgoing)).await });
+        let mut call =
+            tokio::spawn(async move { client.raft(ReceiverStream::new(outgoing)).await });
+        let mut ended = None;
         let mut next = Some(first);
         loop {
             let message = match next.take() {
                 Some(message) => message,
-                None => match queue.recv().await {
-                    Some(message) => message,
-                    None => return,
+                // A stream that ends while idle (the peer died) is noticed at once.
+                None => tokio::select! {
+                    biased;
+                    result = &mut call => {
+                        ended = Some(result);
+                        break;
+                    }
+                    message = queue.recv() => match message {
+                        Some(message) => message,
+                        None => return,
+                    },
                 },
             };
             let mut encoded = vec![message.encode_to_vec()];
@@ -395,7 +449,12 @@ async fn stream_to(inner: Arc<TransportInner>, to: u64, mut queue: mpsc::Unbound
             }
         }
         drop(batches);
-        match call.await {
+        inner.network.stream_broke(to);
+        let result = match ended {
+            Some(result) => result,
+            None => call.await,
+        };
+        match result {
             Ok(Ok(ack)) => {
                 let ack = ack.into_inner();
                 let refusal = ack.refusal();
@@ -423,12 +482,15 @@ async fn send_snapshot(inner: Arc<TransportInner>, mut message: Message) {
     let sender = inner.network.sender();
     let total = data.len();
     let sent = async {
-        let url = inner.members.peer_url(to).ok_or_else(|| PeerError::Unreachable {
-            url: String::new(),
-            message: format!("no peer URL for member {to:x}"),
-        })?;
+        let url = inner
+            .members
+            .peer_url(to)
+            .ok_or_else(|| PeerError::Unreachable {
+                url: String::new(),
+                message: format!("no peer URL for member {to:x}"),
+            })?;
         let mut client = inner.network.client(&url)?;
-        let data = bytes::Bytes::from(data.to_vec());
+        let data = bytes::Bytes::from(data);
         let chunk_count = total.div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
         let chunks = (0..chunk_count).map(move |i| {
             let start = i * SNAPSHOT_CHUNK_BYTES;
@@ -481,10 +543,7 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub fn new(
-        transport: Transport,
-        duties: Arc<OnceLock<Arc<dyn LeaderDuties>>>,
-    ) -> PeerService {
+    pub fn new(transport: Transport, duties: Arc<OnceLock<Arc<dyn LeaderDuties>>>) -> PeerService {
         PeerService {
             network: transport.inner.network.clone(),
             members: transport.inner.members.clone(),
@@ -519,6 +578,7 @@ impl PeerService {
             ));
         }
         self.members.announce(sender.member_id, &sender.peer_url);
+        self.network.heard_from(sender.member_id);
         Ok(())
     }
 
@@ -534,7 +594,7 @@ impl PeerService {
         if message.get_msg_type() == MessageType::MsgHeartbeatResponse {
             self.transport.inner.heartbeat_answered(message.from);
         }
-        let _ = self.commands.send(Command::Step(message));
+        let _ = self.commands.send(Command::Step(Box::new(message)));
         Ok(())
     }
 }
@@ -619,8 +679,8 @@ impl Peer for PeerService {
                 format!("snapshot of {total} bytes arrived with {}", data.len()),
             )));
         }
-        message.mut_snapshot().data = data.into();
-        let _ = self.commands.send(Command::Step(message));
+        message.mut_snapshot().data = data;
+        let _ = self.commands.send(Command::Step(Box::new(message)));
         ack(Ok(()))
     }
 

@@ -197,8 +197,8 @@ impl Server {
             member,
         });
         let change = ConfChangeV2 {
-            changes: vec![single].into(),
-            context: context.into(),
+            changes: vec![single],
+            context,
             ..Default::default()
         };
         let (answer, _guard) = self.wait_for_proposal(id);
@@ -223,9 +223,15 @@ impl Server {
             if *id == self.member_id() {
                 return true;
             }
-            status.progress.get(id).is_some_and(|p| {
-                p.recent_active && p.matched + HEALTHY_LAG_ENTRIES >= status.last_index
-            })
+            let answering = self
+                .inner
+                .network
+                .heard_from_within(*id, self.config().election_timeout);
+            answering
+                && status
+                    .progress
+                    .get(id)
+                    .is_some_and(|p| p.matched + HEALTHY_LAG_ENTRIES >= status.last_index)
         };
         let mut after: BTreeSet<u64> = voters.clone();
         if let Some(id) = adding {

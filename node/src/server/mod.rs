@@ -227,6 +227,21 @@ impl Server {
             .is_some_and(|since| since.elapsed() >= 2 * self.inner.config.election_timeout)
     }
 
+    /// The leader a proposal can go to now: this member, or a leader heard from within half an
+    /// election timeout whose stream has not broken since. A proposal forwarded to a leader that has died is lost, and its client
+    /// waits out the request timeout; one held back until a live leader is known is not (not
+    /// proposing is always safe, proposing twice never is).
+    fn leader_to_forward_to(&self) -> Option<u64> {
+        let status = self.raft_status();
+        let leader = status.leader()?;
+        let live = status.is_leader()
+            || self
+                .inner
+                .network
+                .reachable(leader, self.inner.config.election_timeout / 2);
+        live.then_some(leader)
+    }
+
     /// Waits until a leader is known; "no leader" once out of touch, or at `deadline`.
     async fn wait_for_leader(&self, deadline: Instant) -> Result<u64> {
         loop {
@@ -290,17 +305,20 @@ impl Server {
         });
         let (answer, _guard) = self.wait_for_proposal(id);
         loop {
-            match self.inner.raft.propose(data.clone()).await {
-                Ok(()) => break,
-                Err(Error::NoLeader) => {
-                    self.wait_for_leader(deadline).await?;
-                    if Instant::now() >= deadline {
-                        return Err(Error::Timeout);
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            if self.leader_to_forward_to().is_some() {
+                match self.inner.raft.propose(data.clone()).await {
+                    Ok(()) => break,
+                    Err(Error::NoLeader) => {}
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
+            if self.out_of_touch() {
+                return Err(Error::NoLeader);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,

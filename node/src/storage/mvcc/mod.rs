@@ -63,6 +63,9 @@ pub struct LeaseInfo {
     pub keys: Vec<Vec<u8>>,
 }
 
+/// Metadata values read with a snapshot, in the order their keys were asked for.
+pub type MetaValues = Vec<Option<Vec<u8>>>;
+
 /// The store; cloning shares the one open database.
 #[derive(Clone)]
 pub struct MvccStore {
@@ -211,7 +214,7 @@ impl MvccStore {
     }
 
     /// A dump as `snapshot` makes, with the metadata values of `keys` read at the same point.
-    pub fn snapshot_with_meta(&self, keys: &[&str]) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>)> {
+    pub fn snapshot_with_meta(&self, keys: &[&str]) -> Result<(Vec<u8>, MetaValues)> {
         let txn = self.db().begin_read()?;
         let values = {
             let meta = txn.open_table(META)?;

@@ -14,8 +14,8 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    encode_latest, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES,
-    LEASE_KEYS, META, REVISIONS,
+    encode_latest, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST,
+    LEASES, LEASE_KEYS, META, REVISIONS,
 };
 use crate::error::{Error, Result};
 

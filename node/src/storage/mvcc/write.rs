@@ -19,8 +19,8 @@ use super::events::event_type;
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
-    encode_latest, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION,
-    CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
+    encode_latest, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION, CURRENT_REVISION,
+    EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
 };
 use crate::error::{Error, Result};
 
