@@ -18,7 +18,7 @@ ARG RUST_VERSION=1.90
 ARG DEBIAN_RELEASE=bookworm
 
 FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
-# etcd-client's build compiles etcd's .proto files, and so does the node's (node/build.rs).
+# etcd-client's build compiles etcd's .proto files, and so does the Raft crate's (node/raft/build.rs).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::server::compactor::{parse_auto_compaction, AutoCompaction};
+use crate::server::config::ServerConfig;
+pub use crate::server::config::{parse_url, HostPort};
 
 /// etcd's default for `--quota-backend-bytes` when it is 0: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -167,15 +169,19 @@ pub struct NodeConfig {
     pub discovery: Option<crate::discovery::Discovery>,
 }
 
-/// A `host:port` to listen on, from an `http://host:port` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub url: String,
-    pub host: String,
-    pub port: u16,
-}
-
 impl NodeConfig {
+    /// The part of the configuration the server and the client API run with.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            name: self.name.clone(),
+            advertise_client_urls: self.advertise_client_urls.clone(),
+            election_timeout: self.election_timeout,
+            quota_backend_bytes: self.quota_backend_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+        }
+    }
+
     /// Parses the process arguments; prints help/version or a one-line error and exits as clap
     /// does when they are wrong.
     pub fn from_args() -> Result<NodeConfig, String> {
@@ -370,37 +376,6 @@ fn parse_listen_urls(flag: &str, text: &str) -> Result<Vec<HostPort>, String> {
         .iter()
         .map(|u| parse_url(u).map_err(|e| format!("{flag}: {e}")))
         .collect()
-}
-
-/// Parses `http://host:port` (https is refused: TLS is not supported yet).
-pub fn parse_url(url: &str) -> Result<HostPort, String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") || url.starts_with("unixs://") {
-        return Err(format!(
-            "{url:?}: TLS URLs are not supported by ferrokv yet"
-        ));
-    } else {
-        return Err(format!(
-            "{url:?} is not a valid URL (expected http://host:port)"
-        ));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?} has no port (expected http://host:port)"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{url:?} has an invalid port {port:?}"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok(HostPort {
-        url: url.to_string(),
-        host: host.to_string(),
-        port,
-    })
 }
 
 /// Parses `name1=url1,name1=url2,name2=url3` into name → URLs.

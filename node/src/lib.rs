@@ -1,21 +1,22 @@
 //! ferrokv: one member of a Raft-replicated key-value store that speaks etcd's v3 API.
 //!
-//! Layers, from the wire down; each talks only to the one below it:
-//! `api` (gRPC and plain HTTP) → `server` (proposals, reads) → `raft` (tikv's Raft driven by a
-//! Ready loop: log on the WAL, apply stage, peer transport) → `storage` (WAL, MVCC store,
-//! member identity).
-//! `config` parses the flags, `run` wires the layers together, `restore` builds a data dir
-//! from a snapshot file.
+//! Layers, from the wire down, each a crate of its own that depends only on the ones below it
+//! (the compiler enforces the layering):
+//! `ferrokv-api` (gRPC and plain HTTP) → `ferrokv-server` (proposals, reads, leases, watches,
+//! membership) → `ferrokv-raft` (tikv's Raft driven by a Ready loop: log on the WAL, apply
+//! stage, peer transport) → `ferrokv-storage` (WAL, MVCC store, member identity).
+//! This package is the `ferrokv` binary around them: `config` parses the flags, `run` wires the
+//! layers together, `restore` builds a data dir from a snapshot file, `discovery` bootstraps a
+//! cluster through a discovery service.
 
-pub mod api;
 pub mod config;
 pub mod discovery;
 pub mod error;
-pub mod metrics;
-pub mod raft;
 pub mod restore;
 pub mod run;
-pub mod server;
-pub mod storage;
 
 pub use error::{Error, Result};
+pub use ferrokv_api as api;
+pub use ferrokv_raft as raft;
+pub use ferrokv_server as server;
+pub use ferrokv_storage as storage;

@@ -16,7 +16,6 @@ use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, E
 use raft::RawNode;
 
 use crate::config::{ClusterState, HostPort, NodeConfig};
-use crate::metrics::Metrics;
 use crate::raft::apply::{applied_state, ApplyParts, StateMachine, Waiters};
 use crate::raft::log::RaftLog;
 use crate::raft::members::Members;
@@ -26,6 +25,7 @@ use crate::raft::transport::{
     LeaderDuties, PeerNetwork, PeerService, Transport, MAX_PEER_MESSAGE_BYTES,
 };
 use crate::raft::types::{codec, ConfChangeContext, MemberNode};
+use crate::server::metrics::Metrics;
 use crate::server::{Server, ServerParts};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
@@ -235,7 +235,7 @@ fn raft_config(config: &NodeConfig, id: u64, applied: u64) -> Result<raft::Confi
     };
     raft_config
         .validate()
-        .map_err(|e| Error::Raft(format!("invalid raft configuration: {e}")))?;
+        .map_err(|e| Error::raft(format!("invalid raft configuration: {e}")))?;
     Ok(raft_config)
 }
 
@@ -291,12 +291,13 @@ async fn bind(url: &HostPort, flag: &str) -> Result<TcpListener> {
 }
 
 /// Runs blocking storage work (opening files, replaying the WAL) off the async runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
+async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(
+    work: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Raft(format!("storage task failed: {e}")))?
+        .map_err(|e| Error::raft(format!("storage task failed: {e}")))?
+        .map_err(Into::into)
 }
 
 pub async fn run(config: NodeConfig) -> Result<()> {
@@ -394,7 +395,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let raft_config = raft_config(&config, identity.member_id, applied.index)?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let node = RawNode::new(&raft_config, log.clone(), &logger)
-        .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+        .map_err(|e| Error::raft(format!("starting raft: {e}")))?;
     let sole_voter = node
         .raft
         .prs()
@@ -439,7 +440,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         members,
         waiters,
         identity: identity.clone(),
-        config: config.clone(),
+        config: Arc::new(config.server_config()),
         metrics,
     });
     let duties: Arc<OnceLock<Arc<dyn LeaderDuties>>> = Arc::new(OnceLock::new());
@@ -465,7 +466,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 .add_service(peer)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
-                .map_err(|e| Error::Raft(format!("peer server: {e}")))
+                .map_err(|e| Error::raft(format!("peer server: {e}")))
         });
     }
     for url in &config.listen_client_urls {
@@ -475,7 +476,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tasks.spawn(async move {
             api::serve_clients(server, listener, stop)
                 .await
-                .map_err(|e| Error::Raft(format!("client server: {e}")))
+                .map_err(|e| Error::raft(format!("client server: {e}")))
         });
     }
     tracing::info!(
@@ -504,12 +505,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             }
             Err(Error::DataDir(reason))
         }
-        reason = raft.failed() => Err(Error::Raft(reason)),
-        reason = state_machine.failed() => Err(Error::Backend(reason)),
+        reason = raft.failed() => Err(Error::raft(reason)),
+        reason = state_machine.failed() => Err(Error::Server(crate::server::ServerError::Backend(reason))),
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(Error::Raft(format!("server task failed: {e}"))),
+            Err(e) => Err(Error::raft(format!("server task failed: {e}"))),
         },
     };
     tracing::info!("stopping member");

@@ -1,0 +1,88 @@
+//! Errors on the wire: each server error becomes the gRPC status etcd returns for it, with the
+//! message etcd's clients match on (etcd's `rpctypes`).
+
+use ferrokv_server::{ServerError as Error, StorageError};
+use tonic::{Code, Status};
+
+pub fn to_status(e: Error) -> Status {
+    let code = match &e {
+        Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
+        Error::LeaseNotFound => Code::NotFound,
+        Error::LeaseExists => Code::FailedPrecondition,
+        Error::KeyNotFound
+        | Error::EmptyKey
+        | Error::ValueProvided
+        | Error::LeaseProvided
+        | Error::TooManyOps
+        | Error::DuplicateKey
+        | Error::RequestTooLarge
+        | Error::InvalidSortOption => Code::InvalidArgument,
+        Error::NoSpace => Code::ResourceExhausted,
+        Error::MemberNotFound => Code::NotFound,
+        Error::PeerUrlExists
+        | Error::MemberNotLearner
+        | Error::LearnerNotReady
+        | Error::MembershipInProgress => Code::FailedPrecondition,
+        Error::BadPeerUrl(_) => Code::InvalidArgument,
+        Error::NotLeader | Error::BadLeaderTransferee => Code::FailedPrecondition,
+        Error::LeaderTransferTimeout => Code::Unavailable,
+        Error::Unhealthy(_) => Code::Unavailable,
+        Error::NoLeader | Error::Timeout => Code::Unavailable,
+        Error::Raft(_) | Error::Backend(_) => Code::Unavailable,
+        Error::Storage(e) => storage_code(e),
+    };
+    let message = match &e {
+        // etcd prefixes the mvcc errors on the wire.
+        Error::Compacted | Error::FutureRev => format!("etcdserver: {e}"),
+        _ => e.to_string(),
+    };
+    Status::new(code, message)
+}
+
+/// The code of a storage failure underneath the server. The conditions a request can meet
+/// (a compacted revision, a missing lease, ...) reach the api as server errors of their own;
+/// they are listed here too, with the same codes, so that no variant goes unmapped.
+fn storage_code(e: &StorageError) -> Code {
+    match e {
+        StorageError::Compacted | StorageError::FutureRev => Code::OutOfRange,
+        StorageError::LeaseNotFound => Code::NotFound,
+        StorageError::LeaseExists => Code::FailedPrecondition,
+        StorageError::KeyNotFound => Code::InvalidArgument,
+        StorageError::Backend(_)
+        | StorageError::DataDir(_)
+        | StorageError::WalCorrupt { .. }
+        | StorageError::WalIo { .. } => Code::Unavailable,
+        StorageError::WalIndexGap { .. }
+        | StorageError::WalBelowPurge { .. }
+        | StorageError::WalFailed { .. }
+        | StorageError::WalLocked { .. }
+        | StorageError::WalClosed
+        | StorageError::MvccCorrupt(_)
+        | StorageError::SnapshotInvalid(_) => Code::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_etcds_wire_messages() {
+        let s = to_status(Error::Compacted);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = to_status(Error::FutureRev);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+        assert_eq!(
+            to_status(Error::DuplicateKey).message(),
+            "etcdserver: duplicate key given in txn request"
+        );
+        assert_eq!(to_status(Error::NoLeader).code(), Code::Unavailable);
+    }
+}

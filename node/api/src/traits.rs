@@ -1,0 +1,197 @@
+//! What each gRPC service asks of the server, one narrow trait per service (as etcd's v3rpc
+//! sees its server through `RaftKV`, `Lessor`, `RaftStatusGetter`, `Alarmer`, ...). The services
+//! are generic over them; `ferrokv_server::Server` implements them all, and a test can put
+//! anything in its place.
+
+use std::future::Future;
+
+use etcd_client::proto::{PbAlarmMember, PbRangeRequest, PbRangeResponse, PbResponseHeader};
+use ferrokv_server::lease::LeaseTtl;
+use ferrokv_server::membership::MemberChange;
+use ferrokv_server::{MemberInfo, RaftSummary, Request, Response, Result, Server};
+
+/// What every service stamps its responses with.
+pub trait Header: Send + Sync + 'static {
+    /// The response header: cluster ID, member ID, Raft term, and `revision`.
+    fn header(&self, revision: i64) -> PbResponseHeader;
+    /// The store's current revision, for responses that did not read one.
+    fn current_revision(&self) -> Result<i64>;
+}
+
+/// Refuses writes while a NOSPACE alarm is raised or the backend is over its quota.
+pub trait QuotaChecker: Send + Sync + 'static {
+    fn check_quota(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The KV service's view of the server (etcd's `RaftKV`).
+pub trait KvServer: Header + QuotaChecker {
+    /// `--max-request-bytes`.
+    fn max_request_bytes(&self) -> usize;
+    /// `--max-txn-ops`.
+    fn max_txn_ops(&self) -> usize;
+    /// Proposes a write and answers with its result once this member applied it.
+    fn propose(&self, request: Request) -> impl Future<Output = Result<Response>> + Send;
+    fn range(
+        &self,
+        request: &PbRangeRequest,
+    ) -> impl Future<Output = Result<PbRangeResponse>> + Send;
+}
+
+/// The Lease service's view of the server (etcd's `Lessor`). Cloned into each keep-alive
+/// stream.
+pub trait LeaseServer: Header + QuotaChecker + Clone {
+    /// Grants lease `id` (0: a new ID) for `ttl` seconds; answers with its ID and TTL.
+    fn lease_grant(&self, id: i64, ttl: i64) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// Revokes lease `id`; answers with the revision of its keys' deletion.
+    fn lease_revoke(&self, id: i64) -> impl Future<Output = Result<i64>> + Send;
+    fn lease_keep_alive(&self, id: i64) -> impl Future<Output = Result<LeaseTtl>> + Send;
+    fn lease_time_to_live(&self, id: i64) -> impl Future<Output = Result<LeaseTtl>> + Send;
+    fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>>;
+    fn lease_ids(&self) -> Result<Vec<i64>>;
+}
+
+/// The Cluster service's view of the server.
+pub trait ClusterServer: Header {
+    /// Applies a membership change; answers with the added member (for MemberAdd) and the
+    /// member list after the change.
+    fn change_members(
+        &self,
+        change: MemberChange,
+    ) -> impl Future<Output = Result<(Option<MemberInfo>, Vec<MemberInfo>)>> + Send;
+    fn members(&self) -> Result<Vec<MemberInfo>>;
+    /// Waits until this member has applied everything committed when it was called.
+    fn read_barrier(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The Maintenance service's view of the server (etcd's `RaftStatusGetter`, `Alarmer`,
+/// `BackendGetter`, ...).
+pub trait MaintenanceServer: Header {
+    fn raft_summary(&self) -> RaftSummary;
+    fn applied_index(&self) -> u64;
+    fn db_size_bytes(&self) -> u64;
+    fn db_size_in_use(&self) -> u64;
+    /// `--quota-backend-bytes`.
+    fn quota_backend_bytes(&self) -> u64;
+    /// The active alarms of type `only` (every type for NONE).
+    fn alarms(&self, only: i32) -> Result<Vec<PbAlarmMember>>;
+    fn set_alarm(
+        &self,
+        activate: bool,
+        member_id: u64,
+        alarm: i32,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn defragment(&self) -> impl Future<Output = Result<()>> + Send;
+    /// The hash of the whole backend, and the current revision.
+    fn hash_all(&self) -> impl Future<Output = Result<(u32, i64)>> + Send;
+    /// The hash of the key-value history up to `revision`, the compact revision and the
+    /// revision hashed.
+    fn hash_kv(&self, revision: i64) -> impl Future<Output = Result<(u32, i64, i64)>> + Send;
+    /// A consistent snapshot, as `etcdctl snapshot save` writes it to a file.
+    fn snapshot_file(&self) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn move_leader(&self, target: u64) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Header for Server {
+    fn header(&self, revision: i64) -> PbResponseHeader {
+        Server::header(self, revision)
+    }
+    fn current_revision(&self) -> Result<i64> {
+        Server::current_revision(self)
+    }
+}
+
+impl QuotaChecker for Server {
+    async fn check_quota(&self) -> Result<()> {
+        Server::check_quota(self).await
+    }
+}
+
+impl KvServer for Server {
+    fn max_request_bytes(&self) -> usize {
+        self.config().max_request_bytes
+    }
+    fn max_txn_ops(&self) -> usize {
+        self.config().max_txn_ops
+    }
+    async fn propose(&self, request: Request) -> Result<Response> {
+        Server::propose(self, request).await
+    }
+    async fn range(&self, request: &PbRangeRequest) -> Result<PbRangeResponse> {
+        Server::range(self, request).await
+    }
+}
+
+impl LeaseServer for Server {
+    async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
+        Server::lease_grant(self, id, ttl).await
+    }
+    async fn lease_revoke(&self, id: i64) -> Result<i64> {
+        Server::lease_revoke(self, id).await
+    }
+    async fn lease_keep_alive(&self, id: i64) -> Result<LeaseTtl> {
+        Server::lease_keep_alive(self, id).await
+    }
+    async fn lease_time_to_live(&self, id: i64) -> Result<LeaseTtl> {
+        Server::lease_time_to_live(self, id).await
+    }
+    fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        Server::lease_keys(self, id)
+    }
+    fn lease_ids(&self) -> Result<Vec<i64>> {
+        Server::lease_ids(self)
+    }
+}
+
+impl ClusterServer for Server {
+    async fn change_members(
+        &self,
+        change: MemberChange,
+    ) -> Result<(Option<MemberInfo>, Vec<MemberInfo>)> {
+        Server::change_members(self, change).await
+    }
+    fn members(&self) -> Result<Vec<MemberInfo>> {
+        Server::members(self)
+    }
+    async fn read_barrier(&self) -> Result<()> {
+        Server::read_barrier(self).await
+    }
+}
+
+impl MaintenanceServer for Server {
+    fn raft_summary(&self) -> RaftSummary {
+        Server::raft_summary(self)
+    }
+    fn applied_index(&self) -> u64 {
+        Server::applied_index(self)
+    }
+    fn db_size_bytes(&self) -> u64 {
+        Server::db_size_bytes(self)
+    }
+    fn db_size_in_use(&self) -> u64 {
+        Server::db_size_in_use(self)
+    }
+    fn quota_backend_bytes(&self) -> u64 {
+        self.config().quota_backend_bytes
+    }
+    fn alarms(&self, only: i32) -> Result<Vec<PbAlarmMember>> {
+        Server::alarms(self, only)
+    }
+    async fn set_alarm(&self, activate: bool, member_id: u64, alarm: i32) -> Result<()> {
+        Server::set_alarm(self, activate, member_id, alarm).await
+    }
+    async fn defragment(&self) -> Result<()> {
+        Server::defragment(self).await
+    }
+    async fn hash_all(&self) -> Result<(u32, i64)> {
+        Server::hash_all(self).await
+    }
+    async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        Server::hash_kv(self, revision).await
+    }
+    async fn snapshot_file(&self) -> Result<Vec<u8>> {
+        Server::snapshot_file(self).await
+    }
+    async fn move_leader(&self, target: u64) -> Result<()> {
+        Server::move_leader(self, target).await
+    }
+}

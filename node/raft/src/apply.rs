@@ -1,0 +1,681 @@
+//! The apply stage: applies committed entries to the MVCC store on a thread of its own, apart
+//! from the Ready loop (as etcd's apply goroutine), and answers the proposals this member made.
+//!
+//! Each batch of entries is one redb write transaction that also records the applied index and
+//! term, the configuration and the members, so a batch is applied entirely or not at all and
+//! replay after a crash is idempotent. Most commits skip the fsync — the WAL holds every applied
+//! entry — and one a second, and every `--snapshot-count` entries, is made durable; after such a
+//! commit the log before it may be compacted. Snapshots are built (a consistent dump, off this
+//! thread) for members too far behind, and installed here when this member receives one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::proto::PbEvent;
+use prost_011::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::log::RaftLog;
+use super::members::Members;
+use super::node::Command;
+use super::types::{codec, ApplyError, ConfChangeContext, MemberNode, Proposal, Request, Response};
+use crate::{RaftError as Error, Result};
+use ferrokv_storage::mvcc::{MvccStore, MvccWrite};
+use ferrokv_storage::StorageError as Store;
+
+const APPLIED_KEY: &str = "raft/applied";
+const CONF_STATE_KEY: &str = "raft/conf_state";
+const MEMBER_NODE_PREFIX: &str = "raft/member/";
+const REMOVED_PREFIX: &str = "raft/removed/";
+const MEMBER_ATTRIBUTES_PREFIX: &str = "member/";
+const ALARM_PREFIX: &str = "alarm/";
+/// What a data dir of ferrokv before its Raft engine changed (openraft) holds.
+const OPENRAFT_MEMBERSHIP_KEY: &str = "raft/membership";
+
+/// How long applied state may stay only in the page cache before a durable commit.
+const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How many bytes of entries may be applied by commits that are not durable. redb cannot reuse
+/// pages freed since its last durable commit, so this bounds the garbage that counts against
+/// the backend quota and grows the file.
+const DURABLE_COMMIT_BYTES: usize = 256 * 1024;
+/// Entries kept in the log behind a compaction, so that a member a little behind catches up
+/// from the log rather than a snapshot (etcd's SnapshotCatchUpEntries); never more than
+/// `--snapshot-count`.
+const CATCH_UP_ENTRIES: u64 = 5000;
+
+/// The proposals this member waits for, by proposal ID; the apply stage answers them.
+pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response>>>>>;
+
+/// What a member published about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttributes {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// A committed entry, with the configuration after it when it is a configuration change (Raft
+/// applied the change when the Ready loop handed the entry over).
+pub struct Committed {
+    pub entry: Entry,
+    pub conf_state: Option<ConfState>,
+}
+
+pub enum ApplyTask {
+    Entries(Vec<Committed>),
+    /// Replace the store with a received snapshot; `done` once it is durable.
+    Install {
+        snapshot: Snapshot,
+        done: std_mpsc::Sender<Result<()>>,
+    },
+    /// Build a snapshot for a member too far behind and offer it to the log.
+    BuildSnapshot,
+    Defragment(oneshot::Sender<Result<()>>),
+}
+
+/// What the store had applied when the member started.
+pub struct AppliedState {
+    pub index: u64,
+    pub term: u64,
+    pub conf_state: ConfState,
+}
+
+/// The state machine as the rest of the member sees it: applied state, events, and the apply
+/// stage's queue.
+#[derive(Clone)]
+pub struct StateMachine {
+    store: MvccStore,
+    tasks: std_mpsc::Sender<ApplyTask>,
+    events: broadcast::Sender<Arc<Vec<PbEvent>>>,
+    applied: watch::Receiver<u64>,
+    size_in_use: Arc<AtomicU64>,
+    /// Set when applying failed: the member cannot go on.
+    failed: watch::Receiver<Option<String>>,
+}
+
+/// Everything the apply thread owns.
+struct Applier {
+    store: MvccStore,
+    member_id: u64,
+    members: Members,
+    waiters: Waiters,
+    log: RaftLog,
+    commands: std_mpsc::Sender<Command>,
+    events: broadcast::Sender<Arc<Vec<PbEvent>>>,
+    applied: watch::Sender<u64>,
+    size_in_use: Arc<AtomicU64>,
+    commit_duration: prometheus::Histogram,
+    snapshot_count: u64,
+    last_durable: Instant,
+    /// Bytes of entries applied since the last durable commit.
+    undurable_bytes: usize,
+    /// The applied index at the last durable commit that allowed a compaction.
+    last_snapshot: u64,
+    removed: watch::Sender<bool>,
+}
+
+/// Reads the applied state the store holds; refuses a data dir of the openraft engine.
+pub fn applied_state(store: &MvccStore) -> Result<AppliedState> {
+    if store.meta(OPENRAFT_MEMBERSHIP_KEY)?.is_some() {
+        return Err(Error::Storage(Store::DataDir(
+            "this data dir was written by a ferrokv release before its Raft engine changed and cannot be started by this one; move its data: `etcdctl snapshot save` with the old release, then `ferrokv snapshot restore` into new data dirs".into(),
+        )));
+    }
+    let (index, term) = match store.meta(APPLIED_KEY)? {
+        Some(bytes) => codec::decode(&bytes).map_err(Store::MvccCorrupt)?,
+        None => (0, 0),
+    };
+    let conf_state = match store.meta(CONF_STATE_KEY)? {
+        Some(bytes) => {
+            ConfState::decode(bytes.as_slice()).map_err(|e| Store::MvccCorrupt(e.to_string()))?
+        }
+        None => ConfState::default(),
+    };
+    Ok(AppliedState {
+        index,
+        term,
+        conf_state,
+    })
+}
+
+/// The members and removed IDs the store records.
+fn read_members(store: &MvccStore) -> Result<(BTreeMap<u64, MemberNode>, BTreeSet<u64>)> {
+    let mut nodes = BTreeMap::new();
+    for (key, value) in store.meta_with_prefix(MEMBER_NODE_PREFIX)? {
+        let id = parse_id(&key[MEMBER_NODE_PREFIX.len()..], &key)?;
+        nodes.insert(id, codec::decode(&value).map_err(Store::MvccCorrupt)?);
+    }
+    let mut removed = BTreeSet::new();
+    for (key, _) in store.meta_with_prefix(REMOVED_PREFIX)? {
+        removed.insert(parse_id(&key[REMOVED_PREFIX.len()..], &key)?);
+    }
+    Ok((nodes, removed))
+}
+
+fn parse_id(text: &str, key: &str) -> Result<u64> {
+    u64::from_str_radix(text, 16)
+        .map_err(|e| Store::MvccCorrupt(format!("bad key {key}: {e}")).into())
+}
+
+/// The parts the apply stage is started with.
+pub struct ApplyParts {
+    pub store: MvccStore,
+    pub member_id: u64,
+    pub members: Members,
+    pub waiters: Waiters,
+    pub log: RaftLog,
+    pub commands: std_mpsc::Sender<Command>,
+    pub commit_duration: prometheus::Histogram,
+    pub snapshot_count: u64,
+}
+
+impl StateMachine {
+    /// Starts the apply thread. Returns the handle and a receiver that turns true once this
+    /// member applied its own removal.
+    pub fn start(parts: ApplyParts) -> Result<(StateMachine, watch::Receiver<bool>)> {
+        let ApplyParts {
+            store,
+            member_id,
+            members,
+            waiters,
+            log,
+            commands,
+            commit_duration,
+            snapshot_count,
+        } = parts;
+        let applied_now = applied_state(&store)?;
+        let (nodes, removed_ids) = read_members(&store)?;
+        members.reset(nodes, removed_ids);
+        let (tasks, queue) = std_mpsc::channel();
+        let (events, _) = broadcast::channel(1024);
+        let (applied, applied_rx) = watch::channel(applied_now.index);
+        let (failed_tx, failed) = watch::channel(None);
+        let (removed, removed_rx) = watch::channel(false);
+        let size_in_use = Arc::new(AtomicU64::new(0));
+        let machine = StateMachine {
+            store: store.clone(),
+            tasks,
+            events: events.clone(),
+            applied: applied_rx,
+            size_in_use: size_in_use.clone(),
+            failed,
+        };
+        machine.measure_size_in_use()?;
+        let mut applier = Applier {
+            store,
+            member_id,
+            members,
+            waiters,
+            log,
+            commands,
+            events,
+            applied,
+            size_in_use,
+            commit_duration,
+            snapshot_count: snapshot_count.max(1),
+            last_durable: Instant::now(),
+            undurable_bytes: 0,
+            last_snapshot: applied_now.index,
+            removed,
+        };
+        std::thread::Builder::new()
+            .name("ferrokv-apply".into())
+            .spawn(move || {
+                while let Ok(task) = queue.recv() {
+                    if let Err(e) = applier.run(task) {
+                        tracing::error!(error = %e, "applying committed entries failed; the member stops");
+                        let _ = failed_tx.send(Some(e.to_string()));
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Store::Backend(format!("starting the apply thread: {e}")))?;
+        Ok((machine, removed_rx))
+    }
+
+    /// Queues work for the apply thread.
+    pub fn submit(&self, task: ApplyTask) {
+        // The thread only stops after a failure, which `failed` reports.
+        let _ = self.tasks.send(task);
+    }
+
+    /// The events of every applied batch, in order (for Watch).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<Vec<PbEvent>>> {
+        self.events.subscribe()
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until entry `index` has been applied, or `deadline`.
+    pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<()> {
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, async {
+            applied.wait_for(|a| *a >= index).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Raft("the apply stage stopped".into())),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Resolves with the reason once applying has failed.
+    pub async fn failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        let reason = match failed.wait_for(|f| f.is_some()).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The attributes every member has published, by member ID.
+    pub fn member_attributes(&self) -> Result<BTreeMap<u64, MemberAttributes>> {
+        let mut out = BTreeMap::new();
+        for (key, value) in self.store.meta_with_prefix(MEMBER_ATTRIBUTES_PREFIX)? {
+            let id = key[MEMBER_ATTRIBUTES_PREFIX.len()..]
+                .parse::<u64>()
+                .map_err(|e| Store::Backend(format!("bad member key {key}: {e}")))?;
+            out.insert(id, codec::decode(&value).map_err(Store::Backend)?);
+        }
+        Ok(out)
+    }
+
+    /// The active alarms, as (member ID, alarm type) pairs.
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.store.meta_with_prefix(ALARM_PREFIX)? {
+            let rest = &key[ALARM_PREFIX.len()..];
+            let parsed = rest.split_once('/').and_then(|(member, alarm)| {
+                Some((u64::from_str_radix(member, 16).ok()?, alarm.parse().ok()?))
+            });
+            match parsed {
+                Some(pair) => out.push(pair),
+                None => return Err(Store::Backend(format!("bad alarm key {key}")).into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes the store's data occupies, as of the last durable commit (at most about a
+    /// second old); what `--quota-backend-bytes` limits.
+    pub fn size_in_use(&self) -> u64 {
+        self.size_in_use.load(Ordering::Relaxed)
+    }
+
+    fn measure_size_in_use(&self) -> Result<()> {
+        let write = self.store.begin_write()?;
+        record_size_in_use(&self.size_in_use, &write);
+        Ok(())
+    }
+
+    /// Defragments the store between two applied batches, on the apply thread.
+    pub async fn defragment(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(ApplyTask::Defragment(tx));
+        rx.await
+            .map_err(|_| Error::Raft("the apply stage stopped".into()))?
+    }
+}
+
+fn record_size_in_use(size: &AtomicU64, write: &MvccWrite) {
+    match write.size_in_use() {
+        Ok(bytes) => size.store(bytes, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "measuring the store's size failed"),
+    }
+}
+
+/// What a configuration change entry asks for, in one shape for both entry types.
+pub(super) fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2> {
+    let data = entry.data.as_ref();
+    match entry.get_entry_type() {
+        EntryType::EntryConfChange => {
+            let cc = ConfChange::decode(data).map_err(|e| Store::MvccCorrupt(e.to_string()))?;
+            let mut single = raft::prelude::ConfChangeSingle {
+                node_id: cc.node_id,
+                ..Default::default()
+            };
+            single.set_change_type(cc.get_change_type());
+            Ok(ConfChangeV2 {
+                changes: vec![single],
+                context: cc.context,
+                ..Default::default()
+            })
+        }
+        _ => ConfChangeV2::decode(data).map_err(|e| Store::MvccCorrupt(e.to_string()).into()),
+    }
+}
+
+impl Applier {
+    fn run(&mut self, task: ApplyTask) -> Result<()> {
+        match task {
+            ApplyTask::Entries(batch) => self.apply(batch),
+            ApplyTask::Install { snapshot, done } => {
+                let result = self.install(&snapshot);
+                let failed = result.as_ref().err().map(|e| e.to_string());
+                let _ = done.send(result);
+                match failed {
+                    Some(e) => Err(Store::Backend(format!("installing a snapshot: {e}")).into()),
+                    None => Ok(()),
+                }
+            }
+            ApplyTask::BuildSnapshot => {
+                self.build_snapshot();
+                Ok(())
+            }
+            ApplyTask::Defragment(done) => {
+                let result = self.store.defragment().map_err(Error::from);
+                self.last_durable = Instant::now();
+                if let Ok(write) = self.store.begin_write() {
+                    record_size_in_use(&self.size_in_use, &write);
+                }
+                let _ = done.send(result);
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(&mut self, batch: Vec<Committed>) -> Result<()> {
+        let Some(last) = batch.last().map(|c| (c.entry.index, c.entry.term)) else {
+            return Ok(());
+        };
+        let mut write = self.store.begin_write()?;
+        let mut answers: Vec<(u64, Result<Response>)> = Vec::new();
+        let mut members_changed = false;
+        let mut removed_self = false;
+        for committed in &batch {
+            let entry = &committed.entry;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    // A new leader's empty entry.
+                    if entry.data.is_empty() {
+                        continue;
+                    }
+                    let proposal: Proposal =
+                        codec::decode(&entry.data).map_err(Store::MvccCorrupt)?;
+                    if matches!(proposal.request, Request::UpdateMember { .. }) {
+                        members_changed = true;
+                    }
+                    let response = apply_request(&mut write, &proposal.request)?;
+                    if proposal.proposer == self.member_id {
+                        answers.push((proposal.id, Ok(response)));
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let change = decode_conf_change(entry)?;
+                    let context: ConfChangeContext = if change.context.is_empty() {
+                        ConfChangeContext::default()
+                    } else {
+                        codec::decode(&change.context).map_err(Store::MvccCorrupt)?
+                    };
+                    for single in &change.changes {
+                        let id = single.node_id;
+                        match single.get_change_type() {
+                            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                                if let Some(node) = &context.member {
+                                    write.set_meta(
+                                        &format!("{MEMBER_NODE_PREFIX}{id:016x}"),
+                                        &codec::encode(node),
+                                    )?;
+                                }
+                            }
+                            ConfChangeType::RemoveNode => {
+                                write.delete_meta(&format!("{MEMBER_NODE_PREFIX}{id:016x}"))?;
+                                write.delete_meta(&format!("{MEMBER_ATTRIBUTES_PREFIX}{id}"))?;
+                                write.set_meta(&format!("{REMOVED_PREFIX}{id:016x}"), &[])?;
+                                if id == self.member_id {
+                                    removed_self = true;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(conf_state) = &committed.conf_state {
+                        write.set_meta(CONF_STATE_KEY, &conf_state.encode_to_vec())?;
+                    }
+                    members_changed = true;
+                    if context.proposer == self.member_id && context.id != 0 {
+                        answers.push((
+                            context.id,
+                            Ok(Response::Done {
+                                revision: write.revision(),
+                            }),
+                        ));
+                    }
+                }
+            }
+        }
+        write.set_meta(APPLIED_KEY, &codec::encode(&last))?;
+        let snapshot_due = last.0 >= self.last_snapshot + self.snapshot_count;
+        self.undurable_bytes += batch.iter().map(|c| c.entry.data.len()).sum::<usize>();
+        let durable = snapshot_due
+            || self.undurable_bytes >= DURABLE_COMMIT_BYTES
+            || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
+        if durable {
+            record_size_in_use(&self.size_in_use, &write);
+        }
+        let timer = self.commit_duration.start_timer();
+        let events = write.commit(durable)?;
+        timer.observe_duration();
+        if durable {
+            self.last_durable = Instant::now();
+            self.undurable_bytes = 0;
+        }
+        if members_changed {
+            let (nodes, removed) = read_members(&self.store)?;
+            self.members.reset(nodes, removed);
+        }
+        if !events.is_empty() {
+            // No receiver is fine: nobody is watching.
+            let _ = self.events.send(Arc::new(events));
+        }
+        self.applied.send_replace(last.0);
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, answer) in answers {
+                if let Some(waiter) = waiters.remove(&id) {
+                    let _ = waiter.send(answer);
+                }
+            }
+        }
+        if snapshot_due {
+            // The store holds everything up to `last` durably: the log before it may go.
+            self.last_snapshot = last.0;
+            let _ = self.commands.send(Command::Compact(
+                last.0
+                    .saturating_sub(CATCH_UP_ENTRIES.min(self.snapshot_count)),
+            ));
+        }
+        if removed_self {
+            self.removed.send_replace(true);
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let meta = snapshot.get_metadata();
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            bytes = snapshot.data.len(),
+            "installing a snapshot from the leader"
+        );
+        self.store.restore(&snapshot.data)?;
+        // The snapshot's own metadata describes its data; record it as this member's state.
+        let mut write = self.store.begin_write()?;
+        write.set_meta(APPLIED_KEY, &codec::encode(&(meta.index, meta.term)))?;
+        write.set_meta(CONF_STATE_KEY, &meta.get_conf_state().encode_to_vec())?;
+        write.commit(true)?;
+        self.last_durable = Instant::now();
+        self.last_snapshot = meta.index;
+        record_size_in_use(&self.size_in_use, &self.store.begin_write()?);
+        let (nodes, removed) = read_members(&self.store)?;
+        self.members.reset(nodes, removed);
+        self.applied.send_replace(meta.index);
+        Ok(())
+    }
+
+    /// Dumps the store on a thread of its own (a read transaction is a consistent cut, and
+    /// applying goes on meanwhile) and offers the result to the log.
+    fn build_snapshot(&mut self) {
+        let store = self.store.clone();
+        let log = self.log.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ferrokv-snapshot".into())
+            .spawn(move || {
+                let built = store
+                    .snapshot_with_meta(&[APPLIED_KEY, CONF_STATE_KEY])
+                    .and_then(|(data, meta)| {
+                        let (index, term): (u64, u64) = match &meta[0] {
+                            Some(bytes) => codec::decode(bytes).map_err(Store::MvccCorrupt)?,
+                            None => (0, 0),
+                        };
+                        let conf_state = match &meta[1] {
+                            Some(bytes) => ConfState::decode(bytes.as_slice())
+                                .map_err(|e| Store::MvccCorrupt(e.to_string()))?,
+                            None => ConfState::default(),
+                        };
+                        let mut snapshot = Snapshot {
+                            data,
+                            ..Default::default()
+                        };
+                        let metadata = snapshot.mut_metadata();
+                        metadata.index = index;
+                        metadata.term = term;
+                        metadata.set_conf_state(conf_state);
+                        Ok(snapshot)
+                    });
+                match built {
+                    Ok(snapshot) => {
+                        tracing::info!(
+                            index = snapshot.get_metadata().index,
+                            bytes = snapshot.data.len(),
+                            "built a snapshot for a member that is behind"
+                        );
+                        log.offer_snapshot(snapshot);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "building a snapshot failed"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "starting the snapshot thread failed");
+        }
+    }
+}
+
+/// Applies one request inside the batch's write transaction.
+fn apply_request(write: &mut MvccWrite, req: &Request) -> ferrokv_storage::Result<Response> {
+    let result = match req {
+        Request::Put(r) => write.put(r).map(Response::Put),
+        Request::DeleteRange(r) => write.delete_range(r).map(Response::DeleteRange),
+        Request::Txn(r) => write.txn(r).map(Response::Txn),
+        Request::Compact(r) => write.compact(r.revision).map(Response::Compact),
+        Request::LeaseGrant { id, ttl } => write.lease_grant(*id, *ttl).map(|_| Response::Done {
+            revision: write.revision(),
+        }),
+        Request::LeaseRevoke { id } => write.lease_revoke(*id).map(|_| Response::Done {
+            revision: write.revision(),
+        }),
+        Request::Batch(requests) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            for r in requests {
+                responses.push(apply_request(write, r)?);
+            }
+            Ok(Response::Batch(responses))
+        }
+        Request::Alarm {
+            activate,
+            member_id,
+            alarm,
+        } => {
+            let key = format!("{ALARM_PREFIX}{member_id:016x}/{alarm}");
+            let done = if *activate {
+                write.set_meta(&key, &[])
+            } else {
+                write.delete_meta(&key)
+            };
+            done.map(|_| Response::Done {
+                revision: write.revision(),
+            })
+        }
+        Request::UpdateMember { id, peer_urls } => {
+            let key = format!("{MEMBER_NODE_PREFIX}{id:016x}");
+            let updated = match write.meta(&key)? {
+                Some(bytes) => {
+                    let mut node: MemberNode = codec::decode(&bytes).map_err(Store::MvccCorrupt)?;
+                    node.peer_urls = peer_urls.clone();
+                    write.set_meta(&key, &codec::encode(&node)).map(|_| ())
+                }
+                // An update of a member removed meanwhile: nothing to update.
+                None => Ok(()),
+            };
+            updated.map(|()| Response::Done {
+                revision: write.revision(),
+            })
+        }
+        Request::PublishMember {
+            id,
+            name,
+            client_urls,
+        } => {
+            let attrs = MemberAttributes {
+                name: name.clone(),
+                client_urls: client_urls.clone(),
+            };
+            write
+                .set_meta(
+                    &format!("{MEMBER_ATTRIBUTES_PREFIX}{id}"),
+                    &codec::encode(&attrs),
+                )
+                .map(|_| Response::Done {
+                    revision: write.revision(),
+                })
+        }
+    };
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(e) => match ApplyError::from_error(&e) {
+            Some(rejected) => Ok(Response::Rejected(rejected)),
+            None => Err(e),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_the_openraft_engine_is_refused_saying_how_to_move_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let mut write = store.begin_write().unwrap();
+        write.set_meta(OPENRAFT_MEMBERSHIP_KEY, b"old").unwrap();
+        write.commit(true).unwrap();
+        let message = applied_state(&store).err().expect("refused").to_string();
+        assert!(message.contains("`etcdctl snapshot save`"), "{message}");
+        assert!(message.contains("`ferrokv snapshot restore`"), "{message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    #[test]
+    fn a_new_store_has_applied_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let applied = applied_state(&store).unwrap();
+        assert_eq!((applied.index, applied.term), (0, 0));
+        assert_eq!(applied.conf_state, ConfState::default());
+    }
+}

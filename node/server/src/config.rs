@@ -1,0 +1,56 @@
+//! What the server needs of the member's configuration, and the peer and client URLs it
+//! checks. The flags themselves are parsed by the `ferrokv` binary.
+
+use std::time::Duration;
+
+/// The settings the server and the client API run with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--name`.
+    pub name: String,
+    /// `--advertise-client-urls`, published as this member's client URLs.
+    pub advertise_client_urls: Vec<String>,
+    pub election_timeout: Duration,
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+/// A `host:port` to listen on, from an `http://host:port` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses `http://host:port` (https is refused: TLS is not supported yet).
+pub fn parse_url(url: &str) -> Result<HostPort, String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(format!(
+            "{url:?}: TLS URLs are not supported by ferrokv yet"
+        ));
+    } else {
+        return Err(format!(
+            "{url:?} is not a valid URL (expected http://host:port)"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port (expected http://host:port)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?} has an invalid port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(HostPort {
+        url: url.to_string(),
+        host: host.to_string(),
+        port,
+    })
+}

@@ -1,0 +1,127 @@
+//! Batching of proposals: client writes that arrive while others are in flight travel to the
+//! leader and through Raft together, as one log entry.
+//!
+//! Every entry costs Raft, the WAL and the apply stage a fixed amount of work, so under
+//! concurrent load one entry per write caps throughput before the disk or the network does. A
+//! batch is still applied request by request — each write gets its own revision — and each
+//! caller gets its own response. Batches stay small in bytes, so that large values never make
+//! an entry too large to replicate.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::Server;
+use crate::{Result, ServerError as Error};
+use ferrokv_raft::types::{Request, Response};
+
+/// Most requests in one batch.
+const MAX_BATCH_REQUESTS: usize = 256;
+/// A batch stops growing at this many bytes of requests.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Batches proposed at once: enough to keep the Raft pipeline full.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Requests waiting to be batched before callers wait for room.
+const QUEUE_DEPTH: usize = 4096;
+
+type Waiter = oneshot::Sender<Result<Response>>;
+
+/// The handle callers propose through.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<(Request, Waiter)>,
+}
+
+/// The receiving end, run by [`Server::run_proposer`].
+pub struct ProposerQueue {
+    queue: mpsc::Receiver<(Request, Waiter)>,
+}
+
+pub fn proposer() -> (Proposer, ProposerQueue) {
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    (Proposer { queue: tx }, ProposerQueue { queue: rx })
+}
+
+impl Proposer {
+    pub async fn propose(&self, req: Request) -> Result<Response> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((req, tx))
+            .await
+            .map_err(|_| Error::Raft("the server is stopping".into()))?;
+        rx.await
+            .map_err(|_| Error::Raft("the server is stopping".into()))?
+    }
+}
+
+impl Server {
+    /// Takes queued requests, as many as are waiting, and proposes them as one entry.
+    pub async fn run_proposer(self, mut queue: ProposerQueue) {
+        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        // A request that would have made the last batch too large starts the next one.
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match queue.queue.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            // Requests that arrived while waiting for a slot join this batch.
+            let mut bytes = first.0.approximate_size();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+                match queue.queue.try_recv() {
+                    Ok(next) => {
+                        let size = next.0.approximate_size();
+                        if bytes + size > MAX_BATCH_BYTES {
+                            carried = Some(next);
+                            break;
+                        }
+                        bytes += size;
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let server = self.clone();
+            tokio::spawn(async move {
+                server.propose_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn propose_batch(&self, mut batch: Vec<(Request, Waiter)>) {
+        if batch.len() == 1 {
+            let (req, waiter) = batch.pop().expect("one request");
+            let _ = waiter.send(self.propose_direct(req).await);
+            return;
+        }
+        let (requests, waiters): (Vec<Request>, Vec<Waiter>) = batch.into_iter().unzip();
+        match self.propose_direct(Request::Batch(requests)).await {
+            Ok(Response::Batch(responses)) if responses.len() == waiters.len() => {
+                for (waiter, response) in waiters.into_iter().zip(responses) {
+                    let _ = waiter.send(Ok(response));
+                }
+            }
+            Ok(other) => {
+                let e = format!("a batch of {} requests applied as {other:?}", waiters.len());
+                for waiter in waiters {
+                    let _ = waiter.send(Err(Error::Raft(e.clone())));
+                }
+            }
+            Err(e) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(e.for_each_waiter()));
+                }
+            }
+        }
+    }
+}

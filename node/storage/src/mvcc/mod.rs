@@ -1,0 +1,318 @@
+//! The MVCC key-value store on redb: the state machine that Raft entries are applied to.
+//!
+//! This is etcd's `mvcc` package for ferrokv. Every request that changes keys gets one main
+//! revision (the changes inside it get sub revisions); keys carry create revision, mod revision,
+//! version and lease; every version is kept until compaction, so reads at older revisions and
+//! watch replay see exactly what was there. The request semantics (range options, put flags,
+//! transaction compares, compaction rules) follow etcd's server, so etcd clients see the same
+//! answers.
+//!
+//! What it does not own: request validation (the api layer), lease expiry and TTL bookkeeping
+//! (the server), and the Raft log. The Raft state machine applies each batch of committed
+//! entries through one [`MvccWrite`] and records its applied log ID in the same commit with
+//! [`MvccWrite::set_meta`], so replay after a crash is idempotent.
+//!
+//! Applying a batch: `begin_write`, then `put` / `delete_range` / `txn` / `compact` /
+//! `lease_grant` / `lease_revoke` per entry (a request error such as `LeaseNotFound` is that
+//! entry's answer and leaves the batch intact), `set_meta` for the applied log ID, and
+//! `commit(durable)`, which returns the batch's watch events. Non-durable commits are cheap and
+//! visible at once; a durable commit (or `persist`) makes them and everything before them
+//! survive a crash. A clean close of the database also persists them.
+//!
+//! Layout on disk: `tables`; reads: `read`; writes: `write`; transaction compares:
+//! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`.
+
+mod compare;
+mod events;
+mod hash;
+mod key_span;
+mod read;
+mod snapshot;
+mod tables;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use etcd_client::proto::{PbEvent, PbRangeRequest, PbRangeResponse};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+
+pub use compare::{compare_result, compare_target};
+pub use events::event_type;
+pub use key_span::KeySpan;
+pub use read::{sort_order, sort_target};
+pub use write::MvccWrite;
+
+use read::KvView;
+use tables::{
+    COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, INITIAL_REVISION, LATEST, LEASES,
+    LEASE_KEYS, META, NEVER_COMPACTED, REVISIONS,
+};
+
+use crate::{Result, StorageError as Error};
+
+/// A lease as the state machine keeps it: its ID, granted TTL in seconds, and attached keys in
+/// key order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: i64,
+    pub ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Metadata values read with a snapshot, in the order their keys were asked for.
+pub type MetaValues = Vec<Option<Vec<u8>>>;
+
+/// The store; cloning shares the one open database.
+#[derive(Clone)]
+pub struct MvccStore {
+    /// Locked for writing only by `defragment`, which needs the database to itself.
+    db: Arc<RwLock<Database>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MvccStore {
+    /// Opens the store in the redb file at `path`, creating the file (and its directory) if
+    /// missing.
+    pub fn open(path: &Path) -> Result<MvccStore> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Backend(format!("creating directory {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path)?;
+        // Every table exists from the start, so read transactions can always open them.
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(LATEST)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(LEASE_KEYS)?;
+            txn.open_table(META)?;
+            txn.open_table(REVISIONS)?;
+        }
+        txn.commit()?;
+        Ok(MvccStore {
+            db: Arc::new(RwLock::new(db)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rewrites the database file compactly, returning freed pages to the file system
+    /// (etcd's defragment). Every commit so far is made durable first. Fails if a transaction is
+    /// open; the caller serialises it with writes.
+    pub fn defragment(&self) -> Result<()> {
+        self.persist()?;
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        db.compact()
+            .map_err(|e| Error::Backend(format!("defragment: {e}")))?;
+        Ok(())
+    }
+
+    /// etcd's Range, read at the last committed batch.
+    pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse> {
+        let txn = self.db().begin_read()?;
+        let latest = txn.open_table(LATEST)?;
+        let history = txn.open_table(HISTORY)?;
+        let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
+        KvView {
+            latest: &latest,
+            history: &history,
+            current,
+            compacted,
+        }
+        .range(req)
+    }
+
+    /// The revision of the last change; 1 for an empty store, as in etcd.
+    pub fn current_revision(&self) -> Result<i64> {
+        Ok(self.revisions()?.0)
+    }
+
+    /// The revision of the last compaction; -1 if the store was never compacted, as in etcd.
+    pub fn compact_revision(&self) -> Result<i64> {
+        Ok(self.revisions()?.1)
+    }
+
+    /// A value the Raft state machine stored with [`MvccWrite::set_meta`].
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        let value = meta.get(key)?.map(|value| value.value().to_vec());
+        Ok(value)
+    }
+
+    /// Every metadata entry whose key starts with `prefix`, in key order.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        let mut out = Vec::new();
+        for entry in meta.range(prefix..)? {
+            let (key, value) = entry?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            out.push((key.value().to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Starts a batch. Only one batch is open at a time; this waits for the previous one.
+    pub fn begin_write(&self) -> Result<MvccWrite> {
+        MvccWrite::begin(self.db().begin_write()?)
+    }
+
+    /// Makes every commit so far durable (an empty durable commit).
+    pub fn persist(&self) -> Result<()> {
+        self.begin_write()?.commit(true)?;
+        Ok(())
+    }
+
+    /// The events of revisions `from..=to` (a `to` past the current revision means "up to
+    /// now"), in revision order with `prev_kv` filled, for watchers that start in the past.
+    /// `Compacted` if `from` is before the compaction point.
+    pub fn events_between(&self, from: i64, to: i64) -> Result<Vec<PbEvent>> {
+        let txn = self.db().begin_read()?;
+        let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
+        if from < compacted {
+            return Err(Error::Compacted);
+        }
+        let events = txn.open_table(EVENTS)?;
+        let history = txn.open_table(HISTORY)?;
+        events::events_in(&events, &history, from, to.min(current))
+    }
+
+    /// The events from revision `from` up to now; see [`MvccStore::events_between`].
+    pub fn events_since(&self, from: i64) -> Result<Vec<PbEvent>> {
+        self.events_between(from, i64::MAX)
+    }
+
+    /// A consistent dump of the whole store (history, leases, revisions, metadata).
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        snapshot::dump(&self.db().begin_read()?)
+    }
+
+    /// A dump as `snapshot` makes, with the metadata values of `keys` read at the same point.
+    pub fn snapshot_with_meta(&self, keys: &[&str]) -> Result<(Vec<u8>, MetaValues)> {
+        let txn = self.db().begin_read()?;
+        let values = {
+            let meta = txn.open_table(META)?;
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(meta.get(*key)?.map(|value| value.value().to_vec()));
+            }
+            values
+        };
+        Ok((snapshot::dump(&txn)?, values))
+    }
+
+    /// Replaces the whole store with a snapshot's contents, durably.
+    pub fn restore(&self, snapshot: &[u8]) -> Result<()> {
+        let txn = self.db().begin_write()?;
+        snapshot::load(&txn, snapshot)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Size of the database file on disk.
+    pub fn db_size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |metadata| metadata.len())
+    }
+
+    /// etcd's HashKV: the hash of the history up to `revision` (0 = current), with the
+    /// compaction revision and the revision hashed. `FutureRev` / `Compacted` as for reads.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        let txn = self.db().begin_read()?;
+        let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
+        if revision > current {
+            return Err(Error::FutureRev);
+        }
+        if revision > 0 && revision < compacted {
+            return Err(Error::Compacted);
+        }
+        let revision = if revision <= 0 { current } else { revision };
+        let hash = hash::hash_history(&txn.open_table(HISTORY)?, revision)?;
+        Ok((hash, compacted, revision))
+    }
+
+    /// Every lease, in ID order.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let txn = self.db().begin_read()?;
+        let mut ids = Vec::new();
+        for entry in txn.open_table(LEASES)?.iter()? {
+            let (id, ttl) = entry?;
+            ids.push((id.value(), ttl.value()));
+        }
+        ids.into_iter()
+            .map(|(id, ttl)| {
+                Ok(LeaseInfo {
+                    id,
+                    ttl,
+                    keys: lease_keys(&txn, id)?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>> {
+        let txn = self.db().begin_read()?;
+        let ttl = match txn.open_table(LEASES)?.get(id)? {
+            Some(ttl) => ttl.value(),
+            None => return Ok(None),
+        };
+        Ok(Some(LeaseInfo {
+            id,
+            ttl,
+            keys: lease_keys(&txn, id)?,
+        }))
+    }
+
+    fn revisions(&self) -> Result<(i64, i64)> {
+        read_revisions(&self.db().begin_read()?.open_table(REVISIONS)?)
+    }
+}
+
+fn lease_keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    for entry in txn.open_table(LEASE_KEYS)?.range((id, &[][..])..)? {
+        let (k, _) = entry?;
+        let (lease, key) = k.value();
+        if lease != id {
+            break;
+        }
+        keys.push(key.to_vec());
+    }
+    Ok(keys)
+}
+
+/// The (current, compacted) revisions, with etcd's values for a store never written.
+fn read_revisions<T: ReadableTable<&'static str, i64>>(revisions: &T) -> Result<(i64, i64)> {
+    let current = revisions
+        .get(CURRENT_REVISION)?
+        .map_or(INITIAL_REVISION, |v| v.value());
+    let compacted = revisions
+        .get(COMPACT_REVISION)?
+        .map_or(NEVER_COMPACTED, |v| v.value());
+    Ok((current, compacted))
+}

@@ -1,0 +1,229 @@
+//! The state machine snapshot: a self-describing dump of everything the store holds (all kept
+//! history, leases, revisions and the Raft state machine's metadata), and its restore.
+//!
+//! Format: a bincode `SnapshotHeader` (magic string and format version), then the bincode body
+//! of that version. Only the source of truth is dumped; the derived tables (`kv_latest`,
+//! `kv_events`, `lease_keys`) are rebuilt on restore, so a snapshot cannot carry an index that
+//! disagrees with its history.
+
+use std::io::Cursor;
+
+use bincode::Options;
+use etcd_client::proto::PbKeyValue;
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::tables::{
+    encode_latest, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST,
+    LEASES, LEASE_KEYS, META, REVISIONS,
+};
+use crate::{Result, StorageError as Error};
+
+const MAGIC: &str = "ferrokv mvcc snapshot";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    magic: String,
+    format_version: u32,
+}
+
+/// Body of format version 1.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct SnapshotV1 {
+    current_revision: i64,
+    compact_revision: i64,
+    /// Every kept change, in (key, main, sub) order.
+    history: Vec<Change>,
+    leases: Vec<Lease>,
+    meta: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Change {
+    key: Vec<u8>,
+    main: i64,
+    sub: i64,
+    /// The version written, or `None` for a deletion.
+    put: Option<Version>,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Version {
+    create_revision: i64,
+    version: i64,
+    value: Vec<u8>,
+    lease: i64,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Lease {
+    id: i64,
+    ttl: i64,
+}
+
+/// Dumps the state seen by `txn`.
+pub(super) fn dump(txn: &ReadTransaction) -> Result<Vec<u8>> {
+    let revisions = txn.open_table(REVISIONS)?;
+    let (current_revision, compact_revision) = super::read_revisions(&revisions)?;
+    let mut history = Vec::new();
+    for entry in txn.open_table(HISTORY)?.iter()? {
+        let (k, record) = entry?;
+        let (key, main, sub) = k.value();
+        let put = HistoryRecord::decode(record.value())?
+            .into_kv()
+            .map(|kv| Version {
+                create_revision: kv.create_revision,
+                version: kv.version,
+                value: kv.value,
+                lease: kv.lease,
+            });
+        history.push(Change {
+            key: key.to_vec(),
+            main,
+            sub,
+            put,
+        });
+    }
+    let mut leases = Vec::new();
+    for entry in txn.open_table(LEASES)?.iter()? {
+        let (id, ttl) = entry?;
+        leases.push(Lease {
+            id: id.value(),
+            ttl: ttl.value(),
+        });
+    }
+    let mut meta = Vec::new();
+    for entry in txn.open_table(META)?.iter()? {
+        let (key, value) = entry?;
+        meta.push((key.value().to_string(), value.value().to_vec()));
+    }
+    let body = SnapshotV1 {
+        current_revision,
+        compact_revision,
+        history,
+        leases,
+        meta,
+    };
+
+    let mut out = Vec::new();
+    let header = SnapshotHeader {
+        magic: MAGIC.to_string(),
+        format_version: FORMAT_VERSION,
+    };
+    encoding()
+        .serialize_into(&mut out, &header)
+        .map_err(encode_error)?;
+    encoding()
+        .serialize_into(&mut out, &body)
+        .map_err(encode_error)?;
+    Ok(out)
+}
+
+/// Replaces everything in the store with the snapshot's contents, inside `txn`.
+pub(super) fn load(txn: &WriteTransaction, snapshot: &[u8]) -> Result<()> {
+    let body = decode(snapshot)?;
+
+    txn.delete_table(LATEST)?;
+    txn.delete_table(HISTORY)?;
+    txn.delete_table(EVENTS)?;
+    txn.delete_table(LEASES)?;
+    txn.delete_table(LEASE_KEYS)?;
+    txn.delete_table(REVISIONS)?;
+    txn.delete_table(META)?;
+
+    let mut latest = txn.open_table(LATEST)?;
+    let mut history = txn.open_table(HISTORY)?;
+    let mut events = txn.open_table(EVENTS)?;
+    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
+    // `history` is in (key, main, sub) order, so a key's last change is its live state.
+    for (i, change) in body.history.iter().enumerate() {
+        let key = change.key.as_slice();
+        let record = match &change.put {
+            Some(version) => HistoryRecord::Put(PbKeyValue {
+                key: change.key.clone(),
+                create_revision: version.create_revision,
+                mod_revision: change.main,
+                version: version.version,
+                value: version.value.clone(),
+                lease: version.lease,
+            }),
+            None => HistoryRecord::Tombstone,
+        };
+        history.insert((key, change.main, change.sub), record.encode().as_slice())?;
+        // Compaction drops the events before the compaction point; keep the same set.
+        if change.main >= body.compact_revision {
+            events.insert((change.main, change.sub), key)?;
+        }
+        let is_last_of_key = body
+            .history
+            .get(i + 1)
+            .is_none_or(|next| next.key != change.key);
+        if let (true, HistoryRecord::Put(kv)) = (is_last_of_key, &record) {
+            latest.insert(key, encode_latest(change.main, change.sub).as_slice())?;
+            if kv.lease != 0 {
+                lease_keys.insert((kv.lease, key), ())?;
+            }
+        }
+    }
+    let mut leases = txn.open_table(LEASES)?;
+    for lease in &body.leases {
+        leases.insert(lease.id, lease.ttl)?;
+    }
+    let mut meta = txn.open_table(META)?;
+    for (key, value) in &body.meta {
+        meta.insert(key.as_str(), value.as_slice())?;
+    }
+    let mut revisions = txn.open_table(REVISIONS)?;
+    revisions.insert(CURRENT_REVISION, body.current_revision)?;
+    revisions.insert(COMPACT_REVISION, body.compact_revision)?;
+    Ok(())
+}
+
+fn decode(snapshot: &[u8]) -> Result<SnapshotV1> {
+    let mut reader = Cursor::new(snapshot);
+    // The limit makes a corrupt length fail as a read past the end instead of an allocation of
+    // whatever size it claims.
+    let limit = snapshot.len() as u64;
+    let header: SnapshotHeader = encoding()
+        .with_limit(limit)
+        .deserialize_from(&mut reader)
+        .map_err(|e| Error::SnapshotInvalid(format!("unreadable header: {e}")))?;
+    if header.magic != MAGIC {
+        return Err(Error::SnapshotInvalid(format!(
+            "not an mvcc snapshot (magic {:?})",
+            header.magic
+        )));
+    }
+    if header.format_version != FORMAT_VERSION {
+        return Err(Error::SnapshotInvalid(format!(
+            "format version {} is not supported (this build reads {FORMAT_VERSION})",
+            header.format_version
+        )));
+    }
+    let mut body: SnapshotV1 = encoding()
+        .with_limit(limit)
+        .deserialize_from(&mut reader)
+        .map_err(|e| Error::SnapshotInvalid(format!("unreadable body: {e}")))?;
+    if reader.position() != snapshot.len() as u64 {
+        return Err(Error::SnapshotInvalid(format!(
+            "{} trailing bytes after the body",
+            snapshot.len() as u64 - reader.position()
+        )));
+    }
+    // The derivation of the live state relies on this order; restore must not trust the sender.
+    body.history
+        .sort_by(|a, b| (&a.key, a.main, a.sub).cmp(&(&b.key, b.main, b.sub)));
+    Ok(body)
+}
+
+/// bincode's classic encoding: fixed-width little-endian integers, u64 lengths.
+fn encoding() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+}
+
+fn encode_error(e: bincode::Error) -> Error {
+    Error::Backend(format!("encoding snapshot: {e}"))
+}

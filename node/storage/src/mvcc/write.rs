@@ -1,0 +1,488 @@
+//! The write side of the store: one `MvccWrite` is one redb write transaction, into which the
+//! Raft state machine applies a batch of committed entries and its own metadata, then commits.
+//!
+//! Every request that changes keys gets the next main revision; the changes inside it (the
+//! keys of a delete range, the ops of a transaction, the keys of a revoked lease) get sub
+//! revisions 0, 1, 2... A request that changes nothing does not consume a revision. Requests are
+//! checked before they write anything, so a request that fails leaves the batch as it was.
+
+use std::collections::BTreeSet;
+
+use etcd_client::proto::{
+    PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue, PbPutRequest,
+    PbPutResponse, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
+};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+
+use super::compare::{branch, chosen_ops, txn_path};
+use super::events::event_type;
+use super::key_span::KeySpan;
+use super::read::{header, KvView};
+use super::tables::{
+    encode_latest, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION, CURRENT_REVISION,
+    EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
+};
+use crate::{Result, StorageError as Error};
+
+/// A batch of writes in one redb write transaction. Dropping it without `commit` discards it.
+///
+/// A request error (`LeaseNotFound`, `KeyNotFound`, `Compacted`, `FutureRev`, `LeaseExists`) is
+/// found before the request writes anything, so the batch stays usable and the error is the
+/// request's answer. A `Backend` or `MvccCorrupt` error may leave a request half applied: drop
+/// the batch.
+pub struct MvccWrite {
+    txn: WriteTransaction,
+    /// Revision of the last change, this batch's included.
+    revision: i64,
+    compacted: i64,
+    events: Vec<PbEvent>,
+}
+
+/// The tables a key-changing request touches, opened for the duration of one request.
+struct KvTables<'t> {
+    latest: LatestTable<'t>,
+    history: HistoryTable<'t>,
+    events: Table<'t, (i64, i64), &'static [u8]>,
+    leases: Table<'t, i64, i64>,
+    lease_keys: Table<'t, (i64, &'static [u8]), ()>,
+}
+
+impl<'t> KvTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<KvTables<'t>> {
+        Ok(KvTables {
+            latest: txn.open_table(LATEST)?,
+            history: txn.open_table(HISTORY)?,
+            events: txn.open_table(EVENTS)?,
+            leases: txn.open_table(LEASES)?,
+            lease_keys: txn.open_table(LEASE_KEYS)?,
+        })
+    }
+}
+
+impl MvccWrite {
+    pub(super) fn begin(txn: WriteTransaction) -> Result<MvccWrite> {
+        let (revision, compacted) = {
+            let revisions = txn.open_table(REVISIONS)?;
+            super::read_revisions(&revisions)?
+        };
+        Ok(MvccWrite {
+            txn,
+            revision,
+            compacted,
+            events: Vec::new(),
+        })
+    }
+
+    /// The store revision after the requests applied so far.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision of the last compaction, this batch's included; -1 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    pub fn put(&mut self, req: &PbPutRequest) -> Result<PbPutResponse> {
+        self.apply_request(|request| {
+            request.check_put(req, &[])?;
+            request.put(req)
+        })
+    }
+
+    pub fn delete_range(&mut self, req: &PbDeleteRequest) -> Result<PbDeleteResponse> {
+        self.apply_request(|request| request.delete_range(req))
+    }
+
+    pub fn txn(&mut self, req: &PbTxnRequest) -> Result<PbTxnResponse> {
+        self.apply_request(|request| request.txn(req))
+    }
+
+    /// Forgets history before `revision`: every key keeps its latest version at or before
+    /// `revision` unless that version is a deletion. Reads below `revision` then fail with
+    /// `Compacted`; reads at `revision` and later are unchanged.
+    ///
+    /// Changes made at `revision` itself are all kept, deletions included (etcd drops a deletion
+    /// at the compaction point; reads cannot tell the difference), so that a watcher starting
+    /// at the compaction point is replayed every event of that revision.
+    pub fn compact(&mut self, revision: i64) -> Result<PbCompactionResponse> {
+        if revision <= self.compacted {
+            return Err(Error::Compacted);
+        }
+        if revision > self.revision {
+            return Err(Error::FutureRev);
+        }
+        let mut tables = KvTables::open(&self.txn)?;
+        let mut changed_keys = BTreeSet::new();
+        for entry in tables.events.range(..(revision, i64::MIN))? {
+            let (_, key) = entry?;
+            changed_keys.insert(key.value().to_vec());
+        }
+        for key in &changed_keys {
+            let key = key.as_slice();
+            let mut older: Vec<(i64, i64, bool)> = Vec::new();
+            for entry in tables
+                .history
+                .range((key, i64::MIN, i64::MIN)..(key, revision, i64::MIN))?
+            {
+                let (k, record) = entry?;
+                let (_, main, sub) = k.value();
+                let is_tombstone =
+                    HistoryRecord::decode(record.value())? == HistoryRecord::Tombstone;
+                older.push((main, sub, is_tombstone));
+            }
+            let changed_at_revision = tables
+                .history
+                .range((key, revision, i64::MIN)..=(key, revision, i64::MAX))?
+                .next()
+                .is_some();
+            // The version live at `revision` is kept, unless it is a deletion or was replaced
+            // at `revision` itself (which is kept as it is not older than `revision`).
+            if let Some(&(_, _, is_tombstone)) = older.last() {
+                if !is_tombstone && !changed_at_revision {
+                    older.pop();
+                }
+            }
+            for (main, sub, _) in older {
+                tables.history.remove((key, main, sub))?;
+            }
+        }
+        tables
+            .events
+            .retain_in(..(revision, i64::MIN), |_, _| false)?;
+        self.compacted = revision;
+        Ok(PbCompactionResponse {
+            header: header(self.revision),
+        })
+    }
+
+    /// Records a lease; `LeaseExists` if the ID is taken. The server owns expiry: the store keeps
+    /// only what must survive a restart and be identical on every member.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<()> {
+        let mut leases = self.txn.open_table(LEASES)?;
+        if leases.get(id)?.is_some() {
+            return Err(Error::LeaseExists);
+        }
+        leases.insert(id, ttl)?;
+        Ok(())
+    }
+
+    /// Removes a lease and deletes the keys attached to it, all in one revision (none if it had
+    /// no keys), in key order as etcd does. Returns the store revision afterwards.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<i64> {
+        self.apply_request(|request| {
+            if request.tables.leases.get(id)?.is_none() {
+                return Err(Error::LeaseNotFound);
+            }
+            let mut keys = Vec::new();
+            for entry in request.tables.lease_keys.range((id, &[][..])..)? {
+                let (k, _) = entry?;
+                let (lease, key) = k.value();
+                if lease != id {
+                    break;
+                }
+                keys.push(key.to_vec());
+            }
+            for key in keys {
+                request.delete_key(&key)?;
+            }
+            request.tables.leases.remove(id)?;
+            Ok(request.revision())
+        })
+    }
+
+    /// Stores a value of the Raft state machine's own (applied log ID, membership) in the same
+    /// transaction as the data it describes.
+    pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.txn.open_table(META)?.insert(key, value)?;
+        Ok(())
+    }
+
+    /// The bytes the store's data occupies (keys, values, index and metadata), which is what
+    /// the backend quota counts — not the file's length, which redb grows ahead of use, nor the
+    /// free and not yet reusable pages inside it, which redb reuses after its next durable
+    /// commit and defragment returns to the file system.
+    pub fn size_in_use(&self) -> Result<u64> {
+        let stats = self.txn.stats()?;
+        Ok(stats.stored_bytes() + stats.metadata_bytes())
+    }
+
+    /// A metadata value as this transaction sees it.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(META)?;
+        let value = table.get(key)?.map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
+    /// Removes a metadata entry, if present.
+    pub fn delete_meta(&mut self, key: &str) -> Result<()> {
+        self.txn.open_table(META)?.remove(key)?;
+        Ok(())
+    }
+
+    /// Commits the batch and returns its watch events in revision order. A non-durable commit is
+    /// visible to readers at once but reaches the disk only with the next durable commit: after
+    /// a crash the store is at its last durable commit, and Raft replays the rest.
+    pub fn commit(mut self, durable: bool) -> Result<Vec<PbEvent>> {
+        {
+            let mut revisions = self.txn.open_table(REVISIONS)?;
+            revisions.insert(CURRENT_REVISION, self.revision)?;
+            revisions.insert(COMPACT_REVISION, self.compacted)?;
+        }
+        self.txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        self.txn.commit()?;
+        Ok(self.events)
+    }
+
+    /// Runs one request with the next main revision; the revision is consumed only if the request
+    /// changed something.
+    fn apply_request<T>(
+        &mut self,
+        body: impl FnOnce(&mut Request<'_, '_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut request = Request {
+            tables: KvTables::open(&self.txn)?,
+            main: self.revision + 1,
+            sub: 0,
+            compacted: self.compacted,
+            events: &mut self.events,
+        };
+        let result = body(&mut request);
+        let changed = request.sub > 0;
+        drop(request);
+        if changed {
+            self.revision += 1;
+        }
+        result
+    }
+}
+
+/// One request being applied: its main revision and the sub revisions it has used.
+struct Request<'t, 'e> {
+    tables: KvTables<'t>,
+    main: i64,
+    sub: i64,
+    compacted: i64,
+    events: &'e mut Vec<PbEvent>,
+}
+
+/// What an earlier op of the same transaction did to a key, for the checks of later ops.
+enum Effect<'r> {
+    Put(&'r [u8]),
+    Delete(KeySpan),
+}
+
+impl Request<'_, '_> {
+    /// The store revision as this request's reads see it: its own revision once it has written.
+    fn revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.main
+        } else {
+            self.main - 1
+        }
+    }
+
+    fn view(&self) -> KvView<'_, LatestTable<'_>, HistoryTable<'_>> {
+        KvView {
+            latest: &self.tables.latest,
+            history: &self.tables.history,
+            current: self.revision(),
+            compacted: self.compacted,
+        }
+    }
+
+    /// etcd's checks of a put before anything is written: `ignore_value` / `ignore_lease` need
+    /// the key to exist (`KeyNotFound`), a lease must exist (`LeaseNotFound`). `earlier` are the
+    /// effects of the ops before this one in the same transaction.
+    fn check_put(&self, req: &PbPutRequest, earlier: &[Effect<'_>]) -> Result<()> {
+        if req.ignore_value || req.ignore_lease {
+            let exists = match earlier.iter().rev().find_map(|effect| match effect {
+                Effect::Put(key) => (*key == req.key.as_slice()).then_some(true),
+                Effect::Delete(span) => span.contains(&req.key).then_some(false),
+            }) {
+                Some(exists) => exists,
+                None => self.tables.latest.get(req.key.as_slice())?.is_some(),
+            };
+            if !exists {
+                return Err(Error::KeyNotFound);
+            }
+        }
+        if req.lease != 0 && self.tables.leases.get(req.lease)?.is_none() {
+            return Err(Error::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, req: &PbPutRequest) -> Result<PbPutResponse> {
+        let prev = self.view().latest(&req.key)?;
+        let (value, lease) = match &prev {
+            Some(prev) => (
+                if req.ignore_value {
+                    prev.value.clone()
+                } else {
+                    req.value.clone()
+                },
+                if req.ignore_lease {
+                    prev.lease
+                } else {
+                    req.lease
+                },
+            ),
+            None => (req.value.clone(), req.lease),
+        };
+        self.put_key(&req.key, value, lease, prev.clone())?;
+        Ok(PbPutResponse {
+            header: header(self.revision()),
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_range(&mut self, req: &PbDeleteRequest) -> Result<PbDeleteResponse> {
+        let span = KeySpan::new(&req.key, &req.range_end);
+        let current = self.revision();
+        let (doomed, _) = self.view().range_at(&span, current, None)?;
+        for kv in &doomed {
+            self.delete_key(&kv.key)?;
+        }
+        Ok(PbDeleteResponse {
+            header: header(self.revision()),
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        })
+    }
+
+    /// etcd's Txn: decide the branches on the state before the transaction, check every op of
+    /// the chosen branches (puts first, then ranges, as etcd does), then run them.
+    fn txn(&mut self, req: &PbTxnRequest) -> Result<PbTxnResponse> {
+        let path = txn_path(&self.view(), req)?;
+        let mut ops = Vec::new();
+        chosen_ops(req, &mut path.iter().copied(), &mut ops);
+
+        let mut effects = Vec::new();
+        for op in &ops {
+            match op {
+                PbTxnOpRequest::RequestPut(put) => {
+                    self.check_put(put, &effects)?;
+                    effects.push(Effect::Put(&put.key));
+                }
+                PbTxnOpRequest::RequestDeleteRange(delete) => {
+                    effects.push(Effect::Delete(KeySpan::new(&delete.key, &delete.range_end)))
+                }
+                PbTxnOpRequest::RequestRange(_) | PbTxnOpRequest::RequestTxn(_) => {}
+            }
+        }
+        for op in &ops {
+            if let PbTxnOpRequest::RequestRange(range) = op {
+                if range.revision != 0 {
+                    self.view().resolve_revision(range.revision)?;
+                }
+            }
+        }
+        self.run_txn(req, &mut path.into_iter())
+    }
+
+    fn run_txn(
+        &mut self,
+        req: &PbTxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<PbTxnResponse> {
+        let succeeded = path.next().unwrap_or(false);
+        let mut responses = Vec::new();
+        for op in branch(req, succeeded) {
+            let response = match &op.request {
+                Some(PbTxnOpRequest::RequestRange(range)) => {
+                    Some(PbTxnOpResponse::ResponseRange(self.view().range(range)?))
+                }
+                Some(PbTxnOpRequest::RequestPut(put)) => {
+                    Some(PbTxnOpResponse::ResponsePut(self.put(put)?))
+                }
+                Some(PbTxnOpRequest::RequestDeleteRange(delete)) => Some(
+                    PbTxnOpResponse::ResponseDeleteRange(self.delete_range(delete)?),
+                ),
+                Some(PbTxnOpRequest::RequestTxn(nested)) => {
+                    Some(PbTxnOpResponse::ResponseTxn(self.run_txn(nested, path)?))
+                }
+                None => None,
+            };
+            responses.push(PbResponseOp { response });
+        }
+        Ok(PbTxnResponse {
+            header: header(self.revision()),
+            succeeded,
+            responses,
+        })
+    }
+
+    /// Writes a new version of `key` at the next sub revision. `prev` is its live version.
+    fn put_key(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        prev: Option<PbKeyValue>,
+    ) -> Result<()> {
+        let kv = PbKeyValue {
+            key: key.to_vec(),
+            create_revision: prev.as_ref().map_or(self.main, |prev| prev.create_revision),
+            mod_revision: self.main,
+            version: prev.as_ref().map_or(1, |prev| prev.version + 1),
+            value,
+            lease,
+        };
+        self.tables
+            .latest
+            .insert(key, encode_latest(self.main, self.sub).as_slice())?;
+        self.record_change(key, &HistoryRecord::Put(kv.clone()))?;
+        let prev_lease = prev.as_ref().map_or(0, |prev| prev.lease);
+        if prev_lease != 0 && prev_lease != lease {
+            self.tables.lease_keys.remove((prev_lease, key))?;
+        }
+        if lease != 0 {
+            self.tables.lease_keys.insert((lease, key), ())?;
+        }
+        self.events.push(PbEvent {
+            r#type: event_type::PUT,
+            kv: Some(kv),
+            prev_kv: prev,
+        });
+        Ok(())
+    }
+
+    /// Deletes `key` at the next sub revision, if it is live.
+    fn delete_key(&mut self, key: &[u8]) -> Result<()> {
+        let prev = match self.view().latest(key)? {
+            Some(prev) => prev,
+            None => return Ok(()),
+        };
+        self.tables.latest.remove(key)?;
+        let main = self.main;
+        self.record_change(key, &HistoryRecord::Tombstone)?;
+        if prev.lease != 0 {
+            self.tables.lease_keys.remove((prev.lease, key))?;
+        }
+        self.events.push(PbEvent {
+            r#type: event_type::DELETE,
+            kv: Some(PbKeyValue {
+                key: key.to_vec(),
+                mod_revision: main,
+                ..Default::default()
+            }),
+            prev_kv: Some(prev),
+        });
+        Ok(())
+    }
+
+    fn record_change(&mut self, key: &[u8], record: &HistoryRecord) -> Result<()> {
+        let revision = (self.main, self.sub);
+        self.tables
+            .history
+            .insert((key, revision.0, revision.1), record.encode().as_slice())?;
+        self.tables.events.insert(revision, key)?;
+        self.sub += 1;
+        Ok(())
+    }
+}
