@@ -309,10 +309,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&config.wal_dir)
         .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", config.wal_dir.display())))?;
 
-    // The store first: a data dir of an older release is refused before its WAL is read.
-    let db = member_dir.join(DB_FILE);
-    let store = blocking(move || MvccStore::open(&db)).await?;
-    let applied = applied_state(&store)?;
+    // The WAL first: a damaged one is refused before anything is written to the store.
     let wal_dir = config.wal_dir.clone();
     let log = blocking(move || RaftLog::open(&wal_dir)).await?;
     if fresh && !log.is_empty() {
@@ -321,6 +318,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             config.wal_dir.display()
         )));
     }
+    let db = member_dir.join(DB_FILE);
+    let store = blocking(move || MvccStore::open(&db)).await?;
+    let applied = applied_state(&store)?;
     // A founding member bootstraps until its log shows it has: a fresh data dir, a restored
     // snapshot, or a first start that died before the bootstrap reached the WAL.
     if log.is_empty() && applied.index == 0 && !identity.initial_cluster.is_empty() {

@@ -53,11 +53,14 @@ struct VoteRecord {
     commit: u64,
 }
 
+/// What a WAL whose records do not decode most likely is.
+const OLDER_RELEASE_HINT: &str = "if this data dir was written by a ferrokv release before its Raft engine changed, move its data: `etcdctl snapshot save` with that release, then `ferrokv snapshot restore` into new data dirs";
+
 fn corrupt(dir: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::WalCorrupt {
         segment: dir.to_path_buf(),
         offset: 0,
-        reason: format!("undecodable {what}: {e}"),
+        reason: format!("undecodable {what}: {e} ({OLDER_RELEASE_HINT})"),
     }
 }
 
@@ -67,13 +70,8 @@ impl RaftLog {
         let (wal, recovered) = Wal::open(dir, WalOptions::default())?;
         let mut hard_state = HardState::default();
         if let Some(bytes) = &recovered.vote {
-            let vote: VoteRecord = bincode::deserialize(bytes).map_err(|e| {
-                corrupt(
-                    dir,
-                    "hard state (a data dir of ferrokv before its Raft engine changed? move its data with `etcdctl snapshot save` and `ferrokv snapshot restore`)",
-                    e,
-                )
-            })?;
+            let vote: VoteRecord =
+                bincode::deserialize(bytes).map_err(|e| corrupt(dir, "hard state", e))?;
             hard_state.term = vote.term;
             hard_state.vote = vote.vote;
             hard_state.commit = vote.commit;
