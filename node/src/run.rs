@@ -22,7 +22,8 @@ use crate::raft::members::Members;
 use crate::raft::node::{self, Command, LoopOptions};
 use crate::raft::transport::pb::peer_server::PeerServer;
 use crate::raft::transport::{
-    LeaderDuties, PeerNetwork, PeerService, Transport, MAX_PEER_MESSAGE_BYTES,
+    LeaderDuties, PeerNetwork, PeerService, Transport, CONNECTION_WINDOW_BYTES,
+    MAX_PEER_MESSAGE_BYTES, STREAM_WINDOW_BYTES,
 };
 use crate::raft::types::{codec, ConfChangeContext, MemberNode};
 use crate::server::metrics::Metrics;
@@ -463,6 +464,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             let incoming = TcpListenerStream::new(listener)
                 .map(|conn| conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream)));
             tonic::transport::Server::builder()
+                .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
                 .add_service(peer)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await

@@ -47,8 +47,12 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Snapshot data per chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Batches buffered per stream; when the stream cannot take more, newer messages are dropped.
-const STREAM_BUFFER: usize = 64;
+/// Batches buffered per stream before the sender waits for the stream to take them.
+const STREAM_BUFFER: usize = 8;
+/// HTTP/2 flow-control windows of peer connections: large enough that a stream of large
+/// entries is not held to one small window per round trip.
+pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What went wrong talking to a peer.
@@ -187,6 +191,8 @@ impl PeerNetwork {
             })?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             // A peer cut off without a reset is noticed within seconds, not at TCP's pace.
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(3))
@@ -432,11 +438,11 @@ async fn stream_to(
                 sender: Some(inner.network.sender()),
                 messages: encoded,
             };
-            match batches.try_send(batch) {
-                Ok(()) => {}
-                // The peer is slow or cut off: drop, Raft resends what matters.
-                Err(mpsc::error::TrySendError::Full(_)) => inner.unreachable(to),
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            // A slow peer holds this task up rather than losing messages: Raft's own flow
+            // control (`max_inflight_msgs`) bounds what waits here, and a dead peer's stream
+            // ends within the HTTP/2 keep-alive timeout, which ends the wait.
+            if batches.send(batch).await.is_err() {
+                break;
             }
         }
         drop(batches);
