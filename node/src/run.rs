@@ -240,9 +240,8 @@ fn raft_config(config: &NodeConfig, id: u64, applied: u64) -> Result<raft::Confi
     Ok(raft_config)
 }
 
-/// The founding members' configuration changes: the first entries of a new cluster's log, the
-/// same on every founding member (etcd's bootstrap does the same).
-fn founding_entries(identity: &Identity) -> Vec<Entry> {
+/// The founding members of the cluster `identity` belongs to, by member ID.
+fn founding_members(identity: &Identity) -> BTreeMap<u64, MemberNode> {
     identity
         .initial_cluster
         .iter()
@@ -255,7 +254,13 @@ fn founding_entries(identity: &Identity) -> Vec<Entry> {
                 },
             )
         })
-        .collect::<BTreeMap<u64, MemberNode>>()
+        .collect()
+}
+
+/// The founding members' configuration changes: the first entries of a new cluster's log, the
+/// same on every founding member (etcd's bootstrap does the same).
+fn founding_entries(identity: &Identity) -> Vec<Entry> {
+    founding_members(identity)
         .into_iter()
         .enumerate()
         .map(|(i, (id, member))| {
@@ -333,16 +338,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let conf_state = if applied.index == 0 && !identity.initial_cluster.is_empty() {
         // As etcd's bootstrap: the founding configuration holds from the start, so the first
         // election need not wait for the founding entries to be applied.
-        let voters = founding_entries(&identity)
-            .iter()
-            .map(|e| {
-                ConfChangeV2::decode(e.data.as_ref())
-                    .map(|c| c.changes[0].node_id)
-                    .unwrap_or(0)
-            })
-            .collect::<Vec<u64>>();
         ConfState {
-            voters,
+            voters: founding_members(&identity).into_keys().collect(),
             ..Default::default()
         }
     } else {

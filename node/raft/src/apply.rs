@@ -271,15 +271,7 @@ impl StateMachine {
 
     /// Resolves with the reason once applying has failed.
     pub async fn failed(&self) -> String {
-        let mut failed = self.failed.clone();
-        let reason = match failed.wait_for(|f| f.is_some()).await {
-            Ok(reason) => reason.clone(),
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => reason,
-            None => std::future::pending().await,
-        }
+        super::node::failure(self.failed.clone()).await
     }
 
     /// The attributes every member has published, by member ID.

@@ -149,15 +149,19 @@ impl RaftHandle {
 
     /// Resolves with the reason once the loop has failed.
     pub async fn failed(&self) -> String {
-        let mut failed = self.failed.clone();
-        let reason = match failed.wait_for(|f| f.is_some()).await {
-            Ok(reason) => reason.clone(),
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => reason,
-            None => std::future::pending().await,
-        }
+        failure(self.failed.clone()).await
+    }
+}
+
+/// Resolves with the reason a stage reported for failing; never, if it stops without one.
+pub(super) async fn failure(mut failed: watch::Receiver<Option<String>>) -> String {
+    let reason = match failed.wait_for(|f| f.is_some()).await {
+        Ok(reason) => reason.clone(),
+        Err(_) => None,
+    };
+    match reason {
+        Some(reason) => reason,
+        None => std::future::pending().await,
     }
 }
 

@@ -585,6 +585,31 @@ impl PeerService {
             .ok_or_else(|| Status::unavailable("the member is starting"))
     }
 
+    /// Serves one unary request of a leader duty: admits the sender, decodes the payload and
+    /// answers with what `duty` makes of it.
+    async fn serve<Req, Answer, Duty, Fut>(
+        &self,
+        request: PeerRequest,
+        duty: Duty,
+    ) -> Result<GrpcResponse<PeerReply>, Status>
+    where
+        Req: DeserializeOwned,
+        Answer: Serialize,
+        Duty: FnOnce(Req) -> Fut,
+        Fut: std::future::Future<Output = Answer>,
+    {
+        let admitted = self
+            .admit(request.sender.as_ref())
+            .and_then(|()| open::<Req>(&request.payload));
+        match admitted {
+            Ok(req) => {
+                let answer = duty(req).await;
+                reply(Ok(()), || answer)
+            }
+            Err(refused) => reply::<()>(Err(refused), || ()),
+        }
+    }
+
     fn step(&self, bytes: &[u8]) -> Result<(), (Refusal, String)> {
         let message =
             Message::decode(bytes).map_err(|e| (Refusal::Garbled, format!("raft message: {e}")))?;
@@ -685,34 +710,22 @@ impl Peer for PeerService {
         &self,
         request: GrpcRequest<PeerRequest>,
     ) -> Result<GrpcResponse<PeerReply>, Status> {
-        let request = request.into_inner();
-        let admitted = self
-            .admit(request.sender.as_ref())
-            .and_then(|()| open::<LeaseQuery>(&request.payload));
-        match admitted {
-            Ok(query) => {
-                let answer = self.duties()?.lease(query).await;
-                reply(Ok(()), || answer)
-            }
-            Err(refused) => reply::<()>(Err(refused), || ()),
-        }
+        let duties = self.duties()?.clone();
+        self.serve(request.into_inner(), |query: LeaseQuery| async move {
+            duties.lease(query).await
+        })
+        .await
     }
 
     async fn member_change(
         &self,
         request: GrpcRequest<PeerRequest>,
     ) -> Result<GrpcResponse<PeerReply>, Status> {
-        let request = request.into_inner();
-        let admitted = self
-            .admit(request.sender.as_ref())
-            .and_then(|()| open::<MemberChange>(&request.payload));
-        match admitted {
-            Ok(change) => {
-                let answer = self.duties()?.change_members(change).await;
-                reply(Ok(()), || answer)
-            }
-            Err(refused) => reply::<()>(Err(refused), || ()),
-        }
+        let duties = self.duties()?.clone();
+        self.serve(request.into_inner(), |change: MemberChange| async move {
+            duties.change_members(change).await
+        })
+        .await
     }
 
     async fn members(

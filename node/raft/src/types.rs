@@ -200,7 +200,7 @@ pub enum MemberChange {
 /// serde for prost messages: their protobuf encoding as bytes.
 mod pb {
     use prost::Message;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<M: Message, S: Serializer>(msg: &M, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&msg.encode_to_vec())
@@ -213,8 +213,37 @@ mod pb {
         M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
     }
 
+    /// Reads the bytes `serialize_bytes` wrote in one piece: a `Vec<u8>`'s own `Deserialize`
+    /// reads them one element at a time, which costs dearly for megabyte values.
     fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Vec::<u8>::deserialize(d)
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(byte) = seq.next_element()? {
+                    out.push(byte);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
     }
 }
 
