@@ -122,6 +122,13 @@ impl RaftHandle {
         self.status.borrow().clone()
     }
 
+    /// Reads from the status without copying it (its member sets and progress map): for the
+    /// hot paths that need a field or two, such as the term in every response header. `read`
+    /// runs under the status's read lock, so it should only pick fields out.
+    pub fn read_status<R>(&self, read: impl FnOnce(&RaftStatus) -> R) -> R {
+        read(&self.status.borrow())
+    }
+
     pub fn status_watch(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
     }

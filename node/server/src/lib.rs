@@ -221,13 +221,13 @@ impl Server {
 
     /// The Raft state Status, /metrics and the v2 headers report.
     pub fn raft_summary(&self) -> RaftSummary {
-        let status = self.raft_status();
-        RaftSummary {
+        let me = self.member_id();
+        self.inner.raft.read_status(|status| RaftSummary {
             leader: status.leader,
             term: status.term,
             commit: status.commit,
-            is_learner: status.learners.contains(&self.member_id()),
-        }
+            is_learner: status.learners.contains(&me),
+        })
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -252,12 +252,12 @@ impl Server {
             cluster_id: self.cluster_id(),
             member_id: self.member_id(),
             revision,
-            raft_term: self.raft_status().term,
+            raft_term: self.inner.raft.read_status(|status| status.term),
         }
     }
 
     pub fn leader(&self) -> Option<u64> {
-        self.raft_status().leader()
+        self.inner.raft.read_status(RaftStatus::leader)
     }
 
     /// Whether this member is in touch with a leader. A leader that loses its quorum steps
@@ -268,7 +268,7 @@ impl Server {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft_status().is_leader()
+        self.inner.raft.read_status(RaftStatus::is_leader)
     }
 
     fn peer_url_of(&self, id: u64) -> Option<String> {
@@ -278,8 +278,9 @@ impl Server {
     /// Whether this member has known of no leader for two election timeouts: the side of a
     /// partition without a quorum, which refuses rather than waiting out the request timeout.
     fn out_of_touch(&self) -> bool {
-        self.raft_status()
-            .leaderless_since
+        self.inner
+            .raft
+            .read_status(|status| status.leaderless_since)
             .is_some_and(|since| since.elapsed() >= 2 * self.inner.config.election_timeout)
     }
 
@@ -288,9 +289,12 @@ impl Server {
     /// waits out the request timeout; one held back until a live leader is known is not (not
     /// proposing is always safe, proposing twice never is).
     fn leader_to_forward_to(&self) -> Option<u64> {
-        let status = self.raft_status();
-        let leader = status.leader()?;
-        let live = status.is_leader()
+        let (leader, is_leader) = self
+            .inner
+            .raft
+            .read_status(|status| (status.leader(), status.is_leader()));
+        let leader = leader?;
+        let live = is_leader
             || self
                 .inner
                 .network

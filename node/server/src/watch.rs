@@ -6,6 +6,11 @@
 //! stream that falls so far behind that the channel overwrites what it has not read, reads the
 //! missing revisions from the MVCC store's history instead. So a slow client never holds up
 //! writes: it only falls back to history, and to a compaction notice if history is gone.
+//!
+//! The stream tracks from which revision on the live channel is sure to deliver (`live_from`):
+//! only revisions before it are read from history. (A commit is visible in the store a moment
+//! before its events are broadcast, so "behind the store" would send every watcher to history
+//! for nearly every write under load, one read per watcher.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,14 +98,15 @@ pub async fn serve_stream(
     out: mpsc::Sender<Result<PbWatchResponse, tonic::Status>>,
 ) {
     let mut live = server.state_machine().subscribe_events();
+    // Everything committed after this read is broadcast after the subscription above.
+    let mut live_from = current_revision(&server) + 1;
     let mut watchers: BTreeMap<i64, Watcher> = BTreeMap::new();
     let mut next_id: i64 = 0;
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.tick().await;
-    // Revisions below this have been handed to every watcher (or were before they started).
     loop {
-        // Watchers behind the store's current revision catch up from history first.
-        if let Err(()) = catch_up(&server, &mut watchers, &out).await {
+        // Watchers behind what the live channel will deliver catch up from history first.
+        if let Err(()) = catch_up(&server, &mut watchers, live_from, &out).await {
             return;
         }
         tokio::select! {
@@ -131,13 +137,29 @@ pub async fn serve_stream(
             }
             batch = live.recv() => match batch {
                 Ok(events) => {
+                    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                        continue;
+                    };
+                    let (first, last) = (revision_of(first), revision_of(last));
+                    if first > live_from {
+                        // Revisions that were never broadcast (a snapshot replaced the store):
+                        // watchers before them read them from history, if it still has them.
+                        live_from = first;
+                        if catch_up(&server, &mut watchers, live_from, &out).await.is_err() {
+                            return;
+                        }
+                    }
                     if deliver(&server, &mut watchers, &events, &out).await.is_err() {
                         return;
                     }
+                    live_from = live_from.max(last + 1);
                 }
                 // Fell behind the live channel: what was missed is read from history by the
-                // catch-up at the top of the loop.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                // catch-up at the top of the loop; everything committed after this read will
+                // still come live.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    live_from = current_revision(&server) + 1;
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = progress.tick() => {
@@ -225,26 +247,28 @@ fn create(
     })
 }
 
-/// Brings every watcher that is behind the store up to its current revision from history.
+/// Brings every watcher that is behind `live_from` (the first revision the live channel is sure
+/// to deliver) up to it from history.
 async fn catch_up(
     server: &Server,
     watchers: &mut BTreeMap<i64, Watcher>,
+    live_from: i64,
     out: &mpsc::Sender<Result<PbWatchResponse, tonic::Status>>,
 ) -> Result<(), ()> {
     loop {
-        let current = current_revision(server);
         let behind: Vec<i64> = watchers
             .iter()
-            .filter(|(_, w)| w.next <= current)
+            .filter(|(_, w)| w.next < live_from)
             .map(|(id, _)| *id)
             .collect();
         if behind.is_empty() {
             return Ok(());
         }
+        let current = current_revision(server);
         for id in behind {
             let w = watchers.get_mut(&id).expect("listed above");
             let from = w.next;
-            let to = (from + CATCH_UP_REVISIONS - 1).min(current);
+            let to = (from + CATCH_UP_REVISIONS - 1).min(live_from - 1);
             let store = server.store().clone();
             let history = tokio::task::spawn_blocking(move || store.events_between(from, to))
                 .await
