@@ -192,15 +192,40 @@ impl Server {
         let Some(lease) = self.store().lease(id)? else {
             return Ok(LeaseTtl::NotFound);
         };
-        let mut clock = self.inner.lease_clock.lock().unwrap();
-        clock.expiries.insert(
-            id,
-            Instant::now() + Duration::from_secs(lease.ttl.max(0) as u64),
-        );
-        Ok(LeaseTtl::Alive {
-            remaining: lease.ttl,
-            granted: lease.ttl,
-        })
+        {
+            let mut clock = self.inner.lease_clock.lock().unwrap();
+            let now = Instant::now();
+            let expired = clock.expiries.get(&id).is_some_and(|at| *at <= now);
+            if !expired {
+                let ttl = Duration::from_secs(lease.ttl.max(0) as u64);
+                clock.expiries.insert(id, now + ttl);
+                return Ok(LeaseTtl::Alive {
+                    remaining: lease.ttl,
+                    granted: lease.ttl,
+                });
+            }
+        }
+        self.await_expired_lease_revoked(id).await
+    }
+
+    /// A lease whose time is up is not renewed: its revoke is (or is about to be) on its way
+    /// through Raft, and renewing it would promise a TTL its keys will not get. As etcd's lessor
+    /// does, the keep-alive waits for the revoke and answers that the lease is gone, or that
+    /// this member is no longer the leader (the new leader starts every lease afresh).
+    async fn await_expired_lease_revoked(&self, id: i64) -> Result<LeaseTtl> {
+        let deadline = Deadline::now() + self.inner.request_timeout;
+        loop {
+            if !self.is_leader() {
+                return Err(Error::NotLeader);
+            }
+            if self.store().lease(id)?.is_none() {
+                return Ok(LeaseTtl::NotFound);
+            }
+            if Deadline::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn time_to_live_as_leader(&self, id: i64) -> Result<LeaseTtl> {
