@@ -170,6 +170,7 @@ pub struct HostMemberStatus {
     /// 0 when the member knows no leader.
     pub leader: u64,
     pub raft_term: u64,
+    pub raft_index: u64,
 }
 
 /// Members on separate hosts. See the module documentation.
@@ -439,6 +440,7 @@ impl HostCluster {
             member_id: header.member_id(),
             leader: status.leader(),
             raft_term: status.raft_term(),
+            raft_index: status.raft_index(),
         })
     }
 
