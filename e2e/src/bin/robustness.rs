@@ -27,8 +27,16 @@ struct Options {
     #[arg(long)]
     server: Option<PathBuf>,
     /// Members per cluster.
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::PossibleValuesParser::new(["3", "5"]).map(|s| s.parse::<usize>().expect("3 or 5")))]
+    #[arg(long, default_value_t = 3, value_parser = parse_members)]
     members: usize,
+}
+
+fn parse_members(text: &str) -> Result<usize, String> {
+    match text {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!("{text} members: a cluster here has 3 or 5")),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
