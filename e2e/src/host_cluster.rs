@@ -319,11 +319,15 @@ impl HostCluster {
     pub fn wipe_data(&mut self, i: usize) -> anyhow::Result<()> {
         let member = &self.members[i];
         if member.process.is_some() {
-            bail!("member {} must be stopped before its data is wiped", member.name);
+            bail!(
+                "member {} must be stopped before its data is wiped",
+                member.name
+            );
         }
         match fs::remove_dir_all(&member.data_dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error)
-                .with_context(|| format!("deleting {}", member.data_dir.display())),
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(error).with_context(|| format!("deleting {}", member.data_dir.display()))
+            }
             _ => Ok(()),
         }
     }

@@ -20,12 +20,7 @@ async fn run(plan: Plan) -> ScheduleOutcome {
 }
 
 fn assert_clean(outcome: &ScheduleOutcome) {
-    assert_eq!(
-        outcome.anomaly_count(),
-        0,
-        "\n{}",
-        failure_report(outcome)
-    );
+    assert_eq!(outcome.anomaly_count(), 0, "\n{}", failure_report(outcome));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,10 +60,9 @@ async fn serializable_reads_checked_as_linearizable_are_flagged() {
     );
     // Stale reads, and nothing else: the control breaks only the read guarantee.
     assert!(
-        anomalies.iter().all(|a| matches!(
-            a.checker,
-            Checker::Linearizability | Checker::RevisionOrder
-        )),
+        anomalies
+            .iter()
+            .all(|a| matches!(a.checker, Checker::Linearizability | Checker::RevisionOrder)),
         "\n{}",
         failure_report(&outcome)
     );

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use ferrokv_e2e::binaries::server_binary;
-use ferrokv_e2e::robustness::report::{failure_report, result_line};
+use ferrokv_e2e::robustness::report::{failure_report, full_history, result_line};
 use ferrokv_e2e::robustness::schedule::{self, Plan};
 
 /// Randomized fault-injection schedules with checked histories (issue 11).
@@ -73,6 +73,11 @@ async fn main() -> ExitCode {
         println!("{}", result_line(&outcome));
         if outcome.anomaly_count() > 0 {
             println!("{}", failure_report(&outcome));
+            let path = std::env::temp_dir().join(format!("robustness-seed-{seed}.history"));
+            match std::fs::write(&path, full_history(&outcome)) {
+                Ok(()) => println!("  the whole history: {}", path.display()),
+                Err(error) => println!("  could not write {}: {error}", path.display()),
+            }
         }
         anomalies += outcome.anomaly_count();
     }

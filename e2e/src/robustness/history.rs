@@ -37,7 +37,10 @@ pub enum Request {
         lease: Option<i64>,
     },
     /// A single-key Range.
-    Get { key: String, serializable: bool },
+    Get {
+        key: String,
+        serializable: bool,
+    },
     /// A Range over `[start, end)`, as a Kubernetes list.
     List {
         start: String,
@@ -45,17 +48,26 @@ pub enum Request {
         serializable: bool,
     },
     /// A DeleteRange over `[start, end)` with prev_kv, or over one key when `end` is `None`.
-    Delete { start: String, end: Option<String> },
+    Delete {
+        start: String,
+        end: Option<String>,
+    },
     /// A Txn: if `compare` holds on `key`, put `value`, else get `key`.
     CompareAndPut {
         key: String,
         compare: Compare,
         value: String,
     },
-    LeaseGrant { ttl: i64 },
+    LeaseGrant {
+        ttl: i64,
+    },
     /// One keep-alive request on a fresh stream.
-    LeaseKeepAlive { lease: i64 },
-    LeaseRevoke { lease: i64 },
+    LeaseKeepAlive {
+        lease: i64,
+    },
+    LeaseRevoke {
+        lease: i64,
+    },
 }
 
 /// What the server answered.

@@ -27,6 +27,8 @@ pub const ELECTION_TIMEOUT_MS: u64 = 1000;
 /// How long a membership change may be refused (no leader yet, learner not caught up) before
 /// the nemesis gives up on it.
 const RECONFIGURE_PATIENCE: Duration = Duration::from_secs(30);
+/// How many of the cluster's health waits (a minute each) recovery may take.
+const RECOVERY_WAITS: u32 = 3;
 /// How long a removed member gets to exit by itself.
 const REMOVED_EXIT_WAIT: Duration = Duration::from_secs(10);
 /// Raft entries written while a member is down, so it must catch up from a snapshot: etcd keeps
@@ -195,8 +197,12 @@ impl Faults {
         Ok(match target {
             Target::Leader => leader,
             Target::Follower => {
-                let followers: Vec<usize> =
-                    self.voters.iter().copied().filter(|&v| v != leader).collect();
+                let followers: Vec<usize> = self
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader)
+                    .collect();
                 followers[rng.gen_range(0..followers.len())]
             }
         })
@@ -240,8 +246,12 @@ impl Faults {
             }
             Nemesis::SplitWithLeaderInMinority => {
                 let leader = self.leader().await?;
-                let mut others: Vec<usize> =
-                    self.voters.iter().copied().filter(|&v| v != leader).collect();
+                let mut others: Vec<usize> = self
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader)
+                    .collect();
                 let mut minority = vec![leader];
                 while minority.len() < self.voters.len() / 2 {
                     minority.push(others.remove(rng.gen_range(0..others.len())));
@@ -256,8 +266,12 @@ impl Faults {
             }
             Nemesis::Bridge => {
                 let leader = self.leader().await?;
-                let mut others: Vec<usize> =
-                    self.voters.iter().copied().filter(|&v| v != leader).collect();
+                let mut others: Vec<usize> = self
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader)
+                    .collect();
                 let bridge = others.remove(rng.gen_range(0..others.len()));
                 let mut side_a = vec![leader];
                 let half = others.len() / 2;
@@ -339,7 +353,9 @@ impl Faults {
                 ));
             }
             Nemesis::LargePuts => {
-                self.note(format!("{LARGE_PUTS} concurrent puts of {LARGE_VALUE_BYTES} bytes"));
+                self.note(format!(
+                    "{LARGE_PUTS} concurrent puts of {LARGE_VALUE_BYTES} bytes"
+                ));
                 let operations = traffic::run_large_puts(
                     context.clone(),
                     LARGE_PUT_CLIENT,
@@ -348,8 +364,13 @@ impl Faults {
                     LARGE_VALUE_BYTES,
                 )
                 .await;
-                let acknowledged = operations.iter().filter(|op| op.response().is_some()).count();
-                self.note(format!("large puts: {acknowledged} of {LARGE_PUTS} acknowledged"));
+                let acknowledged = operations
+                    .iter()
+                    .filter(|op| op.response().is_some())
+                    .count();
+                self.note(format!(
+                    "large puts: {acknowledged} of {LARGE_PUTS} acknowledged"
+                ));
                 return Ok(operations);
             }
             Nemesis::CrashWhileInstallingSnapshot => {
@@ -401,10 +422,18 @@ impl Faults {
         if !undone.is_empty() {
             self.note(undone.join(", "));
         }
-        self.cluster
-            .wait_healthy()
-            .await
-            .context("the cluster did not recover after its faults were undone")
+        // A member that must install a large snapshot in a debug build can take minutes.
+        let mut waited = 1;
+        loop {
+            match self.cluster.wait_healthy().await {
+                Ok(()) => return Ok(()),
+                Err(error) if waited == RECOVERY_WAITS => {
+                    return Err(error)
+                        .context("the cluster did not recover after its faults were undone")
+                }
+                Err(_) => waited += 1,
+            }
+        }
     }
 
     /// SIGKILLs every member at once and restarts them all (the durability check's crash).
@@ -510,13 +539,16 @@ impl Faults {
     async fn promote(&mut self, learner: usize) -> anyhow::Result<()> {
         let via = self.via(learner).await?;
         let id = self.member_id(via, learner).await?;
-        retry(&format!("member promote {}", self.name(learner)), || async {
-            self.client(self.via(learner).await?)
-                .await?
-                .member_promote(id)
-                .await?;
-            Ok(())
-        })
+        retry(
+            &format!("member promote {}", self.name(learner)),
+            || async {
+                self.client(self.via(learner).await?)
+                    .await?
+                    .member_promote(id)
+                    .await?;
+                Ok(())
+            },
+        )
         .await
     }
 }
@@ -556,7 +588,10 @@ async fn bulk_write(cluster: &HostCluster, leader: usize, index: u64) -> anyhow:
     let started = Instant::now();
     while client.status().await?.raft_index() < index {
         if started.elapsed() > Duration::from_secs(180) {
-            bail!("{written} bulk writes in {:?} did not reach index {index}", started.elapsed());
+            bail!(
+                "{written} bulk writes in {:?} did not reach index {index}",
+                started.elapsed()
+            );
         }
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {

@@ -59,7 +59,11 @@ pub fn failure_report(outcome: &ScheduleOutcome) -> String {
     for anomaly in &outcome.verdict.anomalies {
         let _ = writeln!(text, "  {}: {}", anomaly.checker, anomaly.summary);
         for &id in anomaly.operations.iter().take(MAX_OPERATIONS_SHOWN) {
-            let _ = writeln!(text, "    {}", operation_line(&outcome.history.operations[id]));
+            let _ = writeln!(
+                text,
+                "    {}",
+                operation_line(&outcome.history.operations[id])
+            );
         }
         if anomaly.operations.len() > MAX_OPERATIONS_SHOWN {
             let _ = writeln!(
@@ -83,7 +87,10 @@ pub fn operation_line(op: &Operation) -> String {
             None => format!("put {key} = {value}"),
         },
         Request::Get { key, serializable } => {
-            format!("get {key}{}", if *serializable { " (serializable)" } else { "" })
+            format!(
+                "get {key}{}",
+                if *serializable { " (serializable)" } else { "" }
+            )
         }
         Request::List {
             start,
@@ -154,6 +161,38 @@ fn watch_lines(history: &History, index: usize) -> String {
     );
     for event in watch.events.iter().take(MAX_EVENTS_SHOWN) {
         let _ = writeln!(text, "      {event:?}");
+    }
+    text
+}
+
+/// The whole history of a schedule, one line per operation, then every watch and the store's
+/// history: written to a file next to a failure report, for a post-mortem.
+pub fn full_history(outcome: &ScheduleOutcome) -> String {
+    let mut text = failure_report(outcome);
+    let _ = writeln!(text, "\noperations:");
+    for op in &outcome.history.operations {
+        let _ = writeln!(text, "{}", operation_line(op));
+    }
+    let _ = writeln!(text, "\nwatches:");
+    for (index, watch) in outcome.history.watches.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "watch {index}: client {} on host {} over [{}, {}) from revision {}, opened at \
+             {:.3?}, {} events, complete to {:?}, ended: {}",
+            watch.client,
+            watch.member,
+            watch.start,
+            watch.end,
+            watch.start_revision,
+            watch.opened,
+            watch.events.len(),
+            watch.complete_to,
+            watch.ended
+        );
+    }
+    let _ = writeln!(text, "\nthe store's history:");
+    for event in &outcome.final_state.events {
+        let _ = writeln!(text, "{event:?}");
     }
     text
 }

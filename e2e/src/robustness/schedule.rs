@@ -19,9 +19,7 @@ use rand::{Rng, SeedableRng};
 use super::checker::{self, CheckOptions, Verdict};
 use super::history::{FinalState, History, Operation, Request, Response};
 use super::nemesis::{Faults, Nemesis, Target, TimelineEntry, ELECTION_TIMEOUT_MS, SNAPSHOT_COUNT};
-use super::traffic::{
-    self, Clock, KvMix, Recorder, TrafficContext, FENCE_KEY, PREFIX,
-};
+use super::traffic::{self, Clock, KvMix, Recorder, TrafficContext, FENCE_KEY, PREFIX};
 use crate::host_cluster::HostCluster;
 
 /// One seed in this many plans a regression case.
@@ -76,7 +74,7 @@ pub struct Plan {
 impl Plan {
     /// The plan of schedule `seed` on `members` members.
     pub fn from_seed(seed: u64, members: usize) -> Plan {
-        if seed % REGRESSION_EVERY == 0 {
+        if seed.is_multiple_of(REGRESSION_EVERY) {
             let case = (seed / REGRESSION_EVERY) as usize % REGRESSIONS.len();
             return Plan::regression(REGRESSIONS[case], seed, members)
                 .expect("every listed regression has a plan");
@@ -394,11 +392,13 @@ async fn write_fence(
             value: value.clone(),
             lease: None,
         };
-        if let Ok(mut client) = faults.cluster.member_client(member, Duration::from_secs(5)).await
+        if let Ok(mut client) = faults
+            .cluster
+            .member_client(member, Duration::from_secs(5))
+            .await
         {
             let call = traffic::put(&mut client, FENCE_KEY, value.into_bytes(), None);
-            if let Some(Response::Put { revision }) = recorder.record(member, request, call).await
-            {
+            if let Some(Response::Put { revision }) = recorder.record(member, request, call).await {
                 faults.note(format!("fence {FENCE_KEY} at revision {revision}"));
                 return Ok(revision);
             }
@@ -441,7 +441,10 @@ async fn read_final_state(faults: &Faults, last: i64) -> anyhow::Result<FinalSta
         .context("watching the store's history from revision 1")?;
     let mut events = Vec::new();
     let deadline = Instant::now() + FINAL_READ_PATIENCE;
-    while events.last().is_none_or(|e: &super::history::Event| e.revision < last) {
+    while events
+        .last()
+        .is_none_or(|e: &super::history::Event| e.revision < last)
+    {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let message = tokio::time::timeout(remaining, stream.message())
             .await

@@ -21,8 +21,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::history::{
-    Compare, Event, EventKind, KeyValue, Operation, Outcome, Request, Response, Time,
-    WatchRecord,
+    Compare, Event, EventKind, KeyValue, Operation, Outcome, Request, Response, Time, WatchRecord,
 };
 
 /// Every key of a schedule is under this prefix; the store's history is read back from it.
@@ -39,6 +38,9 @@ pub const FENCE_KEY: &str = "r/kv/~fence";
 
 /// How long a client waits for an answer before it records the outcome as unknown.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a client waits after a request without an answer or a broken watch.
+const ERROR_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Values longer than this are recorded by their head and length.
 const RECORDED_VALUE_BYTES: usize = 64;
@@ -206,13 +208,28 @@ impl Recorder {
     where
         F: std::future::Future<Output = Result<Response, Error>>,
     {
+        self.record_within(REQUEST_TIMEOUT, member, request, call)
+            .await
+    }
+
+    /// [`record`](Self::record) with its own timeout, for requests known to be slow.
+    pub async fn record_within<F>(
+        &mut self,
+        timeout: Duration,
+        member: usize,
+        request: Request,
+        call: F,
+    ) -> Option<Response>
+    where
+        F: std::future::Future<Output = Result<Response, Error>>,
+    {
         let invoked = self.clock.now();
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, call).await;
+        let answer = tokio::time::timeout(timeout, call).await;
         let returned = self.clock.now();
         let outcome = match answer {
             Ok(Ok(response)) => Outcome::Ok(response),
             Ok(Err(error)) => Outcome::Unknown(error.to_string()),
-            Err(_) => Outcome::Unknown(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            Err(_) => Outcome::Unknown(format!("no answer within {timeout:?}")),
         };
         let response = match &outcome {
             Outcome::Ok(response) => Some(response.clone()),
@@ -354,7 +371,10 @@ pub async fn run_kv_client(
                     lease: None,
                 };
                 let call = put(&mut client, &key, value.into_bytes(), None);
-                (request.clone(), recorder.record(member, request, call).await)
+                (
+                    request.clone(),
+                    recorder.record(member, request, call).await,
+                )
             }
             1 | 2 => {
                 let serializable = kind == 2;
@@ -363,7 +383,10 @@ pub async fn run_kv_client(
                     serializable,
                 };
                 let call = range(&mut client, &key, None, serializable);
-                (request.clone(), recorder.record(member, request, call).await)
+                (
+                    request.clone(),
+                    recorder.record(member, request, call).await,
+                )
             }
             3 => {
                 let from = key_name(rng.gen_range(0..keys));
@@ -374,7 +397,10 @@ pub async fn run_kv_client(
                     serializable: false,
                 };
                 let call = range(&mut client, &from, Some(&end), false);
-                (request.clone(), recorder.record(member, request, call).await)
+                (
+                    request.clone(),
+                    recorder.record(member, request, call).await,
+                )
             }
             4 => {
                 let request = Request::Delete {
@@ -382,7 +408,10 @@ pub async fn run_kv_client(
                     end: None,
                 };
                 let call = delete(&mut client, &key, None);
-                (request.clone(), recorder.record(member, request, call).await)
+                (
+                    request.clone(),
+                    recorder.record(member, request, call).await,
+                )
             }
             5 => {
                 let first = rng.gen_range(0..keys);
@@ -393,7 +422,10 @@ pub async fn run_kv_client(
                     end: Some(end.clone()),
                 };
                 let call = delete(&mut client, &start, Some(&end));
-                (request.clone(), recorder.record(member, request, call).await)
+                (
+                    request.clone(),
+                    recorder.record(member, request, call).await,
+                )
             }
             _ => {
                 let compare = match (kind, known.get(&key)) {
@@ -410,11 +442,21 @@ pub async fn run_kv_client(
                     value: value.clone(),
                 };
                 let call = compare_and_put(&mut client, &key, &compare, &value);
-                (request.clone(), recorder.record(member, request, call).await)
+                (
+                    request.clone(),
+                    recorder.record(member, request, call).await,
+                )
             }
         };
         learn(&mut known, &request, answer.as_ref());
-        tokio::time::sleep(context.pace).await;
+        // A member that is down refuses at once; backing off keeps the unknown outcomes (which
+        // the linearizability search pays for) few.
+        let pause = if answer.is_none() {
+            ERROR_BACKOFF
+        } else {
+            context.pace
+        };
+        tokio::time::sleep(pause).await;
     }
     recorder.operations
 }
@@ -631,8 +673,12 @@ pub async fn run_watch_client(
         let lasting = Duration::from_millis(rng.gen_range(1500..6000));
         let broke = watch_once(&context, &mut client, &mut record, lasting).await;
         if broke {
-            let next = record.events.last().map_or(start_revision, |e| e.revision + 1);
+            let next = record
+                .events
+                .last()
+                .map_or(start_revision, |e| e.revision + 1);
             resume = Some((start, next));
+            tokio::time::sleep(ERROR_BACKOFF).await;
         }
         let done = record.complete_to.is_some();
         records.push(record);
@@ -688,7 +734,9 @@ async fn watch_once(
                     record.ended = format!("canceled: {}", response.cancel_reason());
                     return true;
                 }
-                record.events.extend(response.events().iter().filter_map(event));
+                record
+                    .events
+                    .extend(response.events().iter().filter_map(event));
             }
             Ok(Ok(None)) => {
                 record.ended = "stream ended".into();
@@ -701,6 +749,9 @@ async fn watch_once(
         }
     }
 }
+
+/// How long a large put may take: 64 of them at once take tens of seconds in a debug build.
+const LARGE_PUT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a watch open when the fence is written may take to deliver the fence's event.
 pub const FENCE_WAIT: Duration = Duration::from_secs(20);
@@ -720,7 +771,11 @@ pub async fn run_large_puts(
             let member = members[n % members.len()];
             tokio::spawn(async move {
                 let mut recorder = Recorder::new(client_id, context.clock);
-                let Some(mut client) = connect(&context, &context.endpoints[member]).await else {
+                let options = ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(LARGE_PUT_TIMEOUT);
+                let endpoint = context.endpoints[member].as_str();
+                let Ok(mut client) = Client::connect([endpoint], Some(options)).await else {
                     return recorder.operations;
                 };
                 let key = format!("{BIG_PREFIX}{n:03}");
@@ -732,7 +787,9 @@ pub async fn run_large_puts(
                     lease: None,
                 };
                 let call = put(&mut client, &key, value, None);
-                recorder.record(member, request, call).await;
+                recorder
+                    .record_within(LARGE_PUT_TIMEOUT, member, request, call)
+                    .await;
                 recorder.operations
             })
         })

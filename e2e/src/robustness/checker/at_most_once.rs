@@ -8,9 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Anomaly, Checker};
 use crate::robustness::history::{EventKind, FinalState, History, Request, Response};
 
+/// Where a (key, value) was seen: the revisions, and the operations that saw it.
+type Sightings = (BTreeSet<i64>, Vec<usize>);
+
 pub fn check(history: &History, final_state: &FinalState) -> Vec<Anomaly> {
-    // (key, value) -> revisions it was seen at, and the operations that saw it.
-    let mut seen: BTreeMap<(&str, &str), (BTreeSet<i64>, Vec<usize>)> = BTreeMap::new();
+    let mut seen: BTreeMap<(&str, &str), Sightings> = BTreeMap::new();
     let mut anomalies = Vec::new();
     for op in &history.operations {
         let kvs = match op.response() {

@@ -137,8 +137,8 @@ fn put_event(revision: i64, key: &str, value: &str) -> Event {
 mod tests {
     use super::check;
     use crate::robustness::checker::fixtures::*;
-    use crate::robustness::history::{FinalState, History, Operation};
     use crate::robustness::checker::Anomaly;
+    use crate::robustness::history::{FinalState, History, Operation};
 
     fn found(operations: Vec<Operation>, final_state: FinalState) -> Vec<Anomaly> {
         check(&History::new(operations, Vec::new()), &final_state)

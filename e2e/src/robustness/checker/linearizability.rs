@@ -194,13 +194,15 @@ fn key_histories(history: &History, options: CheckOptions) -> BTreeMap<String, V
                     add(key, endless(step));
                 }
             }
-            (
-                Request::Get { key, serializable },
-                Outcome::Ok(Response::Range { kvs, .. }),
-            ) => {
-                if !serializable || options.serializable_as_linearizable {
-                    add(key, known(Step::Read { found: found(kvs, key) }));
-                }
+            (Request::Get { key, serializable }, Outcome::Ok(Response::Range { kvs, .. }))
+                if !serializable || options.serializable_as_linearizable =>
+            {
+                add(
+                    key,
+                    known(Step::Read {
+                        found: found(kvs, key),
+                    }),
+                );
             }
             (
                 Request::List {
@@ -209,11 +211,14 @@ fn key_histories(history: &History, options: CheckOptions) -> BTreeMap<String, V
                     serializable,
                 },
                 Outcome::Ok(Response::Range { kvs, .. }),
-            ) => {
-                if !serializable || options.serializable_as_linearizable {
-                    for key in in_range(start, end) {
-                        add(&key, known(Step::Read { found: found(kvs, &key) }));
-                    }
+            ) if !serializable || options.serializable_as_linearizable => {
+                for key in in_range(start, end) {
+                    add(
+                        &key,
+                        known(Step::Read {
+                            found: found(kvs, &key),
+                        }),
+                    );
                 }
             }
             (Request::Delete { start, end }, outcome) => {
@@ -276,8 +281,8 @@ fn key_histories(history: &History, options: CheckOptions) -> BTreeMap<String, V
                     add(key, endless(step));
                 }
             }
-            // Lease operations, unknown reads (they constrain nothing), and answers of the wrong
-            // kind (which the recorder never makes).
+            // Lease operations, serializable reads, unknown reads (they constrain nothing),
+            // and answers of the wrong kind (which the recorder never makes).
             _ => {}
         }
     }
@@ -428,10 +433,7 @@ fn smallest_failing_part(operations: &[KeyOperation], budget: u64) -> Vec<usize>
     let mut part: Vec<KeyOperation> = by_invocation[..high].to_vec();
     let mut i = 0;
     while i < part.len() {
-        let is_observation = matches!(
-            part[i].step,
-            Step::Read { .. } | Step::FailedCompare { .. }
-        );
+        let is_observation = matches!(part[i].step, Step::Read { .. } | Step::FailedCompare { .. });
         if is_observation && i + 1 < part.len() {
             let mut without = part.clone();
             without.remove(i);
@@ -452,7 +454,10 @@ mod tests {
     use crate::robustness::history::{History, Response};
 
     fn verdict(operations: Vec<crate::robustness::history::Operation>) -> Findings {
-        check(&History::new(operations, Vec::new()), CheckOptions::default())
+        check(
+            &History::new(operations, Vec::new()),
+            CheckOptions::default(),
+        )
     }
 
     #[test]
@@ -617,7 +622,13 @@ mod tests {
         let mut operations = Vec::new();
         for i in 0..40 {
             operations.push(unknown_put(i, "k", &format!("v{i}")));
-            operations.push(get(100 + i, 200 + i, "k", Some((&format!("v{i}"), 2 + i as i64)), 50));
+            operations.push(get(
+                100 + i,
+                200 + i,
+                "k",
+                Some((&format!("v{i}"), 2 + i as i64)),
+                50,
+            ));
         }
         let history = History::new(operations, Vec::new());
         let tiny = CheckOptions {

@@ -147,10 +147,7 @@ mod tests {
 
     #[test]
     fn stale_serializable_read_is_flagged_only_in_the_control() {
-        let operations = vec![
-            put(0, 10, "a", "1", 5),
-            read(20, 30, "b", None, 3, true),
-        ];
+        let operations = vec![put(0, 10, "a", "1", 5), read(20, 30, "b", None, 3, true)];
         assert!(anomalies(operations.clone(), CheckOptions::default()).is_empty());
         let control = CheckOptions {
             serializable_as_linearizable: true,
