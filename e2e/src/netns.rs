@@ -427,11 +427,23 @@ mod tests {
         assert!(reaches(&network, 1, 2));
         network.heal().expect("heal");
         assert!(reaches(&network, 0, 2));
-        // One way: 0's packets to 1 are dropped, 1's packets to 0 (and 0's answers) are not.
+        // One way: 0's packets to 1 are dropped, on 1 only. A TCP handshake needs both
+        // directions, so neither connects; the rules show that only 1 drops anything.
         network.drop_links(&[(0, 1)]).expect("one-way drop");
         assert!(!reaches(&network, 0, 1));
-        assert!(reaches(&network, 1, 0));
+        assert!(!reaches(&network, 1, 0));
         assert!(reaches(&network, 0, 2));
+        assert!(reaches(&network, 2, 1));
+        let tables = |host: usize| {
+            let output = network
+                .command(host, "nft")
+                .args(["list", "tables"])
+                .output()
+                .expect("run nft");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        assert!(tables(1).contains(PARTITION_TABLE));
+        assert!(!tables(0).contains(PARTITION_TABLE));
         network.heal().expect("heal");
         assert!(reaches(&network, 0, 1));
         let namespace = network.namespace(0);
