@@ -6,6 +6,9 @@
 //! `http://m1:2379` — which every host resolves through its `/etc/netns/<namespace>/hosts`. The
 //! test process reaches members by address from the root namespace, which no partition cuts.
 //!
+//! Spare hosts ([`HostClusterBuilder::spare_hosts`]) are on the network but run nothing until a
+//! test adds them as members; members can be paused (SIGSTOP) and links cut one way.
+//!
 //! Flags are exactly etcd's, so `FERROKV_E2E_SERVER=/usr/bin/etcd` runs the same tests against
 //! etcd. Members get `PR_SET_PDEATHSIG = SIGKILL` as in [`crate::cluster`]; dropping the cluster
 //! kills them, prints their log tails if the test panicked, and then deletes the network.
@@ -47,9 +50,18 @@ pub struct HostClusterBuilder {
     election_timeout_ms: u64,
     extra_args: Vec<String>,
     server: Option<PathBuf>,
+    spare_hosts: usize,
 }
 
 impl HostClusterBuilder {
+    /// Adds `hosts` hosts to the network that are not members and run nothing, for tests that
+    /// add a member: host `members + k` is spare `k`. Set its `--initial-cluster` and
+    /// `--initial-cluster-state existing` with [`HostCluster::set_flag`] before its first start.
+    pub fn spare_hosts(mut self, hosts: usize) -> Self {
+        self.spare_hosts = hosts;
+        self
+    }
+
     /// Runs `server` instead of [`server_binary`]'s choice, e.g. to compare ferrokv and etcd in
     /// one program.
     pub fn server(mut self, server: impl Into<PathBuf>) -> Self {
@@ -80,7 +92,8 @@ impl HostClusterBuilder {
     /// Creates the network and starts the members without waiting for them.
     pub fn spawn(self) -> anyhow::Result<HostCluster> {
         assert!(self.members > 0, "a cluster needs at least one member");
-        let network = HostNetwork::create(self.members)?;
+        let hosts = self.members + self.spare_hosts;
+        let network = HostNetwork::create(hosts)?;
         let dir = tempfile::Builder::new()
             .prefix("ferrokv-e2e-hosts-")
             .tempdir()
@@ -93,8 +106,8 @@ impl HostClusterBuilder {
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("ferrokv-e2e-hosts-{}", network.namespace(0));
-        let mut members = Vec::with_capacity(self.members);
-        for i in 0..self.members {
+        let mut members = Vec::with_capacity(hosts);
+        for i in 0..hosts {
             let name = network.host_name(i);
             let address = network.address(i);
             let mut args = vec![
@@ -113,6 +126,7 @@ impl HostClusterBuilder {
             args.extend(self.extra_args.iter().cloned());
             members.push(HostMember {
                 log_path: dir.path().join(format!("{name}.log")),
+                data_dir: dir.path().join(&name),
                 name,
                 args,
                 process: None,
@@ -132,7 +146,7 @@ impl HostClusterBuilder {
             network,
             _dir: dir,
         };
-        for i in 0..cluster.len() {
+        for i in 0..self.members {
             cluster.restart(i)?;
         }
         Ok(cluster)
@@ -143,6 +157,7 @@ impl HostClusterBuilder {
 struct HostMember {
     name: String,
     log_path: PathBuf,
+    data_dir: PathBuf,
     args: Vec<String>,
     process: Option<Child>,
     starts: u32,
@@ -155,6 +170,7 @@ pub struct HostMemberStatus {
     /// 0 when the member knows no leader.
     pub leader: u64,
     pub raft_term: u64,
+    pub raft_index: u64,
 }
 
 /// Members on separate hosts. See the module documentation.
@@ -179,9 +195,11 @@ impl HostCluster {
             election_timeout_ms: 1000,
             extra_args: Vec::new(),
             server: None,
+            spare_hosts: 0,
         }
     }
 
+    /// Number of hosts, spare hosts included.
     pub fn len(&self) -> usize {
         self.members.len()
     }
@@ -288,6 +306,87 @@ impl HostCluster {
         Ok(())
     }
 
+    /// Sets flag `flag` (e.g. `--initial-cluster-state`) of member `i` to `value` for its next
+    /// starts, replacing the flag's earlier value.
+    pub fn set_flag(&mut self, i: usize, flag: &str, value: &str) {
+        let prefix = format!("{flag}=");
+        let args = &mut self.members[i].args;
+        args.retain(|arg| !arg.starts_with(&prefix));
+        args.push(format!("{flag}={value}"));
+    }
+
+    /// Deletes stopped member `i`'s data dir, so its next start is a new member's first.
+    pub fn wipe_data(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &self.members[i];
+        if member.process.is_some() {
+            bail!(
+                "member {} must be stopped before its data is wiped",
+                member.name
+            );
+        }
+        match fs::remove_dir_all(&member.data_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(error).with_context(|| format!("deleting {}", member.data_dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops member `i` with SIGSTOP: it keeps its sockets and state but does nothing, like a
+    /// machine stalled by its hypervisor, until [`resume`](Self::resume).
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGSTOP)
+    }
+
+    /// Continues member `i` after [`pause`](Self::pause) with SIGCONT.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGCONT)
+    }
+
+    fn signal(&mut self, i: usize, signal: libc::c_int) -> anyhow::Result<()> {
+        self.check_alive(i)?;
+        let member = &self.members[i];
+        let child = member
+            .process
+            .as_ref()
+            .ok_or_else(|| anyhow!("member {} is not running", member.name))?;
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on a child we have not reaped, so the pid cannot have been reused.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("signalling member {}", member.name));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for member `i` to exit by itself (as a removed member does);
+    /// SIGKILLs it if it has not. Returns whether it exited by itself.
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let member = &mut self.members[i];
+            let Some(child) = member.process.as_mut() else {
+                return Ok(true);
+            };
+            if child.try_wait()?.is_some() {
+                member.process = None;
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                child.kill().context("SIGKILL")?;
+                child.wait()?;
+                member.process = None;
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Drops the packets of each `(from, to)` link (see [`HostNetwork::drop_links`]).
+    pub fn drop_links(&mut self, links: &[(usize, usize)]) -> anyhow::Result<()> {
+        self.network.drop_links(links)
+    }
+
     /// Indices of the members that have a process.
     pub fn running(&self) -> Vec<usize> {
         (0..self.len())
@@ -345,6 +444,7 @@ impl HostCluster {
             member_id: header.member_id(),
             leader: status.leader(),
             raft_term: status.raft_term(),
+            raft_index: status.raft_index(),
         })
     }
 
@@ -374,10 +474,9 @@ impl HostCluster {
         }
     }
 
-    /// The leader every member agrees on.
+    /// The leader every running member agrees on.
     pub async fn leader(&self) -> anyhow::Result<usize> {
-        let all: Vec<usize> = (0..self.len()).collect();
-        self.leader_among(&all, HEALTH_TIMEOUT).await
+        self.leader_among(&self.running(), HEALTH_TIMEOUT).await
     }
 
     /// An `etcd-client` connection to member `i` only, whose requests time out after `timeout`.

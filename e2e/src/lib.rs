@@ -14,6 +14,9 @@
 //! member processes and the operator runs whole clusters. `src/bin/hermetic-kube.rs` serves one
 //! on its own.
 //!
+//! [`robustness`] is the randomized fault-injection suite (`scripts/robustness`,
+//! `src/bin/robustness.rs`): traffic, nemeses, recorded histories and their checkers.
+//!
 //! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench/`); its
 //! latency statistics are in [`latency`].
 
@@ -29,6 +32,7 @@ pub mod latency;
 pub mod netns;
 pub mod operator;
 pub mod ports;
+pub mod robustness;
 
 pub use cluster::{ClusterBuilder, TestCluster};
 pub use etcdctl::{EtcdctlOutput, EtcdctlProcess};

@@ -200,6 +200,37 @@ impl HostNetwork {
         Ok(())
     }
 
+    /// Drops every packet sent from `from` to `to` for each `(from, to)` in `links`, on the
+    /// receiving host; the other direction of a link is untouched unless listed too. Replaces any
+    /// earlier partition. One-way drops and a bridge host that sees both sides of a split are
+    /// made with this; [`partition`](Self::partition) covers the symmetric cases.
+    pub fn drop_links(&mut self, links: &[(usize, usize)]) -> anyhow::Result<()> {
+        self.heal()?;
+        for host in 0..self.hosts {
+            let senders: Vec<String> = links
+                .iter()
+                .filter(|&&(from, to)| to == host && from != host)
+                .map(|&(from, _)| {
+                    assert!(from < self.hosts, "host {from} of {}", self.hosts);
+                    self.address(from).to_string()
+                })
+                .collect();
+            if senders.is_empty() {
+                continue;
+            }
+            let set = senders.join(", ");
+            let rules = format!(
+                "table inet {PARTITION_TABLE} {{\n\
+                 \tchain input {{ type filter hook input priority 0; policy accept; \
+                 ip saddr {{ {set} }} drop; }}\n\
+                 }}\n"
+            );
+            self.partitioned[host] = true;
+            self.nft_script(host, &rules)?;
+        }
+        Ok(())
+    }
+
     /// Cuts host `i` off from every other host.
     pub fn isolate(&mut self, i: usize) -> anyhow::Result<()> {
         let others: Vec<usize> = (0..self.hosts).filter(|&h| h != i).collect();
@@ -376,7 +407,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partition_groups_hosts_and_heal_reconnects_them() {
+    fn partition_and_one_way_drops_cut_hosts_and_heal_reconnects_them() {
         let mut network = HostNetwork::create(3).expect("create a 3-host network");
         // A TCP connection to a closed port is refused at once by a reachable host, and gets
         // no answer (or EPERM from the sender's own rules) from a partitioned one.
@@ -396,6 +427,25 @@ mod tests {
         assert!(reaches(&network, 1, 2));
         network.heal().expect("heal");
         assert!(reaches(&network, 0, 2));
+        // One way: 0's packets to 1 are dropped, on 1 only. A TCP handshake needs both
+        // directions, so neither connects; the rules show that only 1 drops anything.
+        network.drop_links(&[(0, 1)]).expect("one-way drop");
+        assert!(!reaches(&network, 0, 1));
+        assert!(!reaches(&network, 1, 0));
+        assert!(reaches(&network, 0, 2));
+        assert!(reaches(&network, 2, 1));
+        let tables = |host: usize| {
+            let output = network
+                .command(host, "nft")
+                .args(["list", "tables"])
+                .output()
+                .expect("run nft");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        assert!(tables(1).contains(PARTITION_TABLE));
+        assert!(!tables(0).contains(PARTITION_TABLE));
+        network.heal().expect("heal");
+        assert!(reaches(&network, 0, 1));
         let namespace = network.namespace(0);
         drop(network);
         assert!(!existing_namespaces().contains(&namespace));

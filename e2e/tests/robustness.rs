@@ -1,0 +1,74 @@
+//! A bounded run of the robustness suite (issue 11; docs/robustness.md): a few short randomized
+//! schedules and the cheaper regression cases must find no anomaly, and the negative control —
+//! serializable reads from an isolated leader checked as linearizable — must find some. Long
+//! campaigns run `scripts/robustness`.
+//!
+//! Members run in network namespaces, so these tests need root, as the partition tests do.
+//! `FERROKV_E2E_SERVER=/usr/bin/etcd` runs them against etcd.
+
+use ferrokv_e2e::binaries::server_binary;
+use ferrokv_e2e::robustness::checker::Checker;
+use ferrokv_e2e::robustness::report::{failure_report, result_line};
+use ferrokv_e2e::robustness::schedule::{self, Plan, ScheduleOutcome};
+
+/// Runs `plan`, printing what a campaign prints for it.
+async fn run(plan: Plan) -> ScheduleOutcome {
+    eprintln!("seed {}: {}", plan.seed, plan.summary());
+    let outcome = schedule::run(&plan, &server_binary()).await;
+    eprintln!("{}", result_line(&outcome));
+    outcome
+}
+
+fn assert_clean(outcome: &ScheduleOutcome) {
+    assert_eq!(outcome.anomaly_count(), 0, "\n{}", failure_report(outcome));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_schedules_find_no_anomalies() {
+    // Seeds of random plans (a multiple of REGRESSION_EVERY would plan a regression case).
+    for seed in [11, 23, 37] {
+        let plan = Plan::from_seed(seed, 3);
+        assert_eq!(plan.name, "random");
+        assert_clean(&run(plan).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kills_and_isolated_leaders_find_no_anomalies() {
+    for case in [
+        "write-applied-once-after-leader-kills",
+        "isolated-leader-renews-no-lease",
+    ] {
+        let plan = Plan::regression(case, 7, 3).expect("a listed regression case");
+        assert_clean(&run(plan).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_reads_checked_as_linearizable_are_flagged() {
+    let outcome = run(Plan::stale_read_control(3, 3)).await;
+    assert!(
+        outcome.failure.is_none(),
+        "the control schedule did not finish:\n{}",
+        failure_report(&outcome)
+    );
+    let anomalies = &outcome.verdict.anomalies;
+    assert!(
+        !anomalies.is_empty(),
+        "serializable reads from an isolated leader passed as linearizable: the checkers \
+         cannot see stale reads"
+    );
+    // Stale reads, and nothing else: the control breaks only the read guarantee.
+    assert!(
+        anomalies
+            .iter()
+            .all(|a| matches!(a.checker, Checker::Linearizability | Checker::RevisionOrder)),
+        "\n{}",
+        failure_report(&outcome)
+    );
+    eprintln!(
+        "the control found {} anomalies, e.g. {}",
+        anomalies.len(),
+        anomalies[0].summary
+    );
+}
