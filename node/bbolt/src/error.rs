@@ -24,7 +24,9 @@ pub enum BboltError {
     #[error("bbolt: cannot write key {key:?}: {reason}")]
     BadKey { key: String, reason: &'static str },
     /// A value handed to the writer that bbolt cannot hold.
-    #[error("bbolt: cannot write the value of key {key:?}: {len} bytes is more than bbolt's maximum")]
+    #[error(
+        "bbolt: cannot write the value of key {key:?}: {len} bytes is more than bbolt's maximum"
+    )]
     ValueTooLarge { key: String, len: usize },
     /// A page size that bbolt does not use.
     #[error("bbolt: page size {0} is not a power of two between 1 KiB and 64 KiB")]

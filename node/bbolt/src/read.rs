@@ -328,7 +328,10 @@ impl<'a> Pages<'a> {
                 header.overflow, self.count
             )));
         }
-        Ok((&self.data[start..end_page as usize * self.page_size], header))
+        Ok((
+            &self.data[start..end_page as usize * self.page_size],
+            header,
+        ))
     }
 }
 

@@ -89,7 +89,10 @@ fn many_keys_are_split_into_leaves_under_branch_pages() {
     // Enough for more than one level of branch pages.
     for n in 0..100_000u64 {
         bucket
-            .put(n.to_be_bytes().to_vec(), format!("value of {n}").into_bytes())
+            .put(
+                n.to_be_bytes().to_vec(),
+                format!("value of {n}").into_bytes(),
+            )
             .unwrap();
     }
     let file = round_trip(&root);
@@ -106,7 +109,9 @@ fn sample() -> Vec<u8> {
     let mut root = BucketData::new();
     let bucket = root.bucket(b"meta").unwrap();
     for n in 0..500u32 {
-        bucket.put(format!("key {n:05}"), vec![n as u8; 40]).unwrap();
+        bucket
+            .put(format!("key {n:05}"), vec![n as u8; 40])
+            .unwrap();
     }
     write_db(&root, DEFAULT_PAGE_SIZE).unwrap()
 }
@@ -122,7 +127,10 @@ fn a_damaged_meta_page_falls_back_to_the_other() {
     corrupt_meta(&mut file, 1);
     let db = Db::open(&file).expect("meta 0 still valid");
     assert_eq!(db.txid(), 0);
-    assert_eq!(db.bucket(b"meta").unwrap().unwrap().values().unwrap().len(), 500);
+    assert_eq!(
+        db.bucket(b"meta").unwrap().unwrap().values().unwrap().len(),
+        500
+    );
 }
 
 #[test]
@@ -183,7 +191,10 @@ fn a_damaged_data_page_is_refused_naming_it() {
 fn the_writer_refuses_what_bbolt_cannot_hold() {
     let mut root = BucketData::new();
     assert!(root.put(b"x".to_vec(), b"y".to_vec()).is_ok());
-    assert!(write_db(&root, DEFAULT_PAGE_SIZE).is_err(), "values in the root bucket");
+    assert!(
+        write_db(&root, DEFAULT_PAGE_SIZE).is_err(),
+        "values in the root bucket"
+    );
     let mut root = BucketData::new();
     let bucket = root.bucket(b"b").unwrap();
     assert!(bucket.put(Vec::new(), b"v".to_vec()).is_err());

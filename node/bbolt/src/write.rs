@@ -68,7 +68,9 @@ impl BucketData {
 
     /// The key-value pairs, in key order.
     pub fn values(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.values.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.values
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 }
 
@@ -301,8 +303,7 @@ fn lay_out_leaf(page: &mut [u8], pgid: u64, overflow: u32, items: &[LeafItem]) {
         page[element..element + 4].copy_from_slice(&item.flags.to_le_bytes());
         page[element + 4..element + 8].copy_from_slice(&((data - element) as u32).to_le_bytes());
         page[element + 8..element + 12].copy_from_slice(&(item.key.len() as u32).to_le_bytes());
-        page[element + 12..element + 16]
-            .copy_from_slice(&(item.value.len() as u32).to_le_bytes());
+        page[element + 12..element + 16].copy_from_slice(&(item.value.len() as u32).to_le_bytes());
         page[data..data + item.key.len()].copy_from_slice(item.key);
         data += item.key.len();
         page[data..data + item.value.len()].copy_from_slice(&item.value);

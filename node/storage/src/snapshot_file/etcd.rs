@@ -217,12 +217,8 @@ pub(super) fn read(db_bytes: &[u8]) -> Result<EtcdContents> {
     let mut history = Vec::new();
     let mut last_revision = INITIAL_REVISION;
     for (key, value) in keys.values()? {
-        let (main, sub, tombstone) = parse_revision_key(key).ok_or_else(|| {
-            invalid(format!(
-                "`key` bucket: key {} is not a revision",
-                hex(key)
-            ))
-        })?;
+        let (main, sub, tombstone) = parse_revision_key(key)
+            .ok_or_else(|| invalid(format!("`key` bucket: key {} is not a revision", hex(key))))?;
         let kv = PbKeyValue::decode(value).map_err(|e| {
             invalid(format!(
                 "`key` bucket: the value at revision {main}_{sub} is not a KeyValue: {e}"

@@ -43,7 +43,10 @@ fn sample_contents() -> StoreContents {
             delete("b", 4),
             put("leased", 6, 6, 1, "with lease", 0x1234),
         ],
-        leases: vec![Lease { id: 0x1234, ttl: 600 }],
+        leases: vec![Lease {
+            id: 0x1234,
+            ttl: 600,
+        }],
         meta: Vec::new(),
     }
 }
@@ -77,7 +80,9 @@ fn contents_round_trip_through_etcds_format() {
     assert_eq!(snapshot.format, SnapshotFormat::Etcd);
     let mut expected = sample_contents();
     // etcd's key bucket is in revision order.
-    expected.history.sort_by_key(|change| (change.main, change.sub));
+    expected
+        .history
+        .sort_by_key(|change| (change.main, change.sub));
     assert_eq!(snapshot.contents, expected);
     assert_eq!(snapshot.cluster, sample_cluster());
     assert_eq!(snapshot.unfinished_compaction, None);
@@ -89,7 +94,10 @@ fn the_key_bucket_holds_etcds_revision_keys_and_key_values() {
     let db = ferrokv_bbolt::Db::open(&file).unwrap();
     let keys = db.bucket(b"key").unwrap().unwrap().values().unwrap();
     let (key, value) = keys[1];
-    assert_eq!(key, b"\0\0\0\0\0\0\0\x04_\0\0\0\0\0\0\0\0t", "tombstone of b at 4");
+    assert_eq!(
+        key, b"\0\0\0\0\0\0\0\x04_\0\0\0\0\0\0\0\0t",
+        "tombstone of b at 4"
+    );
     assert_eq!(
         PbKeyValue::decode(value).unwrap(),
         PbKeyValue {
@@ -110,7 +118,15 @@ fn the_key_bucket_holds_etcds_revision_keys_and_key_values() {
         std::str::from_utf8(members[0].1).unwrap(),
         r#"{"id":10276657743932975437,"peerURLs":["http://localhost:2380"],"name":"default","clientURLs":["http://localhost:2379"]}"#
     );
-    for bucket in ["lease", "alarm", "cluster", "members_removed", "auth", "authUsers", "authRoles"] {
+    for bucket in [
+        "lease",
+        "alarm",
+        "cluster",
+        "members_removed",
+        "auth",
+        "authUsers",
+        "authRoles",
+    ] {
         assert!(db.bucket(bucket.as_bytes()).unwrap().is_some(), "{bucket}");
     }
 }
@@ -129,33 +145,56 @@ fn etcd_35_plus_db(storage_version: Option<&str>) -> Vec<u8> {
         value: value.into(),
         lease,
     };
-    keys.put(revision_key(2, 0, false), kv("x", 2, 2, 1, "x1", 0).encode_to_vec())
-        .unwrap();
-    keys.put(revision_key(3, 0, false), kv("y", 3, 3, 1, "y1", 0x77).encode_to_vec())
-        .unwrap();
-    keys.put(revision_key(3, 1, false), kv("z", 3, 3, 1, "z1", 0).encode_to_vec())
-        .unwrap();
-    keys.put(revision_key(4, 0, true), kv("x", 0, 0, 0, "", 0).encode_to_vec())
-        .unwrap();
-    keys.put(revision_key(5, 0, false), kv("x", 5, 5, 1, "x again", 0).encode_to_vec())
-        .unwrap();
+    keys.put(
+        revision_key(2, 0, false),
+        kv("x", 2, 2, 1, "x1", 0).encode_to_vec(),
+    )
+    .unwrap();
+    keys.put(
+        revision_key(3, 0, false),
+        kv("y", 3, 3, 1, "y1", 0x77).encode_to_vec(),
+    )
+    .unwrap();
+    keys.put(
+        revision_key(3, 1, false),
+        kv("z", 3, 3, 1, "z1", 0).encode_to_vec(),
+    )
+    .unwrap();
+    keys.put(
+        revision_key(4, 0, true),
+        kv("x", 0, 0, 0, "", 0).encode_to_vec(),
+    )
+    .unwrap();
+    keys.put(
+        revision_key(5, 0, false),
+        kv("x", 5, 5, 1, "x again", 0).encode_to_vec(),
+    )
+    .unwrap();
     let meta = root.bucket(b"meta").unwrap();
-    meta.put(b"consistent_index".to_vec(), 99u64.to_be_bytes().to_vec()).unwrap();
-    meta.put(b"term".to_vec(), 7u64.to_be_bytes().to_vec()).unwrap();
+    meta.put(b"consistent_index".to_vec(), 99u64.to_be_bytes().to_vec())
+        .unwrap();
+    meta.put(b"term".to_vec(), 7u64.to_be_bytes().to_vec())
+        .unwrap();
     meta.put(
         b"confState".to_vec(),
         br#"{"voters":[12345],"auto_leave":false}"#.to_vec(),
     )
     .unwrap();
-    meta.put(b"finishedCompactRev".to_vec(), revision_key(2, 0, false)).unwrap();
-    meta.put(b"scheduledCompactRev".to_vec(), revision_key(3, 0, false)).unwrap();
+    meta.put(b"finishedCompactRev".to_vec(), revision_key(2, 0, false))
+        .unwrap();
+    meta.put(b"scheduledCompactRev".to_vec(), revision_key(3, 0, false))
+        .unwrap();
     if let Some(version) = storage_version {
-        meta.put(b"storageVersion".to_vec(), version.as_bytes().to_vec()).unwrap();
+        meta.put(b"storageVersion".to_vec(), version.as_bytes().to_vec())
+            .unwrap();
     }
     let lease = root.bucket(b"lease").unwrap();
     // leasepb.Lease{ID: 0x77, TTL: 30, RemainingTTL: 12}
     lease
-        .put(0x77i64.to_be_bytes().to_vec(), vec![0x08, 0x77, 0x10, 30, 0x18, 12])
+        .put(
+            0x77i64.to_be_bytes().to_vec(),
+            vec![0x08, 0x77, 0x10, 30, 0x18, 12],
+        )
         .unwrap();
     root.bucket(b"cluster")
         .unwrap()
@@ -165,7 +204,13 @@ fn etcd_35_plus_db(storage_version: Option<&str>) -> Vec<u8> {
         .unwrap()
         .put(b"authEnabled".to_vec(), vec![0])
         .unwrap();
-    for bucket in ["alarm", "members", "members_removed", "authUsers", "authRoles"] {
+    for bucket in [
+        "alarm",
+        "members",
+        "members_removed",
+        "authUsers",
+        "authRoles",
+    ] {
         root.bucket(bucket.as_bytes()).unwrap();
     }
     write_db(&root, DEFAULT_PAGE_SIZE).unwrap()
@@ -217,7 +262,10 @@ fn a_damaged_snapshot_is_refused_by_its_hash() {
     let middle = file.len() / 2;
     file[middle] ^= 1;
     let err = decode(&file, HashCheck::Verify).unwrap_err();
-    assert!(err.to_string().contains("sha256 checksum mismatch"), "{err}");
+    assert!(
+        err.to_string().contains("sha256 checksum mismatch"),
+        "{err}"
+    );
 }
 
 #[test]
