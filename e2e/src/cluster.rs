@@ -62,6 +62,8 @@ pub struct ClusterBuilder {
     election_timeout_ms: u64,
     /// Further flags every member is started with, e.g. `--max-txn-ops=4`.
     extra_flags: Vec<String>,
+    /// The server binary, when not the one under test ([`server_binary`]).
+    server: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -76,6 +78,13 @@ impl ClusterBuilder {
     /// truncation.
     pub fn snapshot_count(mut self, entries: u64) -> Self {
         self.snapshot_count = Some(entries);
+        self
+    }
+
+    /// Runs the members with `server` instead of the server under test, e.g. `/usr/bin/etcd`
+    /// for a test that moves data between etcd and ferrokv.
+    pub fn server(mut self, server: impl Into<PathBuf>) -> Self {
+        self.server = Some(server.into());
         self
     }
 
@@ -120,7 +129,7 @@ impl ClusterBuilder {
     /// [`TestCluster::restart`].
     pub fn create(self) -> anyhow::Result<TestCluster> {
         assert!(self.members > 0, "a cluster needs at least one member");
-        let server = server_binary();
+        let server = self.server.clone().unwrap_or_else(server_binary);
         let dir = tempfile::Builder::new()
             .prefix("ferrokv-e2e-")
             .tempdir()
@@ -245,6 +254,7 @@ impl TestCluster {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             extra_flags: Vec::new(),
+            server: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferrokv_node::config::{etcd_style_args, token_given, NodeConfig};
 use ferrokv_node::restore::{restore, RestoreArgs};
+use ferrokv_node::storage::snapshot_file::HashCheck;
 
 fn main() -> ExitCode {
     let args = etcd_style_args(std::env::args_os());
@@ -22,7 +23,11 @@ fn main() -> ExitCode {
             Err(message) => return fail("ferrokv snapshot restore", &message),
         };
         init_logging(&config.log_level);
-        return match restore(&parsed.file, &config) {
+        let hash_check = match parsed.skip_hash_check {
+            true => HashCheck::Skip,
+            false => HashCheck::Verify,
+        };
+        return match restore(&parsed.file, &config, hash_check) {
             Ok(id) => {
                 println!(
                     "restored {} into {} as member {:x} of cluster {:x}",

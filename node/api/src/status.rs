@@ -58,7 +58,9 @@ fn storage_code(e: &StorageError) -> Code {
         | StorageError::WalLocked { .. }
         | StorageError::WalClosed
         | StorageError::MvccCorrupt(_)
-        | StorageError::SnapshotInvalid(_) => Code::Unknown,
+        | StorageError::SnapshotInvalid(_)
+        | StorageError::SnapshotFile(_)
+        | StorageError::SnapshotDb(_) => Code::Unknown,
     }
 }
 

@@ -144,6 +144,16 @@ pub fn applied_state(store: &MvccStore) -> Result<AppliedState> {
     })
 }
 
+/// The applied index and term recorded in a store's metadata (as
+/// [`MvccStore::contents`](ferrokv_storage::mvcc::MvccStore::contents) reads it), so that a
+/// snapshot file names the index its keys were read at; (0, 0) if nothing was applied.
+pub fn applied_in_meta(meta: &[(String, Vec<u8>)]) -> Result<(u64, u64)> {
+    match meta.iter().find(|(key, _)| key == APPLIED_KEY) {
+        Some((_, bytes)) => Ok(codec::decode(bytes).map_err(Store::MvccCorrupt)?),
+        None => Ok((0, 0)),
+    }
+}
+
 /// The members and removed IDs the store records.
 fn read_members(store: &MvccStore) -> Result<(BTreeMap<u64, MemberNode>, BTreeSet<u64>)> {
     let mut nodes = BTreeMap::new();

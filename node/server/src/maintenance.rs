@@ -5,7 +5,9 @@ use etcd_client::proto::PbAlarmMember;
 
 use super::Server;
 use crate::{Result, ServerError as Error};
+use ferrokv_raft::apply::applied_in_meta;
 use ferrokv_raft::types::{Request, Response};
+use ferrokv_storage::snapshot_file::{self, ClusterState, SnapshotMember};
 
 /// `AlarmType` on the wire.
 pub const ALARM_NONE: i32 = 0;
@@ -86,12 +88,34 @@ impl Server {
         Ok(hashed)
     }
 
-    /// A consistent snapshot of the store, as `etcdctl snapshot save` writes it to a file.
+    /// A consistent snapshot of the store in etcd's format, as `etcdctl snapshot save` writes
+    /// it to a file: the whole kept history, the leases, the members and the applied index.
     pub async fn snapshot_file(&self) -> Result<Vec<u8>> {
         let store = self.store().clone();
-        let dump = tokio::task::spawn_blocking(move || store.snapshot())
-            .await
-            .map_err(|e| Error::Backend(e.to_string()))??;
-        Ok(ferrokv_storage::snapshot_file::encode(&dump))
+        let members = self
+            .members()?
+            .into_iter()
+            .map(|member| SnapshotMember {
+                id: member.id,
+                name: member.name,
+                peer_urls: member.peer_urls,
+                client_urls: member.client_urls,
+                is_learner: member.is_learner,
+            })
+            .collect();
+        let file = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let contents = store.contents()?;
+            let (consistent_index, term) = applied_in_meta(&contents.meta)?;
+            let cluster = ClusterState {
+                consistent_index,
+                term,
+                members,
+                removed: Vec::new(),
+            };
+            Ok(snapshot_file::encode(&contents, &cluster)?)
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))??;
+        Ok(file)
     }
 }

@@ -61,6 +61,14 @@ pub enum StorageError {
     #[error("mvcc: invalid snapshot: {0}")]
     SnapshotInvalid(String),
 
+    // ---- storage: snapshot files ----------------------------------------------------------
+    /// A snapshot file cannot be restored: damaged, cut short, or not a snapshot.
+    #[error("snapshot file: {0}")]
+    SnapshotFile(String),
+    /// The bbolt database inside a snapshot file is damaged, or cannot be written.
+    #[error("snapshot file: {0}")]
+    SnapshotDb(#[from] ferrokv_bbolt::BboltError),
+
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
     #[error("data dir: {0}")]
     DataDir(String),

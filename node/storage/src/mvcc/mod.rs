@@ -44,12 +44,14 @@ pub use compare::{compare_result, compare_target};
 pub use events::event_type;
 pub use key_span::KeySpan;
 pub use read::{sort_order, sort_target};
+pub use snapshot::{Change, Lease, StoreContents, Version};
+pub use tables::{INITIAL_REVISION, NEVER_COMPACTED};
 pub use write::MvccWrite;
 
 use read::KvView;
 use tables::{
-    COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, INITIAL_REVISION, LATEST, LEASES,
-    LEASE_KEYS, META, NEVER_COMPACTED, REVISIONS,
+    COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META,
+    REVISIONS,
 };
 
 use crate::{Result, StorageError as Error};
@@ -227,10 +229,20 @@ impl MvccStore {
         Ok((snapshot::dump(&txn)?, values))
     }
 
+    /// Everything the store holds, read at one point: what a snapshot file is made of.
+    pub fn contents(&self) -> Result<StoreContents> {
+        snapshot::contents(&self.db().begin_read()?)
+    }
+
     /// Replaces the whole store with a snapshot's contents, durably.
     pub fn restore(&self, snapshot: &[u8]) -> Result<()> {
+        self.restore_contents(StoreContents::from_dump(snapshot)?)
+    }
+
+    /// Replaces the whole store with `contents`, durably.
+    pub fn restore_contents(&self, contents: StoreContents) -> Result<()> {
         let txn = self.db().begin_write()?;
-        snapshot::load(&txn, snapshot)?;
+        snapshot::load(&txn, contents)?;
         txn.commit()?;
         Ok(())
     }

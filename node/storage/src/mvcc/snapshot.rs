@@ -1,5 +1,7 @@
-//! The state machine snapshot: a self-describing dump of everything the store holds (all kept
-//! history, leases, revisions and the Raft state machine's metadata), and its restore.
+//! The state machine snapshot: everything the store holds (all kept history, leases, revisions
+//! and the Raft state machine's metadata) as one value, [`StoreContents`], its self-describing
+//! dump (what members send each other) and its restore. The snapshot file that
+//! `etcdctl snapshot save` writes is built from the same value (`crate::snapshot_file`).
 //!
 //! Format: a bincode `SnapshotHeader` (magic string and format version), then the bincode body
 //! of that version. Only the source of truth is dumped; the derived tables (`kv_latest`,
@@ -28,42 +30,76 @@ struct SnapshotHeader {
     format_version: u32,
 }
 
-/// Body of format version 1.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct SnapshotV1 {
-    current_revision: i64,
-    compact_revision: i64,
-    /// Every kept change, in (key, main, sub) order.
-    history: Vec<Change>,
-    leases: Vec<Lease>,
-    meta: Vec<(String, Vec<u8>)>,
+/// Everything the store holds; the body of dump format version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreContents {
+    pub current_revision: i64,
+    /// -1 when the store was never compacted.
+    pub compact_revision: i64,
+    /// Every kept change. Dumps list them in (key, main, sub) order; restore sorts them.
+    pub history: Vec<Change>,
+    pub leases: Vec<Lease>,
+    /// The Raft state machine's metadata (applied index, members, alarms).
+    pub meta: Vec<(String, Vec<u8>)>,
 }
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Change {
-    key: Vec<u8>,
-    main: i64,
-    sub: i64,
+/// One change of a key at revision (main, sub).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub key: Vec<u8>,
+    pub main: i64,
+    pub sub: i64,
     /// The version written, or `None` for a deletion.
-    put: Option<Version>,
+    pub put: Option<Version>,
 }
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Version {
-    create_revision: i64,
-    version: i64,
-    value: Vec<u8>,
-    lease: i64,
+/// A version of a key, as a put wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub create_revision: i64,
+    pub version: i64,
+    pub value: Vec<u8>,
+    pub lease: i64,
 }
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Lease {
-    id: i64,
-    ttl: i64,
+/// A lease: its ID and granted TTL in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+impl StoreContents {
+    /// Reads a dump that [`MvccStore::snapshot`](super::MvccStore::snapshot) made.
+    pub fn from_dump(snapshot: &[u8]) -> Result<StoreContents> {
+        decode(snapshot)
+    }
+
+    /// The dump of these contents, as [`MvccStore::snapshot`](super::MvccStore::snapshot)
+    /// makes it.
+    pub fn to_dump(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let header = SnapshotHeader {
+            magic: MAGIC.to_string(),
+            format_version: FORMAT_VERSION,
+        };
+        encoding()
+            .serialize_into(&mut out, &header)
+            .map_err(encode_error)?;
+        encoding()
+            .serialize_into(&mut out, self)
+            .map_err(encode_error)?;
+        Ok(out)
+    }
 }
 
 /// Dumps the state seen by `txn`.
 pub(super) fn dump(txn: &ReadTransaction) -> Result<Vec<u8>> {
+    contents(txn)?.to_dump()
+}
+
+/// Everything the store holds, as seen by `txn`.
+pub(super) fn contents(txn: &ReadTransaction) -> Result<StoreContents> {
     let revisions = txn.open_table(REVISIONS)?;
     let (current_revision, compact_revision) = super::read_revisions(&revisions)?;
     let mut history = Vec::new();
@@ -98,31 +134,20 @@ pub(super) fn dump(txn: &ReadTransaction) -> Result<Vec<u8>> {
         let (key, value) = entry?;
         meta.push((key.value().to_string(), value.value().to_vec()));
     }
-    let body = SnapshotV1 {
+    Ok(StoreContents {
         current_revision,
         compact_revision,
         history,
         leases,
         meta,
-    };
-
-    let mut out = Vec::new();
-    let header = SnapshotHeader {
-        magic: MAGIC.to_string(),
-        format_version: FORMAT_VERSION,
-    };
-    encoding()
-        .serialize_into(&mut out, &header)
-        .map_err(encode_error)?;
-    encoding()
-        .serialize_into(&mut out, &body)
-        .map_err(encode_error)?;
-    Ok(out)
+    })
 }
 
-/// Replaces everything in the store with the snapshot's contents, inside `txn`.
-pub(super) fn load(txn: &WriteTransaction, snapshot: &[u8]) -> Result<()> {
-    let body = decode(snapshot)?;
+/// Replaces everything in the store with `body`, inside `txn`.
+pub(super) fn load(txn: &WriteTransaction, mut body: StoreContents) -> Result<()> {
+    // The derivation of the live state relies on this order; restore must not trust the sender.
+    body.history
+        .sort_by(|a, b| (&a.key, a.main, a.sub).cmp(&(&b.key, b.main, b.sub)));
 
     txn.delete_table(LATEST)?;
     txn.delete_table(HISTORY)?;
@@ -180,7 +205,7 @@ pub(super) fn load(txn: &WriteTransaction, snapshot: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn decode(snapshot: &[u8]) -> Result<SnapshotV1> {
+fn decode(snapshot: &[u8]) -> Result<StoreContents> {
     let mut reader = Cursor::new(snapshot);
     // The limit makes a corrupt length fail as a read past the end instead of an allocation of
     // whatever size it claims.
@@ -201,7 +226,7 @@ fn decode(snapshot: &[u8]) -> Result<SnapshotV1> {
             header.format_version
         )));
     }
-    let mut body: SnapshotV1 = encoding()
+    let body: StoreContents = encoding()
         .with_limit(limit)
         .deserialize_from(&mut reader)
         .map_err(|e| Error::SnapshotInvalid(format!("unreadable body: {e}")))?;
@@ -211,9 +236,6 @@ fn decode(snapshot: &[u8]) -> Result<SnapshotV1> {
             snapshot.len() as u64 - reader.position()
         )));
     }
-    // The derivation of the live state relies on this order; restore must not trust the sender.
-    body.history
-        .sort_by(|a, b| (&a.key, a.main, a.sub).cmp(&(&b.key, b.main, b.sub)));
     Ok(body)
 }
 

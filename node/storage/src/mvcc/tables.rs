@@ -42,9 +42,9 @@ pub(super) const CURRENT_REVISION: &str = "current";
 pub(super) const COMPACT_REVISION: &str = "compacted";
 
 /// etcd starts counting at 1: an empty store reports revision 1 and the first change gets 2.
-pub(super) const INITIAL_REVISION: i64 = 1;
+pub const INITIAL_REVISION: i64 = 1;
 /// etcd reports -1 as the compacted revision of a store that was never compacted.
-pub(super) const NEVER_COMPACTED: i64 = -1;
+pub const NEVER_COMPACTED: i64 = -1;
 
 /// One entry of `kv_history`: a version of a key, or the tombstone its deletion left.
 #[derive(Clone, Debug, PartialEq)]
