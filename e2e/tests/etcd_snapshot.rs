@@ -125,7 +125,8 @@ async fn observe(cluster: &TestCluster, workload: &Workload) -> Observed {
             )
             .await,
         );
-        let keys = ttl["keys"]
+        // etcd lists a lease's keys in the order of a Go map: any order.
+        let mut keys: Vec<String> = ttl["keys"]
             .as_array()
             .map(|keys| {
                 keys.iter()
@@ -133,6 +134,7 @@ async fn observe(cluster: &TestCluster, workload: &Workload) -> Observed {
                     .collect()
             })
             .unwrap_or_default();
+        keys.sort();
         leases.push((ttl["granted-ttl"].as_i64().expect("granted-ttl"), keys));
     }
     Observed {
