@@ -9,7 +9,7 @@
 //! thread) for members too far behind, and installed here when this member receives one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,6 +117,9 @@ struct Applier {
     undurable_bytes: usize,
     /// The applied index at the last durable commit that allowed a compaction.
     last_snapshot: u64,
+    /// Set while a snapshot is being built: Raft asks again at every probe of a member that
+    /// is behind (every heartbeat), and each build dumps the whole store.
+    building_snapshot: Arc<AtomicBool>,
     removed: watch::Sender<bool>,
 }
 
@@ -232,6 +235,7 @@ impl StateMachine {
             last_durable: Instant::now(),
             undurable_bytes: 0,
             last_snapshot: applied_now.index,
+            building_snapshot: Arc::new(AtomicBool::new(false)),
             removed,
         };
         std::thread::Builder::new()
@@ -532,6 +536,10 @@ impl Applier {
     /// Dumps the store on a thread of its own (a read transaction is a consistent cut, and
     /// applying goes on meanwhile) and offers the result to the log.
     fn build_snapshot(&mut self) {
+        if self.building_snapshot.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let building = self.building_snapshot.clone();
         let store = self.store.clone();
         let log = self.log.clone();
         let spawned = std::thread::Builder::new()
@@ -570,8 +578,10 @@ impl Applier {
                     }
                     Err(e) => tracing::warn!(error = %e, "building a snapshot failed"),
                 }
+                building.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
+            self.building_snapshot.store(false, Ordering::Release);
             tracing::warn!(error = %e, "starting the snapshot thread failed");
         }
     }
