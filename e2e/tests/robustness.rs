@@ -33,6 +33,15 @@ async fn random_schedules_find_no_anomalies() {
     }
 }
 
+/// Seed 103 found the whole cluster stalling: a member far behind after a crash during a
+/// snapshot install made the leader start a new ~100 MB store dump at every heartbeat until the
+/// healthy members lost their quorum (docs/robustness.md, bug 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_far_behind_after_a_crash_in_snapshot_install_does_not_stall_the_cluster() {
+    let plan = Plan::from_seed(103, 3);
+    assert_clean(&run(plan).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kills_and_isolated_leaders_find_no_anomalies() {
     for case in [
