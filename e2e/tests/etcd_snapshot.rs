@@ -162,19 +162,23 @@ async fn save_snapshot(cluster: &TestCluster, path: &Path) {
     );
 }
 
+/// The flags a snapshot restore (ferrokv's or etcdctl's) takes to lay out member 0 of `cluster`.
+fn restore_flags(cluster: &TestCluster) -> [String; 5] {
+    [
+        format!("--name={}", cluster.name(0)),
+        format!("--data-dir={}", cluster.data_dir(0).display()),
+        format!("--initial-cluster={}", cluster.initial_cluster()),
+        format!("--initial-cluster-token={}", cluster.token()),
+        format!("--initial-advertise-peer-urls={}", cluster.peer_url(0)),
+    ]
+}
+
 fn ferrokv_restore(restored: &TestCluster, file: &Path, extra: &[&str]) -> Output {
     Command::new(restored.server())
         .args(["snapshot", "restore"])
         .arg(file)
         .args(extra)
-        .arg(format!("--name={}", restored.name(0)))
-        .arg(format!("--data-dir={}", restored.data_dir(0).display()))
-        .arg(format!("--initial-cluster={}", restored.initial_cluster()))
-        .arg(format!("--initial-cluster-token={}", restored.token()))
-        .arg(format!(
-            "--initial-advertise-peer-urls={}",
-            restored.peer_url(0)
-        ))
+        .args(restore_flags(restored))
         .output()
         .expect("run ferrokv snapshot restore")
 }
@@ -273,14 +277,7 @@ async fn snapshot_saved_from_ferrokv_passes_etcdctl_and_restores_into_etcd() {
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "restore"])
         .arg(&file)
-        .arg(format!("--name={}", etcd.name(0)))
-        .arg(format!("--data-dir={}", etcd.data_dir(0).display()))
-        .arg(format!("--initial-cluster={}", etcd.initial_cluster()))
-        .arg(format!("--initial-cluster-token={}", etcd.token()))
-        .arg(format!(
-            "--initial-advertise-peer-urls={}",
-            etcd.peer_url(0)
-        ))
+        .args(restore_flags(&etcd))
         .output()
         .expect("run etcdctl snapshot restore");
     assert_success("etcdctl snapshot restore", &restore);

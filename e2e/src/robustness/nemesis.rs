@@ -179,6 +179,15 @@ impl Faults {
         self.cluster.member_client(i, Duration::from_secs(5)).await
     }
 
+    /// The voters other than `member`, in order.
+    fn voters_except(&self, member: usize) -> Vec<usize> {
+        self.voters
+            .iter()
+            .copied()
+            .filter(|&v| v != member)
+            .collect()
+    }
+
     /// The leader the running voters agree on.
     async fn leader(&self) -> anyhow::Result<usize> {
         let running: Vec<usize> = self
@@ -197,12 +206,7 @@ impl Faults {
         Ok(match target {
             Target::Leader => leader,
             Target::Follower => {
-                let followers: Vec<usize> = self
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != leader)
-                    .collect();
+                let followers = self.voters_except(leader);
                 followers[rng.gen_range(0..followers.len())]
             }
         })
@@ -246,12 +250,7 @@ impl Faults {
             }
             Nemesis::SplitWithLeaderInMinority => {
                 let leader = self.leader().await?;
-                let mut others: Vec<usize> = self
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != leader)
-                    .collect();
+                let mut others = self.voters_except(leader);
                 let mut minority = vec![leader];
                 while minority.len() < self.voters.len() / 2 {
                     minority.push(others.remove(rng.gen_range(0..others.len())));
@@ -266,12 +265,7 @@ impl Faults {
             }
             Nemesis::Bridge => {
                 let leader = self.leader().await?;
-                let mut others: Vec<usize> = self
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != leader)
-                    .collect();
+                let mut others = self.voters_except(leader);
                 let bridge = others.remove(rng.gen_range(0..others.len()));
                 let mut side_a = vec![leader];
                 let half = others.len() / 2;
