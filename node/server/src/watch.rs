@@ -13,7 +13,6 @@
 //! for nearly every write under load, one read per watcher.)
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::proto::{PbEvent, PbWatchResponse};
@@ -149,7 +148,9 @@ pub async fn serve_stream(
                             return;
                         }
                     }
-                    if deliver(&server, &mut watchers, &events, &out).await.is_err() {
+                    if deliver(&server, &mut watchers, &events, (first, last), &out)
+                        .await
+                        .is_err() {
                         return;
                     }
                     live_from = live_from.max(last + 1);
@@ -321,16 +322,14 @@ async fn catch_up(
 }
 
 /// Hands a batch of live events to the watchers that are caught up to it.
+/// `first` and `last` are the revisions of the batch's first and last event.
 async fn deliver(
     server: &Server,
     watchers: &mut BTreeMap<i64, Watcher>,
-    events: &Arc<Vec<PbEvent>>,
+    events: &[PbEvent],
+    (first, last): (i64, i64),
     out: &mpsc::Sender<Result<PbWatchResponse, tonic::Status>>,
 ) -> Result<(), ()> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        return Ok(());
-    };
-    let (first, last) = (revision_of(first), revision_of(last));
     for (id, w) in watchers.iter_mut() {
         // A watcher still behind this batch is served by catch-up; one already past it has
         // seen these revisions from history.
