@@ -264,6 +264,15 @@ async fn split_and_heal(members: usize, split: Split) {
             )
             .await;
         assert_eq!(etcdctl.expect_stdout(), "before\n");
+        // Its status says why, as etcd's does (the last column of `endpoint status`).
+        let status = cluster
+            .etcdctl_on(probe, probe, &["endpoint", "status"])
+            .await;
+        assert!(
+            status.expect_stdout().contains("etcdserver: no leader"),
+            "{label}: status of a member without a leader: {}",
+            status.stdout
+        );
         (write, read)
     };
 

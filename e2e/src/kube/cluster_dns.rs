@@ -192,13 +192,17 @@ fn hosts_text(records: &[(Ipv4Addr, String)]) -> String {
 
 /// Rewrites a file keeping its inode, so bind mounts of it see the new text.
 fn write_in_place(path: &Path, text: &str) -> anyhow::Result<()> {
+    // Written over the old text and only then cut to length: a resolver reading meanwhile sees
+    // the new names (then, for a moment, the old text's tail), never an empty file — truncating
+    // first made every name vanish for a moment.
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
-        .truncate(true)
+        .truncate(false)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     file.write_all(text.as_bytes())
+        .and_then(|()| file.set_len(text.len() as u64))
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -165,6 +165,30 @@ impl NodePool {
         std::fs::read_to_string(kubelet::log_path(&self.dir, namespace, pod)).unwrap_or_default()
     }
 
+    /// What a failing test prints of the pool: the names the pods resolve, and the last lines
+    /// of every container's log (every start of it, on whichever node).
+    pub fn failure_report(&self, lines: usize) -> String {
+        let mut report = format!(
+            "--- cluster names ({}) ---\n{}",
+            self.hosts_file.display(),
+            std::fs::read_to_string(&self.hosts_file).unwrap_or_else(|e| format!("({e})"))
+        );
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.join("logs"))
+            .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            report.push_str(&format!(
+                "\n--- last {lines} lines of {} ---\n{}",
+                log.display(),
+                all[all.len().saturating_sub(lines)..].join("\n")
+            ));
+        }
+        report
+    }
+
     /// The directory that holds the data of the claim `namespace/claim` as it is now, on every
     /// node (a claim deleted and made again under the same name has another volume).
     pub fn claim_dir(&self, namespace: &str, claim: &str) -> anyhow::Result<PathBuf> {

@@ -19,7 +19,7 @@ use etcd_client::proto::PbAlarmMember;
 
 use super::status::to_status;
 use crate::traits::MaintenanceServer;
-use ferrokv_server::maintenance::ALARM_NONE;
+use ferrokv_server::maintenance::{ALARM_CORRUPT, ALARM_NONE, ALARM_NOSPACE};
 use ferrokv_server::{Server, ETCD_API_VERSION};
 
 /// `AlarmRequest.AlarmAction` on the wire.
@@ -37,6 +37,16 @@ impl<S: MaintenanceServer> MaintenanceService<S> {
     pub fn new(server: S) -> MaintenanceService<S> {
         MaintenanceService { server }
     }
+}
+
+/// An alarm as etcd writes it into `StatusResponse.errors` (the message's text form).
+fn alarm_text(alarm: &PbAlarmMember) -> String {
+    let name = match alarm.alarm {
+        ALARM_NOSPACE => "NOSPACE",
+        ALARM_CORRUPT => "CORRUPT",
+        _ => "NONE",
+    };
+    format!("memberID:{} alarm:{name} ", alarm.member_id)
 }
 
 fn not_yet(call: &str) -> Status {
@@ -96,6 +106,14 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
         let db_size = self.server.db_size_bytes() as i64;
         let raft = self.server.raft_summary();
         let is_learner = raft.is_learner;
+        // As etcd fills them: no leader, then every alarm raised in the cluster.
+        let mut errors = Vec::new();
+        if raft.leader == 0 {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        for alarm in self.server.alarms(ALARM_NONE).map_err(to_status)? {
+            errors.push(alarm_text(&alarm));
+        }
         Ok(Response::new(PbStatusResponse {
             header: Some(self.server.header(revision)),
             version: ETCD_API_VERSION.to_string(),
@@ -104,7 +122,7 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
             raft_index: raft.commit,
             raft_term: raft.term,
             raft_applied_index: self.server.applied_index(),
-            errors: Vec::new(),
+            errors,
             db_size_in_use: self.server.db_size_in_use() as i64,
             is_learner,
             storage_version: String::new(),

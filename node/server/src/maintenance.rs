@@ -12,6 +12,7 @@ use ferrokv_storage::snapshot_file::{self, ClusterState, SnapshotMember};
 /// `AlarmType` on the wire.
 pub const ALARM_NONE: i32 = 0;
 pub const ALARM_NOSPACE: i32 = 1;
+pub const ALARM_CORRUPT: i32 = 2;
 
 impl Server {
     /// The alarms raised in the cluster, optionally of one type only.
