@@ -618,6 +618,9 @@ impl Drop for KubeEnv {
             self.dir.disable_cleanup(true);
             eprintln!("kept {}", self.dir.path().display());
         }
+        if let (Backend::Hermetic(h), true) = (&self.backend, std::thread::panicking()) {
+            eprintln!("{}", h.nodes.failure_report(40));
+        }
         if let Backend::Real(_) = self.backend {
             if std::thread::panicking() {
                 eprintln!("namespace {} kept for diagnostics", self.namespace);

@@ -35,13 +35,17 @@ pub fn endpoints(names: &ClusterNames, ordinals: u32) -> Vec<String> {
     (0..ordinals.max(1)).map(|o| names.client_url(o)).collect()
 }
 
-/// What one member says about itself: its ID and the leader it follows. `None` when it does
-/// not answer or reports errors (an alarm, no leader).
+/// What one member says about itself: its ID and the leader it follows. `None` — unhealthy —
+/// when it does not answer or follows no leader (etcd's `/health` says the same): a cluster
+/// electing is not Available, and a member cut off from the others is not healthy. An alarm
+/// (the `errors` of its status) does not make a member unhealthy: it stops writes, not the
+/// member.
 async fn probe(url: String) -> Option<(u64, u64)> {
     let mut client = connect(&[url]).await.ok()?;
     let status = client.status().await.ok()?;
     let me = status.header()?.member_id();
-    status.errors().is_empty().then_some((me, status.leader()))
+    let leader = status.leader();
+    (leader != 0).then_some((me, leader))
 }
 
 /// The member list with every member's health and the leader; `None` when no member answers.
