@@ -242,10 +242,18 @@ pub fn member_args(kvc: &KVCluster) -> Vec<String> {
     if let Some(bytes) = tuning.quota_backend_bytes {
         args.push(format!("--quota-backend-bytes={bytes}"));
     }
-    if let Some(mode) = tuning.auto_compaction_mode {
+    // `maintenance.compaction` is where compaction is declared; `tuning` held it first.
+    let (mode, retention) = match &kvc.spec.maintenance.compaction {
+        Some(compaction) => (Some(compaction.mode), Some(&compaction.retention)),
+        None => (
+            tuning.auto_compaction_mode,
+            tuning.auto_compaction_retention.as_ref(),
+        ),
+    };
+    if let Some(mode) = mode {
         args.push(format!("--auto-compaction-mode={}", mode.as_flag_value()));
     }
-    if let Some(retention) = &tuning.auto_compaction_retention {
+    if let Some(retention) = retention {
         args.push(format!("--auto-compaction-retention={retention}"));
     }
     args
@@ -590,6 +598,26 @@ mod tests {
                 "missing {flag} in {args:?}"
             );
         }
+    }
+
+    #[test]
+    fn maintenance_compaction_becomes_the_auto_compaction_flags_over_tuning() {
+        let kvc = cluster(serde_json::json!({
+            "tuning": {"autoCompactionMode": "periodic", "autoCompactionRetention": "1h"},
+            "maintenance": {"compaction": {"mode": "revision", "retention": "10000"}}
+        }));
+        let args = member_args(&kvc);
+        let compaction: Vec<&String> = args
+            .iter()
+            .filter(|a| a.starts_with("--auto-compaction"))
+            .collect();
+        assert_eq!(
+            compaction,
+            [
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=10000"
+            ]
+        );
     }
 
     #[test]

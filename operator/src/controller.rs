@@ -28,12 +28,14 @@ use tracing::{info, instrument, warn};
 use crate::children::{self, BuildDefaults};
 use crate::crd::{KVCluster, WhenDeleted};
 use crate::error::Error;
-use crate::membership;
+use crate::membership::{self, Defragmented};
 use crate::metrics::Metrics;
 use crate::names::{ClusterNames, CLUSTER_LABEL, FIELD_MANAGER};
 use crate::observe::{observe, Observation};
 use crate::planner::{plan, Action, Member, VoterCount};
-use crate::status::{build_status, describe_step, is_membership_step, step_reason};
+use crate::status::{
+    build_status, describe_defragmented, describe_step, is_membership_step, step_reason,
+};
 
 /// Finalizer that deletes the members' volumes when the KVCluster is deleted.
 pub const FINALIZER: &str = "ferrokv.io/volumes";
@@ -172,11 +174,22 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     let members = observed.members.clone().unwrap_or_default();
     let step_result = take_step(kvc, ctx, &names, &members, &action).await;
     let step_error = step_result.as_ref().err().map(ToString::to_string);
+    let defragmented = step_result.as_ref().ok().copied().flatten();
     if is_membership_step(&action) {
         let reason = step_reason(&action);
         ctx.metrics.steps.with_label_values(&[reason]).inc();
         let (type_, note) = match &step_error {
-            None => (EventType::Normal, describe_step(&names, &action)),
+            None => match &defragmented {
+                Some(done) => (
+                    EventType::Normal,
+                    format!(
+                        "{}: {}",
+                        describe_step(&names, &action),
+                        describe_defragmented(done)
+                    ),
+                ),
+                None => (EventType::Normal, describe_step(&names, &action)),
+            },
             Some(error) => (
                 EventType::Warning,
                 format!("{} failed: {error}", describe_step(&names, &action)),
@@ -203,6 +216,7 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
         &action,
         cluster_id,
         step_error.as_deref(),
+        defragmented.as_ref(),
         Timestamp::now(),
     );
     let api: Api<KVCluster> = Api::namespaced(client.clone(), &ns);
@@ -238,8 +252,29 @@ async fn publish(ctx: &Context, kvc: &KVCluster, type_: EventType, reason: &str,
     }
 }
 
-/// Carries out one planned step.
+/// Carries out one planned step; a defragmentation answers what it gave back.
 async fn take_step(
+    kvc: &KVCluster,
+    ctx: &Context,
+    names: &ClusterNames,
+    members: &[Member],
+    action: &Action,
+) -> Result<Option<Defragmented>, Error> {
+    if let Action::Defragment { id, .. } = action {
+        let url = members
+            .iter()
+            .find(|m| m.id == *id)
+            .and_then(|m| m.client_url(names))
+            .ok_or(Error::MemberUnreachable(*id))?;
+        return membership::defragment(&url).await.map(Some);
+    }
+    take_change_step(kvc, ctx, names, members, action)
+        .await
+        .map(|()| None)
+}
+
+/// Carries out one planned change of membership, pods or volumes.
+async fn take_change_step(
     kvc: &KVCluster,
     ctx: &Context,
     names: &ClusterNames,
@@ -280,7 +315,7 @@ async fn take_step(
                 .iter()
                 .find(|m| m.id == *from)
                 .and_then(|m| m.client_url(names))
-                .ok_or(Error::LeaderUnreachable(*from))?;
+                .ok_or(Error::MemberUnreachable(*from))?;
             membership::move_leader(&leader, *to).await
         }
         Action::DeleteClaims { ordinal } => delete_claims(client, names, *ordinal).await,
@@ -298,7 +333,7 @@ async fn take_step(
         Action::RestartPod { ordinal, .. } => {
             delete_pod(&pods, &names.member(*ordinal), DeleteParams::default()).await
         }
-        Action::Wait(_) | Action::Converged => Ok(()),
+        Action::Defragment { .. } | Action::Wait(_) | Action::Converged => Ok(()),
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::crd::CustomResourceExt;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -134,6 +134,73 @@ pub struct KVClusterSpec {
     /// removed by scaling down always loses its claims, so that it can never come back stale.)
     #[serde(default)]
     pub volume_claim_retention_policy: VolumeClaimRetentionPolicy,
+
+    /// Upkeep the operator does by itself: defragmentation and history compaction.
+    #[serde(default, skip_serializing_if = "MaintenanceSpec::is_empty")]
+    pub maintenance: MaintenanceSpec,
+}
+
+/// Upkeep of the members' databases.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceSpec {
+    /// When members are defragmented: on a schedule, past a threshold of free space, or both.
+    /// One member at a time, followers first and the leader last, only while every voter is
+    /// healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defragmentation: Option<DefragmentationSpec>,
+    /// Automatic compaction of history, as the members' `--auto-compaction-mode` and
+    /// `--auto-compaction-retention`. Takes precedence over the same settings in `tuning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactionSpec>,
+}
+
+impl MaintenanceSpec {
+    fn is_empty(&self) -> bool {
+        self.defragmentation.is_none() && self.compaction.is_none()
+    }
+}
+
+/// When members are defragmented.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefragmentationSpec {
+    /// A cron schedule of five fields in UTC, e.g. `0 3 * * *`: after each time it names,
+    /// every member is defragmented once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Defragment a member as soon as its free space is this large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<DefragmentationThreshold>,
+}
+
+/// Free space worth giving back: a member's database size minus its size in use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefragmentationThreshold {
+    /// Free space over space in use, e.g. `0.5`: free space half the data's size or more.
+    #[schemars(range(min = 0.0))]
+    pub free_to_in_use_ratio: f64,
+    /// And at least this many free bytes, so that small databases are left alone.
+    #[serde(default = "DefragmentationThreshold::default_min_free_bytes")]
+    #[schemars(range(min = 0))]
+    pub min_free_bytes: i64,
+}
+
+impl DefragmentationThreshold {
+    fn default_min_free_bytes() -> i64 {
+        64 << 20
+    }
+}
+
+/// How history is compacted automatically.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactionSpec {
+    /// `periodic` keeps the history of the last `retention` (a duration such as `1h`);
+    /// `revision` keeps the last `retention` revisions.
+    pub mode: AutoCompactionMode,
+    pub retention: String,
 }
 
 fn default_replicas() -> i32 {
@@ -349,6 +416,18 @@ pub struct MemberStatus {
     pub healthy: bool,
     pub leader: bool,
     pub learner: bool,
+    /// Size of the member's database file, in bytes, as its Status reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size: Option<i64>,
+    /// Bytes of that file in use; the rest is free space a defragmentation gives back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size_in_use: Option<i64>,
+    /// When the operator last defragmented this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_defragmentation_time: Option<Time>,
+    /// Bytes the last defragmentation gave back to the file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_defragmentation_reclaimed_bytes: Option<i64>,
 }
 
 /// The CustomResourceDefinition as YAML, exactly as `crds/` holds it.

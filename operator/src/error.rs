@@ -16,8 +16,8 @@ pub enum Error {
     #[error("KVCluster has no namespace")]
     NoNamespace,
 
-    #[error("leader {0:x} has no client URL")]
-    LeaderUnreachable(u64),
+    #[error("member {0:x} has no client URL")]
+    MemberUnreachable(u64),
 
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -31,7 +31,7 @@ impl Error {
             Self::Etcd(_) => "etcd",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace => "no_namespace",
-            Self::LeaderUnreachable(_) => "leader_unreachable",
+            Self::MemberUnreachable(_) => "member_unreachable",
             Self::Serialization(_) => "serialization",
         }
     }

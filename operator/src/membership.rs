@@ -15,6 +15,8 @@ use crate::planner::Member;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// etcd's own client gives a defragmentation this long by default too.
+const DEFRAGMENT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// What the cluster says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,17 +37,30 @@ pub fn endpoints(names: &ClusterNames, ordinals: u32) -> Vec<String> {
     (0..ordinals.max(1)).map(|o| names.client_url(o)).collect()
 }
 
-/// What one member says about itself: its ID and the leader it follows. `None` — unhealthy —
-/// when it does not answer or follows no leader (etcd's `/health` says the same): a cluster
-/// electing is not Available, and a member cut off from the others is not healthy. An alarm
-/// (the `errors` of its status) does not make a member unhealthy: it stops writes, not the
-/// member.
-async fn probe(url: String) -> Option<(u64, u64)> {
+/// What one member says about itself in its Status.
+#[derive(Clone, Copy, Debug)]
+struct Probed {
+    id: u64,
+    /// The leader it follows; never 0 (see [`probe`]).
+    leader: u64,
+    db_size: i64,
+    db_size_in_use: i64,
+}
+
+/// Asks one member for its Status. `None` — unhealthy — when it does not answer or follows no
+/// leader (etcd's `/health` says the same): a cluster electing is not Available, and a member
+/// cut off from the others is not healthy. An alarm (the `errors` of its status) does not make
+/// a member unhealthy: it stops writes, not the member.
+async fn probe(url: String) -> Option<Probed> {
     let mut client = connect(&[url]).await.ok()?;
     let status = client.status().await.ok()?;
-    let me = status.header()?.member_id();
-    let leader = status.leader();
-    (leader != 0).then_some((me, leader))
+    let probed = Probed {
+        id: status.header()?.member_id(),
+        leader: status.leader(),
+        db_size: status.db_size(),
+        db_size_in_use: status.raft_used_db_size(),
+    };
+    (probed.leader != 0).then_some(probed)
 }
 
 /// The member list with every member's health and the leader; `None` when no member answers.
@@ -55,14 +70,14 @@ async fn probe(url: String) -> Option<(u64, u64)> {
 /// over all endpoints could ask it.
 pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<MembershipView> {
     let probed = join_all(endpoints.iter().cloned().map(probe)).await;
-    let answering: Vec<(&String, (u64, u64))> = endpoints
+    let answering: Vec<(&String, Probed)> = endpoints
         .iter()
         .zip(&probed)
         .filter_map(|(url, p)| Some((url, (*p)?)))
         .collect();
     let source = answering
         .iter()
-        .find(|(_, (me, leader))| me == leader)
+        .find(|(_, p)| p.id == p.leader)
         .or_else(|| answering.first())
         .map(|(url, _)| (*url).clone());
     // No endpoint answered a status: the list may still come from one (a member without a
@@ -96,8 +111,8 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
     let statuses = join_all(listed.iter().map(|m| {
         let known = answering
             .iter()
-            .find(|(_, (me, _))| *me == m.id())
-            .map(|(_, s)| *s);
+            .find(|(_, p)| p.id == m.id())
+            .map(|(_, p)| *p);
         let url = m
             .client_urls()
             .first()
@@ -113,11 +128,7 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
         }
     }))
     .await;
-    let leader = statuses
-        .iter()
-        .flatten()
-        .map(|&(_, leader)| leader)
-        .find(|&l| l != 0);
+    let leader = statuses.iter().flatten().map(|p| p.leader).next();
 
     let members = listed
         .iter()
@@ -131,6 +142,8 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
             is_learner: m.is_learner(),
             healthy: status.is_some(),
             is_leader: leader == Some(m.id()),
+            db_size: status.map(|p| p.db_size),
+            db_size_in_use: status.map(|p| p.db_size_in_use),
         })
         .collect();
     Some(MembershipView {
@@ -177,4 +190,43 @@ pub async fn move_leader(leader_client_url: &str, to: u64) -> Result<(), Error> 
         .move_leader(to)
         .await?;
     Ok(())
+}
+
+/// Database sizes of one member, before and after it was defragmented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defragmented {
+    pub db_size_before: i64,
+    pub db_size_after: i64,
+    pub took: Duration,
+}
+
+impl Defragmented {
+    /// Bytes given back to the file system.
+    pub fn reclaimed(&self) -> i64 {
+        (self.db_size_before - self.db_size_after).max(0)
+    }
+}
+
+/// Defragments the member at `client_url` (etcd's Defragment, which only that member does)
+/// and reads its database size before and after.
+pub async fn defragment(client_url: &str) -> Result<Defragmented, Error> {
+    let mut client = connect_patiently(client_url).await?;
+    let before = client.status().await?.db_size();
+    let started = std::time::Instant::now();
+    client.defragment().await?;
+    let took = started.elapsed();
+    let after = client.status().await?.db_size();
+    Ok(Defragmented {
+        db_size_before: before,
+        db_size_after: after,
+        took,
+    })
+}
+
+/// A client for a call that may take long: a defragmentation rewrites the whole database.
+async fn connect_patiently(url: &str) -> Result<Client, Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(DEFRAGMENT_TIMEOUT);
+    Ok(Client::connect([url], Some(options)).await?)
 }

@@ -16,7 +16,9 @@ use crate::crd::KVCluster;
 use crate::error::Error;
 use crate::membership::{self, MembershipView};
 use crate::names::ClusterNames;
-use crate::planner::{Claim, MemberPod, NodeState, Observed, ObservedStatefulSet, StartRefusal};
+use crate::planner::{
+    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, StartRefusal,
+};
 
 /// What one pass observed: the planner's input and the cluster ID for status.
 pub struct Observation {
@@ -106,8 +108,29 @@ pub async fn observe(
             members: view.map(|v| v.members),
             pods: member_pods,
             claims: member_claims,
+            defragmentation: kvc
+                .spec
+                .maintenance
+                .defragmentation
+                .as_ref()
+                .map(|d| DefragPolicy::new(d.schedule.as_deref(), d.threshold.clone())),
+            last_defragmented: last_defragmented(kvc),
+            created: kvc
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or_else(Timestamp::now, |t| t.0),
         },
     })
+}
+
+/// When the operator last defragmented each member, as its status says.
+fn last_defragmented(kvc: &KVCluster) -> BTreeMap<String, Timestamp> {
+    kvc.status
+        .iter()
+        .flat_map(|status| &status.members)
+        .filter_map(|m| Some((m.name.clone(), m.last_defragmentation_time.as_ref()?.0)))
+        .collect()
 }
 
 fn node_state(node: Option<Node>) -> NodeState {

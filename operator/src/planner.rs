@@ -6,14 +6,16 @@
 //! quorum, repair before scaling, finish a started step before starting the next, one member at
 //! a time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
+use croner::Cron;
+use k8s_openapi::jiff::tz::TimeZone;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::bootstrap::{BootstrapConfig, InitialClusterState};
-use crate::crd::{MAX_REPLICAS, MIN_REPLICAS};
+use crate::crd::{DefragmentationThreshold, MAX_REPLICAS, MIN_REPLICAS};
 use crate::names::{ClusterNames, VolumeKind};
 
 /// Everything one reconcile pass observed about a cluster.
@@ -34,7 +36,38 @@ pub struct Observed {
     pub pods: Vec<MemberPod>,
     /// The members' PersistentVolumeClaims that exist.
     pub claims: Vec<Claim>,
+    /// When members are defragmented; `None` when the spec asks for no defragmentation.
+    pub defragmentation: Option<DefragPolicy>,
+    /// When each member (by name) was last defragmented, from the status the operator wrote.
+    pub last_defragmented: BTreeMap<String, Timestamp>,
+    /// When the KVCluster was created: a schedule's first time is the first one after it.
+    pub created: Timestamp,
 }
+
+/// `spec.maintenance.defragmentation`, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefragPolicy {
+    /// The cron schedule, or why it does not parse.
+    pub schedule: Option<Result<Cron, String>>,
+    pub threshold: Option<DefragmentationThreshold>,
+}
+
+impl DefragPolicy {
+    pub fn new(schedule: Option<&str>, threshold: Option<DefragmentationThreshold>) -> Self {
+        let schedule = schedule.map(|text| {
+            text.parse::<Cron>()
+                .map_err(|e| format!("spec.maintenance.defragmentation.schedule {text:?}: {e}"))
+        });
+        Self {
+            schedule,
+            threshold,
+        }
+    }
+}
+
+/// A member is not defragmented for its free space again this soon: a defragmentation that
+/// gives nothing back must not repeat every pass.
+pub const THRESHOLD_DEFRAGMENT_PAUSE: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedStatefulSet {
@@ -55,9 +88,12 @@ pub struct Member {
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub is_learner: bool,
-    /// The member answered a Status request.
+    /// The member answered a Status request and follows a leader.
     pub healthy: bool,
     pub is_leader: bool,
+    /// Its database file's size and the bytes of it in use, when it answered.
+    pub db_size: Option<i64>,
+    pub db_size_in_use: Option<i64>,
 }
 
 impl Member {
@@ -210,6 +246,12 @@ pub enum Action {
     ForceDeletePod { ordinal: u32 },
     /// Delete a pod so that it starts again now.
     RestartPod { ordinal: u32, reason: RestartReason },
+    /// Defragment one member's database.
+    Defragment {
+        id: u64,
+        ordinal: u32,
+        reason: DefragReason,
+    },
     /// Nothing can be done until the cluster changes by itself.
     Wait(WaitReason),
     /// The cluster is what the spec asks for.
@@ -232,6 +274,14 @@ pub enum RestartReason {
     Update,
     /// The pod waits for a claim that is being deleted; a new pod gets a new claim.
     ClaimReplaced,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefragReason {
+    /// A time of `schedule` has come since the member was last defragmented.
+    Scheduled,
+    /// Its free space passed `threshold`.
+    Threshold,
 }
 
 /// Why the operator does nothing this pass.
@@ -257,6 +307,8 @@ pub enum WaitReason {
     UnregisteredMemberData { ordinal: u32 },
     /// The step would leave fewer healthy voters than a quorum.
     WouldLoseQuorum,
+    /// The defragmentation schedule does not parse; the message says why.
+    InvalidSchedule(String),
 }
 
 impl fmt::Display for WaitReason {
@@ -298,6 +350,12 @@ impl fmt::Display for WaitReason {
                 write!(
                     f,
                     "the next step would leave fewer healthy voters than a quorum"
+                )
+            }
+            Self::InvalidSchedule(message) => {
+                write!(
+                    f,
+                    "{message}: no scheduled defragmentation until it is fixed"
                 )
             }
         }
@@ -490,10 +548,76 @@ pub fn plan(observed: &Observed) -> Action {
     {
         return Action::Wait(WaitReason::PodStarting { ordinal });
     }
-    match desired {
-        Some(_) => Action::Converged,
-        None => Action::Wait(WaitReason::InvalidReplicas(observed.spec_replicas)),
+    if desired.is_none() {
+        return Action::Wait(WaitReason::InvalidReplicas(observed.spec_replicas));
     }
+    // Upkeep only on a cluster that is whole: every voter healthy, nothing else to do.
+    defragmentation_due(observed, members).unwrap_or(Action::Converged)
+}
+
+/// The member to defragment now, if any: one at a time, followers first and the leader last
+/// (defragmenting blocks a member's writes while it runs).
+fn defragmentation_due(observed: &Observed, members: &[Member]) -> Option<Action> {
+    let policy = observed.defragmentation.as_ref()?;
+    let schedule = match &policy.schedule {
+        Some(Err(message)) => {
+            return Some(Action::Wait(WaitReason::InvalidSchedule(message.clone())))
+        }
+        Some(Ok(cron)) => Some(cron),
+        None => None,
+    };
+    members
+        .iter()
+        .filter_map(|member| {
+            let ordinal = member.ordinal?;
+            let last = observed.last_defragmented.get(&member.name).copied();
+            let reason = if policy
+                .threshold
+                .as_ref()
+                .is_some_and(|t| over_threshold(member, t, last, observed.now))
+            {
+                DefragReason::Threshold
+            } else if schedule.is_some_and(|cron| {
+                scheduled_since(cron, last.unwrap_or(observed.created), observed.now)
+            }) {
+                DefragReason::Scheduled
+            } else {
+                return None;
+            };
+            Some((member.is_leader, ordinal, member.id, reason))
+        })
+        .min_by_key(|&(is_leader, ordinal, ..)| (is_leader, ordinal))
+        .map(|(_, ordinal, id, reason)| Action::Defragment {
+            id,
+            ordinal,
+            reason,
+        })
+}
+
+/// The member's free space (file size minus bytes in use) passes the threshold, and it was not
+/// defragmented for it a moment ago.
+fn over_threshold(
+    member: &Member,
+    threshold: &DefragmentationThreshold,
+    last: Option<Timestamp>,
+    now: Timestamp,
+) -> bool {
+    let (Some(size), Some(in_use)) = (member.db_size, member.db_size_in_use) else {
+        return false;
+    };
+    let paused = last.is_some_and(|last| {
+        now.as_second() - last.as_second() < THRESHOLD_DEFRAGMENT_PAUSE.as_secs() as i64
+    });
+    let free = size - in_use;
+    !paused
+        && free >= threshold.min_free_bytes
+        && free as f64 >= threshold.free_to_in_use_ratio * in_use as f64
+}
+
+/// A time the schedule names has come after `since` and by `now`.
+fn scheduled_since(cron: &Cron, since: Timestamp, now: Timestamp) -> bool {
+    cron.find_next_occurrence(&since.to_zoned(TimeZone::UTC), false)
+        .is_ok_and(|next| next.timestamp() <= now)
 }
 
 fn member_label(member: &Member) -> String {

@@ -8,9 +8,11 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::children::names_of;
 use crate::crd::{KVCluster, KVClusterStatus, MemberStatus, Phase};
+use crate::membership::Defragmented;
 use crate::names::ClusterNames;
 use crate::planner::{
-    valid_replicas, Action, Observed, RemovalReason, RestartReason, VoterCount, WaitReason,
+    valid_replicas, Action, DefragReason, Observed, RemovalReason, RestartReason, VoterCount,
+    WaitReason,
 };
 
 /// What a step is, for Events and the `Progressing` condition.
@@ -26,6 +28,7 @@ pub fn step_reason(action: &Action) -> &'static str {
         Action::DiscardMemberData { .. } => "MemberDataDiscarded",
         Action::ForceDeletePod { .. } => "PodMovedOffLostNode",
         Action::RestartPod { .. } => "PodRestarted",
+        Action::Defragment { .. } => "MemberDefragmented",
         Action::Wait(_) => "Waiting",
         Action::Converged => "Converged",
     }
@@ -81,12 +84,31 @@ pub fn describe_step(names: &ClusterNames, action: &Action) -> String {
             };
             format!("restarted pod {} {why}", names.member(*ordinal))
         }
+        Action::Defragment { id, ordinal, reason } => {
+            let why = match reason {
+                DefragReason::Scheduled => "on schedule",
+                DefragReason::Threshold => "because its free space passed the threshold",
+            };
+            format!("defragmented member {} ({id:x}) {why}", names.member(*ordinal))
+        }
         Action::Wait(reason) => reason.to_string(),
         Action::Converged => "cluster matches its spec".to_string(),
     }
 }
 
-/// Whether a step changes the cluster's membership; each of these gets an Event.
+/// What a defragmentation did, for its Event.
+pub fn describe_defragmented(done: &Defragmented) -> String {
+    format!(
+        "database {} → {} bytes, {} reclaimed, in {:.1}s",
+        done.db_size_before,
+        done.db_size_after,
+        done.reclaimed(),
+        done.took.as_secs_f64()
+    )
+}
+
+/// Whether a step changes the cluster (its membership, pods, volumes or databases); each of
+/// these gets an Event.
 pub fn is_membership_step(action: &Action) -> bool {
     !matches!(action, Action::Wait(_) | Action::Converged)
 }
@@ -96,7 +118,7 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
     let registered = members.len() as u32;
     let scaling = valid_replicas(observed.spec_replicas).is_some_and(|d| d != registered);
     match action {
-        Action::Converged => Phase::Running,
+        Action::Converged | Action::Defragment { .. } => Phase::Running,
         Action::Wait(WaitReason::ClusterForming) => Phase::Bootstrapping,
         Action::Wait(WaitReason::QuorumLost { .. } | WaitReason::NoMemberAnswers) => {
             Phase::QuorumLost
@@ -105,7 +127,8 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             WaitReason::InvalidReplicas(_)
             | WaitReason::MembersUnhealthy { .. }
             | WaitReason::WouldLoseQuorum
-            | WaitReason::UnregisteredMemberData { .. },
+            | WaitReason::UnregisteredMemberData { .. }
+            | WaitReason::InvalidSchedule(_),
         ) => Phase::Degraded,
         _ if observed.members.is_none() => {
             if VoterCount::of(members).voters == 0 && observed.stateful_set.is_some() {
@@ -145,13 +168,14 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
 }
 
 /// The status to write for this pass over `kvc`. `step_error` is the error of the step just
-/// tried.
+/// tried; `defragmented` what the step did when it defragmented a member.
 pub fn build_status(
     kvc: &KVCluster,
     observed: &Observed,
     action: &Action,
     cluster_id: Option<u64>,
     step_error: Option<&str>,
+    defragmented: Option<&Defragmented>,
     now: Timestamp,
 ) -> KVClusterStatus {
     let names = &names_of(kvc);
@@ -239,6 +263,9 @@ pub fn build_status(
             "UnregisteredMemberData",
             reason.to_string(),
         ),
+        Action::Wait(reason @ WaitReason::InvalidSchedule(_)) => {
+            condition("Degraded", true, "InvalidSchedule", reason.to_string())
+        }
         _ if !unhealthy.is_empty() => condition(
             "Degraded",
             true,
@@ -275,16 +302,38 @@ pub fn build_status(
         cluster_id: cluster_id.filter(|&id| id != 0).map(|id| format!("{id:x}")),
         members: members
             .iter()
-            .map(|m| MemberStatus {
-                name: m
+            .map(|m| {
+                let name = m
                     .ordinal
-                    .map_or_else(|| m.name.clone(), |o| names.member(o)),
-                id: format!("{:x}", m.id),
-                peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
-                client_url: m.client_url(names).unwrap_or_default(),
-                healthy: m.healthy,
-                leader: m.is_leader,
-                learner: m.is_learner,
+                    .map_or_else(|| m.name.clone(), |o| names.member(o));
+                let last = previous
+                    .and_then(|p| p.members.iter().find(|old| old.name == name))
+                    .map(|old| {
+                        (
+                            old.last_defragmentation_time.clone(),
+                            old.last_defragmentation_reclaimed_bytes,
+                        )
+                    });
+                let (last_defragmentation_time, last_defragmentation_reclaimed_bytes) =
+                    match (action, defragmented) {
+                        (Action::Defragment { id, .. }, Some(done)) if *id == m.id => {
+                            (Some(Time(now)), Some(done.reclaimed()))
+                        }
+                        _ => last.unwrap_or_default(),
+                    };
+                MemberStatus {
+                    name,
+                    id: format!("{:x}", m.id),
+                    peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
+                    client_url: m.client_url(names).unwrap_or_default(),
+                    healthy: m.healthy,
+                    leader: m.is_leader,
+                    learner: m.is_learner,
+                    db_size: m.db_size,
+                    db_size_in_use: m.db_size_in_use,
+                    last_defragmentation_time,
+                    last_defragmentation_reclaimed_bytes,
+                }
             })
             .collect(),
         conditions,
@@ -326,11 +375,16 @@ mod tests {
                         is_learner: false,
                         healthy,
                         is_leader: o == 0,
+                        db_size: Some(3000),
+                        db_size_in_use: Some(1000),
                     })
                     .collect(),
             ),
             pods: vec![],
             claims: vec![],
+            defragmentation: None,
+            last_defragmented: Default::default(),
+            created: Timestamp::from_second(0).unwrap(),
         }
     }
 
@@ -348,7 +402,7 @@ mod tests {
 
     fn status(o: &Observed, action: &Action) -> KVClusterStatus {
         let now = Timestamp::from_second(2_000).unwrap();
-        build_status(&kvc(None), o, action, Some(0xc1), None, now)
+        build_status(&kvc(None), o, action, Some(0xc1), None, None, now)
     }
 
     #[test]
@@ -428,6 +482,7 @@ mod tests {
             &Action::Converged,
             None,
             None,
+            None,
             later,
         );
         assert_eq!(
@@ -439,6 +494,7 @@ mod tests {
             &kvc(Some(second.clone())),
             &failing,
             &Action::Converged,
+            None,
             None,
             None,
             later,
@@ -462,10 +518,89 @@ mod tests {
             },
             None,
             Some("learner not ready"),
+            None,
             now,
         );
         let progressing = condition_of(&s, "Progressing");
         assert_eq!(progressing.reason, "StepFailed");
         assert!(progressing.message.contains("learner not ready"));
+    }
+
+    #[test]
+    fn a_defragmentation_is_recorded_on_its_member_and_kept_on_later_passes() {
+        let o = observed(&[true, true, true]);
+        let at = |second| Timestamp::from_second(second).unwrap();
+        let defragment = Action::Defragment {
+            id: 0xa1,
+            ordinal: 1,
+            reason: DefragReason::Threshold,
+        };
+        let done = Defragmented {
+            db_size_before: 3000,
+            db_size_after: 1200,
+            took: std::time::Duration::from_millis(300),
+        };
+        let first = build_status(
+            &kvc(None),
+            &o,
+            &defragment,
+            None,
+            None,
+            Some(&done),
+            at(5_000),
+        );
+        assert_eq!(first.phase, Some(Phase::Running));
+        let member = |s: &KVClusterStatus, o: usize| s.members[o].clone();
+        assert_eq!(
+            member(&first, 1).last_defragmentation_time,
+            Some(Time(at(5_000)))
+        );
+        assert_eq!(
+            member(&first, 1).last_defragmentation_reclaimed_bytes,
+            Some(1800)
+        );
+        assert_eq!(member(&first, 1).db_size, Some(3000));
+        assert_eq!(member(&first, 1).db_size_in_use, Some(1000));
+        assert_eq!(member(&first, 0).last_defragmentation_time, None);
+
+        // The next pass defragments the leader; member 1's record stays.
+        let leader = Action::Defragment {
+            id: 0xa0,
+            ordinal: 0,
+            reason: DefragReason::Threshold,
+        };
+        let second = build_status(
+            &kvc(Some(first)),
+            &o,
+            &leader,
+            None,
+            None,
+            Some(&done),
+            at(6_000),
+        );
+        assert_eq!(
+            member(&second, 1).last_defragmentation_time,
+            Some(Time(at(5_000)))
+        );
+        assert_eq!(
+            member(&second, 0).last_defragmentation_time,
+            Some(Time(at(6_000)))
+        );
+
+        // A defragmentation that failed records nothing.
+        let third = build_status(
+            &kvc(Some(second)),
+            &o,
+            &defragment,
+            None,
+            Some("deadline exceeded"),
+            None,
+            at(7_000),
+        );
+        assert_eq!(
+            member(&third, 1).last_defragmentation_time,
+            Some(Time(at(5_000)))
+        );
+        assert_eq!(condition_of(&third, "Progressing").reason, "StepFailed");
     }
 }

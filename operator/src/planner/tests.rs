@@ -26,6 +26,8 @@ fn member(ordinal: u32) -> Member {
         is_learner: false,
         healthy: true,
         is_leader: ordinal == 0,
+        db_size: Some(100 << 20),
+        db_size_in_use: Some(90 << 20),
     }
 }
 
@@ -64,6 +66,9 @@ fn cluster(n: u32, spec: i32) -> Observed {
         members: Some((0..n).map(member).collect()),
         pods: (0..n).map(pod).collect(),
         claims: (0..n).flat_map(claims).collect(),
+        defragmentation: None,
+        last_defragmented: BTreeMap::new(),
+        created: at(NOW - 86_400),
     }
 }
 
@@ -260,6 +265,13 @@ fn carry_out(o: &mut Observed, action: &Action) {
                 m.healthy = running && m.is_started();
             }
         }
+        Action::Defragment { id, .. } => {
+            let now = o.now;
+            let m = members_mut(o).iter_mut().find(|m| m.id == *id).unwrap();
+            m.db_size = m.db_size_in_use;
+            let name = m.name.clone();
+            o.last_defragmented.insert(name, now);
+        }
         Action::Wait(_) | Action::Converged => {}
     }
     // A learner whose pod runs starts and catches up; a started member with a running pod is
@@ -353,6 +365,7 @@ fn bootstrap_writes_config_then_statefulset_then_waits_for_the_cluster_to_form()
         members: None,
         pods: vec![],
         claims: vec![],
+        ..cluster(0, 3)
     };
     assert_eq!(
         plan(&o),
@@ -1194,4 +1207,136 @@ fn quorum_is_a_strict_majority() {
     assert_eq!(valid_replicas(3), Some(3));
     assert_eq!(valid_replicas(11), None);
     assert_eq!(valid_replicas(8), None);
+}
+
+// ----- defragmentation -----------------------------------------------------------------------
+
+fn defragment(ordinal: u32, reason: DefragReason) -> Action {
+    Action::Defragment {
+        id: id(ordinal),
+        ordinal,
+        reason,
+    }
+}
+
+fn threshold(ratio: f64, min_free_bytes: i64) -> Option<DefragPolicy> {
+    Some(DefragPolicy::new(
+        None,
+        Some(DefragmentationThreshold {
+            free_to_in_use_ratio: ratio,
+            min_free_bytes,
+        }),
+    ))
+}
+
+/// Gives member `ordinal` `free` bytes of free space over 100 MiB in use.
+fn with_free_space(o: &mut Observed, ordinal: u32, free: i64) {
+    let m = member_mut(o, ordinal);
+    m.db_size_in_use = Some(100 << 20);
+    m.db_size = Some((100 << 20) + free);
+}
+
+#[test]
+fn free_space_past_the_threshold_defragments_followers_first_and_the_leader_last() {
+    let mut o = cluster(3, 3);
+    o.defragmentation = threshold(0.5, 1 << 20);
+    for ordinal in 0..3 {
+        with_free_space(&mut o, ordinal, 80 << 20);
+    }
+    assert_eq!(
+        walk(&mut o),
+        [
+            defragment(1, DefragReason::Threshold),
+            defragment(2, DefragReason::Threshold),
+            defragment(0, DefragReason::Threshold),
+            Action::Converged,
+        ]
+    );
+}
+
+#[test]
+fn free_space_under_the_ratio_or_the_minimum_is_left_alone() {
+    let mut o = cluster(3, 3);
+    o.defragmentation = threshold(0.5, 64 << 20);
+    // 40 MiB free over 100 MiB in use: under the ratio.
+    with_free_space(&mut o, 1, 40 << 20);
+    // 60 MiB free over 10 MiB in use: over the ratio, under the 64 MiB minimum.
+    let m = member_mut(&mut o, 2);
+    m.db_size_in_use = Some(10 << 20);
+    m.db_size = Some(70 << 20);
+    assert_eq!(plan(&o), Action::Converged);
+    with_free_space(&mut o, 1, 50 << 20);
+    assert_eq!(
+        plan(&o),
+        Action::Converged,
+        "50 MiB is under the 64 MiB minimum"
+    );
+    with_free_space(&mut o, 1, 64 << 20);
+    assert_eq!(plan(&o), defragment(1, DefragReason::Threshold));
+}
+
+#[test]
+fn a_defragmentation_that_gave_nothing_back_is_not_repeated_at_once() {
+    let mut o = cluster(3, 3);
+    o.defragmentation = threshold(0.5, 1 << 20);
+    with_free_space(&mut o, 1, 80 << 20);
+    o.last_defragmented.insert("kv-1".into(), at(NOW - 60));
+    assert_eq!(plan(&o), Action::Converged);
+    o.now = at(NOW - 60 + THRESHOLD_DEFRAGMENT_PAUSE.as_secs() as i64);
+    assert_eq!(plan(&o), defragment(1, DefragReason::Threshold));
+}
+
+#[test]
+fn a_schedule_defragments_every_member_once_after_each_time_it_names() {
+    let mut o = cluster(3, 3);
+    // Every day at 03:00 UTC; NOW is 2025-06-15 15:06:40 UTC.
+    o.defragmentation = Some(DefragPolicy::new(Some("0 3 * * *"), None));
+    o.created = at(NOW - 3600);
+    assert_eq!(
+        plan(&o),
+        Action::Converged,
+        "no 03:00 since the cluster was made"
+    );
+
+    o.now = at(NOW + 86_400);
+    assert_eq!(
+        walk(&mut o),
+        [
+            defragment(1, DefragReason::Scheduled),
+            defragment(2, DefragReason::Scheduled),
+            defragment(0, DefragReason::Scheduled),
+            Action::Converged,
+        ]
+    );
+    // Done for today; tomorrow's 03:00 brings the next round.
+    o.now = at(NOW + 2 * 86_400);
+    assert_eq!(plan(&o), defragment(1, DefragReason::Scheduled));
+}
+
+#[test]
+fn defragmentation_waits_for_a_whole_cluster_and_for_other_steps() {
+    let mut o = cluster(3, 3);
+    o.defragmentation = threshold(0.5, 1 << 20);
+    with_free_space(&mut o, 1, 80 << 20);
+    member_mut(&mut o, 2).healthy = false;
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy { .. })
+    ));
+    member_mut(&mut o, 2).healthy = true;
+    // Scaling comes first.
+    o.spec_replicas = 5;
+    assert_eq!(plan(&o), Action::AddLearner { ordinal: 3 });
+}
+
+#[test]
+fn an_invalid_schedule_is_reported_and_blocks_only_defragmentation() {
+    let mut o = cluster(3, 3);
+    o.defragmentation = Some(DefragPolicy::new(Some("every night"), None));
+    let Action::Wait(WaitReason::InvalidSchedule(message)) = plan(&o) else {
+        panic!("{:?}", plan(&o));
+    };
+    assert!(message.contains("\"every night\""), "{message}");
+    o.spec_replicas = 5;
+    assert_eq!(plan(&o), Action::AddLearner { ordinal: 3 });
 }
