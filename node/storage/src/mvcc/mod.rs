@@ -20,10 +20,13 @@
 //! survive a crash. A clean close of the database also persists them.
 //!
 //! Layout on disk: `tables`; reads: `read`; writes: `write`; transaction compares:
-//! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`.
+//! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`; defragment:
+//! `defragment`; where the file's bytes go: `footprint`.
 
 mod compare;
+mod defragment;
 mod events;
+mod footprint;
 mod hash;
 mod key_span;
 mod read;
@@ -42,6 +45,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 pub use compare::{compare_result, compare_target};
 pub use events::event_type;
+pub use footprint::{Footprint, TableFootprint};
 pub use key_span::KeySpan;
 pub use read::{sort_order, sort_target};
 pub use snapshot::{Change, Lease, StoreContents, Version};
@@ -51,7 +55,7 @@ pub use write::MvccWrite;
 use read::KvView;
 use tables::{
     COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META,
-    REVISIONS,
+    REVISIONS, VALUES,
 };
 
 use crate::{Result, StorageError as Error};
@@ -93,23 +97,12 @@ impl MvccStore {
                 Error::Backend(format!("creating directory {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)?;
-        // Every table exists from the start, so read transactions can always open them.
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(LATEST)?;
-            txn.open_table(HISTORY)?;
-            txn.open_table(EVENTS)?;
-            txn.open_table(LEASES)?;
-            txn.open_table(LEASE_KEYS)?;
-            txn.open_table(META)?;
-            txn.open_table(REVISIONS)?;
-        }
-        txn.commit()?;
-        Ok(MvccStore {
-            db: Arc::new(RwLock::new(db)),
+        defragment::remove_stray_copy(path)?;
+        let store = MvccStore {
+            db: Arc::new(RwLock::new(create_database(path)?)),
             path: path.to_path_buf(),
-        })
+        };
+        Ok(store)
     }
 
     fn db(&self) -> RwLockReadGuard<'_, Database> {
@@ -118,17 +111,18 @@ impl MvccStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Rewrites the database file compactly, returning freed pages to the file system
-    /// (etcd's defragment). Every commit so far is made durable first. Fails if a transaction is
-    /// open; the caller serialises it with writes.
+    /// Rewrites the database file with only its live data, returning the rest to the file
+    /// system (etcd's defragment; see `defragment`). Waits for open reads and the open batch,
+    /// and holds off new ones until done.
     pub fn defragment(&self) -> Result<()> {
-        self.persist()?;
         let mut db = self
             .db
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        db.compact()
-            .map_err(|e| Error::Backend(format!("defragment: {e}")))?;
+        defragment::rewrite(&db, &self.path, create_database)?;
+        // The old database is closed only now: until the new one opens, a failure leaves the
+        // store on the old handle, whose file (renamed over or not) still holds everything.
+        *db = create_database(&self.path)?;
         Ok(())
     }
 
@@ -137,10 +131,12 @@ impl MvccStore {
         let txn = self.db().begin_read()?;
         let latest = txn.open_table(LATEST)?;
         let history = txn.open_table(HISTORY)?;
+        let values = txn.open_table(VALUES)?;
         let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
         KvView {
             latest: &latest,
             history: &history,
+            values: &values,
             current,
             compacted,
         }
@@ -202,7 +198,8 @@ impl MvccStore {
         }
         let events = txn.open_table(EVENTS)?;
         let history = txn.open_table(HISTORY)?;
-        events::events_in(&events, &history, from, to.min(current))
+        let values = txn.open_table(VALUES)?;
+        events::events_in(&events, &history, &values, from, to.min(current))
     }
 
     /// The events from revision `from` up to now; see [`MvccStore::events_between`].
@@ -247,6 +244,14 @@ impl MvccStore {
         Ok(())
     }
 
+    /// Where the bytes of the database file go, table by table, as of the last commit.
+    pub fn footprint(&self) -> Result<Footprint> {
+        let txn = self.db().begin_write()?;
+        let footprint = footprint::measure(&txn, self.db_size_bytes())?;
+        txn.abort()?;
+        Ok(footprint)
+    }
+
     /// Size of the database file on disk.
     pub fn db_size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |metadata| metadata.len())
@@ -264,7 +269,11 @@ impl MvccStore {
             return Err(Error::Compacted);
         }
         let revision = if revision <= 0 { current } else { revision };
-        let hash = hash::hash_history(&txn.open_table(HISTORY)?, revision)?;
+        let hash = hash::hash_history(
+            &txn.open_table(HISTORY)?,
+            &txn.open_table(VALUES)?,
+            revision,
+        )?;
         Ok((hash, compacted, revision))
     }
 
@@ -303,6 +312,25 @@ impl MvccStore {
     fn revisions(&self) -> Result<(i64, i64)> {
         read_revisions(&self.db().begin_read()?.open_table(REVISIONS)?)
     }
+}
+
+/// Opens (or creates) the redb file at `path` with every table of the layout present, so read
+/// transactions can always open them.
+fn create_database(path: &Path) -> Result<Database> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(LATEST)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(VALUES)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(LEASES)?;
+        txn.open_table(LEASE_KEYS)?;
+        txn.open_table(META)?;
+        txn.open_table(REVISIONS)?;
+    }
+    txn.commit()?;
+    Ok(db)
 }
 
 fn lease_keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>> {
