@@ -72,12 +72,18 @@ pub struct LeaseInfo {
 /// Metadata values read with a snapshot, in the order their keys were asked for.
 pub type MetaValues = Vec<Option<Vec<u8>>>;
 
+/// The store's page cache when none is asked for: enough for the branch pages and the hot
+/// leaves of a few million keys; the rest is read through the operating system's page cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The store; cloning shares the one open database.
 #[derive(Clone)]
 pub struct MvccStore {
     /// Locked for writing only by `defragment`, which needs the database to itself.
     db: Arc<RwLock<Database>>,
     path: PathBuf,
+    /// The bound of redb's page cache (read cache and write buffer together), in bytes.
+    cache_bytes: usize,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -90,8 +96,14 @@ impl std::fmt::Debug for MvccStore {
 
 impl MvccStore {
     /// Opens the store in the redb file at `path`, creating the file (and its directory) if
-    /// missing.
+    /// missing, with a page cache of [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path) -> Result<MvccStore> {
+        MvccStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store as `open` does, with a page cache of at most `cache_bytes` (dirty pages
+    /// of the open batch included; beyond half of it they are written out early).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<MvccStore> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Backend(format!("creating directory {}: {e}", dir.display()))
@@ -99,8 +111,9 @@ impl MvccStore {
         }
         defragment::remove_stray_copy(path)?;
         let store = MvccStore {
-            db: Arc::new(RwLock::new(create_database(path)?)),
+            db: Arc::new(RwLock::new(create_database(path, cache_bytes)?)),
             path: path.to_path_buf(),
+            cache_bytes,
         };
         Ok(store)
     }
@@ -119,10 +132,12 @@ impl MvccStore {
             .db
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        defragment::rewrite(&db, &self.path, create_database)?;
+        defragment::rewrite(&db, &self.path, |copy| {
+            create_database(copy, self.cache_bytes)
+        })?;
         // The old database is closed only now: until the new one opens, a failure leaves the
         // store on the old handle, whose file (renamed over or not) still holds everything.
-        *db = create_database(&self.path)?;
+        *db = create_database(&self.path, self.cache_bytes)?;
         Ok(())
     }
 
@@ -316,8 +331,10 @@ impl MvccStore {
 
 /// Opens (or creates) the redb file at `path` with every table of the layout present, so read
 /// transactions can always open them.
-fn create_database(path: &Path) -> Result<Database> {
-    let db = Database::create(path)?;
+fn create_database(path: &Path, cache_bytes: usize) -> Result<Database> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)?;
     let txn = db.begin_write()?;
     {
         txn.open_table(LATEST)?;
