@@ -6,7 +6,7 @@
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use redb::ReadableTable;
 
-use super::tables::{HistoryKey, HistoryRecord};
+use super::tables::{ChunkSource, HistoryKey, HistoryRecord};
 use crate::{Result, StorageError as Error};
 
 /// `Event.EventType`, an i32 on the wire.
@@ -18,7 +18,13 @@ pub mod event_type {
 /// The events of revisions `from..=to`, each with `prev_kv` filled when the previous version is
 /// still in history (it is not for a change at the compaction point whose previous version was
 /// compacted away, which is what etcd reports too).
-pub(super) fn events_in<E, H>(events: &E, history: &H, from: i64, to: i64) -> Result<Vec<PbEvent>>
+pub(super) fn events_in<E, H>(
+    events: &E,
+    history: &H,
+    values: &dyn ChunkSource,
+    from: i64,
+    to: i64,
+) -> Result<Vec<PbEvent>>
 where
     E: ReadableTable<(i64, i64), &'static [u8]>,
     H: ReadableTable<HistoryKey, &'static [u8]>,
@@ -32,7 +38,7 @@ where
         let (main, sub) = revision.value();
         let key = key.value();
         let record = match history.get((key, main, sub))? {
-            Some(record) => HistoryRecord::decode(record.value())?,
+            Some(record) => HistoryRecord::load(key, main, sub, record.value(), values)?,
             None => {
                 return Err(Error::MvccCorrupt(format!(
                     "event at revision {main}.{sub} has no history record"
@@ -43,7 +49,11 @@ where
             .range((key, i64::MIN, i64::MIN)..(key, main, sub))?
             .next_back()
         {
-            Some(previous) => HistoryRecord::decode(previous?.1.value())?.into_kv(),
+            Some(previous) => {
+                let (k, record) = previous?;
+                let (_, main, sub) = k.value();
+                HistoryRecord::load(key, main, sub, record.value(), values)?.into_kv()
+            }
             None => None,
         };
         let (r#type, kv) = match record {

@@ -20,10 +20,13 @@
 //! survive a crash. A clean close of the database also persists them.
 //!
 //! Layout on disk: `tables`; reads: `read`; writes: `write`; transaction compares:
-//! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`.
+//! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`; defragment:
+//! `defragment`; where the file's bytes go: `footprint`.
 
 mod compare;
+mod defragment;
 mod events;
+mod footprint;
 mod hash;
 mod key_span;
 mod read;
@@ -42,6 +45,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 pub use compare::{compare_result, compare_target};
 pub use events::event_type;
+pub use footprint::{Footprint, TableFootprint};
 pub use key_span::KeySpan;
 pub use read::{sort_order, sort_target};
 pub use snapshot::{Change, Lease, StoreContents, Version};
@@ -51,7 +55,7 @@ pub use write::MvccWrite;
 use read::KvView;
 use tables::{
     COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META,
-    REVISIONS,
+    REVISIONS, VALUES,
 };
 
 use crate::{Result, StorageError as Error};
@@ -68,12 +72,18 @@ pub struct LeaseInfo {
 /// Metadata values read with a snapshot, in the order their keys were asked for.
 pub type MetaValues = Vec<Option<Vec<u8>>>;
 
+/// The store's page cache when none is asked for: enough for the branch pages and the hot
+/// leaves of a few million keys; the rest is read through the operating system's page cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The store; cloning shares the one open database.
 #[derive(Clone)]
 pub struct MvccStore {
     /// Locked for writing only by `defragment`, which needs the database to itself.
     db: Arc<RwLock<Database>>,
     path: PathBuf,
+    /// The bound of redb's page cache (read cache and write buffer together), in bytes.
+    cache_bytes: usize,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -86,30 +96,26 @@ impl std::fmt::Debug for MvccStore {
 
 impl MvccStore {
     /// Opens the store in the redb file at `path`, creating the file (and its directory) if
-    /// missing.
+    /// missing, with a page cache of [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path) -> Result<MvccStore> {
+        MvccStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store as `open` does, with a page cache of at most `cache_bytes` (dirty pages
+    /// of the open batch included; beyond half of it they are written out early).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<MvccStore> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Backend(format!("creating directory {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path)?;
-        // Every table exists from the start, so read transactions can always open them.
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(LATEST)?;
-            txn.open_table(HISTORY)?;
-            txn.open_table(EVENTS)?;
-            txn.open_table(LEASES)?;
-            txn.open_table(LEASE_KEYS)?;
-            txn.open_table(META)?;
-            txn.open_table(REVISIONS)?;
-        }
-        txn.commit()?;
-        Ok(MvccStore {
-            db: Arc::new(RwLock::new(db)),
+        defragment::remove_stray_copy(path)?;
+        let store = MvccStore {
+            db: Arc::new(RwLock::new(create_database(path, cache_bytes)?)),
             path: path.to_path_buf(),
-        })
+            cache_bytes,
+        };
+        Ok(store)
     }
 
     fn db(&self) -> RwLockReadGuard<'_, Database> {
@@ -118,17 +124,20 @@ impl MvccStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Rewrites the database file compactly, returning freed pages to the file system
-    /// (etcd's defragment). Every commit so far is made durable first. Fails if a transaction is
-    /// open; the caller serialises it with writes.
+    /// Rewrites the database file with only its live data, returning the rest to the file
+    /// system (etcd's defragment; see `defragment`). Waits for open reads and the open batch,
+    /// and holds off new ones until done.
     pub fn defragment(&self) -> Result<()> {
-        self.persist()?;
         let mut db = self
             .db
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        db.compact()
-            .map_err(|e| Error::Backend(format!("defragment: {e}")))?;
+        defragment::rewrite(&db, &self.path, |copy| {
+            create_database(copy, self.cache_bytes)
+        })?;
+        // The old database is closed only now: until the new one opens, a failure leaves the
+        // store on the old handle, whose file (renamed over or not) still holds everything.
+        *db = create_database(&self.path, self.cache_bytes)?;
         Ok(())
     }
 
@@ -137,10 +146,12 @@ impl MvccStore {
         let txn = self.db().begin_read()?;
         let latest = txn.open_table(LATEST)?;
         let history = txn.open_table(HISTORY)?;
+        let values = txn.open_table(VALUES)?;
         let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
         KvView {
             latest: &latest,
             history: &history,
+            values: &values,
             current,
             compacted,
         }
@@ -202,7 +213,8 @@ impl MvccStore {
         }
         let events = txn.open_table(EVENTS)?;
         let history = txn.open_table(HISTORY)?;
-        events::events_in(&events, &history, from, to.min(current))
+        let values = txn.open_table(VALUES)?;
+        events::events_in(&events, &history, &values, from, to.min(current))
     }
 
     /// The events from revision `from` up to now; see [`MvccStore::events_between`].
@@ -247,6 +259,14 @@ impl MvccStore {
         Ok(())
     }
 
+    /// Where the bytes of the database file go, table by table, as of the last commit.
+    pub fn footprint(&self) -> Result<Footprint> {
+        let txn = self.db().begin_write()?;
+        let footprint = footprint::measure(&txn, self.db_size_bytes())?;
+        txn.abort()?;
+        Ok(footprint)
+    }
+
     /// Size of the database file on disk.
     pub fn db_size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |metadata| metadata.len())
@@ -264,7 +284,11 @@ impl MvccStore {
             return Err(Error::Compacted);
         }
         let revision = if revision <= 0 { current } else { revision };
-        let hash = hash::hash_history(&txn.open_table(HISTORY)?, revision)?;
+        let hash = hash::hash_history(
+            &txn.open_table(HISTORY)?,
+            &txn.open_table(VALUES)?,
+            revision,
+        )?;
         Ok((hash, compacted, revision))
     }
 
@@ -303,6 +327,27 @@ impl MvccStore {
     fn revisions(&self) -> Result<(i64, i64)> {
         read_revisions(&self.db().begin_read()?.open_table(REVISIONS)?)
     }
+}
+
+/// Opens (or creates) the redb file at `path` with every table of the layout present, so read
+/// transactions can always open them.
+fn create_database(path: &Path, cache_bytes: usize) -> Result<Database> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(LATEST)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(VALUES)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(LEASES)?;
+        txn.open_table(LEASE_KEYS)?;
+        txn.open_table(META)?;
+        txn.open_table(REVISIONS)?;
+    }
+    txn.commit()?;
+    Ok(db)
 }
 
 fn lease_keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>> {

@@ -12,7 +12,7 @@ use etcd_client::proto::{PbKeyValue, PbRangeRequest, PbRangeResponse, PbResponse
 use redb::ReadableTable;
 
 use super::key_span::KeySpan;
-use super::tables::{decode_latest, HistoryKey, HistoryRecord};
+use super::tables::{decode_latest, ChunkSource, HistoryKey, HistoryRecord};
 use crate::{Result, StorageError as Error};
 
 /// `RangeRequest.SortOrder`, an i32 on the wire.
@@ -43,6 +43,7 @@ pub(crate) fn header(revision: i64) -> Option<PbResponseHeader> {
 pub(super) struct KvView<'t, L, H> {
     pub(super) latest: &'t L,
     pub(super) history: &'t H,
+    pub(super) values: &'t dyn ChunkSource,
     /// The revision a read without an explicit revision sees: the last change visible to this
     /// transaction, including the changes of the request being applied.
     pub(super) current: i64,
@@ -84,7 +85,7 @@ where
     /// The version of `key` that `kv_latest` points at.
     fn live_version(&self, key: &[u8], (main, sub): (i64, i64)) -> Result<PbKeyValue> {
         let record = match self.history.get((key, main, sub))? {
-            Some(record) => HistoryRecord::decode(record.value())?,
+            Some(record) => HistoryRecord::load(key, main, sub, record.value(), self.values)?,
             None => {
                 return Err(Error::MvccCorrupt(format!(
                     "kv_latest points at revision {main}.{sub} of a key, which kv_history lacks"
@@ -108,8 +109,9 @@ where
             .range((key, i64::MIN, i64::MIN)..=(key, revision, i64::MAX))?;
         match versions.next_back() {
             Some(entry) => {
-                let (_, record) = entry?;
-                Ok(HistoryRecord::decode(record.value())?.into_kv())
+                let (k, record) = entry?;
+                let (_, main, sub) = k.value();
+                Ok(HistoryRecord::load(key, main, sub, record.value(), self.values)?.into_kv())
             }
             None => Ok(None),
         }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::{
     encode_latest, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST,
-    LEASES, LEASE_KEYS, META, REVISIONS,
+    LEASES, LEASE_KEYS, META, REVISIONS, VALUES,
 };
 use crate::{Result, StorageError as Error};
 
@@ -103,10 +103,11 @@ pub(super) fn contents(txn: &ReadTransaction) -> Result<StoreContents> {
     let revisions = txn.open_table(REVISIONS)?;
     let (current_revision, compact_revision) = super::read_revisions(&revisions)?;
     let mut history = Vec::new();
+    let values = txn.open_table(VALUES)?;
     for entry in txn.open_table(HISTORY)?.iter()? {
         let (k, record) = entry?;
         let (key, main, sub) = k.value();
-        let put = HistoryRecord::decode(record.value())?
+        let put = HistoryRecord::load(key, main, sub, record.value(), &values)?
             .into_kv()
             .map(|kv| Version {
                 create_revision: kv.create_revision,
@@ -151,6 +152,7 @@ pub(super) fn load(txn: &WriteTransaction, mut body: StoreContents) -> Result<()
 
     txn.delete_table(LATEST)?;
     txn.delete_table(HISTORY)?;
+    txn.delete_table(VALUES)?;
     txn.delete_table(EVENTS)?;
     txn.delete_table(LEASES)?;
     txn.delete_table(LEASE_KEYS)?;
@@ -159,6 +161,7 @@ pub(super) fn load(txn: &WriteTransaction, mut body: StoreContents) -> Result<()
 
     let mut latest = txn.open_table(LATEST)?;
     let mut history = txn.open_table(HISTORY)?;
+    let mut values = txn.open_table(VALUES)?;
     let mut events = txn.open_table(EVENTS)?;
     let mut lease_keys = txn.open_table(LEASE_KEYS)?;
     // `history` is in (key, main, sub) order, so a key's last change is its live state.
@@ -175,7 +178,8 @@ pub(super) fn load(txn: &WriteTransaction, mut body: StoreContents) -> Result<()
             }),
             None => HistoryRecord::Tombstone,
         };
-        history.insert((key, change.main, change.sub), record.encode().as_slice())?;
+        let stored = record.store(change.main, change.sub, &mut values)?;
+        history.insert((key, change.main, change.sub), stored.as_slice())?;
         // Compaction drops the events before the compaction point; keep the same set.
         if change.main >= body.compact_revision {
             events.insert((change.main, change.sub), key)?;

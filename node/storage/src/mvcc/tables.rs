@@ -9,6 +9,11 @@
 //!   revision without scanning history.
 //! - `kv_history`: (key, main revision, sub revision) → every version and tombstone, kept until
 //!   compaction. Serves reads at older revisions and the `prev_kv` of replayed events.
+//!   A version's value is kept in its record when small; a larger value is cut into chunks
+//!   kept in `kv_values`, so that it fills whole pages instead of one run of 2^n pages (redb's
+//!   allocation unit for anything larger than a page: a 1 MiB value kept whole takes 2 MiB),
+//!   and the file can always be compacted page by page.
+//! - `kv_values`: (main revision, sub revision, chunk number) → a chunk of a large value.
 //! - `kv_events`: (main revision, sub revision) → key, the order in which changes happened.
 //!   Serves watch replay and tells compaction which keys changed before the compaction point.
 //! - `leases`: lease ID → granted TTL in seconds; `lease_keys`: (lease ID, key) → ().
@@ -17,12 +22,24 @@
 
 use etcd_client::proto::PbKeyValue;
 use prost::Message;
-use redb::{Table, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition};
 
 use crate::{Result, StorageError as Error};
 
 /// A key of `kv_history`: the user key, then the main and sub revision of the change.
 pub(super) type HistoryKey = (&'static [u8], i64, i64);
+
+/// A key of `kv_values`: the main and sub revision of the version, and the chunk's number.
+pub(super) type ValuesKey = (i64, i64, u32);
+
+/// `kv_values` opened for writing.
+pub(super) type ValuesTable<'t> = Table<'t, ValuesKey, &'static [u8]>;
+
+/// The largest value kept in its history record; larger ones go to `kv_values`.
+pub(super) const INLINE_VALUE_MAX: usize = 2048;
+/// The size of a chunk in `kv_values`: one chunk and its key fill a 4 KiB leaf page alone
+/// (redb needs 28 more bytes for them), so chunks never spill into a larger page.
+pub(super) const VALUE_CHUNK: usize = 4000;
 
 /// `kv_latest` and `kv_history` opened for writing.
 pub(super) type LatestTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
@@ -30,6 +47,7 @@ pub(super) type HistoryTable<'t> = Table<'t, HistoryKey, &'static [u8]>;
 
 pub(super) const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
 pub(super) const HISTORY: TableDefinition<HistoryKey, &[u8]> = TableDefinition::new("kv_history");
+pub(super) const VALUES: TableDefinition<ValuesKey, &[u8]> = TableDefinition::new("kv_values");
 pub(super) const EVENTS: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("kv_events");
 pub(super) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 pub(super) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
@@ -53,29 +71,114 @@ pub(super) enum HistoryRecord {
     Tombstone,
 }
 
+/// How a record is laid out, told by its first byte.
 const TAG_TOMBSTONE: u8 = 0;
-const TAG_PUT: u8 = 1;
+/// A `mvccpb.KeyValue` (key and mod revision included), as releases before the lean layout
+/// wrote every version; still read, never written.
+const TAG_PUT_KEY_VALUE: u8 = 1;
+/// Varints create revision, version and lease, then the value. The key and mod revision are
+/// the record's key in `kv_history`.
+const TAG_PUT: u8 = 2;
+/// Varints create revision, version, lease and the value's length; the value is in `kv_values`.
+const TAG_PUT_CHUNKED: u8 = 3;
+
+/// Where the chunks of large values are read from: `kv_values` as one transaction sees it.
+pub(super) trait ChunkSource {
+    /// The value of `len` bytes stored at revision (main, sub).
+    fn value(&self, main: i64, sub: i64, len: u64) -> Result<Vec<u8>>;
+}
+
+impl<T: ReadableTable<ValuesKey, &'static [u8]>> ChunkSource for T {
+    fn value(&self, main: i64, sub: i64, len: u64) -> Result<Vec<u8>> {
+        let mut value = Vec::with_capacity(len as usize);
+        for chunk in self.range((main, sub, 0)..=(main, sub, u32::MAX))? {
+            value.extend_from_slice(chunk?.1.value());
+        }
+        if value.len() as u64 != len {
+            return Err(Error::MvccCorrupt(format!(
+                "the value at revision {main}.{sub} has {} bytes in kv_values, its record says {len}",
+                value.len()
+            )));
+        }
+        Ok(value)
+    }
+}
 
 impl HistoryRecord {
-    pub(super) fn encode(&self) -> Vec<u8> {
-        match self {
-            HistoryRecord::Tombstone => vec![TAG_TOMBSTONE],
-            HistoryRecord::Put(kv) => {
-                let mut buf = Vec::with_capacity(1 + kv.encoded_len());
-                buf.push(TAG_PUT);
-                kv.encode(&mut buf).expect("a Vec grows to fit any message");
-                buf
+    /// The record to store in `kv_history` for this version at (main, sub), writing the chunks
+    /// of a large value to `values`.
+    pub(super) fn store(
+        &self,
+        main: i64,
+        sub: i64,
+        values: &mut ValuesTable<'_>,
+    ) -> Result<Vec<u8>> {
+        let kv = match self {
+            HistoryRecord::Tombstone => return Ok(vec![TAG_TOMBSTONE]),
+            HistoryRecord::Put(kv) => kv,
+        };
+        let inline = kv.value.len() <= INLINE_VALUE_MAX;
+        let mut record = Vec::with_capacity(32 + if inline { kv.value.len() } else { 0 });
+        record.push(if inline { TAG_PUT } else { TAG_PUT_CHUNKED });
+        for field in [kv.create_revision, kv.version, kv.lease] {
+            prost::encoding::encode_varint(field as u64, &mut record);
+        }
+        if inline {
+            record.extend_from_slice(&kv.value);
+        } else {
+            prost::encoding::encode_varint(kv.value.len() as u64, &mut record);
+            for (n, chunk) in kv.value.chunks(VALUE_CHUNK).enumerate() {
+                values.insert((main, sub, n as u32), chunk)?;
             }
         }
+        Ok(record)
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Result<HistoryRecord> {
-        match bytes.split_first() {
-            Some((&TAG_TOMBSTONE, [])) => Ok(HistoryRecord::Tombstone),
-            Some((&TAG_PUT, kv)) => Ok(HistoryRecord::Put(decode_kv(kv)?)),
+    /// Reads the record stored in `kv_history` under (key, main, _).
+    pub(super) fn load(
+        key: &[u8],
+        main: i64,
+        sub: i64,
+        record: &[u8],
+        values: &dyn ChunkSource,
+    ) -> Result<HistoryRecord> {
+        let (&tag, mut rest) = record
+            .split_first()
+            .ok_or_else(|| Error::MvccCorrupt("empty history record".into()))?;
+        let mut varint = |what: &str| {
+            prost::encoding::decode_varint(&mut rest).map_err(|e| {
+                Error::MvccCorrupt(format!("history record at {main}.{sub}: {what}: {e}"))
+            })
+        };
+        match tag {
+            TAG_TOMBSTONE if record.len() == 1 => Ok(HistoryRecord::Tombstone),
+            TAG_PUT_KEY_VALUE => Ok(HistoryRecord::Put(decode_kv(&record[1..])?)),
+            TAG_PUT | TAG_PUT_CHUNKED => {
+                let create_revision = varint("create revision")? as i64;
+                let version = varint("version")? as i64;
+                let lease = varint("lease")? as i64;
+                let value = if tag == TAG_PUT {
+                    rest.to_vec()
+                } else {
+                    let len = varint("value length")?;
+                    if !rest.is_empty() {
+                        return Err(Error::MvccCorrupt(format!(
+                            "history record at {main}.{sub}: trailing bytes"
+                        )));
+                    }
+                    values.value(main, sub, len)?
+                };
+                Ok(HistoryRecord::Put(PbKeyValue {
+                    key: key.to_vec(),
+                    create_revision,
+                    mod_revision: main,
+                    version,
+                    value,
+                    lease,
+                }))
+            }
             _ => Err(Error::MvccCorrupt(format!(
-                "history record with unknown tag or trailing bytes: {:?}",
-                bytes.first()
+                "history record at {main}.{sub} with unknown tag {tag} or trailing bytes"
             ))),
         }
     }
@@ -86,6 +189,24 @@ impl HistoryRecord {
             HistoryRecord::Tombstone => None,
         }
     }
+}
+
+/// Whether a stored record is a tombstone, without reading its value.
+pub(super) fn is_tombstone(record: &[u8]) -> bool {
+    record == [TAG_TOMBSTONE]
+}
+
+/// Removes the chunks of the version at (main, sub) from `values`, if its value has any.
+pub(super) fn remove_chunks(
+    main: i64,
+    sub: i64,
+    record: &[u8],
+    values: &mut ValuesTable<'_>,
+) -> Result<()> {
+    if record.first() == Some(&TAG_PUT_CHUNKED) {
+        values.retain_in((main, sub, 0)..=(main, sub, u32::MAX), |_, _| false)?;
+    }
+    Ok(())
 }
 
 /// Encodes a value of `kv_latest`: where in `kv_history` the live version is.

@@ -7,7 +7,7 @@ use etcd_client::proto::{
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use tempfile::TempDir;
 
-use super::tables::HISTORY;
+use super::tables::{HISTORY, LATEST, VALUES};
 use super::*;
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -146,6 +146,17 @@ fn range_response(resp: &PbTxnResponse, index: usize) -> &PbRangeResponse {
         Some(PbTxnOpResponse::ResponseRange(range)) => range,
         other => panic!("response {index} is not a range: {other:?}"),
     }
+}
+
+fn values_len(store: &MvccStore) -> u64 {
+    store
+        .db()
+        .begin_read()
+        .unwrap()
+        .open_table(VALUES)
+        .unwrap()
+        .len()
+        .unwrap()
 }
 
 fn history_len(store: &MvccStore) -> u64 {
@@ -1529,4 +1540,231 @@ fn apply_throughput_of_batched_puts() {
         },
     );
     assert_eq!(resp.count, PUTS as i64);
+}
+
+// ---- file size: compaction and defragment -----------------------------------------------------
+
+/// Writes `rounds` versions of each of `keys` keys with `value_len`-byte values the way the
+/// apply stage does: batches of 64 puts, most commits non-durable, every 16th durable.
+fn load_versions(store: &MvccStore, keys: usize, rounds: usize, value_len: usize) {
+    let mut batches = 0usize;
+    for round in 0..rounds {
+        let value = vec![b'a' + (round % 26) as u8; value_len];
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(64) {
+            let mut batch = store.begin_write().unwrap();
+            for &i in chunk {
+                batch
+                    .put(&PbPutRequest {
+                        key: format!("key/{i:08}").into_bytes(),
+                        value: value.clone(),
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            batch.set_meta("applied", &batches.to_le_bytes()).unwrap();
+            batches += 1;
+            batch.commit(batches.is_multiple_of(16)).unwrap();
+        }
+    }
+    store.persist().unwrap();
+}
+
+#[test]
+fn defragment_after_compaction_shrinks_the_file_to_a_fresh_load_of_the_live_data() {
+    const KEYS: usize = 2_000;
+    const VALUE: usize = 1_000;
+    let (_dir, store) = open_store();
+    load_versions(&store, KEYS, 10, VALUE);
+    let loaded = store.db_size_bytes();
+
+    let current = store.current_revision().unwrap();
+    apply(&store, |w| w.compact(current)).unwrap();
+    store.defragment().unwrap();
+    let defragmented = store.db_size_bytes();
+
+    let (_fresh_dir, fresh) = open_store();
+    load_versions(&fresh, KEYS, 1, VALUE);
+    let fresh_size = fresh.db_size_bytes();
+    let fresh_footprint = fresh.footprint().unwrap();
+    let fresh_pages = fresh_footprint.allocated_pages * fresh_footprint.page_size;
+
+    println!(
+        "loaded {loaded} bytes, after compact + defragment {defragmented}, \
+         fresh load {fresh_size} with {fresh_pages} in pages"
+    );
+    assert!(
+        loaded > 5 * fresh_size,
+        "ten versions of each key take at least five times the space of one ({loaded} vs {fresh_size})"
+    );
+    assert!(
+        defragmented as f64 <= 1.2 * fresh_size as f64,
+        "after compaction and defragment the file is {defragmented} bytes, a fresh load of the same values {fresh_size}"
+    );
+    assert!(
+        defragmented as f64 <= 1.1 * fresh_pages as f64,
+        "after compaction and defragment the file is {defragmented} bytes, the pages of a fresh load of the same values {fresh_pages}"
+    );
+    // Everything live is still there.
+    let resp = range(
+        &store,
+        PbRangeRequest {
+            count_only: true,
+            ..range_req("key/", "key0")
+        },
+    );
+    assert_eq!(resp.count, KEYS as i64);
+    assert_eq!(
+        get(&store, "key/00000007", 0).unwrap().value,
+        vec![b'a' + 9; VALUE]
+    );
+}
+
+#[test]
+fn defragment_keeps_non_durable_commits_and_the_store_stays_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let store = MvccStore::open(&path).unwrap();
+    put(&store, "a", "1");
+    let mut batch = store.begin_write().unwrap();
+    batch.put(&put_req("b", "2")).unwrap();
+    batch.set_meta("applied", b"2").unwrap();
+    batch.commit(false).unwrap();
+    store.defragment().unwrap();
+    assert!(!defragment::copy_path(&path).exists());
+    put(&store, "c", "3");
+    assert_eq!(store.current_revision().unwrap(), 4);
+
+    // What a crash right after the defragment leaves is the copy, with everything in it.
+    let crashed = dir.path().join("crashed.redb");
+    std::fs::copy(&path, &crashed).unwrap();
+    let recovered = MvccStore::open(&crashed).unwrap();
+    assert_eq!(value_at(&recovered, "b", 0).as_deref(), Some("2"));
+    assert_eq!(
+        recovered.meta("applied").unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+}
+
+#[test]
+fn open_removes_the_copy_an_interrupted_defragment_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let store = MvccStore::open(&path).unwrap();
+        put(&store, "a", "1");
+    }
+    let copy = defragment::copy_path(&path);
+    std::fs::write(&copy, b"half a database").unwrap();
+    let store = MvccStore::open(&path).unwrap();
+    assert!(!copy.exists());
+    assert_eq!(value_at(&store, "a", 0).as_deref(), Some("1"));
+}
+
+// ---- record layout: large values, records of earlier releases ---------------------------------
+
+fn put_bytes(store: &MvccStore, key: &str, value: Vec<u8>) -> i64 {
+    apply(store, |w| {
+        w.put(&PbPutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            ..Default::default()
+        })
+    })
+    .unwrap()
+    .header
+    .unwrap()
+    .revision
+}
+
+#[test]
+fn large_values_read_back_whole_at_every_revision_in_events_and_snapshots() {
+    let (_dir, store) = open_store();
+    let first: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i % 251) as u8).collect();
+    let second: Vec<u8> = (0..super::tables::INLINE_VALUE_MAX + 1)
+        .map(|i| (i % 13) as u8)
+        .collect();
+    let r1 = put_bytes(&store, "big", first.clone());
+    let r2 = put_bytes(&store, "big", second.clone());
+    put_bytes(&store, "small", b"s".to_vec());
+    assert!(values_len(&store) > 0, "large values go to kv_values");
+
+    assert_eq!(get(&store, "big", r1).unwrap().value, first);
+    assert_eq!(get(&store, "big", 0).unwrap().value, second);
+    let events = store.events_since(r2).unwrap();
+    assert_eq!(events[0].kv.as_ref().unwrap().value, second);
+    assert_eq!(events[0].prev_kv.as_ref().unwrap().value, first);
+
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = MvccStore::open(&restored_dir.path().join("kv.redb")).unwrap();
+    restored.restore(&store.snapshot().unwrap()).unwrap();
+    assert_eq!(get(&restored, "big", r1).unwrap().value, first);
+    assert_eq!(restored.hash_kv(0).unwrap(), store.hash_kv(0).unwrap());
+
+    // Compaction drops the chunks of the versions it drops, and only those.
+    apply(&store, |w| w.compact(r2)).unwrap();
+    let chunks_of_second = second.len().div_ceil(super::tables::VALUE_CHUNK) as u64;
+    assert_eq!(values_len(&store), chunks_of_second);
+    assert_eq!(get(&store, "big", 0).unwrap().value, second);
+}
+
+#[test]
+fn defragment_leaves_a_store_of_large_values_the_size_of_the_values() {
+    const KEYS: usize = 16;
+    const VALUE: usize = 1 << 20;
+    let (_dir, store) = open_store();
+    load_versions(&store, KEYS, 4, VALUE);
+    let current = store.current_revision().unwrap();
+    apply(&store, |w| w.compact(current)).unwrap();
+    store.defragment().unwrap();
+    let live = (KEYS * VALUE) as f64;
+    let file = store.db_size_bytes();
+    println!("{KEYS} values of {VALUE} bytes: file {file} bytes after defragment");
+    assert!(
+        file as f64 <= 1.1 * live,
+        "{KEYS} live values of {VALUE} bytes take a file of {file} bytes"
+    );
+}
+
+/// Releases before the lean layout stored each version as a whole `mvccpb.KeyValue`; a data dir
+/// they wrote is read as it is, and new versions are written beside the old records.
+#[test]
+fn records_in_the_layout_of_earlier_releases_are_read() {
+    let (_dir, store) = open_store();
+    let old = PbKeyValue {
+        key: b"k".to_vec(),
+        create_revision: 2,
+        mod_revision: 2,
+        version: 1,
+        value: b"old".to_vec(),
+        lease: 0,
+    };
+    {
+        let txn = store.db().begin_write().unwrap();
+        {
+            let mut record = vec![1u8];
+            prost::Message::encode(&old, &mut record).unwrap();
+            let key: &[u8] = b"k";
+            txn.open_table(HISTORY)
+                .unwrap()
+                .insert((key, 2, 0), record.as_slice())
+                .unwrap();
+            txn.open_table(LATEST)
+                .unwrap()
+                .insert(key, super::tables::encode_latest(2, 0).as_slice())
+                .unwrap();
+            txn.open_table(super::tables::REVISIONS)
+                .unwrap()
+                .insert(super::tables::CURRENT_REVISION, 2)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert_eq!(get(&store, "k", 0), Some(old.clone()));
+    put(&store, "k", "new");
+    assert_eq!(get(&store, "k", 2), Some(old));
+    let new = get(&store, "k", 0).unwrap();
+    assert_eq!(
+        (new.version, new.create_revision, new.mod_revision),
+        (2, 2, 3)
+    );
 }

@@ -19,8 +19,9 @@ use super::events::event_type;
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
-    encode_latest, HistoryRecord, HistoryTable, LatestTable, COMPACT_REVISION, CURRENT_REVISION,
-    EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS,
+    encode_latest, is_tombstone, remove_chunks, HistoryRecord, HistoryTable, LatestTable,
+    ValuesTable, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS,
+    META, REVISIONS, VALUES,
 };
 use crate::{Result, StorageError as Error};
 
@@ -42,6 +43,7 @@ pub struct MvccWrite {
 struct KvTables<'t> {
     latest: LatestTable<'t>,
     history: HistoryTable<'t>,
+    values: ValuesTable<'t>,
     events: Table<'t, (i64, i64), &'static [u8]>,
     leases: Table<'t, i64, i64>,
     lease_keys: Table<'t, (i64, &'static [u8]), ()>,
@@ -52,6 +54,7 @@ impl<'t> KvTables<'t> {
         Ok(KvTables {
             latest: txn.open_table(LATEST)?,
             history: txn.open_table(HISTORY)?,
+            values: txn.open_table(VALUES)?,
             events: txn.open_table(EVENTS)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
@@ -127,9 +130,7 @@ impl MvccWrite {
             {
                 let (k, record) = entry?;
                 let (_, main, sub) = k.value();
-                let is_tombstone =
-                    HistoryRecord::decode(record.value())? == HistoryRecord::Tombstone;
-                older.push((main, sub, is_tombstone));
+                older.push((main, sub, is_tombstone(record.value())));
             }
             let changed_at_revision = tables
                 .history
@@ -144,7 +145,9 @@ impl MvccWrite {
                 }
             }
             for (main, sub, _) in older {
-                tables.history.remove((key, main, sub))?;
+                if let Some(record) = tables.history.remove((key, main, sub))? {
+                    remove_chunks(main, sub, record.value(), &mut tables.values)?;
+                }
             }
         }
         tables
@@ -290,6 +293,7 @@ impl Request<'_, '_> {
         KvView {
             latest: &self.tables.latest,
             history: &self.tables.history,
+            values: &self.tables.values,
             current: self.revision(),
             compacted: self.compacted,
         }
@@ -478,9 +482,10 @@ impl Request<'_, '_> {
 
     fn record_change(&mut self, key: &[u8], record: &HistoryRecord) -> Result<()> {
         let revision = (self.main, self.sub);
+        let stored = record.store(revision.0, revision.1, &mut self.tables.values)?;
         self.tables
             .history
-            .insert((key, revision.0, revision.1), record.encode().as_slice())?;
+            .insert((key, revision.0, revision.1), stored.as_slice())?;
         self.tables.events.insert(revision, key)?;
         self.sub += 1;
         Ok(())
