@@ -109,6 +109,12 @@ pub struct Config {
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
 
+    /// ferrokv's own (etcd maps its bbolt file and leaves caching to the kernel): the most
+    /// memory the backend's page cache may hold, dirty pages included; 0 means the default,
+    /// 64 MiB. Pages beyond it are read through the operating system's page cache.
+    #[arg(long, env = "ETCD_BACKEND_CACHE_BYTES", default_value_t = 0)]
+    pub backend_cache_bytes: u64,
+
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: u32,
@@ -161,6 +167,8 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     pub snapshot_count: u64,
     pub quota_backend_bytes: u64,
+    /// `--backend-cache-bytes`, the default resolved.
+    pub backend_cache_bytes: usize,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub auto_compaction: Option<AutoCompaction>,
@@ -323,6 +331,10 @@ impl NodeConfig {
             } else {
                 c.quota_backend_bytes
             },
+            backend_cache_bytes: match c.backend_cache_bytes {
+                0 => crate::storage::mvcc::DEFAULT_CACHE_BYTES,
+                bytes => usize::try_from(bytes).unwrap_or(usize::MAX),
+            },
             max_request_bytes: c.max_request_bytes as usize,
             max_txn_ops: c.max_txn_ops as usize,
             auto_compaction: parse_auto_compaction(
@@ -434,6 +446,24 @@ mod tests {
             BTreeMap::from([("default".into(), vec!["http://localhost:2380".into()])])
         );
         assert_eq!(c.initial_cluster_state, ClusterState::New);
+    }
+
+    #[test]
+    fn backend_cache_bytes_defaults_to_64_mib_and_takes_a_size() {
+        assert_eq!(check(&[]).unwrap().backend_cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(
+            check(&["--backend-cache-bytes=0"])
+                .unwrap()
+                .backend_cache_bytes,
+            64 * 1024 * 1024
+        );
+        assert_eq!(
+            check(&["--backend-cache-bytes", "268435456"])
+                .unwrap()
+                .backend_cache_bytes,
+            256 * 1024 * 1024
+        );
+        assert!(check(&["--backend-cache-bytes=lots"]).is_err());
     }
 
     #[test]

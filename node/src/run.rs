@@ -325,7 +325,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         )));
     }
     let db = member_dir.join(DB_FILE);
-    let store = blocking(move || MvccStore::open(&db)).await?;
+    let cache_bytes = config.backend_cache_bytes;
+    let store = blocking(move || MvccStore::open_with_cache(&db, cache_bytes)).await?;
     let applied = applied_state(&store)?;
     // A founding member bootstraps until its log shows it has: a fresh data dir, a restored
     // snapshot, or a first start that died before the bootstrap reached the WAL.
