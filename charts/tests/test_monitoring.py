@@ -109,6 +109,13 @@ def test_member_monitor_kind_is_chosen_by_values():
     assert "endpoints" in service_monitor["spec"]
 
 
+@pytest.mark.parametrize("member_kind", ["PodMonitor", "ServiceMonitor"])
+def test_chart_with_everything_on_lints_clean_in_strict_mode(member_kind):
+    report = helm.lint(CHART, with_members(member_kind), strict=True, namespace=NAMESPACE, kube_version="v1.33.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("member_kind", ["PodMonitor", "ServiceMonitor"])
 def test_everything_on_passes_the_kubernetes_schemas_and_the_prometheus_operator_crds(kube_version, member_kind):
