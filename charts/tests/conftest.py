@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import helm_python as helm
 import pytest
 import yaml
 
@@ -18,9 +19,28 @@ EXAMPLES = REPO / "examples"
 # The Kubernetes versions every object must be valid for.
 KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0"]
 
+RELEASE = "kv-operator"
+NAMESPACE = "ferrokv-system"
+
 
 def load_all(text: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(values: dict | None = None) -> list[dict]:
+    """Every object the chart renders with `values`, as `helm install` would."""
+    chart = helm.Chart.load(CHART)
+    manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith(".txt"):
+            continue
+        objects.extend(load_all(text))
+    return objects
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
 
 
 @pytest.fixture(scope="session")

@@ -8,25 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHART, CRD_FILE, KUBE_VERSIONS, load_all
-
-RELEASE = "kv-operator"
-NAMESPACE = "ferrokv-system"
-
-
-def render(values: dict | None = None) -> list[dict]:
-    chart = helm.Chart.load(CHART)
-    manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    objects = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith(".txt"):
-            continue
-        objects.extend(load_all(text))
-    return objects
-
-
-def by_kind(objects: list[dict], kind: str) -> list[dict]:
-    return [o for o in objects if o["kind"] == kind]
+from conftest import CHART, CRD_FILE, KUBE_VERSIONS, NAMESPACE, by_kind, load_all, render
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -106,7 +88,7 @@ def test_service_monitor_is_rendered_when_enabled():
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint == {"port": "http", "path": "/metrics", "interval": "15s"}
+    assert {k: endpoint[k] for k in ("port", "path", "interval")} == {"port": "http", "path": "/metrics", "interval": "15s"}
     (service,) = by_kind(objects, "Service")
     assert service["spec"]["ports"][0]["name"] == "http"
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]

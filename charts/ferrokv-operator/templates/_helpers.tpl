@@ -28,3 +28,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* PromQL label matchers selecting the members' series in the alerts and the dashboard. */}}
+{{- define "ferrokv-operator.memberSelector" -}}
+{{- .Values.prometheusRule.memberSelector | default (printf "job=%q" .Values.memberMonitor.job) -}}
+{{- end -}}
+
+{{/* PromQL label matchers selecting the operator's series in the alerts and the dashboard. */}}
+{{- define "ferrokv-operator.operatorSelector" -}}
+{{- .Values.prometheusRule.operatorSelector | default (printf "job=%q" .Values.serviceMonitor.job) -}}
+{{- end -}}
