@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions};
 use serde_json::{json, Value};
 
 use ferrokv_e2e::kube_env::{
@@ -477,4 +477,147 @@ async fn deleting_a_kvcluster_that_retains_its_volumes_keeps_the_claims() {
         .await
         .iter()
         .any(|r| r == "VolumesRetained"));
+}
+
+/// Writes 24 MiB of values through `endpoint`, deletes them and compacts them away: free
+/// space for a defragmentation to give back. Returns the revision compacted to.
+async fn make_free_space(endpoint: String, prefix: &str) -> i64 {
+    let mut client = Client::connect([endpoint], None).await.unwrap();
+    let value = vec![b'x'; 256 * 1024];
+    for n in 0..96 {
+        client
+            .put(format!("{prefix}{n:03}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let deleted = client
+        .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let revision = deleted.header().unwrap().revision();
+    client
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    revision
+}
+
+/// The members named by the operator's defragmentation Events, oldest first.
+async fn defragmented_members(env: &KubeEnv) -> Vec<String> {
+    let mut events: Vec<Value> = env
+        .list(EVENTS)
+        .await
+        .into_iter()
+        .filter(|e| e["reason"] == "MemberDefragmented")
+        .collect();
+    events.sort_by_key(|e| {
+        e["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    events
+        .iter()
+        .filter_map(|e| {
+            let note = e["note"].as_str().or(e["message"].as_str())?;
+            let member = note
+                .strip_prefix("defragmented member ")?
+                .split(' ')
+                .next()?;
+            Some(member.to_string())
+        })
+        .collect()
+}
+
+/// Every member's status once each has a defragmentation after `since` recorded.
+async fn wait_defragmented(env: &KubeEnv, since: &str) -> Vec<Value> {
+    env.eventually("every member defragmented", SCALING, || async {
+        let members = env.kvcluster().await["status"]["members"]
+            .as_array()
+            .cloned()?;
+        members
+            .iter()
+            .all(|m| {
+                m["lastDefragmentationTime"]
+                    .as_str()
+                    .is_some_and(|t| t > since)
+            })
+            .then_some(members)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defrag_by_threshold_and_by_schedule_gives_space_back_followers_first_leader_last() {
+    let env = start("defrag", EnvOptions::default()).await;
+    apply_example(&env, |_| {}).await;
+    make_free_space(env.member_endpoint(0).await.unwrap(), "big-").await;
+    let leader = env.kvcluster().await["status"]["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_string();
+
+    let threshold = json!({"freeToInUseRatio": 1.0, "minFreeBytes": 8 << 20});
+    let started = Instant::now();
+    env.apply_example(|kvc| {
+        kvc["spec"]["maintenance"] = json!({"defragmentation": {"threshold": threshold}})
+    })
+    .await
+    .unwrap();
+    let members = wait_defragmented(&env, "").await;
+    println!(
+        "threshold: every member defragmented {:.1}s after it was set",
+        started.elapsed().as_secs_f64()
+    );
+    for m in &members {
+        let reclaimed = m["lastDefragmentationReclaimedBytes"].as_i64().unwrap();
+        assert!(
+            reclaimed >= 8 << 20,
+            "{} gave back only {reclaimed} bytes: {m}",
+            m["name"]
+        );
+        let (size, in_use) = (
+            m["dbSize"].as_i64().unwrap(),
+            m["dbSizeInUse"].as_i64().unwrap(),
+        );
+        assert!(size - in_use < 8 << 20, "{m}");
+    }
+    let order = defragmented_members(&env).await;
+    assert_eq!(order.len(), 3, "each member once: {order:?}");
+    assert_eq!(order.last(), Some(&leader), "the leader last: {order:?}");
+
+    // A schedule of every minute: each member again, whatever its free space.
+    let first_round = members
+        .iter()
+        .filter_map(|m| m["lastDefragmentationTime"].as_str())
+        .max()
+        .unwrap()
+        .to_string();
+    env.apply_example(|kvc| {
+        kvc["spec"]["maintenance"] = json!({"defragmentation": {"schedule": "* * * * *"}})
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let members = wait_defragmented(&env, &first_round).await;
+    println!(
+        "schedule: every member defragmented again {:.1}s after it was set",
+        started.elapsed().as_secs_f64()
+    );
+    // (A member's second Event is counted as a repeat of its first; the status tells the order,
+    // to the second.)
+    let time_of = |m: &Value| m["lastDefragmentationTime"].as_str().unwrap().to_string();
+    let leader_time = members
+        .iter()
+        .find(|m| m["leader"] == true)
+        .map(time_of)
+        .expect("a leader");
+    assert!(
+        members.iter().all(|m| time_of(m) <= leader_time),
+        "the leader last: {members:?}"
+    );
+    assert_eq!(
+        etcdctl_get(&env, "big-000").await,
+        "",
+        "deleted keys stay deleted"
+    );
 }

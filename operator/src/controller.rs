@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -32,7 +32,7 @@ use crate::membership::{self, Defragmented};
 use crate::metrics::Metrics;
 use crate::names::{ClusterNames, CLUSTER_LABEL, FIELD_MANAGER};
 use crate::observe::{observe, Observation};
-use crate::planner::{plan, Action, Member, VoterCount};
+use crate::planner::{next_scheduled_defragmentation, plan, Action, Member, Observed, VoterCount};
 use crate::status::{
     build_status, describe_defragmented, describe_step, is_membership_step, step_reason,
 };
@@ -196,7 +196,14 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
             ),
         };
         info!(step = reason, note, "step");
-        publish(ctx, kvc, type_, reason, note).await;
+        let pod = action.member_ordinal().map(|ordinal| ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Pod".to_string()),
+            name: Some(names.member(ordinal)),
+            namespace: Some(ns.clone()),
+            ..ObjectReference::default()
+        });
+        publish_about(ctx, kvc, pod, type_, reason, note).await;
     }
 
     let count = VoterCount::of(&members);
@@ -234,18 +241,42 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
 
     step_result?;
     Ok(match action {
-        Action::Converged => Requeue::requeue(REQUEUE_IDLE),
+        Action::Converged => Requeue::requeue(idle_requeue(&observed)),
         _ => Requeue::requeue(REQUEUE_BUSY),
     })
 }
 
+/// How long a quiet cluster waits for its next look: [`REQUEUE_IDLE`], or less when a
+/// scheduled defragmentation comes due sooner.
+fn idle_requeue(observed: &Observed) -> Duration {
+    next_scheduled_defragmentation(observed)
+        .map(|next| next.as_second() - observed.now.as_second() + 1)
+        .map_or(REQUEUE_IDLE, |secs| {
+            REQUEUE_IDLE.min(Duration::from_secs(secs.max(1) as u64))
+        })
+}
+
 async fn publish(ctx: &Context, kvc: &KVCluster, type_: EventType, reason: &str, note: String) {
+    publish_about(ctx, kvc, None, type_, reason, note).await
+}
+
+/// Publishes an Event about the KVCluster, related to `secondary` (the pod of the member a step
+/// was about): steps of one kind on different members stay separate Events instead of being
+/// counted as repeats of the first.
+async fn publish_about(
+    ctx: &Context,
+    kvc: &KVCluster,
+    secondary: Option<ObjectReference>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note),
         action: "Reconcile".to_string(),
-        secondary: None,
+        secondary,
     };
     if let Err(error) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
         warn!(%error, "could not publish event");

@@ -276,6 +276,27 @@ pub enum RestartReason {
     ClaimReplaced,
 }
 
+impl Action {
+    /// The ordinal of the member the step is about, if it is about one.
+    pub fn member_ordinal(&self) -> Option<u32> {
+        match self {
+            Self::AddLearner { ordinal }
+            | Self::PromoteLearner { ordinal, .. }
+            | Self::RemoveMember { ordinal, .. }
+            | Self::DeleteClaims { ordinal }
+            | Self::DiscardMemberData { ordinal }
+            | Self::ForceDeletePod { ordinal }
+            | Self::RestartPod { ordinal, .. }
+            | Self::Defragment { ordinal, .. } => Some(*ordinal),
+            Self::WriteBootstrapConfig(_)
+            | Self::ScaleStatefulSet { .. }
+            | Self::MoveLeader { .. }
+            | Self::Wait(_)
+            | Self::Converged => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefragReason {
     /// A time of `schedule` has come since the member was last defragmented.
@@ -612,6 +633,16 @@ fn over_threshold(
     !paused
         && free >= threshold.min_free_bytes
         && free as f64 >= threshold.free_to_in_use_ratio * in_use as f64
+}
+
+/// The next time the defragmentation schedule names, after `observed.now`.
+pub fn next_scheduled_defragmentation(observed: &Observed) -> Option<Timestamp> {
+    let Some(Ok(cron)) = &observed.defragmentation.as_ref()?.schedule else {
+        return None;
+    };
+    cron.find_next_occurrence(&observed.now.to_zoned(TimeZone::UTC), false)
+        .ok()
+        .map(|next| next.timestamp())
 }
 
 /// A time the schedule names has come after `since` and by `now`.

@@ -399,6 +399,7 @@ impl Applier {
             return Ok(());
         };
         let mut write = self.store.begin_write()?;
+        let compacted_before = write.compact_revision();
         let mut answers: Vec<(u64, Result<Response>)> = Vec::new();
         let mut members_changed = false;
         let mut removed_self = false;
@@ -469,7 +470,10 @@ impl Applier {
         let durable = snapshot_due
             || self.undurable_bytes >= DURABLE_COMMIT_BYTES
             || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
-        if durable {
+        // Measured at durable commits, and after a compaction, which is what frees space: the
+        // size in use (Status, the quota, an operator's defragmentation threshold) must show it
+        // even when no write follows.
+        if durable || write.compact_revision() != compacted_before {
             record_size_in_use(&self.size_in_use, &write);
         }
         let timer = self.commit_duration.start_timer();
