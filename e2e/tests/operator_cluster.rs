@@ -64,8 +64,8 @@ async fn etcdctl_get(env: &KubeEnv, key: &str) -> String {
     String::from_utf8_lossy(&get.stdout).trim().to_string()
 }
 
-/// The reasons of the operator's events about the KVCluster, oldest first.
-async fn event_reasons(env: &KubeEnv) -> Vec<String> {
+/// The operator's events about the KVCluster, oldest first.
+async fn cluster_events(env: &KubeEnv) -> Vec<Value> {
     let mut events: Vec<Value> = env
         .list(EVENTS)
         .await
@@ -80,6 +80,12 @@ async fn event_reasons(env: &KubeEnv) -> Vec<String> {
             .and_then(|v| v.parse::<u64>().ok())
     });
     events
+}
+
+/// The reasons of the operator's events about the KVCluster, oldest first.
+async fn event_reasons(env: &KubeEnv) -> Vec<String> {
+    cluster_events(env)
+        .await
         .iter()
         .filter_map(|e| e["reason"].as_str().map(str::to_string))
         .collect()
@@ -504,19 +510,10 @@ async fn make_free_space(endpoint: String, prefix: &str) -> i64 {
 
 /// The members named by the operator's defragmentation Events, oldest first.
 async fn defragmented_members(env: &KubeEnv) -> Vec<String> {
-    let mut events: Vec<Value> = env
-        .list(EVENTS)
+    cluster_events(env)
         .await
-        .into_iter()
-        .filter(|e| e["reason"] == "MemberDefragmented")
-        .collect();
-    events.sort_by_key(|e| {
-        e["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse::<u64>().ok())
-    });
-    events
         .iter()
+        .filter(|e| e["reason"] == "MemberDefragmented")
         .filter_map(|e| {
             let note = e["note"].as_str().or(e["message"].as_str())?;
             let member = note
