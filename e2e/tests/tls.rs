@@ -383,12 +383,16 @@ async fn client_cert_auth_refuses_clients_without_a_certificate_of_the_trusted_c
         .unwrap()
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.starts_with("HTTP/1.0 400 Bad Request")
-            && answer.contains("Client sent an HTTP request to an HTTPS server."),
-        "{answer}"
-    );
-    if !cluster.server_is_etcd() {
+    if cluster.server_is_etcd() {
+        // etcd 3.4's own TLS listener closes such a connection without an answer.
+        assert!(!answer.contains("200 OK"), "{answer}");
+    } else {
+        // ferrokv answers as Go's HTTPS servers do, so the client learns why.
+        assert!(
+            answer.starts_with("HTTP/1.0 400 Bad Request")
+                && answer.contains("Client sent an HTTP request to an HTTPS server."),
+            "{answer}"
+        );
         let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
         assert!(log.contains("client sent plain text"), "{log}");
         assert!(log.contains("refused a client certificate"), "{log}");
