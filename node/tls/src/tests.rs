@@ -34,7 +34,12 @@ fn ca(name: &str) -> Ca {
 }
 
 fn issue(ca: &Ca, cn: &str, expired: bool) -> (String, String) {
+    issue_numbered(ca, cn, expired, None)
+}
+
+fn issue_numbered(ca: &Ca, cn: &str, expired: bool, serial: Option<u64>) -> (String, String) {
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     params.distinguished_name.push(DnType::CommonName, cn);
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -237,4 +242,58 @@ fn unusable_files_are_refused_naming_the_flag() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("no PEM certificate in it"), "{error}");
+}
+
+#[tokio::test]
+async fn a_certificate_in_the_crl_is_refused_and_a_changed_crl_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_ca = ca("good");
+    write(dir.path(), "ca.pem", &good_ca.pem);
+    let crl = |revoked: &[u64]| {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(revoked.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&Issuer::from_params(&good_ca.params, &good_ca.key))
+            .unwrap()
+            .pem()
+            .unwrap()
+    };
+    let crl_file = write(dir.path(), "crl.pem", &crl(&[]));
+    let options = TlsOptions::default();
+    let server_files = TlsFiles {
+        crl_file: Some(crl_file),
+        ..member(dir.path(), &good_ca, "server", "member")
+    };
+    let server = server_config(&server_files, &options).unwrap();
+    let client_files = |name: &str, serial: u64| {
+        let (cert, key) = issue_numbered(&good_ca, "member", false, Some(serial));
+        TlsFiles {
+            cert_file: Some(write(dir.path(), &format!("{name}.pem"), &cert)),
+            key_file: Some(write(dir.path(), &format!("{name}-key.pem"), &key)),
+            ..member(dir.path(), &good_ca, "unused", "member")
+        }
+    };
+    let kept = client_config(&client_files("kept", 1001), &options).unwrap();
+    let revoked = client_config(&client_files("revoked", 1002), &options).unwrap();
+    handshake(server.clone(), revoked.clone()).await.unwrap();
+
+    write(dir.path(), "crl.pem", &crl(&[1002]));
+    tokio::time::sleep(CHECK_INTERVAL + Duration::from_millis(100)).await;
+    let refused = handshake(server.clone(), revoked).await.unwrap_err();
+    assert!(refused.contains("Revoked"), "{refused}");
+    handshake(server, kept).await.unwrap();
 }
