@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tempfile::TempDir;
 
 use crate::binaries::{etcdctl_binary, server_binary};
@@ -64,6 +64,42 @@ pub struct ClusterBuilder {
     extra_flags: Vec<String>,
     /// The server binary, when not the one under test ([`server_binary`]).
     server: Option<PathBuf>,
+    /// `https://` client URLs, and what the harness's clients connect with.
+    client_tls: Option<ClientCredentials>,
+    /// `https://` peer URLs.
+    peer_https: bool,
+}
+
+/// What a client of a TLS cluster connects with: the CA bundle that verifies the members, and
+/// a client certificate and key for `--client-cert-auth`. etcdctl gets them as `--cacert`,
+/// `--cert` and `--key`; the `etcd-client` crate as its `TlsOptions`.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub ca: PathBuf,
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientCredentials {
+    /// etcdctl's flags for these credentials.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        let mut flags = vec![format!("--cacert={}", self.ca.display())];
+        if let Some((cert, key)) = &self.cert_and_key {
+            flags.push(format!("--cert={}", cert.display()));
+            flags.push(format!("--key={}", key.display()));
+        }
+        flags
+    }
+
+    /// The `etcd-client` TLS options for these credentials, read from the files now.
+    pub fn tls_options(&self) -> anyhow::Result<TlsOptions> {
+        let read =
+            |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.cert_and_key {
+            options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(options)
+    }
 }
 
 impl ClusterBuilder {
@@ -71,6 +107,20 @@ impl ClusterBuilder {
     /// volumes.
     pub fn separate_wal_dir(mut self) -> Self {
         self.separate_wal_dir = true;
+        self
+    }
+
+    /// Serves clients on `https://` URLs; the harness's clients (health probes, etcdctl,
+    /// `etcd-client`) connect with `credentials`. The TLS flags themselves are the test's to
+    /// give with [`flag`](Self::flag).
+    pub fn client_https(mut self, credentials: ClientCredentials) -> Self {
+        self.client_tls = Some(credentials);
+        self
+    }
+
+    /// Uses `https://` peer URLs (the peer TLS flags are the test's to give).
+    pub fn peer_https(mut self) -> Self {
+        self.peer_https = true;
         self
     }
 
@@ -140,10 +190,12 @@ impl ClusterBuilder {
             ports.push((ReservedPort::reserve()?, ReservedPort::reserve()?));
         }
         let names: Vec<String> = (0..self.members).map(|i| format!("member-{i}")).collect();
+        let client_scheme = scheme(self.client_tls.is_some());
+        let peer_scheme = scheme(self.peer_https);
         let initial_cluster = names
             .iter()
             .zip(&ports)
-            .map(|(name, (_, peer))| format!("{name}={}", peer.url()))
+            .map(|(name, (_, peer))| format!("{name}={}", peer.url_with(peer_scheme)))
             .collect::<Vec<_>>()
             .join(",");
         // Unique per cluster, so members of two concurrent tests could never join each other.
@@ -156,9 +208,15 @@ impl ClusterBuilder {
             let wal_dir = self.separate_wal_dir.then(|| member_dir.join("wal"));
             let mut args = vec![
                 format!("--data-dir={}", data_dir.display()),
-                format!("--listen-client-urls={}", client_port.url()),
-                format!("--advertise-client-urls={}", client_port.url()),
-                format!("--listen-peer-urls={}", peer_port.url()),
+                format!(
+                    "--listen-client-urls={}",
+                    client_port.url_with(client_scheme)
+                ),
+                format!(
+                    "--advertise-client-urls={}",
+                    client_port.url_with(client_scheme)
+                ),
+                format!("--listen-peer-urls={}", peer_port.url_with(peer_scheme)),
             ];
             if let Some(wal_dir) = &wal_dir {
                 args.push(format!("--wal-dir={}", wal_dir.display()));
@@ -166,7 +224,10 @@ impl ClusterBuilder {
             let name = match self.bootstrap {
                 Bootstrap::Static => {
                     args.extend([
-                        format!("--initial-advertise-peer-urls={}", peer_port.url()),
+                        format!(
+                            "--initial-advertise-peer-urls={}",
+                            peer_port.url_with(peer_scheme)
+                        ),
                         format!("--name={name}"),
                         format!("--initial-cluster={initial_cluster}"),
                         "--initial-cluster-state=new".to_string(),
@@ -201,6 +262,9 @@ impl ClusterBuilder {
 
         Ok(TestCluster {
             server,
+            client_tls: self.client_tls.clone(),
+            client_scheme,
+            peer_scheme,
             etcdctl: etcdctl_binary(),
             members,
             initial_cluster,
@@ -232,6 +296,10 @@ struct Member {
 #[derive(Debug)]
 pub struct TestCluster {
     server: PathBuf,
+    /// What the harness's clients connect with, on `https://` client URLs.
+    client_tls: Option<ClientCredentials>,
+    client_scheme: &'static str,
+    peer_scheme: &'static str,
     etcdctl: PathBuf,
     members: Vec<Member>,
     /// `--initial-cluster` of a statically bootstrapped cluster.
@@ -255,6 +323,8 @@ impl TestCluster {
             election_timeout_ms: 1000,
             extra_flags: Vec::new(),
             server: None,
+            client_tls: None,
+            peer_https: false,
         }
     }
 
@@ -283,15 +353,26 @@ impl TestCluster {
         &self.members[i].name
     }
 
-    /// Member `i`'s client URL, `http://127.0.0.1:<port>`.
+    /// Member `i`'s client URL, `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn endpoint(&self, i: usize) -> String {
-        self.members[i].client_port.url()
+        self.members[i].client_port.url_with(self.client_scheme)
+    }
+
+    /// What the harness's clients connect with, on a cluster with `https://` client URLs.
+    pub fn client_credentials(&self) -> Option<&ClientCredentials> {
+        self.client_tls.as_ref()
+    }
+
+    /// Makes the harness's clients (health probes, etcdctl, `etcd-client`) connect with
+    /// `credentials` from now on, e.g. a certificate of a new CA during a rotation.
+    pub fn set_client_credentials(&mut self, credentials: ClientCredentials) {
+        self.client_tls = Some(credentials);
     }
 
     /// Member `i`'s peer URL (what it listens on; a member started
     /// [`without_cluster_flags`](ClusterBuilder::without_cluster_flags) advertises the default).
     pub fn peer_url(&self, i: usize) -> String {
-        self.members[i].peer_port.url()
+        self.members[i].peer_port.url_with(self.peer_scheme)
     }
 
     /// Client URLs of all members, in member order.
@@ -355,7 +436,7 @@ impl TestCluster {
             None => None,
         };
         let peer_port = ReservedPort::reserve()?;
-        let url = peer_port.url();
+        let url = peer_port.url_with(self.peer_scheme);
         let replace = |args: &mut Vec<String>, flag: &str, value: String| {
             let prefix = format!("{flag}=");
             args.retain(|arg| !arg.starts_with(&prefix));
@@ -569,6 +650,7 @@ impl TestCluster {
     /// [`wait_healthy`](Self::wait_healthy) with a chosen timeout.
     pub async fn wait_healthy_within(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let running = self.running();
+        let credentials = self.client_tls.clone();
         if running.is_empty() {
             bail!("no member is running");
         }
@@ -577,7 +659,7 @@ impl TestCluster {
             let endpoint = self.endpoint(i);
             loop {
                 self.check_alive(i)?;
-                let error = match probe_health(&endpoint).await {
+                let error = match probe_health(&endpoint, credentials.as_ref()).await {
                     Ok(()) => break,
                     Err(error) => error,
                 };
@@ -621,7 +703,8 @@ impl TestCluster {
             let mut leaders = Vec::new();
             for i in self.running() {
                 self.check_alive(i)?;
-                if let Ok(status) = member_status(&self.endpoint(i)).await {
+                if let Ok(status) = member_status(&self.endpoint(i), self.client_tls.as_ref()).await
+                {
                     member_ids.push((status.member_id, i));
                     leaders.push(status.leader);
                 }
@@ -643,18 +726,20 @@ impl TestCluster {
 
     /// Member `i`'s 64-bit member ID, from its Maintenance.Status response header.
     pub async fn member_id(&self, i: usize) -> anyhow::Result<u64> {
-        Ok(member_status(&self.endpoint(i)).await?.member_id)
+        Ok(member_status(&self.endpoint(i), self.client_tls.as_ref())
+            .await?
+            .member_id)
     }
 
     /// An `etcd-client` connection balanced over all members.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        connect(&self.endpoints()).await
+        connect(&self.endpoints(), self.client_tls.as_ref()).await
     }
 
     /// An `etcd-client` connection to member `i` only, e.g. for a linearizable read served by
     /// that member.
     pub async fn member_client(&self, i: usize) -> anyhow::Result<Client> {
-        connect(&[self.endpoint(i)]).await
+        connect(&[self.endpoint(i)], self.client_tls.as_ref()).await
     }
 
     /// Runs `etcdctl --endpoints=<all members> <args>`.
@@ -675,7 +760,9 @@ impl TestCluster {
     /// Starts `etcdctl --endpoints=<all members> <args>` for a command that keeps running and
     /// printing, such as `watch`; it is killed when the returned process is dropped.
     pub fn etcdctl_process(&self, args: &[&str]) -> EtcdctlProcess {
-        EtcdctlProcess::spawn(&self.etcdctl, &self.endpoints(), args)
+        let args = self.with_credentials(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        EtcdctlProcess::spawn(&self.etcdctl, &self.endpoints(), &args)
             .unwrap_or_else(|error| panic!("starting etcdctl {args:?}: {error:#}"))
     }
 
@@ -690,9 +777,22 @@ impl TestCluster {
         args: &[&str],
         stdin: Option<&str>,
     ) -> EtcdctlOutput {
-        run_etcdctl(&self.etcdctl, endpoints, args, stdin)
+        let args = self.with_credentials(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_etcdctl(&self.etcdctl, endpoints, &args, stdin)
             .await
             .unwrap_or_else(|error| panic!("running etcdctl {args:?}: {error:#}"))
+    }
+
+    /// `args` after etcdctl's TLS flags, on a cluster with `https://` client URLs.
+    fn with_credentials(&self, args: &[&str]) -> Vec<String> {
+        let mut all = self
+            .client_tls
+            .as_ref()
+            .map(ClientCredentials::etcdctl_flags)
+            .unwrap_or_default();
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
     }
 
     /// The last lines of member `i`'s log.
@@ -734,8 +834,11 @@ struct MemberStatus {
     leader: u64,
 }
 
-async fn member_status(endpoint: &str) -> anyhow::Result<MemberStatus> {
-    let mut client = connect(&[endpoint.to_string()]).await?;
+async fn member_status(
+    endpoint: &str,
+    credentials: Option<&ClientCredentials>,
+) -> anyhow::Result<MemberStatus> {
+    let mut client = connect(&[endpoint.to_string()], credentials).await?;
     let status = client.status().await?;
     let member_id = status
         .header()
@@ -747,8 +850,11 @@ async fn member_status(endpoint: &str) -> anyhow::Result<MemberStatus> {
     })
 }
 
-async fn probe_health(endpoint: &str) -> anyhow::Result<()> {
-    let mut client = connect(&[endpoint.to_string()]).await?;
+async fn probe_health(
+    endpoint: &str,
+    credentials: Option<&ClientCredentials>,
+) -> anyhow::Result<()> {
+    let mut client = connect(&[endpoint.to_string()], credentials).await?;
     client.status().await.context("Maintenance.Status")?;
     // A linearizable read needs a leader and a quorum, unlike Status.
     client
@@ -758,10 +864,25 @@ async fn probe_health(endpoint: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
+/// `http` or `https`.
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+async fn connect(
+    endpoints: &[String],
+    credentials: Option<&ClientCredentials>,
+) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
+    if let Some(credentials) = credentials {
+        options = options.with_tls(credentials.tls_options()?);
+    }
     Client::connect(endpoints, Some(options))
         .await
         .with_context(|| format!("connecting to {endpoints:?}"))

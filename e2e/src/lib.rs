@@ -34,6 +34,6 @@ pub mod operator;
 pub mod ports;
 pub mod robustness;
 
-pub use cluster::{ClusterBuilder, TestCluster};
+pub use cluster::{ClientCredentials, ClusterBuilder, TestCluster};
 pub use etcdctl::{EtcdctlOutput, EtcdctlProcess};
 pub use host_cluster::{HostCluster, HostClusterBuilder};

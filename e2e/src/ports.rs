@@ -74,6 +74,11 @@ impl ReservedPort {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// `<scheme>://127.0.0.1:<port>`, e.g. `https` for a TLS port.
+    pub fn url_with(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
 }
 
 fn lock_dir() -> PathBuf {

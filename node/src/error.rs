@@ -43,6 +43,9 @@ pub enum Error {
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
     #[error("data dir: {0}")]
     DataDir(String),
+    /// A TLS flag or file that cannot be used; the message names the flag.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Discovery bootstrap failed; the message is etcd's (`discovery: cluster is full`, ...).
     #[error("{0}")]
     Discovery(String),

@@ -7,16 +7,18 @@
 //! stage, peer transport) → `ferrokv-storage` (WAL, MVCC store, member identity).
 //! This package is the `ferrokv` binary around them: `config` parses the flags, `run` wires the
 //! layers together, `restore` builds a data dir from a snapshot file, `discovery` bootstraps a
-//! cluster through a discovery service.
+//! cluster through a discovery service, `tls_setup` builds the member's TLS from its flags.
 
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod restore;
 pub mod run;
+pub mod tls_setup;
 
 pub use error::{Error, Result};
 pub use ferrokv_api as api;
 pub use ferrokv_raft as raft;
 pub use ferrokv_server as server;
 pub use ferrokv_storage as storage;
+pub use ferrokv_tls as tls;

@@ -30,6 +30,8 @@ use crate::server::metrics::Metrics;
 use crate::server::{Server, ServerParts};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
+use crate::tls::{ClientConfig, Side};
+use crate::tls_setup::MemberTls;
 use crate::{api, Error, Result};
 
 /// The MVCC store's file inside `<data-dir>/member`.
@@ -41,7 +43,10 @@ const REMOVED_FILE: &str = "removed";
 
 /// Works out this member's identity: the one kept in its data dir, or, for a new data dir,
 /// the one `--initial-cluster` and `--initial-cluster-token` define.
-async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
+async fn resolve_identity(
+    config: &NodeConfig,
+    peer_tls: Option<&Arc<ClientConfig>>,
+) -> Result<(Identity, bool)> {
     let member_dir = identity::member_dir(&config.data_dir);
     if let Ok(reason) = std::fs::read_to_string(member_dir.join(REMOVED_FILE)) {
         return Err(Error::DataDir(format!(
@@ -83,7 +88,9 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
         }),
         (None, None) => {
             if config.initial_cluster_state == ClusterState::Existing {
-                return joining_identity(config).await.map(|id| (id, true));
+                return joining_identity(config, peer_tls)
+                    .await
+                    .map(|id| (id, true));
             }
             if let Some(discovery) = &config.discovery {
                 let mut discovered = config.clone();
@@ -93,7 +100,7 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
             }
             config.check_bootstrap_urls().map_err(Error::Config)?;
             let identity = founding_identity(config);
-            refuse_if_already_bootstrapped(config, &identity).await?;
+            refuse_if_already_bootstrapped(config, &identity, peer_tls).await?;
             Ok((identity, true))
         }
     }
@@ -103,8 +110,11 @@ async fn resolve_identity(config: &NodeConfig) -> Result<(Identity, bool)> {
 /// the members of `--initial-cluster` tell the cluster ID and the member ID that `etcdctl member
 /// add` gave to this member's peer URLs. A member with those peer URLs that has already run is
 /// this member after it lost its data: it refuses, as a founding member does.
-async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
-    let network = PeerNetwork::new(0, 0, String::new());
+async fn joining_identity(
+    config: &NodeConfig,
+    peer_tls: Option<&Arc<ClientConfig>>,
+) -> Result<Identity> {
+    let network = PeerNetwork::new(0, 0, String::new(), peer_tls.cloned());
     let mine: Vec<&String> = config.advertise_peer_urls.iter().collect();
     let others: Vec<&String> = config
         .initial_cluster
@@ -169,8 +179,12 @@ async fn joining_identity(config: &NodeConfig) -> Result<Identity> {
 /// its old ID, which Raft cannot allow. It refuses, in words an operator can act on (etcd:
 /// "member has already been bootstrapped"). Peers that do not answer (a cluster that is only
 /// forming) are no evidence either way.
-async fn refuse_if_already_bootstrapped(config: &NodeConfig, identity: &Identity) -> Result<()> {
-    let network = PeerNetwork::new(0, 0, String::new());
+async fn refuse_if_already_bootstrapped(
+    config: &NodeConfig,
+    identity: &Identity,
+    peer_tls: Option<&Arc<ClientConfig>>,
+) -> Result<()> {
+    let network = PeerNetwork::new(0, 0, String::new(), peer_tls.cloned());
     for (name, urls) in &config.initial_cluster {
         if *name == config.name {
             continue;
@@ -308,7 +322,10 @@ async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     let config = Arc::new(config);
-    let (identity, fresh) = resolve_identity(&config).await?;
+    // Before anything else: a member whose certificates cannot be used refuses to start, and
+    // joining a cluster already dials other members.
+    let tls = MemberTls::build(&config)?;
+    let (identity, fresh) = resolve_identity(&config, tls.peer_client.as_ref()).await?;
     let member_dir = identity::member_dir(&config.data_dir);
     std::fs::create_dir_all(&member_dir)
         .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", member_dir.display())))?;
@@ -370,6 +387,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .first()
             .cloned()
             .unwrap_or_default(),
+        tls.peer_client.clone(),
     );
     let members = Members::default();
     let waiters = Waiters::default();
@@ -457,25 +475,41 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let stop = stopped(stop_rx.clone());
+        let mut builder = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        let tls = url.tls.then(|| tls.peer_server.clone()).flatten();
         tasks.spawn(async move {
-            // As on the client port: without TCP_NODELAY, Nagle delays Raft's small messages.
-            let incoming = TcpListenerStream::new(listener)
-                .map(|conn| conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream)));
-            tonic::transport::Server::builder()
-                .initial_stream_window_size(STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-                .add_service(peer)
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .map_err(|e| Error::raft(format!("peer server: {e}")))
+            let served = match tls {
+                Some(config) => {
+                    let incoming = crate::tls::accept::incoming(listener, config, Side::Peer);
+                    builder
+                        .add_service(peer)
+                        .serve_with_incoming_shutdown(incoming, stop)
+                        .await
+                }
+                None => {
+                    // As on the client port: without TCP_NODELAY, Nagle delays Raft's small
+                    // messages.
+                    let incoming = TcpListenerStream::new(listener).map(|conn| {
+                        conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+                    });
+                    builder
+                        .add_service(peer)
+                        .serve_with_incoming_shutdown(incoming, stop)
+                        .await
+                }
+            };
+            served.map_err(|e| Error::raft(format!("peer server: {e}")))
         });
     }
     for url in &config.listen_client_urls {
         let listener = bind(url, "--listen-client-urls").await?;
         let stop = stopped(stop_rx.clone());
         let server = server.clone();
+        let tls = url.tls.then(|| tls.client_server.clone()).flatten();
         tasks.spawn(async move {
-            api::serve_clients(server, listener, stop)
+            api::serve_clients(server, listener, tls, stop)
                 .await
                 .map_err(|e| Error::raft(format!("client server: {e}")))
         });
@@ -574,7 +608,7 @@ mod tests {
         let identity = founding_identity(&config);
         identity.store(&config.wal_dir).unwrap();
 
-        let error = resolve_identity(&config).await.unwrap_err();
+        let error = resolve_identity(&config, None).await.unwrap_err();
         assert!(
             matches!(&error, Error::WalWithoutData { member_id, .. } if *member_id == identity.member_id),
             "{error:?}"

@@ -1,5 +1,5 @@
 //! ferrokv-api, the client API: etcd's v3 gRPC services and plain HTTP endpoints, both on
-//! every `--listen-client-urls` address. This layer translates and validates; it sees the
+//! every `--listen-client-urls` address, in plain text or, for an `https://` URL, through TLS. This layer translates and validates; it sees the
 //! server only through its public methods (and each gRPC service through a trait naming what
 //! it uses), never Raft or storage.
 
@@ -18,6 +18,9 @@ pub mod watch;
 use etcd_client::proto::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
+use std::sync::Arc;
+
+use ferrokv_tls::{ServerConfig, Side};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -29,10 +32,12 @@ use ferrokv_server::Server;
 /// request is answered with etcd's "request is too large" rather than a transport error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Serves clients on `listener` until `shutdown` resolves.
+/// Serves clients on `listener` until `shutdown` resolves: through TLS with `tls` (an
+/// `https://` client URL), else in plain text. gRPC and plain HTTP share the port either way.
 pub async fn serve_clients(
     server: Server,
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -60,15 +65,27 @@ pub async fn serve_clients(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         );
-    // tonic applies its own TCP_NODELAY setting only to listeners it binds itself; without it,
-    // Nagle's algorithm holds small replies back for tens of milliseconds.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
-            .map(authority::AuthorityFix::new)
-    });
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    let mut builder = tonic::transport::Server::builder().accept_http1(true);
+    match tls {
+        Some(config) => {
+            let incoming = ferrokv_tls::accept::incoming(listener, config, Side::Client)
+                .map(|conn| conn.map(authority::AuthorityFix::new));
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            // tonic applies its own TCP_NODELAY setting only to listeners it binds itself;
+            // without it, Nagle's algorithm holds small replies back for tens of milliseconds.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+                    .map(authority::AuthorityFix::new)
+            });
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }

@@ -10,6 +10,9 @@
 //! membership changes, which need the leader's clocks and progress — are unary calls
 //! (`PeerNetwork`), with typed payloads and typed errors (`WireError`).
 //!
+//! `https://` peer URLs are dialed through TLS with the member's peer client certificate
+//! ([`ferrokv_tls::connect`]); the peer server's side of TLS is the listener's.
+//!
 //! Every envelope carries the cluster ID and the sender's member ID: a member of another
 //! cluster, or one removed from this one, is refused with a typed `Refusal`, and a member
 //! refused as removed stops.
@@ -19,6 +22,8 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferrokv_tls::connect::PeerConnector;
+use ferrokv_tls::ClientConfig;
 use prost_011::Message as _;
 use raft::prelude::{Message, MessageType};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -96,6 +101,8 @@ pub struct PeerNetwork {
     member_id: u64,
     peer_url: String,
     clients: Arc<Mutex<HashMap<String, PeerClient<Channel>>>>,
+    /// How `https://` peer URLs are dialed; `None` when the member has no peer TLS flags.
+    tls: Option<Arc<ClientConfig>>,
     /// Set when another member refuses this one as removed from the cluster.
     removed: Arc<watch::Sender<bool>>,
     /// When each member was last heard from, on any stream or call.
@@ -105,12 +112,18 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    pub fn new(cluster_id: u64, member_id: u64, peer_url: String) -> PeerNetwork {
+    pub fn new(
+        cluster_id: u64,
+        member_id: u64,
+        peer_url: String,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> PeerNetwork {
         PeerNetwork {
             cluster_id: Arc::new(Mutex::new(cluster_id)),
             member_id,
             peer_url,
             clients: Arc::new(Mutex::new(HashMap::new())),
+            tls,
             removed: Arc::new(watch::channel(false).0),
             last_heard: Arc::new(Mutex::new(HashMap::new())),
             broken: Arc::new(Mutex::new(HashSet::new())),
@@ -184,11 +197,14 @@ impl PeerNetwork {
         if let Some(c) = clients.get(url) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| PeerError::Unreachable {
-                url: url.into(),
-                message: e.to_string(),
-            })?
+        let unreachable = |message: String| PeerError::Unreachable {
+            url: url.into(),
+            message,
+        };
+        let (plain, connector) =
+            PeerConnector::for_url(url, self.tls.as_ref()).map_err(unreachable)?;
+        let endpoint = Endpoint::from_shared(plain)
+            .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -197,7 +213,7 @@ impl PeerNetwork {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let client = PeerClient::new(endpoint.connect_with_connector_lazy(connector))
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         clients.insert(url.to_string(), client.clone());

@@ -16,25 +16,29 @@ pub struct ServerConfig {
     pub max_txn_ops: usize,
 }
 
-/// A `host:port` to listen on, from an `http://host:port` URL.
+/// A `host:port` to listen on, from an `http://host:port` or `https://host:port` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
     pub url: String,
     pub host: String,
     pub port: u16,
+    /// Whether the URL is `https://`: the port speaks TLS.
+    pub tls: bool,
 }
 
-/// Parses `http://host:port` (https is refused: TLS is not supported yet).
+/// Parses `http://host:port` or `https://host:port`.
 pub fn parse_url(url: &str) -> Result<HostPort, String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") || url.starts_with("unixs://") {
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
+    } else if url.starts_with("unix://") || url.starts_with("unixs://") {
         return Err(format!(
-            "{url:?}: TLS URLs are not supported by ferrokv yet"
+            "{url:?}: unix socket URLs are not supported by ferrokv"
         ));
     } else {
         return Err(format!(
-            "{url:?} is not a valid URL (expected http://host:port)"
+            "{url:?} is not a valid URL (expected http://host:port or https://host:port)"
         ));
     };
     let rest = rest.trim_end_matches('/');
@@ -52,5 +56,6 @@ pub fn parse_url(url: &str) -> Result<HostPort, String> {
         url: url.to_string(),
         host: host.to_string(),
         port,
+        tls,
     })
 }

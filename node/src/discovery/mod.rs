@@ -145,7 +145,11 @@ impl DiscoveryFlags {
                     .map(str::to_string)
                     .collect();
                 for e in &endpoints {
-                    // etcd takes host:port as well as URLs; TLS is not supported yet.
+                    // etcd takes host:port as well as URLs; TLS to the discovery service is
+                    // not supported.
+                    if e.starts_with("https://") {
+                        return Err(format!("--discovery-endpoints: {e}: TLS to the discovery service is not supported by ferrokv"));
+                    }
                     if e.contains("://") {
                         parse_url(e).map_err(|err| format!("--discovery-endpoints: {err}"))?;
                     }

@@ -19,6 +19,8 @@
 //! ferrokv-bench --clients=16 --total=10000 txn --txn-ops=2 --json
 //! ferrokv-bench --clients=64 --conns=8 --total=2000 watch-latency --watchers=1000 --put-rate=100
 //! ferrokv-bench --clients=64 --conns=8 --total=50000 lease
+//! ferrokv-bench --endpoints=https://127.0.0.1:2379 --cacert=ca.pem --cert=client.pem \
+//!     --key=client-key.pem --clients=64 --conns=8 put
 //! ```
 
 mod lease;
@@ -73,6 +75,19 @@ struct Cli {
     /// Stop after this long, e.g. `30s`, `2m`, `1.5` (seconds).
     #[arg(long, global = true, value_parser = parse_duration)]
     duration: Option<Duration>,
+
+    /// Verify the endpoints' TLS certificates with this CA bundle (https:// endpoints; etcdctl's
+    /// flag).
+    #[arg(long, global = true)]
+    cacert: Option<std::path::PathBuf>,
+
+    /// Identify with this TLS client certificate (etcdctl's flag; needs --key).
+    #[arg(long, global = true)]
+    cert: Option<std::path::PathBuf>,
+
+    /// The key of --cert (etcdctl's flag).
+    #[arg(long, global = true)]
+    key: Option<std::path::PathBuf>,
 
     /// Key length in bytes; keys are zero-padded decimal indices into the key space.
     #[arg(long, global = true, default_value_t = 8)]
@@ -174,6 +189,8 @@ struct RunPlan {
     started: Instant,
     deadline: Option<Instant>,
     request_timeout: Duration,
+    /// `--cacert`, `--cert`, `--key`, read once; `None` for plain-text endpoints.
+    tls: Option<etcd_client::TlsOptions>,
 }
 
 impl RunPlan {
@@ -192,6 +209,7 @@ impl RunPlan {
             (None, Some(_)) => u64::MAX,
             (None, None) => DEFAULT_TOTAL,
         };
+        let tls = tls_options(cli)?;
         let started = Instant::now();
         Ok(RunPlan {
             endpoints: cli.endpoints.clone(),
@@ -202,6 +220,7 @@ impl RunPlan {
             started,
             deadline: cli.duration.map(|duration| started + duration),
             request_timeout: cli.request_timeout,
+            tls,
         })
     }
 
@@ -225,6 +244,9 @@ impl RunPlan {
         if request_timeout {
             options = options.with_timeout(self.request_timeout);
         }
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
         let mut connections = Vec::with_capacity(count);
         for j in 0..count {
             let endpoint = &self.endpoints[j % self.endpoints.len()];
@@ -235,6 +257,34 @@ impl RunPlan {
         }
         Ok(connections)
     }
+}
+
+/// The TLS options of `--cacert`, `--cert` and `--key`, as etcdctl takes them: `--cacert`
+/// alone verifies the endpoints, `--cert` with `--key` also identifies the client.
+fn tls_options(cli: &Cli) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    let mut options = match &cli.cacert {
+        Some(ca) => etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("--cacert", ca)?)),
+        None => etcd_client::TlsOptions::new(),
+    };
+    match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => {
+            options = options.identity(etcd_client::Identity::from_pem(
+                read("--cert", cert)?,
+                read("--key", key)?,
+            ));
+        }
+        (None, None) if cli.cacert.is_none() => return Ok(None),
+        (None, None) => {}
+        _ => bail!("--cert and --key must be given together"),
+    }
+    if cli.endpoints.iter().any(|e| e.starts_with("http://")) {
+        bail!("--cacert/--cert/--key are for https:// endpoints; --endpoints has http:// ones");
+    }
+    Ok(Some(options))
 }
 
 /// What a run (or one phase of it) measured.
