@@ -206,7 +206,9 @@ impl ServerCertVerifier for SelfSignedPeers {
     }
 }
 
-fn signature12(
+/// A TLS 1.2 handshake signature checked with `provider`'s algorithms; the client and server
+/// verifiers both use it.
+pub(crate) fn signature12(
     provider: &CryptoProvider,
     message: &[u8],
     cert: &CertificateDer<'_>,
@@ -220,7 +222,8 @@ fn signature12(
     )
 }
 
-fn signature13(
+/// A TLS 1.3 handshake signature checked with `provider`'s algorithms.
+pub(crate) fn signature13(
     provider: &CryptoProvider,
     message: &[u8],
     cert: &CertificateDer<'_>,
