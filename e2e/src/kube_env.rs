@@ -17,7 +17,7 @@
 //! - a data volume loses its content through `kubectl exec`: the member's data dir is emptied
 //!   and the member stopped, so that its container restarts on the empty volume.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Mutex;
@@ -97,6 +97,8 @@ pub struct EnvOptions {
     pub nodes: usize,
     /// Pods each hermetic node can run.
     pub pods_per_node: usize,
+    /// Images the hermetic registry does not have (every other image runs the local build).
+    pub unavailable_images: BTreeSet<String>,
 }
 
 impl Default for EnvOptions {
@@ -104,6 +106,7 @@ impl Default for EnvOptions {
         Self {
             nodes: 3,
             pods_per_node: 3,
+            unavailable_images: BTreeSet::new(),
         }
     }
 }
@@ -166,6 +169,7 @@ impl KubeEnv {
                 capacity: options.pods_per_node,
                 dir: dir.path().join("nodes"),
                 programs: [("ferrokv".to_string(), server_binary())].into(),
+                unavailable_images: options.unavailable_images,
                 node_monitor_grace: NODE_MONITOR_GRACE,
             },
         )?;

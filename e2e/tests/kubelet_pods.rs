@@ -64,6 +64,9 @@ spec:
         requests: {storage: 1Gi}
 "#;
 
+/// An image the hermetic registry does not have.
+const MISSING_IMAGE: &str = "registry.example/busybox:no-such-tag";
+
 /// `web`: pods that append their node's name to `starts` in their claim and sleep, preferring
 /// distinct nodes as the operator's members do.
 fn sleeping_set(replicas: u32) -> String {
@@ -203,6 +206,7 @@ impl Cluster {
                     ("sh".to_string(), PathBuf::from("/bin/sh")),
                 ]
                 .into(),
+                unavailable_images: [MISSING_IMAGE.to_string()].into(),
                 node_monitor_grace: GRACE,
             },
         )
@@ -410,6 +414,28 @@ async fn statefulset_pods_spread_over_nodes_and_reach_each_other_by_name() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_image_the_registry_lacks_waits_in_image_pull_back_off_and_never_runs() {
+    let cluster = Cluster::start(1, 1).await;
+    let set = sleeping_set(1).replace("image: busybox", &format!("image: {MISSING_IMAGE}"));
+    cluster.server.create_from_yaml(&set).unwrap();
+    let pod = eventually("the pull to fail twice", || {
+        let pod = cluster.pod("web-0")?;
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        (waiting["reason"] == "ImagePullBackOff").then_some(pod)
+    })
+    .await;
+    let container = &pod["status"]["containerStatuses"][0];
+    assert!(
+        container["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(MISSING_IMAGE)),
+        "{container}"
+    );
+    assert!(!is_ready(&pod), "{}", pod["status"]);
+    assert!(cluster.starts(0).is_empty(), "the container never ran");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

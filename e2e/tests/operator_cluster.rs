@@ -6,7 +6,7 @@
 //! Each test prints the times it measured (`--nocapture` shows them); docs/operator.md keeps
 //! them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ use etcd_client::{Client, CompactionOptions, ConnectOptions, DeleteOptions, GetO
 use serde_json::{json, Value};
 
 use ferrokv_e2e::kube_env::{
-    member_name, EnvOptions, Kind, KubeEnv, CLAIMS, CONFIG_MAPS, DISRUPTION_BUDGETS, KVCLUSTERS,
-    PODS, SERVICES, STATEFUL_SETS,
+    conditions_say, member_name, EnvOptions, Kind, KubeEnv, CLAIMS, CONFIG_MAPS,
+    DISRUPTION_BUDGETS, KVCLUSTERS, PODS, SERVICES, STATEFUL_SETS,
 };
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
@@ -286,6 +286,7 @@ async fn member_on_a_failed_node_moves_to_another_node_as_the_same_member() {
     let options = EnvOptions {
         nodes: 4,
         pods_per_node: 2,
+        ..EnvOptions::default()
     };
     let env = start("node-failure", options).await;
     const LOST_NODE_TIMEOUT: u64 = 5;
@@ -617,4 +618,221 @@ async fn defrag_by_threshold_and_by_schedule_gives_space_back_followers_first_le
         "",
         "deleted keys stay deleted"
     );
+}
+
+/// The image the operator runs for `spec.version: VERSION` (its default repository).
+fn member_image(version: &str) -> String {
+    format!("ghcr.io/ferrokv/ferrokv:v{version}")
+}
+
+/// The `ferrokv` image of every member pod, by name, with the pod's UID.
+async fn pod_images(env: &KubeEnv) -> BTreeMap<String, (String, String)> {
+    env.list(PODS)
+        .await
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                (
+                    p["spec"]["containers"][0]["image"].as_str()?.to_string(),
+                    p["metadata"]["uid"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// The KVCluster's `Degraded` condition, once its reason is `reason`.
+async fn wait_degraded(env: &KubeEnv, reason: &str, within: Duration) -> Value {
+    env.eventually(&format!("Degraded {reason}"), within, || async {
+        let status = env.kvcluster().await["status"].clone();
+        status["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == reason)
+            .cloned()
+    })
+    .await
+}
+
+/// Waits until every member runs `version` and the cluster is Available with 3 members.
+async fn wait_rolled_out(env: &KubeEnv, version: &str) {
+    env.eventually(&format!("every member on {version}"), SCALING, || async {
+        let status = env.kvcluster().await["status"].clone();
+        (status["version"] == version && status["updatedReplicas"] == 3).then_some(())
+    })
+    .await;
+    env.wait_available(3, FORMING).await;
+}
+
+/// Puts `up-N` through the client Service with etcdctl until `stop`; returns the acknowledged
+/// keys and the number of failed puts.
+async fn put_through_service_until(env: &KubeEnv, stop: &AtomicBool) -> (Vec<String>, usize) {
+    let (mut acknowledged, mut failed) = (Vec::new(), 0);
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let key = format!("up-{n:05}");
+        match env.etcdctl(&["put", &key, "v"]).await {
+            Ok(output) if output.status.success() => acknowledged.push(key),
+            _ => failed += 1,
+        }
+    }
+    (acknowledged, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_upgrade_rolls_followers_first_refuses_skips_and_downgrades_and_pauses_on_a_bad_image(
+) {
+    let missing = member_image("0.2.9");
+    let options = EnvOptions {
+        unavailable_images: [missing.clone()].into(),
+        ..EnvOptions::default()
+    };
+    let env = start("upgrade", options).await;
+    if env.is_real() {
+        println!("skipped: the versions it rolls between exist only in the hermetic registry");
+        return;
+    }
+    apply_example(&env, |kvc| kvc["spec"]["version"] = json!("0.1.0")).await;
+    wait_rolled_out(&env, "0.1.0").await;
+    let ids = env.member_ids().await;
+    let leader = env.kvcluster().await["status"]["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_string();
+
+    // 0.1.0 -> 0.2.0 under a writer: followers first, the leader last after handing off.
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let roll = async {
+        env.apply_example(|kvc| kvc["spec"]["version"] = json!("0.2.0"))
+            .await
+            .unwrap();
+        wait_rolled_out(&env, "0.2.0").await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let ((), (acknowledged, failed)) = tokio::join!(roll, put_through_service_until(&env, &stop));
+    println!(
+        "0.1.0 -> 0.2.0 rolled out in {:.1}s; {} puts acknowledged, {failed} failed",
+        started.elapsed().as_secs_f64(),
+        acknowledged.len()
+    );
+    assert!(!acknowledged.is_empty());
+    let stored = env
+        .etcdctl(&["get", "up-", "--prefix", "--keys-only"])
+        .await
+        .unwrap();
+    let stored = String::from_utf8_lossy(&stored.stdout).to_string();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| !stored.lines().any(|line| line == k.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged puts lost: {lost:?}");
+    assert_eq!(env.member_ids().await, ids, "every member keeps its ID");
+    let images = pod_images(&env).await;
+    assert!(
+        images
+            .values()
+            .all(|(image, _)| *image == member_image("0.2.0")),
+        "{images:?}"
+    );
+    let restarts: Vec<String> = cluster_events(&env)
+        .await
+        .iter()
+        .filter(|e| matches!(e["reason"].as_str(), Some("PodRestarted" | "LeaderMoved")))
+        .filter_map(|e| {
+            e["note"]
+                .as_str()
+                .or(e["message"].as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    let order: Vec<&str> = restarts
+        .iter()
+        .map(|note| match note.strip_prefix("restarted pod ") {
+            Some(rest) => rest.split(' ').next().unwrap(),
+            None => "leader moved",
+        })
+        .collect();
+    assert_eq!(order.len(), 4, "{restarts:?}");
+    assert_eq!(order[2], "leader moved", "{restarts:?}");
+    assert_eq!(order[3], leader, "the leader last: {restarts:?}");
+    let table = env
+        .kubectl_in_namespace(&["get", "kvc", "example"])
+        .await
+        .unwrap();
+    assert!(table.lines().next().unwrap().contains("VERSION"), "{table}");
+    assert!(table.contains("0.2.0"), "{table}");
+
+    // A skip of a minor version and a downgrade are refused; no member is touched.
+    for (version, says) in [
+        ("0.4.0", "one minor version at a time"),
+        ("0.1.0", "downgrade"),
+    ] {
+        env.apply_example(|kvc| kvc["spec"]["version"] = json!(version))
+            .await
+            .unwrap();
+        let degraded = wait_degraded(&env, "UpgradeRefused", Duration::from_secs(60)).await;
+        let message = degraded["message"].as_str().unwrap();
+        assert!(message.contains(says), "{version}: {message}");
+        assert!(message.contains("spec.upgrade.force"), "{message}");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(pod_images(&env).await, images, "{version}: pods untouched");
+        assert_eq!(env.kvcluster().await["status"]["version"], "0.2.0");
+    }
+
+    // An image the registry lacks: the first follower restarted onto it never becomes ready,
+    // the roll-out pauses naming it, and nothing else is touched.
+    env.apply_example(|kvc| {
+        kvc["spec"]["version"] = json!("0.2.9");
+        kvc["spec"]["upgrade"] = json!({"memberReadyTimeoutSeconds": 10});
+    })
+    .await
+    .unwrap();
+    let paused = wait_degraded(&env, "RolloutPaused", SCALING).await;
+    let message = paused["message"].as_str().unwrap().to_string();
+    println!("paused: {message}");
+    assert!(message.contains(&missing), "{message}");
+    let now = pod_images(&env).await;
+    let stuck: Vec<&String> = now
+        .iter()
+        .filter(|(_, (image, _))| *image == missing)
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(stuck.len(), 1, "one member tried the bad image: {now:?}");
+    assert_ne!(*stuck[0], leader, "a follower goes first");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = pod_images(&env).await;
+    for (name, pod) in &images {
+        if name != stuck[0] {
+            assert_eq!(later.get(name), Some(pod), "{name} untouched while paused");
+        }
+    }
+    assert_success(
+        "put while paused",
+        &env.etcdctl(&["put", "paused", "yes"]).await.unwrap(),
+    );
+
+    // Setting the version back restarts the stuck member onto it, and the cluster is whole.
+    env.apply_example(|kvc| kvc["spec"]["version"] = json!("0.2.0"))
+        .await
+        .unwrap();
+    env.eventually("the stuck member back on 0.2.0", SCALING, || async {
+        let images = pod_images(&env).await;
+        images
+            .values()
+            .all(|(image, _)| *image == member_image("0.2.0"))
+            .then_some(())
+    })
+    .await;
+    env.wait_available(3, SCALING).await;
+    env.eventually("Degraded cleared", FORMING, || async {
+        let status = env.kvcluster().await["status"].clone();
+        conditions_say(&status, "Degraded", "False").then_some(())
+    })
+    .await;
+    assert_eq!(env.member_ids().await, ids);
+    assert_eq!(etcdctl_get(&env, "paused").await, "yes");
 }

@@ -328,17 +328,18 @@ fn member_container_security() -> SecurityContext {
     }
 }
 
-/// The StatefulSet running the members, at the size the planner decided.
+/// The StatefulSet running the members, at the size the planner decided, on `image` (the
+/// spec's unless the version rules refuse it: see `planner::image_decision`).
 ///
 /// Pods are created in parallel (a forming cluster needs all of them at once) and updated only
 /// when the operator deletes them (`OnDelete`), so a template change restarts one member at a
 /// time and only while every other voter is healthy.
-pub fn stateful_set(kvc: &KVCluster, replicas: i32, defaults: &BuildDefaults) -> StatefulSet {
+pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet {
     let names = names_of(kvc);
     let spec = &kvc.spec;
     let container = Container {
         name: CONTAINER_NAME.to_string(),
-        image: Some(defaults.image_for(kvc)),
+        image: Some(image.to_string()),
         command: Some(vec!["ferrokv".to_string()]),
         args: Some(member_args(kvc)),
         env: Some(vec![
@@ -443,6 +444,8 @@ mod tests {
     use super::*;
     use crate::crd::{AutoCompactionMode, KVClusterSpec};
 
+    const TEST_IMAGE: &str = "ghcr.io/ferrokv/ferrokv:v0.1.0";
+
     fn cluster(spec_json: serde_json::Value) -> KVCluster {
         let spec: KVClusterSpec = serde_json::from_value(spec_json).unwrap();
         let mut kvc = KVCluster::new("kv", spec);
@@ -475,7 +478,9 @@ mod tests {
                 .metadata
                 .owner_references,
             pod_disruption_budget(&kvc).metadata.owner_references,
-            stateful_set(&kvc, 3, &defaults).metadata.owner_references,
+            stateful_set(&kvc, 3, &defaults.image_for(&kvc))
+                .metadata
+                .owner_references,
         ];
         for owner in owners {
             let owner = owner.expect("owner reference");
@@ -489,7 +494,7 @@ mod tests {
         let kvc = cluster(serde_json::json!({
             "storage": {"data": {"size": "20Gi", "storageClassName": "ssd"}, "wal": {"size": "4Gi"}}
         }));
-        let sts = stateful_set(&kvc, 3, &BuildDefaults::default());
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
         let spec = sts.spec.as_ref().unwrap();
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(spec.service_name.as_deref(), Some("kv-peer"));
@@ -521,11 +526,7 @@ mod tests {
 
     #[test]
     fn probes_hit_readyz_and_livez_on_the_client_port() {
-        let sts = stateful_set(
-            &cluster(serde_json::json!({})),
-            1,
-            &BuildDefaults::default(),
-        );
+        let sts = stateful_set(&cluster(serde_json::json!({})), 1, TEST_IMAGE);
         let container = &pod_spec(&sts).containers[0];
         let path = |probe: &Option<Probe>| {
             let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
@@ -547,7 +548,7 @@ mod tests {
         ));
         assert!(args.contains(&"--initial-cluster=$(INITIAL_CLUSTER)".to_string()));
         assert!(args.contains(&"--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".to_string()));
-        let sts = stateful_set(&kvc, 3, &BuildDefaults::default());
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
         let env = pod_spec(&sts).containers[0].env.clone().unwrap();
         let pod_name = env.iter().find(|e| e.name == "POD_NAME").unwrap();
         assert_eq!(
@@ -636,7 +637,7 @@ mod tests {
             "priorityClassName": "system-cluster-critical",
             "affinity": {"nodeAffinity": {}}
         }));
-        let sts = stateful_set(&placed, 3, &BuildDefaults::default());
+        let sts = stateful_set(&placed, 3, TEST_IMAGE);
         let pod = pod_spec(&sts);
         assert_eq!(pod.node_selector.as_ref().unwrap()["disk"], "nvme");
         assert_eq!(
@@ -649,11 +650,7 @@ mod tests {
         );
         assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_none());
 
-        let default = stateful_set(
-            &cluster(serde_json::json!({})),
-            3,
-            &BuildDefaults::default(),
-        );
+        let default = stateful_set(&cluster(serde_json::json!({})), 3, TEST_IMAGE);
         assert!(pod_spec(&default)
             .affinity
             .as_ref()
@@ -685,11 +682,7 @@ mod tests {
 
     #[test]
     fn members_run_unprivileged_and_own_their_volumes_through_fs_group() {
-        let sts = stateful_set(
-            &cluster(serde_json::json!({})),
-            3,
-            &BuildDefaults::default(),
-        );
+        let sts = stateful_set(&cluster(serde_json::json!({})), 3, TEST_IMAGE);
         let pod = pod_spec(&sts);
         let security = pod.security_context.as_ref().unwrap();
         assert_eq!(security.run_as_non_root, Some(true));

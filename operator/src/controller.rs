@@ -26,13 +26,15 @@ use serde::Serialize;
 use tracing::{info, instrument, warn};
 
 use crate::children::{self, BuildDefaults};
-use crate::crd::{KVCluster, WhenDeleted};
+use crate::crd::{KVCluster, KVClusterStatus, WhenDeleted};
 use crate::error::Error;
 use crate::membership::{self, Defragmented};
 use crate::metrics::Metrics;
 use crate::names::{ClusterNames, CLUSTER_LABEL, FIELD_MANAGER};
 use crate::observe::{observe, Observation};
-use crate::planner::{next_scheduled_defragmentation, plan, Action, Member, Observed, VoterCount};
+use crate::planner::{
+    image_decision, next_scheduled_defragmentation, plan, Action, Member, Observed, VoterCount,
+};
 use crate::status::{
     build_status, describe_defragmented, describe_step, is_membership_step, step_reason,
 };
@@ -159,20 +161,21 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     let Observation {
         observed,
         cluster_id,
-    } = observe(client, kvc, &names).await?;
+    } = observe(client, kvc, &names, &ctx.defaults).await?;
     let action = plan(&observed);
+    let image = image_decision(&observed);
 
     // Keep the StatefulSet's template in step with the spec at its current size; its size is
     // changed only as a planned step.
     if let Some(sts) = &observed.stateful_set {
         if !matches!(action, Action::ScaleStatefulSet { .. }) {
-            let sts = children::stateful_set(kvc, sts.replicas, &ctx.defaults);
+            let sts = children::stateful_set(kvc, sts.replicas, &image.image);
             apply_object(client, &ns, &sts).await?;
         }
     }
 
     let members = observed.members.clone().unwrap_or_default();
-    let step_result = take_step(kvc, ctx, &names, &members, &action).await;
+    let step_result = take_step(kvc, ctx, &names, &members, &action, &image.image).await;
     let step_error = step_result.as_ref().err().map(ToString::to_string);
     let defragmented = step_result.as_ref().ok().copied().flatten();
     if is_membership_step(&action) {
@@ -226,6 +229,7 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
         defragmented.as_ref(),
         Timestamp::now(),
     );
+    publish_version_events(ctx, kvc, &status).await;
     let api: Api<KVCluster> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": "ferrokv.io/v1alpha1",
@@ -254,6 +258,32 @@ fn idle_requeue(observed: &Observed) -> Duration {
         .map_or(REQUEUE_IDLE, |secs| {
             REQUEUE_IDLE.min(Duration::from_secs(secs.max(1) as u64))
         })
+}
+
+/// Events for what `status` says about versions that the last status did not: a refused
+/// version, and a roll-out completed.
+async fn publish_version_events(ctx: &Context, kvc: &KVCluster, status: &KVClusterStatus) {
+    let previous = kvc.status.as_ref();
+    let degraded = |s: &KVClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .filter(|c| c.status == "True")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let refused = degraded(status).filter(|(reason, _)| reason == "UpgradeRefused");
+    if let Some((reason, message)) = refused {
+        if previous.and_then(degraded).as_ref().map(|(_, m)| m) != Some(&message) {
+            publish(ctx, kvc, EventType::Warning, &reason, message).await;
+        }
+    }
+    let before = previous.and_then(|p| p.image.as_deref());
+    if let (Some(before), Some(now)) = (before, status.image.as_deref()) {
+        if before != now {
+            let note = format!("every member runs {now} (was {before})");
+            publish(ctx, kvc, EventType::Normal, "RolledOut", note).await;
+        }
+    }
 }
 
 async fn publish(ctx: &Context, kvc: &KVCluster, type_: EventType, reason: &str, note: String) {
@@ -290,6 +320,7 @@ async fn take_step(
     names: &ClusterNames,
     members: &[Member],
     action: &Action,
+    image: &str,
 ) -> Result<Option<Defragmented>, Error> {
     if let Action::Defragment { id, .. } = action {
         let url = members
@@ -299,7 +330,7 @@ async fn take_step(
             .ok_or(Error::MemberUnreachable(*id))?;
         return membership::defragment(&url).await.map(Some);
     }
-    take_change_step(kvc, ctx, names, members, action)
+    take_change_step(kvc, ctx, names, members, action, image)
         .await
         .map(|()| None)
 }
@@ -311,6 +342,7 @@ async fn take_change_step(
     names: &ClusterNames,
     members: &[Member],
     action: &Action,
+    image: &str,
 ) -> Result<(), Error> {
     let client = &ctx.client;
     let ns = &names.namespace;
@@ -327,12 +359,7 @@ async fn take_change_step(
             apply_object(client, ns, &children::bootstrap_config_map(kvc, config)).await
         }
         Action::ScaleStatefulSet { replicas } => {
-            apply_object(
-                client,
-                ns,
-                &children::stateful_set(kvc, *replicas, &ctx.defaults),
-            )
-            .await
+            apply_object(client, ns, &children::stateful_set(kvc, *replicas, image)).await
         }
         Action::AddLearner { ordinal } => {
             membership::add_learner(&endpoints, &names.peer_url(*ordinal))

@@ -68,6 +68,12 @@ pub const MAX_REPLICAS: i32 = 9;
         json_path = ".status.leader"
     ),
     printcolumn(
+        name = "Version",
+        type_ = "string",
+        description = "The version every member runs",
+        json_path = ".status.version"
+    ),
+    printcolumn(
         name = "Phase",
         type_ = "string",
         description = "What the cluster is doing",
@@ -138,6 +144,42 @@ pub struct KVClusterSpec {
     /// Upkeep the operator does by itself: defragmentation and history compaction.
     #[serde(default, skip_serializing_if = "MaintenanceSpec::is_empty")]
     pub maintenance: MaintenanceSpec,
+
+    /// How a change of `version` or `image` is rolled out.
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
+}
+
+/// How members move to a new version: one at a time, followers first and the leader last
+/// after a leader transfer, each only while every other voter is healthy and caught up.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// Allow what is otherwise refused: a downgrade to an older minor version, a skip of more
+    /// than one minor version, a change of major version other than to its first minor.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds an updated member may take to become ready again; after that the roll-out
+    /// pauses with a `RolloutPaused` condition naming it, and nothing else is touched until
+    /// it recovers or the spec changes.
+    #[serde(default = "UpgradeSpec::default_member_ready_timeout")]
+    #[schemars(range(min = 1))]
+    pub member_ready_timeout_seconds: u32,
+}
+
+impl UpgradeSpec {
+    fn default_member_ready_timeout() -> u32 {
+        300
+    }
+}
+
+impl Default for UpgradeSpec {
+    fn default() -> Self {
+        Self {
+            force: false,
+            member_ready_timeout_seconds: Self::default_member_ready_timeout(),
+        }
+    }
 }
 
 /// Upkeep of the members' databases.
@@ -371,6 +413,16 @@ pub struct KVClusterStatus {
     /// Cluster ID as etcd prints it (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// The image every member runs, recorded once all of them run it and are ready; while a
+    /// new one rolls out, the one they ran before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The tag of `image`: the version every member runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Member pods that run the StatefulSet's current template.
+    #[serde(default)]
+    pub updated_replicas: i32,
     /// Every registered member.
     #[serde(default)]
     pub members: Vec<MemberStatus>,
@@ -501,7 +553,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Replicas", "Ready", "Leader", "Phase", "Age"]);
+        assert_eq!(
+            columns,
+            ["Replicas", "Ready", "Leader", "Version", "Phase", "Age"]
+        );
     }
 
     #[test]

@@ -17,3 +17,4 @@ pub mod names;
 pub mod observe;
 pub mod planner;
 pub mod status;
+pub mod upgrade;

@@ -213,7 +213,11 @@ fn render(manifest: &PathBuf, image_repository: String) -> anyhow::Result<String
             &BootstrapConfig::new_cluster(replicas.max(0) as u32),
         ))?,
         serde_yaml::to_string(&children::pod_disruption_budget(&kvc))?,
-        serde_yaml::to_string(&children::stateful_set(&kvc, replicas, &defaults))?,
+        serde_yaml::to_string(&children::stateful_set(
+            &kvc,
+            replicas,
+            &defaults.image_for(&kvc),
+        ))?,
     ];
     Ok(documents.iter().map(|d| format!("---\n{d}")).collect())
 }

@@ -45,6 +45,8 @@ struct Probed {
     leader: u64,
     db_size: i64,
     db_size_in_use: i64,
+    committed_index: u64,
+    applied_index: u64,
 }
 
 /// Asks one member for its Status. `None` — unhealthy — when it does not answer or follows no
@@ -59,6 +61,8 @@ async fn probe(url: String) -> Option<Probed> {
         leader: status.leader(),
         db_size: status.db_size(),
         db_size_in_use: status.raft_used_db_size(),
+        committed_index: status.raft_index(),
+        applied_index: status.raft_applied_index(),
     };
     (probed.leader != 0).then_some(probed)
 }
@@ -144,6 +148,8 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
             is_leader: leader == Some(m.id()),
             db_size: status.map(|p| p.db_size),
             db_size_in_use: status.map(|p| p.db_size_in_use),
+            committed_index: status.map(|p| p.committed_index),
+            applied_index: status.map(|p| p.applied_index),
         })
         .collect();
     Some(MembershipView {

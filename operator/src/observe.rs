@@ -5,19 +5,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::bootstrap::BootstrapConfig;
-use crate::children::CONTAINER_NAME;
+use crate::children::{BuildDefaults, CONTAINER_NAME};
 use crate::crd::KVCluster;
 use crate::error::Error;
 use crate::membership::{self, MembershipView};
 use crate::names::ClusterNames;
 use crate::planner::{
     Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, StartRefusal,
+    UpgradePolicy,
 };
 
 /// What one pass observed: the planner's input and the cluster ID for status.
@@ -30,6 +31,7 @@ pub async fn observe(
     client: &Client,
     kvc: &KVCluster,
     names: &ClusterNames,
+    defaults: &BuildDefaults,
 ) -> Result<Observation, Error> {
     let ns = &names.namespace;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -48,6 +50,10 @@ pub async fn observe(
         .await?
         .map(|sts| ObservedStatefulSet {
             replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            image: sts
+                .spec
+                .as_ref()
+                .and_then(|s| container_image(s.template.spec.as_ref()?.containers.as_slice())),
             update_revision: sts.status.and_then(|s| s.update_revision),
         });
 
@@ -120,8 +126,24 @@ pub async fn observe(
                 .creation_timestamp
                 .as_ref()
                 .map_or_else(Timestamp::now, |t| t.0),
+            desired_image: defaults.image_for(kvc),
+            rolled_out_image: kvc.status.as_ref().and_then(|s| s.image.clone()),
+            upgrade: UpgradePolicy {
+                force: kvc.spec.upgrade.force,
+                member_ready_timeout: Duration::from_secs(
+                    kvc.spec.upgrade.member_ready_timeout_seconds.into(),
+                ),
+            },
         },
     })
+}
+
+/// The image of the `ferrokv` container among `containers`.
+fn container_image(containers: &[Container]) -> Option<String> {
+    containers
+        .iter()
+        .find(|c| c.name == CONTAINER_NAME)
+        .and_then(|c| c.image.clone())
 }
 
 /// When the operator last defragmented each member, as its status says.
@@ -193,6 +215,10 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
         node,
         start_refusal,
         revision: pod.labels().get("controller-revision-hash").cloned(),
+        image: pod
+            .spec
+            .as_ref()
+            .and_then(|s| container_image(&s.containers)),
     }
 }
 

@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::bootstrap::{BootstrapConfig, InitialClusterState};
 use crate::crd::{DefragmentationThreshold, MAX_REPLICAS, MIN_REPLICAS};
 use crate::names::{ClusterNames, VolumeKind};
+use crate::upgrade::{self, ImageDecision};
 
 /// Everything one reconcile pass observed about a cluster.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +43,25 @@ pub struct Observed {
     pub last_defragmented: BTreeMap<String, Timestamp>,
     /// When the KVCluster was created: a schedule's first time is the first one after it.
     pub created: Timestamp,
+    /// The image the spec asks the members to run.
+    pub desired_image: String,
+    /// The image every member ran when they last all ran one and were ready (`status.image`).
+    pub rolled_out_image: Option<String>,
+    pub upgrade: UpgradePolicy,
 }
+
+/// `spec.upgrade`, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradePolicy {
+    /// Roll out versions the rules refuse.
+    pub force: bool,
+    /// How long an updated member may take to become ready before the roll-out pauses.
+    pub member_ready_timeout: Duration,
+}
+
+/// A voter this many entries behind the leader's commit index is still catching up: a member is
+/// restarted onto a new template only while every other voter is within it.
+pub const CAUGHT_UP_ENTRIES: u64 = 1000;
 
 /// `spec.maintenance.defragmentation`, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +93,8 @@ pub struct ObservedStatefulSet {
     pub replicas: i32,
     /// The revision pods must run once updated (`status.updateRevision`).
     pub update_revision: Option<String>,
+    /// The image of the `ferrokv` container in its pod template.
+    pub image: Option<String>,
 }
 
 /// One registered member.
@@ -94,6 +115,9 @@ pub struct Member {
     /// Its database file's size and the bytes of it in use, when it answered.
     pub db_size: Option<i64>,
     pub db_size_in_use: Option<i64>,
+    /// Its Raft commit index and applied index, when it answered.
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
 }
 
 impl Member {
@@ -132,6 +156,8 @@ pub struct MemberPod {
     pub start_refusal: Option<StartRefusal>,
     /// The pod's `controller-revision-hash`.
     pub revision: Option<String>,
+    /// The image of its `ferrokv` container.
+    pub image: Option<String>,
 }
 
 /// The state of the node a pod is bound to.
@@ -330,6 +356,17 @@ pub enum WaitReason {
     WouldLoseQuorum,
     /// The defragmentation schedule does not parse; the message says why.
     InvalidSchedule(String),
+    /// Voters that are still catching up with the leader's log; the next member is restarted
+    /// onto the new template once they have.
+    MembersCatchingUp { behind: Vec<String> },
+    /// A member restarted onto the new template has not become ready within
+    /// `spec.upgrade.memberReadyTimeoutSeconds`: the roll-out stops until it does or the spec
+    /// changes.
+    RolloutPaused {
+        ordinal: u32,
+        image: String,
+        seconds: i64,
+    },
 }
 
 impl fmt::Display for WaitReason {
@@ -379,6 +416,21 @@ impl fmt::Display for WaitReason {
                     "{message}: no scheduled defragmentation until it is fixed"
                 )
             }
+            Self::MembersCatchingUp { behind } => write!(
+                f,
+                "waiting for {} to catch up with the leader before the next member restarts",
+                behind.join(", ")
+            ),
+            Self::RolloutPaused {
+                ordinal,
+                image,
+                seconds,
+            } => write!(
+                f,
+                "roll-out of {image} paused: member {ordinal} has not become ready in the {seconds}s \
+                 since it was restarted onto it; no other member is touched until it is ready or \
+                 spec.version (or spec.image) changes"
+            ),
         }
     }
 }
@@ -485,6 +537,12 @@ pub fn plan(observed: &Observed) -> Action {
 
     if let Some(action) = move_pod_off_lost_node(observed) {
         return action;
+    }
+    if let Some(action) = restart_outdated_unready_pod(observed) {
+        return action;
+    }
+    if let Some(paused) = stalled_rollout(observed) {
+        return Action::Wait(paused);
     }
     if let Some(action) = repair_lost_data(observed, members, count, desired) {
         return action;
@@ -710,10 +768,23 @@ fn repair_lost_data(
     count: VoterCount,
     desired: Option<u32>,
 ) -> Option<Action> {
+    let update_revision = observed
+        .stateful_set
+        .as_ref()
+        .and_then(|s| s.update_revision.as_ref());
+    let in_roll_out = rolling_out(observed);
     for pod in &observed.pods {
         let Some(refusal) = &pod.start_refusal else {
             continue;
         };
+        // A new version that cannot use the data it finds is a failed roll-out, not lost
+        // data: the data stays, and the roll-out pauses (see `stalled_rollout`).
+        if *refusal == StartRefusal::UnusableDataDir
+            && in_roll_out
+            && pod.revision.as_ref() == update_revision
+        {
+            continue;
+        }
         // A running pod got past its earlier refusal; a terminating one is being replaced.
         if pod.running || pod.terminating {
             continue;
@@ -837,24 +908,45 @@ fn remove_highest_member(members: &[Member], count: VoterCount) -> Action {
 }
 
 /// With the StatefulSet's `OnDelete` strategy, members move to a new template only when the
-/// operator restarts them: one at a time, highest ordinal first, the leader last-but-handed-off,
-/// and only while every voter is healthy (the caller checked).
+/// operator restarts them: one at a time, followers first (highest ordinal first) and the leader
+/// last, after it hands leadership to an updated voter; each only while every voter is healthy
+/// (the caller checked) and caught up with the leader's log.
 fn restart_outdated_pod(observed: &Observed, members: &[Member]) -> Option<Action> {
     let update_revision = observed.stateful_set.as_ref()?.update_revision.as_ref()?;
     if observed.pods.iter().any(|p| !p.ready) {
         return None;
     }
-    let pod = observed
+    let is_outdated = |p: &&MemberPod| p.revision.as_ref().is_some_and(|r| r != update_revision);
+    let outdated: Vec<(&MemberPod, &Member)> = observed
         .pods
         .iter()
-        .filter(|p| p.revision.as_ref().is_some_and(|r| r != update_revision))
-        .max_by_key(|p| p.ordinal)?;
-    let member = member_at(members, pod.ordinal)?;
+        .filter(is_outdated)
+        .filter_map(|p| Some((p, member_at(members, p.ordinal)?)))
+        .collect();
+    let (pod, member) = outdated
+        .iter()
+        .filter(|(_, m)| !m.is_leader)
+        .max_by_key(|(p, _)| p.ordinal)
+        .or_else(|| outdated.first())?;
+    let behind = behind_leader(members);
+    if !behind.is_empty() {
+        return Some(Action::Wait(WaitReason::MembersCatchingUp { behind }));
+    }
     if member.is_leader {
-        let to = members
-            .iter()
-            .filter(|m| m.id != member.id && m.is_healthy_voter())
-            .min_by_key(|m| m.ordinal)?;
+        let updated = |m: &&Member| {
+            m.ordinal
+                .and_then(|o| pod_of(observed, o))
+                .is_some_and(|p| p.revision.as_ref() == Some(update_revision))
+        };
+        let candidates = || {
+            members
+                .iter()
+                .filter(|m| m.id != member.id && m.is_healthy_voter())
+        };
+        let to = candidates()
+            .filter(updated)
+            .min_by_key(|m| m.ordinal)
+            .or_else(|| candidates().min_by_key(|m| m.ordinal))?;
         return Some(Action::MoveLeader {
             from: member.id,
             to: to.id,
@@ -864,6 +956,104 @@ fn restart_outdated_pod(observed: &Observed, members: &[Member]) -> Option<Actio
         ordinal: pod.ordinal,
         reason: RestartReason::Update,
     })
+}
+
+/// Voters more than [`CAUGHT_UP_ENTRIES`] behind the leader's commit index.
+fn behind_leader(members: &[Member]) -> Vec<String> {
+    let Some(commit) = members
+        .iter()
+        .find(|m| m.is_leader)
+        .and_then(|m| m.committed_index)
+    else {
+        return Vec::new();
+    };
+    members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .filter(|m| {
+            m.applied_index
+                .is_some_and(|applied| applied + CAUGHT_UP_ENTRIES < commit)
+        })
+        .map(member_label)
+        .collect()
+}
+
+/// A pod on an older template that is not ready, on a node that is, serves nothing, so moving
+/// it to the current template costs nothing: this is how a roll-out that stalled on a bad version is undone (set
+/// the version back, and the stuck member is restarted onto it).
+fn restart_outdated_unready_pod(observed: &Observed) -> Option<Action> {
+    let update_revision = observed.stateful_set.as_ref()?.update_revision.as_ref()?;
+    // Refusals about the member's data are the repairs' business.
+    let pod = observed.pods.iter().find(|p| {
+        !p.ready
+            && !p.terminating
+            && p.node == NodeState::Ready
+            && matches!(p.start_refusal, None | Some(StartRefusal::Other(_)))
+            && p.revision.as_ref().is_some_and(|r| r != update_revision)
+    })?;
+    Some(Action::RestartPod {
+        ordinal: pod.ordinal,
+        reason: RestartReason::Update,
+    })
+}
+
+/// Whether a roll-out is under way: a pod runs an older template, or the members have not all
+/// run the template's image since it changed.
+pub fn rolling_out(observed: &Observed) -> bool {
+    let Some(sts) = &observed.stateful_set else {
+        return false;
+    };
+    let Some(update_revision) = &sts.update_revision else {
+        return false;
+    };
+    let outdated = observed
+        .pods
+        .iter()
+        .any(|p| p.revision.as_ref() != Some(update_revision));
+    let new_image = observed.rolled_out_image.is_some() && sts.image != observed.rolled_out_image;
+    outdated || new_image
+}
+
+/// During a roll-out, a member on the new template that has not become ready in time.
+fn stalled_rollout(observed: &Observed) -> Option<WaitReason> {
+    if !rolling_out(observed) {
+        return None;
+    }
+    let sts = observed.stateful_set.as_ref()?;
+    let update_revision = sts.update_revision.as_ref()?;
+    let timeout = observed.upgrade.member_ready_timeout.as_secs() as i64;
+    observed
+        .pods
+        .iter()
+        .filter(|p| !p.ready && !p.terminating && p.revision.as_ref() == Some(update_revision))
+        .find_map(|p| {
+            let seconds = observed.now.as_second() - p.not_ready_since?.as_second();
+            (seconds >= timeout).then(|| WaitReason::RolloutPaused {
+                ordinal: p.ordinal,
+                image: sts.image.clone().unwrap_or_default(),
+                seconds,
+            })
+        })
+}
+
+/// The image the StatefulSet's template gets this pass: the spec's, unless the version rules
+/// refuse it (see [`upgrade`]).
+pub fn image_decision(observed: &Observed) -> ImageDecision {
+    let current = observed
+        .stateful_set
+        .as_ref()
+        .and_then(|s| s.image.as_deref());
+    let running = observed
+        .pods
+        .iter()
+        .filter_map(|p| p.image.as_deref())
+        .chain(observed.rolled_out_image.as_deref());
+    upgrade::decide(
+        &observed.desired_image,
+        current,
+        running,
+        observed.upgrade.force,
+    )
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use crate::crd::{KVCluster, KVClusterStatus, MemberStatus, Phase};
 use crate::membership::Defragmented;
 use crate::names::ClusterNames;
 use crate::planner::{
-    valid_replicas, Action, DefragReason, Observed, RemovalReason, RestartReason, VoterCount,
-    WaitReason,
+    image_decision, rolling_out, valid_replicas, Action, DefragReason, Observed, RemovalReason,
+    RestartReason, VoterCount, WaitReason,
 };
+use crate::upgrade::Version;
 
 /// What a step is, for Events and the `Progressing` condition.
 pub fn step_reason(action: &Action) -> &'static str {
@@ -118,6 +119,12 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
     let registered = members.len() as u32;
     let scaling = valid_replicas(observed.spec_replicas).is_some_and(|d| d != registered);
     match action {
+        // Everything else done, but the spec's version is refused.
+        Action::Converged | Action::Defragment { .. }
+            if image_decision(observed).refused.is_some() =>
+        {
+            Phase::Degraded
+        }
         Action::Converged | Action::Defragment { .. } => Phase::Running,
         Action::Wait(WaitReason::ClusterForming) => Phase::Bootstrapping,
         Action::Wait(WaitReason::QuorumLost { .. } | WaitReason::NoMemberAnswers) => {
@@ -128,7 +135,8 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             | WaitReason::MembersUnhealthy { .. }
             | WaitReason::WouldLoseQuorum
             | WaitReason::UnregisteredMemberData { .. }
-            | WaitReason::InvalidSchedule(_),
+            | WaitReason::InvalidSchedule(_)
+            | WaitReason::RolloutPaused { .. },
         ) => Phase::Degraded,
         _ if observed.members.is_none() => {
             if VoterCount::of(members).voters == 0 && observed.stateful_set.is_some() {
@@ -150,7 +158,13 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
         Action::RestartPod {
             reason: RestartReason::Update,
             ..
-        } => Phase::Updating,
+        }
+        | Action::Wait(WaitReason::MembersCatchingUp { .. }) => Phase::Updating,
+        Action::MoveLeader { .. } | Action::Wait(WaitReason::PodStarting { .. })
+            if rolling_out(observed) =>
+        {
+            Phase::Updating
+        }
         _ if scaling => Phase::Scaling,
         _ => Phase::Repairing,
     }
@@ -219,7 +233,8 @@ pub fn build_status(
                 reason @ (WaitReason::ClusterForming
                 | WaitReason::PodStarting { .. }
                 | WaitReason::LearnerCatchingUp { .. }
-                | WaitReason::PodTerminating { .. }),
+                | WaitReason::PodTerminating { .. }
+                | WaitReason::MembersCatchingUp { .. }),
             ),
         ) => condition("Progressing", true, "Waiting", reason.to_string()),
         (None, Action::Wait(reason)) => {
@@ -239,6 +254,15 @@ pub fn build_status(
         ),
     };
 
+    let progressing = match roll_out_progress(observed) {
+        Some(progress) if !matches!(action, Action::Converged) => Condition {
+            message: format!("{progress}; {}", progressing.message),
+            ..progressing
+        },
+        _ => progressing,
+    };
+
+    let refused = image_decision(observed).refused;
     let unhealthy: Vec<String> = members
         .iter()
         .filter(|m| !m.healthy)
@@ -266,6 +290,18 @@ pub fn build_status(
         Action::Wait(reason @ WaitReason::InvalidSchedule(_)) => {
             condition("Degraded", true, "InvalidSchedule", reason.to_string())
         }
+        Action::Wait(reason @ WaitReason::RolloutPaused { .. }) => {
+            condition("Degraded", true, "RolloutPaused", reason.to_string())
+        }
+        _ if refused.is_some() => condition(
+            "Degraded",
+            true,
+            "UpgradeRefused",
+            refused
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ),
         _ if !unhealthy.is_empty() => condition(
             "Degraded",
             true,
@@ -290,6 +326,7 @@ pub fn build_status(
         })
         .collect();
 
+    let image = rolled_out_image(observed).or_else(|| previous.and_then(|p| p.image.clone()));
     KVClusterStatus {
         phase: Some(phase(observed, action)),
         replicas: members.len() as i32,
@@ -300,6 +337,9 @@ pub fn build_status(
                 .map_or_else(|| m.name.clone(), |o| names.member(o))
         }),
         cluster_id: cluster_id.filter(|&id| id != 0).map(|id| format!("{id:x}")),
+        version: image.as_deref().map(version_of),
+        image,
+        updated_replicas: updated_pods(observed) as i32,
         members: members
             .iter()
             .map(|m| {
@@ -341,11 +381,69 @@ pub fn build_status(
     }
 }
 
+/// Pods on the StatefulSet's current template.
+fn updated_pods(observed: &Observed) -> usize {
+    let Some(update_revision) = observed
+        .stateful_set
+        .as_ref()
+        .and_then(|s| s.update_revision.as_ref())
+    else {
+        return 0;
+    };
+    observed
+        .pods
+        .iter()
+        .filter(|p| p.revision.as_ref() == Some(update_revision))
+        .count()
+}
+
+/// The image every member runs, when every pod of the StatefulSet runs the current template,
+/// the same image, and is ready.
+fn rolled_out_image(observed: &Observed) -> Option<String> {
+    let sts = observed.stateful_set.as_ref()?;
+    let complete = observed.pods.len() == sts.replicas.max(0) as usize
+        && updated_pods(observed) == observed.pods.len()
+        && observed
+            .pods
+            .iter()
+            .all(|p| p.ready && p.image == sts.image);
+    complete.then(|| sts.image.clone()).flatten()
+}
+
+/// "rolling out the pod template (image IMAGE): members updated 2/5", while a roll-out is
+/// under way.
+fn roll_out_progress(observed: &Observed) -> Option<String> {
+    if !rolling_out(observed) {
+        return None;
+    }
+    let sts = observed.stateful_set.as_ref()?;
+    let image = sts.image.as_deref().unwrap_or("unknown");
+    Some(format!(
+        "rolling out the pod template (image {image}): members updated {}/{}",
+        updated_pods(observed),
+        sts.replicas
+    ))
+}
+
+/// An image's version as `kubectl get kvc` shows it: `0.3.1` for `repo:v0.3.1`, the tag when
+/// it is not a version, the whole reference when it has no tag.
+pub fn version_of(image: &str) -> String {
+    if let Some(version) = Version::of_image(image) {
+        return version.to_string();
+    }
+    image
+        .rsplit('/')
+        .next()
+        .and_then(|last| last.split('@').next())
+        .and_then(|last| last.rsplit_once(':'))
+        .map_or_else(|| image.to_string(), |(_, tag)| tag.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bootstrap::BootstrapConfig;
-    use crate::planner::{Member, ObservedStatefulSet};
+    use crate::planner::{Member, MemberPod, NodeState, ObservedStatefulSet, UpgradePolicy};
     use std::time::Duration;
 
     fn names() -> ClusterNames {
@@ -361,6 +459,7 @@ mod tests {
             stateful_set: Some(ObservedStatefulSet {
                 replicas: healthy.len() as i32,
                 update_revision: None,
+                image: Some("kv:v0.1.0".into()),
             }),
             members: Some(
                 healthy
@@ -377,6 +476,8 @@ mod tests {
                         is_leader: o == 0,
                         db_size: Some(3000),
                         db_size_in_use: Some(1000),
+                        committed_index: Some(50),
+                        applied_index: Some(50),
                     })
                     .collect(),
             ),
@@ -385,6 +486,12 @@ mod tests {
             defragmentation: None,
             last_defragmented: Default::default(),
             created: Timestamp::from_second(0).unwrap(),
+            desired_image: "kv:v0.1.0".into(),
+            rolled_out_image: None,
+            upgrade: UpgradePolicy {
+                force: false,
+                member_ready_timeout: Duration::from_secs(300),
+            },
         }
     }
 
@@ -403,6 +510,114 @@ mod tests {
     fn status(o: &Observed, action: &Action) -> KVClusterStatus {
         let now = Timestamp::from_second(2_000).unwrap();
         build_status(&kvc(None), o, action, Some(0xc1), None, None, now)
+    }
+
+    fn member_pod(ordinal: u32, revision: &str, image: &str) -> MemberPod {
+        MemberPod {
+            ordinal,
+            ready: true,
+            running: true,
+            not_ready_since: None,
+            terminating: false,
+            node: NodeState::Ready,
+            start_refusal: None,
+            revision: Some(revision.into()),
+            image: Some(image.into()),
+        }
+    }
+
+    #[test]
+    fn a_roll_out_shows_its_progress_and_the_version_changes_when_every_member_runs_it() {
+        let mut o = observed(&[true, true, true]);
+        let sts = o.stateful_set.as_mut().unwrap();
+        sts.update_revision = Some("r2".into());
+        sts.image = Some("kv:v0.2.0".into());
+        o.rolled_out_image = Some("kv:v0.1.0".into());
+        o.desired_image = "kv:v0.2.0".into();
+        o.pods = vec![
+            member_pod(0, "r1", "kv:v0.1.0"),
+            member_pod(1, "r1", "kv:v0.1.0"),
+            member_pod(2, "r2", "kv:v0.2.0"),
+        ];
+        let previous = KVClusterStatus {
+            image: Some("kv:v0.1.0".into()),
+            version: Some("0.1.0".into()),
+            ..KVClusterStatus::default()
+        };
+        let now = Timestamp::from_second(2_000).unwrap();
+        let restart = Action::RestartPod {
+            ordinal: 1,
+            reason: RestartReason::Update,
+        };
+        let s = build_status(
+            &kvc(Some(previous.clone())),
+            &o,
+            &restart,
+            None,
+            None,
+            None,
+            now,
+        );
+        assert_eq!(s.phase, Some(Phase::Updating));
+        assert_eq!(
+            s.version.as_deref(),
+            Some("0.1.0"),
+            "not every member runs 0.2.0"
+        );
+        assert_eq!(s.updated_replicas, 1);
+        let progressing = condition_of(&s, "Progressing");
+        assert!(
+            progressing
+                .message
+                .starts_with("rolling out the pod template (image kv:v0.2.0): members updated 1/3; restarted pod kv-1"),
+            "{}",
+            progressing.message
+        );
+
+        o.desired_image = "kv:v0.2.0".into();
+        o.pods = (0..3).map(|i| member_pod(i, "r2", "kv:v0.2.0")).collect();
+        let s = build_status(
+            &kvc(Some(previous)),
+            &o,
+            &Action::Converged,
+            None,
+            None,
+            None,
+            now,
+        );
+        assert_eq!(s.image.as_deref(), Some("kv:v0.2.0"));
+        assert_eq!(s.version.as_deref(), Some("0.2.0"));
+        assert_eq!(s.updated_replicas, 3);
+        assert_eq!(s.phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn a_refused_version_is_degraded_with_the_reason_and_how_to_force_it() {
+        let mut o = observed(&[true, true, true]);
+        o.pods = (0..3).map(|i| member_pod(i, "r1", "kv:v0.1.0")).collect();
+        o.stateful_set.as_mut().unwrap().update_revision = Some("r1".into());
+        o.desired_image = "kv:v0.3.0".into();
+        let s = status(&o, &Action::Converged);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = condition_of(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "UpgradeRefused")
+        );
+        assert!(
+            degraded.message.contains("0.3.0 is refused"),
+            "{}",
+            degraded.message
+        );
+        assert!(degraded.message.contains("spec.upgrade.force"));
+        assert_eq!(s.version.as_deref(), Some("0.1.0"));
+    }
+
+    #[test]
+    fn versions_shown_are_tags_or_versions() {
+        assert_eq!(version_of("repo/kv:v0.3.1"), "0.3.1");
+        assert_eq!(version_of("registry:5000/kv:latest"), "latest");
+        assert_eq!(version_of("registry:5000/kv"), "registry:5000/kv");
     }
 
     #[test]

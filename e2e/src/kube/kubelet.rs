@@ -15,6 +15,9 @@
 //!   container's mount paths in args and env to it; `emptyDir` lives on the node;
 //! - runs the readiness probe (`httpGet`; without one a running container is ready) and writes
 //!   the Ready condition and container status;
+//! - pulls the container's image from a registry that holds every image but the pool's
+//!   `unavailable_images`: a pod naming one of those waits in `ErrImagePull` /
+//!   `ImagePullBackOff` and is never ready, as with a mistyped tag;
 //! - restarts exited containers after a short back-off (`restartPolicy: Always`), keeping the last
 //!   termination with its exit code and message, read from the file `FERROKV_TERMINATION_LOG`
 //!   names;
@@ -26,7 +29,7 @@
 //! What the cluster makes of that is the node lifecycle controller's business.
 //!
 //! Not here: other containers than the first, init containers, startup and liveness probes,
-//! resource limits, images (the program runs from the local build), admission (a pod bound here
+//! resource limits, image contents (every image runs the program from the local build), admission (a pod bound here
 //! runs whatever its node selector says), a container's child processes (only its own process
 //! is signalled). Names are published by the pool's cluster DNS, not by the kubelet.
 //!
@@ -80,6 +83,8 @@ pub(crate) struct KubeletConfig {
     pub dir: PathBuf,
     /// Programs containers may run, by the name in `command[0]`.
     pub programs: BTreeMap<String, PathBuf>,
+    /// Images the registry does not have.
+    pub unavailable_images: BTreeSet<String>,
     /// How often the Node's Ready condition is renewed.
     pub heartbeat: Duration,
 }
@@ -551,6 +556,17 @@ impl NodeLoop {
                 runtime.ready_since = meta::now();
             }
             if runtime.container.is_none() && Instant::now() >= runtime.next_start {
+                let image = pod["spec"]["containers"][0]["image"].as_str().unwrap_or("");
+                if self.config.unavailable_images.contains(image) {
+                    let pulled_before = runtime.waiting["reason"] == "ErrImagePull"
+                        || runtime.waiting["reason"] == "ImagePullBackOff";
+                    runtime.waiting = json!({
+                        "reason": if pulled_before { "ImagePullBackOff" } else { "ErrImagePull" },
+                        "message": format!("failed to pull image {image:?}: not found"),
+                    });
+                    runtime.next_start = Instant::now() + MAX_BACKOFF;
+                    continue;
+                }
                 match self.start_container(pod, runtime) {
                     Ok(running) => {
                         runtime.container = Some(running);

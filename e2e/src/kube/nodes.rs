@@ -25,7 +25,7 @@
 //! adding nodes to a running pool, a failed node's recovery, network partitions between nodes
 //! (the pool's [`HostNetwork`] could make them, but nothing exposes it yet).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -54,6 +54,8 @@ pub struct NodePoolConfig {
     pub dir: PathBuf,
     /// Programs containers may run, by the name in `command[0]`; the same on every node.
     pub programs: BTreeMap<String, PathBuf>,
+    /// Images the registry does not have: pods naming one wait in `ImagePullBackOff`.
+    pub unavailable_images: BTreeSet<String>,
     /// How long a node may go without a heartbeat before it is marked `Unknown`
     /// ([`DEFAULT_NODE_MONITOR_GRACE`] in Kubernetes; a few seconds in tests). Kubelets renew
     /// their heartbeat four times per grace period, at least every second and at most every 10 s.
@@ -111,6 +113,7 @@ impl NodePool {
                     host_ip: network.root_address(),
                     dir: config.dir.clone(),
                     programs: config.programs.clone(),
+                    unavailable_images: config.unavailable_images.clone(),
                     heartbeat,
                 },
             )?);

@@ -7,6 +7,8 @@ use super::*;
 
 const NOW: i64 = 1_750_000_000;
 const TIMEOUT_SECS: u64 = 300;
+const IMAGE_V1: &str = "ghcr.io/ferrokv/ferrokv:v0.1.0";
+const IMAGE_V2: &str = "ghcr.io/ferrokv/ferrokv:v0.2.0";
 
 fn at(second: i64) -> Timestamp {
     Timestamp::from_second(second).unwrap()
@@ -28,6 +30,8 @@ fn member(ordinal: u32) -> Member {
         is_leader: ordinal == 0,
         db_size: Some(100 << 20),
         db_size_in_use: Some(90 << 20),
+        committed_index: Some(10_000),
+        applied_index: Some(10_000),
     }
 }
 
@@ -41,6 +45,7 @@ fn pod(ordinal: u32) -> MemberPod {
         node: NodeState::Ready,
         start_refusal: None,
         revision: Some("r1".into()),
+        image: Some(IMAGE_V1.into()),
     }
 }
 
@@ -62,6 +67,7 @@ fn cluster(n: u32, spec: i32) -> Observed {
         stateful_set: Some(ObservedStatefulSet {
             replicas: n as i32,
             update_revision: Some("r1".into()),
+            image: Some(IMAGE_V1.into()),
         }),
         members: Some((0..n).map(member).collect()),
         pods: (0..n).map(pod).collect(),
@@ -69,6 +75,12 @@ fn cluster(n: u32, spec: i32) -> Observed {
         defragmentation: None,
         last_defragmented: BTreeMap::new(),
         created: at(NOW - 86_400),
+        desired_image: IMAGE_V1.into(),
+        rolled_out_image: Some(IMAGE_V1.into()),
+        upgrade: UpgradePolicy {
+            force: false,
+            member_ready_timeout: Duration::from_secs(TIMEOUT_SECS),
+        },
     }
 }
 
@@ -209,6 +221,7 @@ fn carry_out(o: &mut Observed, action: &Action) {
                     o.stateful_set = Some(ObservedStatefulSet {
                         replicas: replicas as i32,
                         update_revision: Some("r1".into()),
+                        image: Some(IMAGE_V1.into()),
                     })
                 }
             }
@@ -257,6 +270,10 @@ fn carry_out(o: &mut Observed, action: &Action) {
             // The StatefulSet recreates the pod on a Ready node, with the same claims.
             let previous = pod_mut(o, *ordinal).start_refusal.clone();
             recreate_pod(o, *ordinal, previous);
+            let sts = o.stateful_set.clone().unwrap();
+            let pod = pod_mut(o, *ordinal);
+            pod.revision = sts.update_revision;
+            pod.image = sts.image;
             let running = pod_mut(o, *ordinal).running;
             if let Some(m) = members_mut(o)
                 .iter_mut()
@@ -1105,23 +1122,105 @@ fn a_single_member_that_lost_its_data_is_not_removed() {
 
 // ----- updates -----------------------------------------------------------------------------
 
-#[test]
-fn template_update_restarts_one_member_at_a_time_leader_last() {
+/// `cluster(3, 3)` led by member 1, whose StatefulSet template moved to `IMAGE_V2` (revision
+/// r2) while every pod runs r1.
+fn rolling_to_v2() -> Observed {
     let mut o = cluster(3, 3);
-    o.stateful_set.as_mut().unwrap().update_revision = Some("r2".into());
-    for p in &mut o.pods {
-        p.revision = Some("r1".into());
-    }
+    let sts = o.stateful_set.as_mut().unwrap();
+    sts.update_revision = Some("r2".into());
+    sts.image = Some(IMAGE_V2.into());
+    o.desired_image = IMAGE_V2.into();
     member_mut(&mut o, 0).is_leader = false;
-    member_mut(&mut o, 2).is_leader = true;
+    member_mut(&mut o, 1).is_leader = true;
+    o
+}
+
+#[test]
+fn roll_out_restarts_followers_first_then_the_leader_after_handing_off_to_an_updated_member() {
+    let mut o = rolling_to_v2();
+    assert_eq!(
+        walk(&mut o),
+        vec![
+            Action::RestartPod {
+                ordinal: 2,
+                reason: RestartReason::Update
+            },
+            Action::RestartPod {
+                ordinal: 0,
+                reason: RestartReason::Update
+            },
+            Action::MoveLeader {
+                from: id(1),
+                to: id(0)
+            },
+            Action::RestartPod {
+                ordinal: 1,
+                reason: RestartReason::Update
+            },
+            Action::Converged,
+        ]
+    );
+    assert!(o.pods.iter().all(|p| p.image.as_deref() == Some(IMAGE_V2)));
+}
+
+#[test]
+fn while_an_updated_member_restarts_or_catches_up_nobody_else_is_touched() {
+    let mut o = rolling_to_v2();
+    step(&mut o);
+    // Restarting: not ready yet.
+    let pod = pod_mut(&mut o, 2);
+    pod.ready = false;
+    pod.not_ready_since = Some(at(NOW - 10));
+    member_mut(&mut o, 2).healthy = false;
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy { .. })
+    ));
+    // Back, but still applying what it missed.
+    pod_mut(&mut o, 2).ready = true;
+    member_mut(&mut o, 2).healthy = true;
+    member_mut(&mut o, 2).applied_index = Some(10_000 - CAUGHT_UP_ENTRIES - 1);
     assert_eq!(
         plan(&o),
-        Action::MoveLeader {
-            from: id(2),
-            to: id(0)
+        Action::Wait(WaitReason::MembersCatchingUp {
+            behind: vec!["kv-2".into()]
+        })
+    );
+    member_mut(&mut o, 2).applied_index = Some(10_000 - CAUGHT_UP_ENTRIES);
+    assert_eq!(
+        plan(&o),
+        Action::RestartPod {
+            ordinal: 0,
+            reason: RestartReason::Update
         }
     );
+}
+
+#[test]
+fn an_updated_member_not_ready_in_time_pauses_the_roll_out_and_setting_the_version_back_undoes_it()
+{
+    let mut o = rolling_to_v2();
     step(&mut o);
+    let pod = pod_mut(&mut o, 2);
+    pod.ready = false;
+    pod.running = false;
+    pod.not_ready_since = Some(at(NOW - TIMEOUT_SECS as i64));
+    member_mut(&mut o, 2).healthy = false;
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::RolloutPaused {
+            ordinal: 2,
+            image: IMAGE_V2.into(),
+            seconds: TIMEOUT_SECS as i64,
+        })
+    );
+
+    // The user sets the version back: the template is r1 again, and the stuck member, which
+    // serves nothing, is restarted onto it at once.
+    let sts = o.stateful_set.as_mut().unwrap();
+    sts.update_revision = Some("r1".into());
+    sts.image = Some(IMAGE_V1.into());
+    o.desired_image = IMAGE_V1.into();
     assert_eq!(
         plan(&o),
         Action::RestartPod {
@@ -1129,12 +1228,54 @@ fn template_update_restarts_one_member_at_a_time_leader_last() {
             reason: RestartReason::Update
         }
     );
-    // While that member restarts, nobody else is touched.
-    lose_pod(&mut o, 2);
+    step(&mut o);
+    assert_eq!(plan(&o), Action::Converged);
+    assert_eq!(pod_mut(&mut o, 2).image.as_deref(), Some(IMAGE_V1));
+}
+
+#[test]
+fn a_new_version_that_refuses_the_data_pauses_the_roll_out_and_keeps_the_data() {
+    let mut o = rolling_to_v2();
+    step(&mut o);
+    let pod = pod_mut(&mut o, 2);
+    pod.ready = false;
+    pod.running = false;
+    pod.not_ready_since = Some(at(NOW - 10));
+    pod.start_refusal = StartRefusal::parse("data dir unusable: written by a newer format");
+    member_mut(&mut o, 2).healthy = false;
     assert!(matches!(
         plan(&o),
         Action::Wait(WaitReason::MembersUnhealthy { .. })
     ));
+    pod_mut(&mut o, 2).not_ready_since = Some(at(NOW - TIMEOUT_SECS as i64 - 1));
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::RolloutPaused { ordinal: 2, .. })
+    ));
+
+    // Outside a roll-out the same refusal means data that can never be used: it is replaced.
+    let mut o = cluster(3, 3);
+    let pod = pod_mut(&mut o, 2);
+    pod.ready = false;
+    pod.running = false;
+    pod.start_refusal = Some(StartRefusal::UnusableDataDir);
+    member_mut(&mut o, 2).healthy = false;
+    assert!(matches!(plan(&o), Action::RemoveMember { ordinal: 2, .. }));
+}
+
+#[test]
+fn a_refused_version_leaves_the_template_as_it_is() {
+    let mut o = cluster(3, 3);
+    o.desired_image = "ghcr.io/ferrokv/ferrokv:v0.3.0".into();
+    let decision = image_decision(&o);
+    assert_eq!(decision.image, IMAGE_V1);
+    assert!(decision.refused.is_some());
+    o.upgrade.force = true;
+    assert_eq!(image_decision(&o).image, "ghcr.io/ferrokv/ferrokv:v0.3.0");
+
+    o.upgrade.force = false;
+    o.desired_image = IMAGE_V2.into();
+    assert_eq!(image_decision(&o).refused, None);
 }
 
 // ----- termination messages ----------------------------------------------------------------
