@@ -642,14 +642,21 @@ async fn pod_images(env: &KubeEnv) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-/// The KVCluster's `Degraded` condition, once its reason is `reason`.
-async fn wait_degraded(env: &KubeEnv, reason: &str, within: Duration) -> Value {
-    env.eventually(&format!("Degraded {reason}"), within, || async {
+/// The KVCluster's `Degraded` condition, once its reason is `reason` and its message mentions
+/// `mentions`.
+async fn wait_degraded(env: &KubeEnv, reason: &str, mentions: &str, within: Duration) -> Value {
+    let what = format!("Degraded {reason} about {mentions}");
+    env.eventually(&what, within, || async {
         let status = env.kvcluster().await["status"].clone();
         status["conditions"]
             .as_array()?
             .iter()
-            .find(|c| c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == reason)
+            .find(|c| {
+                c["type"] == "Degraded"
+                    && c["status"] == "True"
+                    && c["reason"] == reason
+                    && c["message"].as_str().is_some_and(|m| m.contains(mentions))
+            })
             .cloned()
     })
     .await
@@ -774,7 +781,8 @@ async fn version_upgrade_rolls_followers_first_refuses_skips_and_downgrades_and_
         env.apply_example(|kvc| kvc["spec"]["version"] = json!(version))
             .await
             .unwrap();
-        let degraded = wait_degraded(&env, "UpgradeRefused", Duration::from_secs(60)).await;
+        let degraded =
+            wait_degraded(&env, "UpgradeRefused", version, Duration::from_secs(60)).await;
         let message = degraded["message"].as_str().unwrap();
         assert!(message.contains(says), "{version}: {message}");
         assert!(message.contains("spec.upgrade.force"), "{message}");
@@ -791,7 +799,7 @@ async fn version_upgrade_rolls_followers_first_refuses_skips_and_downgrades_and_
     })
     .await
     .unwrap();
-    let paused = wait_degraded(&env, "RolloutPaused", SCALING).await;
+    let paused = wait_degraded(&env, "RolloutPaused", &missing, SCALING).await;
     let message = paused["message"].as_str().unwrap().to_string();
     println!("paused: {message}");
     assert!(message.contains(&missing), "{message}");
@@ -802,7 +810,9 @@ async fn version_upgrade_rolls_followers_first_refuses_skips_and_downgrades_and_
         .map(|(name, _)| name)
         .collect();
     assert_eq!(stuck.len(), 1, "one member tried the bad image: {now:?}");
-    assert_ne!(*stuck[0], leader, "a follower goes first");
+    let leader = env.kvcluster().await["status"]["leader"].clone();
+    assert_ne!(leader, json!(stuck[0]), "a follower goes first");
+    assert!(message.contains(stuck[0].as_str()), "{message}");
     tokio::time::sleep(Duration::from_secs(6)).await;
     let later = pod_images(&env).await;
     for (name, pod) in &images {

@@ -363,7 +363,7 @@ pub enum WaitReason {
     /// `spec.upgrade.memberReadyTimeoutSeconds`: the roll-out stops until it does or the spec
     /// changes.
     RolloutPaused {
-        ordinal: u32,
+        member: String,
         image: String,
         seconds: i64,
     },
@@ -422,12 +422,12 @@ impl fmt::Display for WaitReason {
                 behind.join(", ")
             ),
             Self::RolloutPaused {
-                ordinal,
+                member,
                 image,
                 seconds,
             } => write!(
                 f,
-                "roll-out of {image} paused: member {ordinal} has not become ready in the {seconds}s \
+                "roll-out of {image} paused: member {member} has not become ready in the {seconds}s \
                  since it was restarted onto it; no other member is touched until it is ready or \
                  spec.version (or spec.image) changes"
             ),
@@ -541,7 +541,7 @@ pub fn plan(observed: &Observed) -> Action {
     if let Some(action) = restart_outdated_unready_pod(observed) {
         return action;
     }
-    if let Some(paused) = stalled_rollout(observed) {
+    if let Some(paused) = stalled_rollout(observed, members) {
         return Action::Wait(paused);
     }
     if let Some(action) = repair_lost_data(observed, members, count, desired) {
@@ -1015,7 +1015,7 @@ pub fn rolling_out(observed: &Observed) -> bool {
 }
 
 /// During a roll-out, a member on the new template that has not become ready in time.
-fn stalled_rollout(observed: &Observed) -> Option<WaitReason> {
+fn stalled_rollout(observed: &Observed, members: &[Member]) -> Option<WaitReason> {
     if !rolling_out(observed) {
         return None;
     }
@@ -1029,7 +1029,8 @@ fn stalled_rollout(observed: &Observed) -> Option<WaitReason> {
         .find_map(|p| {
             let seconds = observed.now.as_second() - p.not_ready_since?.as_second();
             (seconds >= timeout).then(|| WaitReason::RolloutPaused {
-                ordinal: p.ordinal,
+                member: member_at(members, p.ordinal)
+                    .map_or_else(|| format!("of ordinal {}", p.ordinal), member_label),
                 image: sts.image.clone().unwrap_or_default(),
                 seconds,
             })

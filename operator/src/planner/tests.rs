@@ -1209,7 +1209,7 @@ fn an_updated_member_not_ready_in_time_pauses_the_roll_out_and_setting_the_versi
     assert_eq!(
         plan(&o),
         Action::Wait(WaitReason::RolloutPaused {
-            ordinal: 2,
+            member: "kv-2".into(),
             image: IMAGE_V2.into(),
             seconds: TIMEOUT_SECS as i64,
         })
@@ -1250,7 +1250,7 @@ fn a_new_version_that_refuses_the_data_pauses_the_roll_out_and_keeps_the_data() 
     pod_mut(&mut o, 2).not_ready_since = Some(at(NOW - TIMEOUT_SECS as i64 - 1));
     assert!(matches!(
         plan(&o),
-        Action::Wait(WaitReason::RolloutPaused { ordinal: 2, .. })
+        Action::Wait(WaitReason::RolloutPaused { ref member, .. }) if member == "kv-2"
     ));
 
     // Outside a roll-out the same refusal means data that can never be used: it is replaced.
