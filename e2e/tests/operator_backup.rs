@@ -47,16 +47,39 @@ async fn start(test: &str) -> KubeEnv {
 
 /// The Secret the destinations name, with the keys the operator documents.
 async fn create_credentials(env: &KubeEnv) {
-    env.kubectl_in_namespace(&[
-        "create",
-        "secret",
-        "generic",
-        SECRET,
-        &format!("--from-literal=accessKeyID={ACCESS_KEY_ID}"),
-        &format!("--from-literal=secretAccessKey={SECRET_ACCESS_KEY}"),
-    ])
-    .await
-    .expect("the credentials Secret is created");
+    apply(
+        env,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET, "namespace": env.namespace},
+            "data": {
+                "accessKeyID": base64(ACCESS_KEY_ID.as_bytes()),
+                "secretAccessKey": base64(SECRET_ACCESS_KEY.as_bytes()),
+            },
+        }),
+    )
+    .await;
+}
+
+/// Standard base64 with padding, as a Secret's `data` holds values.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn destination(s3: &S3Server) -> Value {
@@ -196,10 +219,14 @@ async fn scheduled_backups_reach_s3_with_manifests_and_retention_and_recover_fro
             },
         )
         .await;
-    env.eventually("the next scheduled backup's time", Duration::from_secs(30), || async {
-        let status = backup_status(&env).await;
-        (timestamp(&status["nextScheduledBackup"]) > time_of(&first)).then_some(())
-    })
+    env.eventually(
+        "the next scheduled backup's time",
+        Duration::from_secs(30),
+        || async {
+            let status = backup_status(&env).await;
+            (timestamp(&status["nextScheduledBackup"]) > time_of(&first)).then_some(())
+        },
+    )
     .await;
     let objects = s3.objects(BUCKET, SCHEDULED_DIR).await.unwrap();
     let first_key = first["key"].as_str().unwrap().to_string();
