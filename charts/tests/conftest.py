@@ -14,6 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ferrokv-operator"
 CRD_FILE = REPO / "crds" / "kvclusters.ferrokv.io.yaml"
+BACKUP_CRD_FILE = REPO / "crds" / "kvclusterbackups.ferrokv.io.yaml"
 EXAMPLES = REPO / "examples"
 
 # The Kubernetes versions every object must be valid for.

@@ -33,6 +33,7 @@ pub mod netns;
 pub mod operator;
 pub mod ports;
 pub mod robustness;
+pub mod s3;
 
 pub use cluster::{ClientCredentials, ClusterBuilder, TestCluster};
 pub use etcdctl::{EtcdctlOutput, EtcdctlProcess};

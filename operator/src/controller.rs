@@ -25,6 +25,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, instrument, warn};
 
+use crate::backup::metrics::BackupMetrics;
+use crate::backup::scheduled::{BackupDeps, BackupScheduler};
+use crate::backup::BackupSlots;
 use crate::children::{self, BuildDefaults};
 use crate::crd::{KVCluster, KVClusterStatus, WhenDeleted};
 use crate::error::Error;
@@ -52,6 +55,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub defaults: BuildDefaults,
+    /// The scheduled-backup tasks; its deps serve the KVClusterBackup controller too.
+    pub backups: BackupScheduler,
 }
 
 impl Context {
@@ -65,11 +70,19 @@ impl Context {
             controller: FIELD_MANAGER.to_string(),
             instance,
         };
+        let recorder = Recorder::new(client.clone(), reporter);
+        let backups = BackupScheduler::new(BackupDeps {
+            client: client.clone(),
+            recorder: recorder.clone(),
+            metrics: BackupMetrics::register(&metrics.registry),
+            slots: BackupSlots::default(),
+        });
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder,
             client,
             metrics,
             defaults,
+            backups,
         }
     }
 }
@@ -151,6 +164,7 @@ where
 
 /// One pass: children that do not depend on membership, then observe, plan, one step, status.
 async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
+    ctx.backups.ensure(kvc);
     let names = children::names_of(kvc);
     let ns = names.namespace.clone();
     let client = &ctx.client;
@@ -419,6 +433,7 @@ async fn delete_claims(client: &Client, names: &ClusterNames, ordinal: u32) -> R
 /// The KVCluster is being deleted: its owned children go by garbage collection; the volumes
 /// are not owned by it, so they are deleted here, unless the policy keeps them.
 async fn cleanup(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
+    ctx.backups.stop(kvc);
     if kvc.spec.volume_claim_retention_policy.when_deleted == WhenDeleted::Retain {
         publish(
             ctx,

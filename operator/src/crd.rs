@@ -148,6 +148,10 @@ pub struct KVClusterSpec {
     /// How a change of `version` or `image` is rolled out.
     #[serde(default)]
     pub upgrade: UpgradeSpec,
+
+    /// Scheduled backups of the keyspace to object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 /// How members move to a new version: one at a time, followers first and the leader last
@@ -180,6 +184,72 @@ impl Default for UpgradeSpec {
             member_ready_timeout_seconds: Self::default_member_ready_timeout(),
         }
     }
+}
+
+/// Scheduled backups: a snapshot from a healthy member, checked, uploaded with its manifest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// A cron schedule of five fields in UTC, e.g. `0 */6 * * *`: a backup is taken at each
+    /// time it names. Without it, backups are only taken by `KVClusterBackup` resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Which scheduled backups are kept.
+    #[serde(default)]
+    pub retention: BackupRetention,
+    /// Where backups go.
+    pub destination: BackupDestination,
+}
+
+/// Which scheduled backups are kept: a backup is deleted when it is beyond `count` newest or
+/// older than `maxAge`. The newest backup is never deleted. Backups of `KVClusterBackup`
+/// resources are not counted and never deleted by retention.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// How many scheduled backups to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub count: Option<u32>,
+    /// How old a scheduled backup may grow, e.g. `7d` or `36h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// Object storage backups are written to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.s3)").message("a backup destination needs s3"))]
+pub struct BackupDestination {
+    /// An S3-compatible bucket (AWS S3, MinIO, Ceph, Garage...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+}
+
+/// An S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    pub bucket: String,
+    /// Key prefix of every object, e.g. `prod/`; objects of a cluster go under
+    /// `PREFIX/NAMESPACE/CLUSTER/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// URL of an S3-compatible server; AWS S3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket; `us-east-1` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Name of a Secret in the cluster's namespace with the keys `accessKeyID` and
+    /// `secretAccessKey` (and optionally `sessionToken`). Without it, the operator's own
+    /// environment and instance credentials are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Address buckets as `ENDPOINT/BUCKET` rather than `BUCKET.ENDPOINT`, as most
+    /// S3-compatible servers want.
+    #[serde(default)]
+    pub force_path_style: bool,
 }
 
 /// Upkeep of the members' databases.
@@ -432,6 +502,49 @@ pub struct KVClusterStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Scheduled backups: written by the operator's backup scheduler under its own field
+    /// manager, so that the reconcile's status writes leave it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// What scheduled backups have done and will do.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<BackupRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<BackupAttempt>,
+    /// A scheduled time passed without a backup, and why (the cluster was degraded, another
+    /// backup was running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped: Option<BackupAttempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled_backup: Option<Time>,
+}
+
+/// One backup in object storage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    pub time: Time,
+    /// Key of the snapshot object; its manifest is the same key with `.json` for `.db`.
+    pub key: String,
+    /// Revision of the keyspace the snapshot holds.
+    pub revision: i64,
+    /// Bytes of the snapshot.
+    pub size: i64,
+}
+
+/// A backup that did not happen, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupAttempt {
+    pub time: Time,
+    /// A stable reason code (`SnapshotFailed`, `UploadFailed`, `CredentialsInvalid`...).
+    pub reason: String,
+    pub message: String,
 }
 
 /// What the cluster is doing, in one word.
@@ -482,6 +595,104 @@ pub struct MemberStatus {
     pub last_defragmentation_reclaimed_bytes: Option<i64>,
 }
 
+/// A backup taken now: `kubectl apply` one to back a cluster up once. The backup is kept until
+/// deleted from the bucket; deleting this resource does not delete it.
+// Two printer columns of the same type read to clippy as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferrokv.io",
+    version = "v1alpha1",
+    kind = "KVClusterBackup",
+    plural = "kvclusterbackups",
+    shortname = "kvcb",
+    category = "ferrokv",
+    namespaced,
+    doc = "A backup of a KVCluster taken once, to object storage",
+    status = "KVClusterBackupStatus",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Cluster",
+        type_ = "string",
+        description = "The KVCluster backed up",
+        json_path = ".spec.clusterName"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        description = "Where the backup is",
+        json_path = ".status.phase"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        description = "Revision of the keyspace backed up",
+        json_path = ".status.revision"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterBackupSpec {
+    /// Name of the KVCluster, in this namespace.
+    pub cluster_name: String,
+    /// Where the backup goes; the cluster's `spec.backup.destination` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
+}
+
+/// Where an on-demand backup is and what it produced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterBackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// A stable reason code for the phase (`ClusterNotFound`, `UploadFailed`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Key of the snapshot object in the bucket; its manifest is beside it with `.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Bytes of the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// SHA-256 of the snapshot object, lower-case hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The member the snapshot was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// Where an on-demand backup is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    /// Waiting: for the cluster to be healthy, or for another backup of it to end.
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// The KVClusterBackup CustomResourceDefinition as YAML, exactly as `crds/` holds it.
+pub fn backup_crd_yaml() -> String {
+    let crd = KVClusterBackup::crd();
+    let yaml = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
+    format!("---\n{yaml}")
+}
+
 /// The CustomResourceDefinition as YAML, exactly as `crds/` holds it.
 pub fn crd_yaml() -> String {
     let crd = KVCluster::crd();
@@ -505,6 +716,40 @@ mod tests {
             "{path} differs from the CRD generated from the Rust types; \
              regenerate it with `cargo run -p ferrokv-operator -- crd > crds/kvclusters.ferrokv.io.yaml`"
         );
+    }
+
+    #[test]
+    fn backup_crd_file_matches_the_generated_crd() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/kvclusterbackups.ferrokv.io.yaml"
+        );
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == backup_crd_yaml(),
+            "{path} differs from the CRD generated from the Rust types; regenerate it with \
+             `cargo run -p ferrokv-operator -- crd kvclusterbackup > crds/kvclusterbackups.ferrokv.io.yaml`"
+        );
+    }
+
+    #[test]
+    fn backup_spec_reads_an_s3_destination() {
+        let spec: KVClusterSpec = serde_json::from_value(serde_json::json!({
+            "backup": {
+                "schedule": "0 */6 * * *",
+                "retention": {"count": 3, "maxAge": "7d"},
+                "destination": {"s3": {
+                    "bucket": "b", "endpoint": "http://127.0.0.1:9000",
+                    "credentialsSecret": "s3", "forcePathStyle": true
+                }}
+            }
+        }))
+        .unwrap();
+        let backup = spec.backup.unwrap();
+        assert_eq!(backup.retention.count, Some(3));
+        let s3 = backup.destination.s3.unwrap();
+        assert!(s3.force_path_style);
+        assert_eq!(s3.credentials_secret.as_deref(), Some("s3"));
     }
 
     #[test]

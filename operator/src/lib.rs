@@ -3,8 +3,10 @@
 //! One reconcile observes the cluster ([`observe`], [`membership`]), asks the pure
 //! [`planner`] for the next single step, carries it out ([`controller`]) and writes
 //! [`status`]. The objects the operator owns are built in [`children`], from names fixed in
-//! [`names`]; the bootstrap state members start from is [`bootstrap`].
+//! [`names`]; the bootstrap state members start from is [`bootstrap`]. Backups to object
+//! storage, scheduled and on demand, are [`backup`]'s.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod children;
 pub mod controller;

@@ -17,6 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use tracing::{error, info, warn};
 
+use ferrokv_operator::backup::on_demand;
 use ferrokv_operator::bootstrap::BootstrapConfig;
 use ferrokv_operator::children::{self, BuildDefaults};
 use ferrokv_operator::controller::{self, Context};
@@ -35,8 +36,11 @@ struct Cli {
 enum Command {
     /// Run the controller, in a cluster or against the cluster KUBECONFIG points at.
     Run(RunArgs),
-    /// Print the KVCluster CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: KVCluster's, or KVClusterBackup's.
+    Crd {
+        #[arg(value_enum, default_value_t = CrdKind::Kvcluster)]
+        kind: CrdKind,
+    },
     /// Print, as a YAML stream, every object the operator builds for a KVCluster manifest.
     Render {
         /// A file holding one KVCluster.
@@ -45,6 +49,12 @@ enum Command {
         #[arg(long, default_value = "ghcr.io/ferrokv/ferrokv")]
         image_repository: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    Kvcluster,
+    Kvclusterbackup,
 }
 
 #[derive(clap::Args)]
@@ -180,8 +190,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..BuildDefaults::default()
     };
     let ctx = Arc::new(Context::new(client, metrics, defaults, Some(identity)));
+    let backup_deps = ctx.backups.deps.clone();
     tokio::select! {
         () = controller::run(ctx) => info!("controller stopped"),
+        () = on_demand::run(backup_deps) => info!("KVClusterBackup controller stopped"),
         result = http => result??,
     }
     Ok(())
@@ -226,7 +238,10 @@ fn render(manifest: &PathBuf, image_repository: String) -> anyhow::Result<String
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Crd { kind } => match kind {
+            CrdKind::Kvcluster => print!("{}", crd::crd_yaml()),
+            CrdKind::Kvclusterbackup => print!("{}", crd::backup_crd_yaml()),
+        },
         Command::Render {
             manifest,
             image_repository,

@@ -378,6 +378,8 @@ pub fn build_status(
             .collect(),
         conditions,
         observed_generation: generation,
+        // The backup scheduler's own, under its own field manager.
+        backup: None,
     }
 }
 

@@ -1,0 +1,175 @@
+//! The checks a snapshot file must pass before it is uploaded or restored: etcd's format is a
+//! bbolt database followed by a 32-byte trailer, the SHA-256 of everything before it.
+//!
+//! [`SnapshotDigest`] is fed the file in pieces as they arrive, so that a snapshot of any size
+//! is checked without being held in memory. It also hashes the whole file, trailer included:
+//! that is the `sha256` the manifest records and a restore compares.
+
+use sha2::{Digest, Sha256};
+
+/// Bytes of the trailer.
+pub const TRAILER_LEN: usize = 32;
+
+/// bbolt's magic number, in the meta page that opens the file (after the 16-byte page header).
+const BBOLT_MAGIC: u32 = 0xED0C_DAED;
+const BBOLT_MAGIC_OFFSET: usize = 16;
+
+/// Why a snapshot file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("{0} bytes is too short for a snapshot")]
+    TooShort(u64),
+    #[error("not a bbolt database: no magic number in its first page")]
+    NotBbolt,
+    #[error("SHA-256 trailer {trailer} does not match the body's hash {body}: the file is corrupt or truncated")]
+    TrailerMismatch { trailer: String, body: String },
+}
+
+/// What a checked snapshot file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedSnapshot {
+    /// Bytes of the whole file.
+    pub size: u64,
+    /// SHA-256 of the whole file, in lower-case hex.
+    pub sha256: String,
+}
+
+/// Hashes a snapshot file as it streams by and checks it at the end.
+#[derive(Default)]
+pub struct SnapshotDigest {
+    /// Hash of every byte that can no longer be part of the trailer.
+    body: Sha256,
+    whole: Sha256,
+    /// The last bytes seen, up to [`TRAILER_LEN`]: the trailer once the file ends.
+    tail: Vec<u8>,
+    /// The first bytes, up to the end of the bbolt magic.
+    head: Vec<u8>,
+    size: u64,
+}
+
+impl SnapshotDigest {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.whole.update(chunk);
+        self.size += chunk.len() as u64;
+        let head_missing = (BBOLT_MAGIC_OFFSET + 4).saturating_sub(self.head.len());
+        self.head
+            .extend_from_slice(&chunk[..head_missing.min(chunk.len())]);
+        if chunk.len() >= TRAILER_LEN {
+            self.body.update(&self.tail);
+            let (body, tail) = chunk.split_at(chunk.len() - TRAILER_LEN);
+            self.body.update(body);
+            self.tail.clear();
+            self.tail.extend_from_slice(tail);
+        } else {
+            self.tail.extend_from_slice(chunk);
+            let surplus = self.tail.len().saturating_sub(TRAILER_LEN);
+            self.body.update(&self.tail[..surplus]);
+            self.tail.drain(..surplus);
+        }
+    }
+
+    /// The file's size and hash, or why it is not a valid snapshot.
+    pub fn finish(self) -> Result<CheckedSnapshot, SnapshotFileError> {
+        if self.tail.len() < TRAILER_LEN || self.head.len() < BBOLT_MAGIC_OFFSET + 4 {
+            return Err(SnapshotFileError::TooShort(self.size));
+        }
+        let magic = u32::from_le_bytes(
+            self.head[BBOLT_MAGIC_OFFSET..BBOLT_MAGIC_OFFSET + 4]
+                .try_into()
+                .expect("four bytes"),
+        );
+        if magic != BBOLT_MAGIC {
+            return Err(SnapshotFileError::NotBbolt);
+        }
+        let body = self.body.finalize();
+        if body.as_slice() != self.tail.as_slice() {
+            return Err(SnapshotFileError::TrailerMismatch {
+                trailer: hex(&self.tail),
+                body: hex(&body),
+            });
+        }
+        Ok(CheckedSnapshot {
+            size: self.size,
+            sha256: hex(&self.whole.finalize()),
+        })
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that passes: a page with bbolt's magic, some body, the body's SHA-256.
+    fn snapshot(body_len: usize) -> Vec<u8> {
+        let mut body = vec![0u8; body_len.max(BBOLT_MAGIC_OFFSET + 4)];
+        body[BBOLT_MAGIC_OFFSET..BBOLT_MAGIC_OFFSET + 4]
+            .copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
+        for (i, b) in body.iter_mut().enumerate().skip(BBOLT_MAGIC_OFFSET + 4) {
+            *b = (i % 251) as u8;
+        }
+        let trailer = Sha256::digest(&body);
+        body.extend_from_slice(&trailer);
+        body
+    }
+
+    fn check_in_chunks(file: &[u8], chunk: usize) -> Result<CheckedSnapshot, SnapshotFileError> {
+        let mut digest = SnapshotDigest::new();
+        for piece in file.chunks(chunk) {
+            digest.update(piece);
+        }
+        digest.finish()
+    }
+
+    #[test]
+    fn trailer_check_passes_a_good_file_whatever_the_chunk_size() {
+        let file = snapshot(10_000);
+        let expected = hex(&Sha256::digest(&file));
+        for chunk in [1, 7, 31, 32, 33, 4096, file.len()] {
+            let checked = check_in_chunks(&file, chunk).unwrap();
+            assert_eq!(checked.size, file.len() as u64, "chunk {chunk}");
+            assert_eq!(checked.sha256, expected, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn trailer_check_refuses_a_flipped_byte() {
+        let mut file = snapshot(5_000);
+        file[3_000] ^= 1;
+        assert!(matches!(
+            check_in_chunks(&file, 1000),
+            Err(SnapshotFileError::TrailerMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn trailer_check_refuses_a_truncated_file() {
+        let file = snapshot(5_000);
+        assert!(matches!(
+            check_in_chunks(&file[..file.len() - 100], 512),
+            Err(SnapshotFileError::TrailerMismatch { .. })
+        ));
+        assert_eq!(
+            check_in_chunks(&file[..10], 4),
+            Err(SnapshotFileError::TooShort(10))
+        );
+    }
+
+    #[test]
+    fn trailer_check_refuses_what_is_not_bbolt() {
+        let mut body = vec![7u8; 1000];
+        let trailer = Sha256::digest(&body);
+        body.extend_from_slice(&trailer);
+        assert_eq!(
+            check_in_chunks(&body, 100),
+            Err(SnapshotFileError::NotBbolt)
+        );
+    }
+}
