@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use ferrokv_server::watch::{serve_stream, WatchCommand, WatchSpec};
+use super::auth::request_auth;
 use ferrokv_server::Server;
 
 /// Responses buffered per stream before the stream's task waits for the client.
@@ -50,12 +51,33 @@ impl PbWatchService for WatchService {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let info = request_auth(&self.server, &request).await?;
         let mut incoming = request.into_inner();
         let (command_tx, command_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::channel(RESPONSE_BUFFER);
+        let refusals = out_tx.clone();
+        let server = self.server.clone();
         tokio::spawn(async move {
             while let Some(Ok(req)) = incoming.next().await {
                 if let Some(cmd) = command(req) {
+                    // A watch outside the user's permitted ranges is refused, as etcd refuses
+                    // it: a created-and-canceled response naming the reason.
+                    if let WatchCommand::Create(spec) = &cmd {
+                        if let Err(e) = server.check_read(&info, &spec.key, &spec.range_end) {
+                            let refusal = PbWatchResponse {
+                                header: Some(server.header(server.current_revision().unwrap_or(0))),
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: e.to_string(),
+                                ..Default::default()
+                            };
+                            if refusals.send(Ok(refusal)).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                     if command_tx.send(cmd).await.is_err() {
                         break;
                     }

@@ -13,6 +13,7 @@ use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbPutRequest,
     PbPutResponse, PbTxnRequest, PbTxnResponse,
 };
+use ferrokv_storage::auth::{AuthChange, AuthFailure};
 use ferrokv_storage::StorageError;
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,23 @@ pub enum Request {
         id: u64,
         peer_urls: Vec<String>,
     },
+    /// A client's request, checked when applied against the auth store as it is then: `user`
+    /// (none for a request without credentials) must be allowed to do it, and the auth store
+    /// must not have changed since `auth_revision`, when the request was authorized.
+    Authorized {
+        user: Option<String>,
+        auth_revision: u64,
+        request: Box<Request>,
+    },
+    /// A change to users, roles or the enabled flag.
+    Auth(AuthChange),
+    /// Issues simple token `token` to `name`, whose password was checked at `checked_revision`
+    /// of the auth store (the check is not repeated where entries are applied).
+    Authenticate {
+        name: String,
+        token: String,
+        checked_revision: u64,
+    },
     /// A member announces its name and client URLs (etcd's "publish" step).
     PublishMember {
         id: u64,
@@ -93,6 +111,7 @@ impl Request {
             Request::DeleteRange(r) => r.key.len() + r.range_end.len() + 16,
             Request::Txn(r) => r.encoded_len(),
             Request::Batch(requests) => requests.iter().map(Request::approximate_size).sum(),
+            Request::Authorized { request, .. } => request.approximate_size() + 32,
             _ => 64,
         }
     }
@@ -118,6 +137,7 @@ pub enum Response {
 /// Why applying a request failed; the same on every member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyError {
+    Auth(AuthFailure),
     Compacted,
     FutureRev,
     LeaseNotFound,
@@ -136,6 +156,7 @@ impl ApplyError {
             Error::LeaseNotFound => ApplyError::LeaseNotFound,
             Error::LeaseExists => ApplyError::LeaseExists,
             Error::KeyNotFound => ApplyError::KeyNotFound,
+            Error::Auth(failure) => ApplyError::Auth(*failure),
             _ => return None,
         })
     }

@@ -8,6 +8,7 @@
 //! the leader confirmed with a quorum (ReadIndex); serializable reads are served from the
 //! local store as it is.
 
+pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod lease;
