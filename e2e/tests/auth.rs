@@ -14,7 +14,11 @@ const ROOT: &str = "root:rootpw";
 const ALICE: &str = "alice:alicepw";
 
 /// Runs etcdctl as `user` (none: anonymous) and returns its output.
-async fn ctl(cluster: &TestCluster, user: Option<&str>, args: &[&str]) -> ferrokv_e2e::etcdctl::EtcdctlOutput {
+async fn ctl(
+    cluster: &TestCluster,
+    user: Option<&str>,
+    args: &[&str],
+) -> ferrokv_e2e::etcdctl::EtcdctlOutput {
     let flag;
     let mut all: Vec<&str> = Vec::new();
     if let Some(user) = user {
@@ -52,10 +56,22 @@ async fn enable_auth_with_alice(cluster: &TestCluster) {
     ok(
         cluster,
         Some(ROOT),
-        &["role", "grant-permission", "reader", "read", "app/", "--prefix"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "app/",
+            "--prefix",
+        ],
     )
     .await;
-    ok(cluster, Some(ROOT), &["user", "grant-role", "alice", "reader"]).await;
+    ok(
+        cluster,
+        Some(ROOT),
+        &["user", "grant-role", "alice", "reader"],
+    )
+    .await;
     ok(cluster, Some(ROOT), &["put", "app/x", "1"]).await;
 }
 
@@ -70,11 +86,9 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
     enable_auth_with_alice(&cluster).await;
 
     // Who may do anything at all.
-    assert!(
-        refused(&cluster, None, &["get", "app/x"])
-            .await
-            .contains("etcdserver: user name is empty")
-    );
+    assert!(refused(&cluster, None, &["get", "app/x"])
+        .await
+        .contains("etcdserver: user name is empty"));
     assert!(refused(&cluster, Some("alice:wrong"), &["get", "app/x"])
         .await
         .contains("etcdserver: authentication failed, invalid user ID or password"));
@@ -83,7 +97,10 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
         .contains("etcdserver: authentication failed, invalid user ID or password"));
 
     // Read-only on a prefix: get inside, not put, nothing outside.
-    assert_eq!(ok(&cluster, Some(ALICE), &["get", "app/x"]).await, "app/x\n1\n");
+    assert_eq!(
+        ok(&cluster, Some(ALICE), &["get", "app/x"]).await,
+        "app/x\n1\n"
+    );
     assert!(ok(&cluster, Some(ALICE), &["get", "app/", "--prefix"])
         .await
         .contains("app/x"));
@@ -95,13 +112,39 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
     ok(&cluster, Some(ROOT), &["role", "add", "writer"]).await;
     for grant in [
         &["role", "grant-permission", "writer", "readwrite", "k1"][..],
-        &["role", "grant-permission", "writer", "readwrite", "r/a", "r/c"],
-        &["role", "grant-permission", "writer", "write", "w/", "--prefix"],
-        &["role", "grant-permission", "writer", "readwrite", "z", "--from-key"],
+        &[
+            "role",
+            "grant-permission",
+            "writer",
+            "readwrite",
+            "r/a",
+            "r/c",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "writer",
+            "write",
+            "w/",
+            "--prefix",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "writer",
+            "readwrite",
+            "z",
+            "--from-key",
+        ],
     ] {
         ok(&cluster, Some(ROOT), grant).await;
     }
-    ok(&cluster, Some(ROOT), &["user", "grant-role", "alice", "writer"]).await;
+    ok(
+        &cluster,
+        Some(ROOT),
+        &["user", "grant-role", "alice", "writer"],
+    )
+    .await;
     let role = ok(&cluster, Some(ROOT), &["role", "get", "writer"]).await;
     assert!(role.contains("[r/a, r/c)"), "{role}");
     assert!(role.contains("w/ (prefix w/)"), "{role}");
@@ -157,7 +200,13 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
         &["user", "grant-role", "alice", "root"],
         &["role", "revoke-permission", "reader", "app/", "--prefix"],
         &["auth", "disable"],
-        &["member", "add", "m4", "--learner", "--peer-urls=http://127.0.0.1:1"],
+        &[
+            "member",
+            "add",
+            "m4",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
         &["member", "remove", "1234"],
         &["defrag"],
         &["move-leader", &member_id],
@@ -185,24 +234,47 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
     assert!(refused(&cluster, Some(ROOT), &["role", "get", "ghost"])
         .await
         .contains("etcdserver: role name not found"));
-    assert!(refused(&cluster, Some(ROOT), &["user", "grant-role", "alice", "ghost"])
-        .await
-        .contains("etcdserver: role name not found"));
+    assert!(refused(
+        &cluster,
+        Some(ROOT),
+        &["user", "grant-role", "alice", "ghost"]
+    )
+    .await
+    .contains("etcdserver: role name not found"));
     assert!(refused(&cluster, Some(ROOT), &["role", "delete", "root"])
         .await
         .contains("etcdserver: invalid auth management"));
-    assert!(refused(&cluster, Some(ROOT), &["user", "revoke-role", "root", "root"])
-        .await
-        .contains("etcdserver: invalid auth management"));
+    assert!(refused(
+        &cluster,
+        Some(ROOT),
+        &["user", "revoke-role", "root", "root"]
+    )
+    .await
+    .contains("etcdserver: invalid auth management"));
     let users = ok(&cluster, Some(ROOT), &["user", "list"]).await;
     assert_eq!(users, "alice\nroot\n");
     let alice = ok(&cluster, Some(ROOT), &["user", "get", "alice"]).await;
-    assert!(alice.contains("reader") && alice.contains("writer"), "{alice}");
-    ok(&cluster, Some(ROOT), &["user", "revoke-role", "alice", "writer"]).await;
+    assert!(
+        alice.contains("reader") && alice.contains("writer"),
+        "{alice}"
+    );
+    ok(
+        &cluster,
+        Some(ROOT),
+        &["user", "revoke-role", "alice", "writer"],
+    )
+    .await;
     assert_denied(&refused(&cluster, Some(ALICE), &["put", "k1", "v"]).await);
     let passwd = cluster
         .etcdctl_with_stdin(
-            &["--user", ROOT, "user", "passwd", "alice", "--interactive=false"],
+            &[
+                "--user",
+                ROOT,
+                "user",
+                "passwd",
+                "alice",
+                "--interactive=false",
+            ],
             "alicepw2\n",
         )
         .await;
@@ -230,12 +302,27 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
 async fn a_permission_revoked_while_a_client_holds_a_token_takes_effect() {
     let cluster = TestCluster::start(3).await.expect("start cluster");
     enable_auth_with_alice(&cluster).await;
-    ok(&cluster, Some(ROOT), &["role", "grant-permission", "reader", "readwrite", "app/", "--prefix"]).await;
+    ok(
+        &cluster,
+        Some(ROOT),
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+    )
+    .await;
     let options = ConnectOptions::new().with_user("alice", "alicepw");
     let mut alice = Client::connect([cluster.endpoint(0)], Some(options))
         .await
         .expect("alice connects");
-    alice.put("app/y", "1", None).await.expect("alice may write");
+    alice
+        .put("app/y", "1", None)
+        .await
+        .expect("alice may write");
     ok(
         &cluster,
         Some(ROOT),
@@ -284,7 +371,10 @@ async fn auth_observed(cluster: &TestCluster) -> (String, String, String) {
 }
 
 async fn assert_alice_still_bound(cluster: &TestCluster) {
-    assert_eq!(ok(cluster, Some(ALICE), &["get", "app/x"]).await, "app/x\n1\n");
+    assert_eq!(
+        ok(cluster, Some(ALICE), &["get", "app/x"]).await,
+        "app/x\n1\n"
+    );
     assert_denied(&refused(cluster, Some(ALICE), &["put", "app/x", "2"]).await);
     assert!(refused(cluster, None, &["get", "app/x"])
         .await
@@ -320,7 +410,10 @@ async fn auth_survives_a_restart_of_every_member_and_travels_in_a_snapshot() {
     let mut restored = TestCluster::builder(1).create().expect("lay out a member");
     restore(&restored, &file);
     restored.restart(0).expect("start the restored member");
-    restored.wait_healthy().await.expect("restored member healthy");
+    restored
+        .wait_healthy()
+        .await
+        .expect("restored member healthy");
     assert_eq!(auth_observed(&restored).await, before);
     assert_alice_still_bound(&restored).await;
 }

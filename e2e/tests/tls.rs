@@ -839,14 +839,27 @@ async fn with_client_cert_auth_the_certificate_common_name_is_the_user_without_a
         &["auth", "enable"],
         &["user", "add", "alice", "--no-password"],
         &["role", "add", "reader"],
-        &["role", "grant-permission", "reader", "read", "app/", "--prefix"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "app/",
+            "--prefix",
+        ],
         &["user", "grant-role", "alice", "reader"],
         &["put", "app/x", "1"],
     ] {
         cluster.etcdctl(args).await.expect_stdout();
     }
     let endpoint = cluster.endpoint(0);
-    let as_alice = etcdctl_as(&cluster, &endpoint, &alice.etcdctl_flags(), &["get", "app/x"]).await;
+    let as_alice = etcdctl_as(
+        &cluster,
+        &endpoint,
+        &alice.etcdctl_flags(),
+        &["get", "app/x"],
+    )
+    .await;
     assert_eq!(as_alice.expect_stdout(), "app/x\n1\n");
     for (who, args) in [
         (&alice, &["put", "app/x", "2"][..]),
@@ -855,7 +868,10 @@ async fn with_client_cert_auth_the_certificate_common_name_is_the_user_without_a
     ] {
         let refused = etcdctl_as(&cluster, &endpoint, &who.etcdctl_flags(), args).await;
         let stderr = refused.expect_failure();
-        assert!(stderr.contains("etcdserver: permission denied"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("etcdserver: permission denied"),
+            "{args:?}: {stderr}"
+        );
     }
     // A token, when given, names the user rather than the certificate.
     let mut with_token = alice.etcdctl_flags();

@@ -658,9 +658,19 @@ mod tests {
         let c = check(&[]).unwrap();
         assert_eq!(c.bcrypt_cost, 10);
         assert_eq!(c.auth_token_ttl, Duration::from_secs(300));
-        let c = check(&["--auth-token", "simple", "--auth-token-ttl", "30", "--bcrypt-cost", "4"])
-            .unwrap();
-        assert_eq!((c.bcrypt_cost, c.auth_token_ttl), (4, Duration::from_secs(30)));
+        let c = check(&[
+            "--auth-token",
+            "simple",
+            "--auth-token-ttl",
+            "30",
+            "--bcrypt-cost",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.bcrypt_cost, c.auth_token_ttl),
+            (4, Duration::from_secs(30))
+        );
         let err = check(&["--bcrypt-cost", "3"]).unwrap_err();
         assert!(err.contains("--bcrypt-cost"), "{err}");
         let err = check(&["--auth-token", "jwt,pub-key=a.pem"]).unwrap_err();

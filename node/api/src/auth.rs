@@ -13,16 +13,15 @@ use std::task::{Context, Poll};
 
 use etcd_client::proto::{
     PbAuthDisableRequest, PbAuthDisableResponse, PbAuthEnableRequest, PbAuthEnableResponse,
-    PbAuthRoleAddRequest, PbAuthRoleAddResponse, PbAuthRoleDeleteRequest,
-    PbAuthRoleDeleteResponse, PbAuthRoleGetRequest, PbAuthRoleGetResponse,
-    PbAuthRoleGrantPermissionRequest, PbAuthRoleGrantPermissionResponse, PbAuthRoleListRequest,
-    PbAuthRoleListResponse, PbAuthRoleRevokePermissionRequest, PbAuthRoleRevokePermissionResponse,
-    PbAuthUserAddRequest, PbAuthUserAddResponse, PbAuthUserChangePasswordRequest,
-    PbAuthUserChangePasswordResponse, PbAuthUserDeleteRequest, PbAuthUserDeleteResponse,
-    PbAuthUserGetRequest, PbAuthUserGetResponse, PbAuthUserGrantRoleRequest,
-    PbAuthUserGrantRoleResponse, PbAuthUserListRequest, PbAuthUserListResponse,
-    PbAuthUserRevokeRoleRequest, PbAuthUserRevokeRoleResponse, PbAuthenticateRequest,
-    PbAuthenticateResponse, PbResponseHeader,
+    PbAuthRoleAddRequest, PbAuthRoleAddResponse, PbAuthRoleDeleteRequest, PbAuthRoleDeleteResponse,
+    PbAuthRoleGetRequest, PbAuthRoleGetResponse, PbAuthRoleGrantPermissionRequest,
+    PbAuthRoleGrantPermissionResponse, PbAuthRoleListRequest, PbAuthRoleListResponse,
+    PbAuthRoleRevokePermissionRequest, PbAuthRoleRevokePermissionResponse, PbAuthUserAddRequest,
+    PbAuthUserAddResponse, PbAuthUserChangePasswordRequest, PbAuthUserChangePasswordResponse,
+    PbAuthUserDeleteRequest, PbAuthUserDeleteResponse, PbAuthUserGetRequest, PbAuthUserGetResponse,
+    PbAuthUserGrantRoleRequest, PbAuthUserGrantRoleResponse, PbAuthUserListRequest,
+    PbAuthUserListResponse, PbAuthUserRevokeRoleRequest, PbAuthUserRevokeRoleResponse,
+    PbAuthenticateRequest, PbAuthenticateResponse, PbResponseHeader,
 };
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
@@ -31,8 +30,8 @@ use tonic::{Request, Response, Status};
 
 use super::status::to_status;
 use crate::traits::{AuthServer, Authorizer};
-use ferrokv_tls::accept::TlsConnectInfo;
 use ferrokv_server::auth::{AuthChange, AuthFailure, AuthInfo, PermKind, Permission};
+use ferrokv_tls::accept::TlsConnectInfo;
 
 /// The metadata key etcd's clients carry their token in.
 const TOKEN_KEY: &str = "token";
@@ -97,7 +96,10 @@ impl<S: AuthServer> AuthService<S> {
 
     async fn change<T>(&self, request: &Request<T>, change: AuthChange) -> Result<(), Status> {
         let info = request_auth(&self.server, request).await?;
-        self.server.change_auth(&info, change).await.map_err(to_status)
+        self.server
+            .change_auth(&info, change)
+            .await
+            .map_err(to_status)
     }
 
     async fn auth_enable(

@@ -125,9 +125,7 @@ impl<S: LeaseServer> PbLeaseService for LeaseService<S> {
                     let keys = self.server.lease_keys(req.id).map_err(to_status)?;
                     // Listing the keys needs read permission on each, as in etcd.
                     for key in &keys {
-                        self.server
-                            .check_read(&info, key, &[])
-                            .map_err(to_status)?;
+                        self.server.check_read(&info, key, &[]).map_err(to_status)?;
                     }
                     keys
                 } else {

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use ferrokv_server::watch::{serve_stream, WatchCommand, WatchSpec};
 use super::auth::request_auth;
+use ferrokv_server::watch::{serve_stream, WatchCommand, WatchSpec};
 use ferrokv_server::Server;
 
 /// Responses buffered per stream before the stream's task waits for the client.

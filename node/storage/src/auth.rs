@@ -285,7 +285,10 @@ impl AuthState {
                     return Err(F::InvalidAuthMgmt);
                 }
                 let user = self.users.get_mut(user).ok_or(F::UserNotFound)?;
-                let at = user.roles.binary_search(role).map_err(|_| F::RoleNotGranted)?;
+                let at = user
+                    .roles
+                    .binary_search(role)
+                    .map_err(|_| F::RoleNotGranted)?;
                 user.roles.remove(at);
             }
             AuthChange::RoleAdd { name } => {
@@ -439,7 +442,9 @@ impl AuthState {
     }
 
     fn known_user(&self, user: Option<&str>) -> Result<&User, AuthFailure> {
-        let name = user.filter(|u| !u.is_empty()).ok_or(AuthFailure::UserEmpty)?;
+        let name = user
+            .filter(|u| !u.is_empty())
+            .ok_or(AuthFailure::UserEmpty)?;
         self.users.get(name).ok_or(AuthFailure::PermissionDenied)
     }
 }

@@ -68,11 +68,15 @@ fn root_keeps_root_and_the_root_role_stays_while_auth_is_enabled() {
     };
     assert_eq!(state.apply(&revoke), Err(AuthFailure::InvalidAuthMgmt));
     assert_eq!(
-        state.apply(&AuthChange::UserDelete { name: "root".into() }),
+        state.apply(&AuthChange::UserDelete {
+            name: "root".into()
+        }),
         Err(AuthFailure::InvalidAuthMgmt)
     );
     assert_eq!(
-        state.apply(&AuthChange::RoleDelete { name: "root".into() }),
+        state.apply(&AuthChange::RoleDelete {
+            name: "root".into()
+        }),
         Err(AuthFailure::InvalidAuthMgmt)
     );
     state.apply(&AuthChange::Disable).unwrap();
@@ -176,7 +180,9 @@ fn adjacent_ranges_together_cover_a_range_neither_covers_alone() {
 #[test]
 fn a_from_key_permission_covers_everything_after_its_key() {
     let mut state = enabled_with_alice();
-    state.apply(&perm("r", PermKind::Write, b"m", &[0])).unwrap();
+    state
+        .apply(&perm("r", PermKind::Write, b"m", &[0]))
+        .unwrap();
     let alice = Some("alice");
     assert_eq!(state.check(alice, b"zzz", b"", Access::Write), Ok(()));
     assert_eq!(state.check(alice, b"m", &[0], Access::Write), Ok(()));

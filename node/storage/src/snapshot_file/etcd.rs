@@ -458,7 +458,10 @@ fn read_auth(db: &Db) -> Result<Option<AuthState>> {
                 .into_iter()
                 .map(|p| {
                     let kind = PermKind::from_i32(p.perm_type).ok_or_else(|| {
-                        invalid(format!("`authRoles` bucket: unknown permission type {}", p.perm_type))
+                        invalid(format!(
+                            "`authRoles` bucket: unknown permission type {}",
+                            p.perm_type
+                        ))
                     })?;
                     Ok(Permission {
                         kind,

@@ -312,7 +312,11 @@ fn the_auth_store_round_trips_through_etcds_buckets() {
     contents.meta = vec![(crate::auth::AUTH_STATE_KEY.to_string(), state.to_meta())];
     let file = encode(&contents, &ClusterState::default()).unwrap();
     let back = decode(&file, HashCheck::Verify).unwrap().contents;
-    let (_, bytes) = back.meta.iter().find(|(k, _)| k == crate::auth::AUTH_STATE_KEY).unwrap();
+    let (_, bytes) = back
+        .meta
+        .iter()
+        .find(|(k, _)| k == crate::auth::AUTH_STATE_KEY)
+        .unwrap();
     assert_eq!(crate::auth::AuthState::from_meta(bytes).unwrap(), state);
 }
 
