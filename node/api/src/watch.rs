@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::request_auth;
+use super::status::to_status;
 use ferrokv_server::watch::{serve_stream, WatchCommand, WatchSpec};
 use ferrokv_server::Server;
 
@@ -42,6 +43,16 @@ fn command(req: PbWatchRequest) -> Option<WatchCommand> {
     })
 }
 
+/// The reason of a refused watch, as etcd words it: the whole gRPC error of its refusal.
+fn cancel_reason(e: ferrokv_server::ServerError) -> String {
+    let status = to_status(e);
+    format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    )
+}
+
 #[tonic::async_trait]
 impl PbWatchService for WatchService {
     type WatchStream =
@@ -69,7 +80,7 @@ impl PbWatchService for WatchService {
                                 watch_id: -1,
                                 created: true,
                                 canceled: true,
-                                cancel_reason: e.to_string(),
+                                cancel_reason: cancel_reason(e),
                                 ..Default::default()
                             };
                             if refusals.send(Ok(refusal)).await.is_err() {
