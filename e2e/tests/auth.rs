@@ -13,6 +13,10 @@ use ferrokv_e2e::TestCluster;
 const ROOT: &str = "root:rootpw";
 const ALICE: &str = "alice:alicepw";
 
+/// etcdctl's own limit on one call: every call authenticates first (bcrypt, then a Raft
+/// round), and debug builds of three members on a loaded machine can take longer than its 5 s.
+const COMMAND_TIMEOUT: &str = "--command-timeout=20s";
+
 /// Runs etcdctl as `user` (none: anonymous) and returns its output.
 async fn ctl(
     cluster: &TestCluster,
@@ -20,7 +24,7 @@ async fn ctl(
     args: &[&str],
 ) -> ferrokv_e2e::etcdctl::EtcdctlOutput {
     let flag;
-    let mut all: Vec<&str> = Vec::new();
+    let mut all: Vec<&str> = vec![COMMAND_TIMEOUT];
     if let Some(user) = user {
         flag = format!("--user={user}");
         all.push(&flag);
@@ -176,7 +180,7 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
         let cluster = &cluster;
         async move {
             cluster
-                .etcdctl_with_stdin(&["--user", ALICE, "txn", "-i"], body)
+                .etcdctl_with_stdin(&[COMMAND_TIMEOUT, "--user", ALICE, "txn", "-i"], body)
                 .await
         }
     };
@@ -412,7 +416,10 @@ async fn auth_survives_a_restart_of_every_member_and_travels_in_a_snapshot() {
     let file = dir.path().join("auth.db");
     let path = file.to_str().expect("utf-8 path");
     cluster
-        .member_etcdctl(0, &["--user", ROOT, "snapshot", "save", path])
+        .member_etcdctl(
+            0,
+            &[COMMAND_TIMEOUT, "--user", ROOT, "snapshot", "save", path],
+        )
         .await
         .expect_stdout();
 
