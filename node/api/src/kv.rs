@@ -199,12 +199,10 @@ impl<S: KvServer> PbKvService for KvService<S> {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
-        let info = request_auth(&self.server, &request).await?;
+        // etcd checks no permission for a compaction, only that a token given is valid.
+        request_auth(&self.server, &request).await?;
         let req = request.into_inner();
-        match self
-            .propose(self.server.authorized(&info, Proposal::Compact(req)))
-            .await?
-        {
+        match self.propose(Proposal::Compact(req)).await? {
             Applied::Compact(mut resp) => {
                 let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
                 resp.header = Some(self.server.header(revision));
