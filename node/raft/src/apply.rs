@@ -14,7 +14,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use etcd_client::proto::PbEvent;
+use etcd_client::proto::{PbEvent, PbTxnOpRequest, PbTxnRequest};
 use prost_011::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot,
@@ -666,9 +666,15 @@ fn authorize(
         return Err(AuthFailure::AuthOldRevision.into());
     }
     match req {
-        Request::Put(r) => state.check_put(user, r)?,
+        Request::Put(r) => {
+            state.check_put(user, r)?;
+            check_lease_puts(write, state, user, r.lease)?;
+        }
         Request::DeleteRange(r) => state.check_delete(user, r)?,
-        Request::Txn(r) => state.check_txn(user, r)?,
+        Request::Txn(r) => {
+            state.check_txn(user, r)?;
+            check_txn_lease_puts(write, state, user, r)?;
+        }
         Request::LeaseRevoke { id } => {
             for key in write.lease_keys(*id)? {
                 state.check(user, &key, &[], Access::Write)?;
@@ -688,6 +694,40 @@ fn authorize(
         | Request::Authenticate { .. }
         | Request::UpdateMember { .. }
         | Request::PublishMember { .. } => {}
+    }
+    Ok(())
+}
+
+/// etcd's checkLeasePuts: a Put attaching a key to `lease` needs write permission on every key
+/// the lease already holds (root may do anything).
+fn check_lease_puts(
+    write: &MvccWrite,
+    state: &AuthState,
+    user: Option<&str>,
+    lease: i64,
+) -> ferrokv_storage::Result<()> {
+    if lease == 0 {
+        return Ok(());
+    }
+    for key in write.lease_keys(lease)? {
+        state.check(user, &key, &[], Access::Write)?;
+    }
+    Ok(())
+}
+
+/// The lease check of every Put in a Txn, nested transactions included, whichever branch runs.
+fn check_txn_lease_puts(
+    write: &MvccWrite,
+    state: &AuthState,
+    user: Option<&str>,
+    req: &PbTxnRequest,
+) -> ferrokv_storage::Result<()> {
+    for op in req.success.iter().chain(req.failure.iter()) {
+        match &op.request {
+            Some(PbTxnOpRequest::RequestPut(r)) => check_lease_puts(write, state, user, r.lease)?,
+            Some(PbTxnOpRequest::RequestTxn(r)) => check_txn_lease_puts(write, state, user, r)?,
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -829,6 +869,94 @@ mod tests {
         assert!(message.contains("`etcdctl snapshot save`"), "{message}");
         assert!(message.contains("`ferrokv snapshot restore`"), "{message}");
         assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    use ferrokv_storage::auth::{AuthChange, PermKind, Permission};
+    use etcd_client::proto::{PbPutRequest, PbTxnRequestOp};
+
+    fn put(key: &[u8], lease: i64) -> PbPutRequest {
+        PbPutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }
+    }
+
+    /// root, and alice who may write only `a`; auth enabled.
+    fn alice_writes_a() -> AuthState {
+        let mut state = AuthState::default();
+        let user = |name: &str| AuthChange::UserAdd {
+            name: name.into(),
+            password_hash: b"hash".to_vec(),
+            no_password: false,
+        };
+        let grant = |user: &str, role: &str| AuthChange::UserGrantRole {
+            user: user.into(),
+            role: role.into(),
+        };
+        for change in [
+            user("root"),
+            grant("root", "root"),
+            user("alice"),
+            AuthChange::RoleAdd { name: "w".into() },
+            AuthChange::RoleGrantPermission {
+                role: "w".into(),
+                permission: Permission {
+                    kind: PermKind::ReadWrite,
+                    key: b"a".to_vec(),
+                    range_end: vec![],
+                },
+            },
+            grant("alice", "w"),
+            AuthChange::Enable,
+        ] {
+            state.apply(&change).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn a_put_onto_a_lease_needs_write_permission_on_the_keys_the_lease_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let state = alice_writes_a();
+        let mut write = store.begin_write().unwrap();
+        write.lease_grant(7, 60).unwrap();
+        write.lease_grant(8, 60).unwrap();
+        write.put(&put(b"secret", 7)).unwrap();
+        write.put(&put(b"a", 8)).unwrap();
+        let rev = state.revision;
+        let alice = Some("alice");
+        let denied = |req: &Request| {
+            let err = authorize(&write, &state, alice, rev, req).unwrap_err();
+            assert!(
+                err.to_string().contains("permission denied"),
+                "{req:?}: {err}"
+            );
+        };
+        // Lease 7 holds `secret`, which alice may not write.
+        denied(&Request::Put(put(b"a", 7)));
+        let txn = |req: PbPutRequest| PbTxnRequest {
+            success: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(req)),
+            }],
+            ..Default::default()
+        };
+        denied(&Request::Txn(txn(put(b"a", 7))));
+        let nested = PbTxnRequest {
+            failure: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestTxn(txn(put(b"a", 7)))),
+            }],
+            ..Default::default()
+        };
+        denied(&Request::Txn(nested));
+        // Lease 8 holds only `a`; no lease needs no lease check.
+        authorize(&write, &state, alice, rev, &Request::Put(put(b"a", 8))).unwrap();
+        authorize(&write, &state, alice, rev, &Request::Put(put(b"a", 0))).unwrap();
+        authorize(&write, &state, alice, rev, &Request::Txn(txn(put(b"a", 8)))).unwrap();
+        // root may do anything.
+        authorize(&write, &state, Some("root"), rev, &Request::Put(put(b"a", 7))).unwrap();
     }
 
     #[test]
