@@ -575,6 +575,10 @@ impl Applier {
         let (nodes, removed) = read_members(&self.store)?;
         self.members.reset(nodes, removed);
         self.auth = AuthState::load(&self.store)?;
+        // Tokens were issued against the auth store the snapshot replaced (and Authenticate
+        // entries the snapshot covers were never applied here): none of them is known to the
+        // members that did apply that history, so none survives.
+        self.tokens.clear();
         self.publish_auth();
         self.applied.send_replace(meta.index);
         Ok(())
@@ -957,6 +961,43 @@ mod tests {
         authorize(&write, &state, alice, rev, &Request::Txn(txn(put(b"a", 8)))).unwrap();
         // root may do anything.
         authorize(&write, &state, Some("root"), rev, &Request::Put(put(b"a", 7))).unwrap();
+    }
+
+    #[test]
+    fn installing_a_snapshot_ends_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let (commands, _command_queue) = std_mpsc::channel();
+        let (machine, _removed) = StateMachine::start(ApplyParts {
+            store,
+            member_id: 1,
+            members: Members::default(),
+            waiters: Waiters::default(),
+            log: RaftLog::open(&dir.path().join("log")).unwrap(),
+            commands,
+            commit_duration: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
+                "test_commit_duration",
+                "test",
+            ))
+            .unwrap(),
+            snapshot_count: 10_000,
+            token_ttl: Duration::from_secs(60),
+        })
+        .unwrap();
+        machine.tokens().assign("t", "alice");
+        assert_eq!(machine.tokens().user_of("t").as_deref(), Some("alice"));
+
+        let leader = MvccStore::open(&dir.path().join("leader.redb")).unwrap();
+        let mut snapshot = Snapshot {
+            data: leader.snapshot().unwrap().into(),
+            ..Default::default()
+        };
+        snapshot.mut_metadata().index = 5;
+        snapshot.mut_metadata().term = 1;
+        let (done, installed) = std_mpsc::channel();
+        machine.submit(ApplyTask::Install { snapshot, done });
+        installed.recv().unwrap().unwrap();
+        assert_eq!(machine.tokens().user_of("t"), None);
     }
 
     #[test]
