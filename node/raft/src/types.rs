@@ -77,6 +77,14 @@ pub enum Request {
         id: u64,
         peer_urls: Vec<String>,
     },
+    /// A member announces its name and client URLs (etcd's "publish" step).
+    PublishMember {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    // New variants go last: bincode encodes a variant by its index, and the log and snapshots
+    // of earlier releases must still decode.
     /// A client's request, checked when applied against the auth store as it is then: `user`
     /// (none for a request without credentials) must be allowed to do it, and the auth store
     /// must not have changed since `auth_revision`, when the request was authorized.
@@ -93,12 +101,6 @@ pub enum Request {
         name: String,
         token: String,
         checked_revision: u64,
-    },
-    /// A member announces its name and client URLs (etcd's "publish" step).
-    PublishMember {
-        id: u64,
-        name: String,
-        client_urls: Vec<String>,
     },
 }
 
@@ -137,13 +139,14 @@ pub enum Response {
 /// Why applying a request failed; the same on every member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyError {
-    Auth(AuthFailure),
     Compacted,
     FutureRev,
     LeaseNotFound,
     LeaseExists,
     KeyNotFound,
     NoSpace,
+    /// Last, as new variants go: the peer wire carries this enum by variant index.
+    Auth(AuthFailure),
 }
 
 impl ApplyError {
@@ -303,5 +306,25 @@ mod tests {
             }
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    /// bincode writes a variant's index (a little-endian u32): the variants of the previous
+    /// release keep theirs, so its log entries, snapshots and peer messages still decode.
+    #[test]
+    fn earlier_variants_keep_their_index() {
+        let index = |bytes: Vec<u8>| u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        let publish = Request::PublishMember {
+            id: 1,
+            name: "m".into(),
+            client_urls: vec![],
+        };
+        assert_eq!(index(codec::encode(&publish)), 9);
+        let update = Request::UpdateMember {
+            id: 1,
+            peer_urls: vec![],
+        };
+        assert_eq!(index(codec::encode(&update)), 8);
+        assert_eq!(index(codec::encode(&ApplyError::Compacted)), 0);
+        assert_eq!(index(codec::encode(&ApplyError::NoSpace)), 5);
     }
 }
