@@ -860,7 +860,8 @@ async fn probe_health(
     match client.get("ferrokv-e2e/health", None).await {
         Ok(_) => Ok(()),
         // With auth enabled an anonymous read is refused once the member has caught up with
-        // the cluster (the refusal comes after the read barrier): healthy enough.
+        // the cluster (the permission check comes after the read barrier, before the read):
+        // healthy enough.
         Err(etcd_client::Error::GRpcStatus(status))
             if status.code() == tonic::Code::InvalidArgument
                 && status.message() == "etcdserver: user name is empty" =>

@@ -85,11 +85,13 @@ impl<S: KvServer> PbKvService for KvService<S> {
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_range(&req).map_err(to_status)?;
-        let resp = self.server.range(&req).await.map_err(to_status)?;
-        // After the read, as etcd checks: against the auth store the read barrier caught up to.
+        // As etcd: the read barrier, then the permission check against the auth store it caught
+        // up to, and only then the read.
+        self.server.range_barrier(&req).await.map_err(to_status)?;
         self.server
             .check_read(&info, &req.key, &req.range_end)
             .map_err(to_status)?;
+        let resp = self.server.range_read(&req).await.map_err(to_status)?;
         Ok(Response::new(resp))
     }
 
@@ -104,10 +106,11 @@ impl<S: KvServer> PbKvService for KvService<S> {
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_range(&req).map_err(to_status)?;
-        let full = self.server.range(&req).await.map_err(to_status)?;
+        self.server.range_barrier(&req).await.map_err(to_status)?;
         self.server
             .check_read(&info, &req.key, &req.range_end)
             .map_err(to_status)?;
+        let full = self.server.range_read(&req).await.map_err(to_status)?;
         // Disjoint slices of the keys in order; header, more and count on the last chunk.
         let mut chunks: Vec<PbRangeResponse> = full
             .kvs

@@ -66,7 +66,11 @@ pub trait KvServer: Header + QuotaChecker + Authorizer {
     fn max_txn_ops(&self) -> usize;
     /// Proposes a write and answers with its result once this member applied it.
     fn propose(&self, request: Request) -> impl Future<Output = Result<Response>> + Send;
-    fn range(
+    /// Waits for what a Range must see (the read barrier, unless the read is serializable);
+    /// the permission check comes after it, then `range_read`.
+    fn range_barrier(&self, request: &PbRangeRequest) -> impl Future<Output = Result<()>> + Send;
+    /// Reads a Range, after `range_barrier`.
+    fn range_read(
         &self,
         request: &PbRangeRequest,
     ) -> impl Future<Output = Result<PbRangeResponse>> + Send;
@@ -182,8 +186,11 @@ impl KvServer for Server {
     async fn propose(&self, request: Request) -> Result<Response> {
         Server::propose(self, request).await
     }
-    async fn range(&self, request: &PbRangeRequest) -> Result<PbRangeResponse> {
-        Server::range(self, request).await
+    async fn range_barrier(&self, request: &PbRangeRequest) -> Result<()> {
+        Server::range_barrier(self, request).await
+    }
+    async fn range_read(&self, request: &PbRangeRequest) -> Result<PbRangeResponse> {
+        Server::range_read(self, request).await
     }
 }
 
