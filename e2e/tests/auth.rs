@@ -60,6 +60,19 @@ fn assert_maintenance_denied(cluster: &TestCluster, stderr: &str) {
     }
 }
 
+/// A GET (or a PUT of `value=v`) of a v2 key with curl: the HTTP status and the body.
+async fn curl_v2(url: &str, put: bool) -> (String, String) {
+    let mut command = tokio::process::Command::new("curl");
+    command.args(["--silent", "--max-time", "10", "--write-out", "\n%{http_code}"]);
+    if put {
+        command.args(["-X", "PUT", "-d", "value=v"]);
+    }
+    let output = command.arg(url).output().await.expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("curl wrote the status");
+    (status.to_string(), body.to_string())
+}
+
 /// root (with the root role), auth enabled; alice with role `reader`, which may read `app/`.
 async fn enable_auth_with_alice(cluster: &TestCluster) {
     ok(cluster, None, &["user", "add", ROOT]).await;
@@ -110,6 +123,20 @@ async fn auth_enable_users_roles_and_every_permission_rule() {
     assert!(refused(&cluster, Some("nobody:pw"), &["get", "app/x"])
         .await
         .contains("etcdserver: authentication failed, invalid user ID or password"));
+    if !cluster.server_is_etcd() {
+        // The v2 keys API (etcd 3.4 serves it only with --enable-v2) knows no v3 users: while
+        // auth is enabled it refuses every request, reads and writes alike, as etcd answers a
+        // v2 request without sufficient credentials.
+        let url = format!("{}/v2/keys/app/x", cluster.endpoint(0));
+        for put in [false, true] {
+            let (status, body) = curl_v2(&url, put).await;
+            assert_eq!(status, "401", "{body}");
+            assert_eq!(
+                body.trim(),
+                r#"{"errorCode":110,"message":"The request requires user authentication","cause":"Insufficient credentials","index":0}"#
+            );
+        }
+    }
 
     // Read-only on a prefix: get inside, not put, nothing outside.
     assert_eq!(
