@@ -42,19 +42,42 @@ pub async fn request_auth<A: Authorizer, T>(
     server: &A,
     request: &Request<T>,
 ) -> Result<AuthInfo, Status> {
-    let token = request
-        .metadata()
-        .get(TOKEN_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty());
-    let common_name = request
-        .extensions()
-        .get::<TlsConnectInfo>()
-        .and_then(|info| info.common_name.as_deref());
-    server
-        .auth_info(token, common_name)
+    RequestCredentials::of(request)
+        .auth_info(server)
         .await
         .map_err(to_status)
+}
+
+/// What a request carries to name its user: its token, its client certificate's CommonName.
+/// Kept by a stream to resolve them again later.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCredentials {
+    token: Option<String>,
+    common_name: Option<String>,
+}
+
+impl RequestCredentials {
+    pub fn of<T>(request: &Request<T>) -> RequestCredentials {
+        RequestCredentials {
+            token: request
+                .metadata()
+                .get(TOKEN_KEY)
+                .and_then(|v| v.to_str().ok())
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+            common_name: request
+                .extensions()
+                .get::<TlsConnectInfo>()
+                .and_then(|info| info.common_name.clone()),
+        }
+    }
+
+    /// The user the credentials name now.
+    pub async fn auth_info<A: Authorizer>(&self, server: &A) -> ferrokv_server::Result<AuthInfo> {
+        server
+            .auth_info(self.token.as_deref(), self.common_name.as_deref())
+            .await
+    }
 }
 
 /// Refuses `request` unless it comes from a user with the root role (while auth is enabled):

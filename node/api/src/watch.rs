@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::request_auth;
+use super::auth::{request_auth, RequestCredentials};
 use super::status::to_status;
 use ferrokv_server::watch::{serve_stream, WatchCommand, WatchSpec};
 use ferrokv_server::Server;
@@ -62,7 +62,11 @@ impl PbWatchService for WatchService {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let info = request_auth(&self.server, &request).await?;
+        request_auth(&self.server, &request).await?;
+        // etcd's isWatchPermitted resolves the stream's credentials again on every create
+        // request: a token that expired, or a user whose roles changed, since the stream opened
+        // is seen as it is now.
+        let credentials = RequestCredentials::of(&request);
         let mut incoming = request.into_inner();
         let (command_tx, command_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::channel(RESPONSE_BUFFER);
@@ -74,7 +78,11 @@ impl PbWatchService for WatchService {
                     // A watch outside the user's permitted ranges is refused, as etcd refuses
                     // it: a created-and-canceled response naming the reason.
                     if let WatchCommand::Create(spec) = &cmd {
-                        if let Err(e) = server.check_read(&info, &spec.key, &spec.range_end) {
+                        let permitted = match credentials.auth_info(&server).await {
+                            Ok(info) => server.check_read(&info, &spec.key, &spec.range_end),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = permitted {
                             let refusal = PbWatchResponse {
                                 header: Some(server.header(server.current_revision().unwrap_or(0))),
                                 watch_id: -1,
