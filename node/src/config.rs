@@ -350,6 +350,7 @@ impl NodeConfig {
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
             bcrypt_cost: self.bcrypt_cost,
+            client_cert_auth: self.client_tls.client_cert_auth,
         }
     }
 

@@ -62,7 +62,10 @@ impl Server {
                 };
                 Some(user.ok_or(AuthFailure::InvalidAuthToken)?)
             }
-            None => common_name.map(str::to_string),
+            // etcd takes the user from the certificate only with --client-cert-auth.
+            None => common_name
+                .filter(|_| self.config().client_cert_auth)
+                .map(str::to_string),
         };
         let state = self.auth_state();
         Ok(AuthInfo {
