@@ -226,6 +226,8 @@ impl AuthState {
                     return Err(F::RootRoleNotExist);
                 }
                 self.enabled = true;
+                // etcd's AuthEnable only reloads the revision; it does not raise it.
+                return Ok(());
             }
             AuthChange::Disable => {
                 if !self.enabled {
@@ -276,8 +278,10 @@ impl AuthState {
                     return Err(F::RoleNotFound);
                 }
                 let user = self.users.get_mut(user).expect("checked above");
-                if let Err(at) = user.roles.binary_search(role) {
-                    user.roles.insert(at, role.clone());
+                match user.roles.binary_search(role) {
+                    // Already granted: etcd ignores the grant, revision unchanged.
+                    Ok(_) => return Ok(()),
+                    Err(at) => user.roles.insert(at, role.clone()),
                 }
             }
             AuthChange::UserRevokeRole { user, role } => {
@@ -433,7 +437,12 @@ impl AuthState {
         if !self.enabled {
             return Ok(());
         }
-        let user = self.known_user(user)?;
+        // etcd's IsAdminPermitted: an unknown user is ErrUserNotFound (a permission check on
+        // keys answers permission denied).
+        let user = match self.known_user(user) {
+            Err(AuthFailure::PermissionDenied) => return Err(AuthFailure::UserNotFound),
+            other => other?,
+        };
         if self.is_root(&user.name) {
             Ok(())
         } else {

@@ -106,6 +106,32 @@ fn every_change_raises_the_revision_and_a_refused_one_does_not() {
         Err(AuthFailure::RoleNotFound)
     );
     assert_eq!(state.revision, before + 2);
+    // As in etcd: granting a role the user has, and enabling auth, leave the revision alone.
+    state.apply(&grant("alice", "r")).unwrap();
+    assert_eq!(state.revision, before + 2);
+    state.apply(&AuthChange::Disable).unwrap();
+    assert_eq!(state.revision, before + 3);
+    state.apply(&AuthChange::Enable).unwrap();
+    assert!(state.enabled);
+    assert_eq!(state.revision, before + 3);
+}
+
+#[test]
+fn an_unknown_user_is_not_found_by_the_admin_check_and_denied_by_the_key_check() {
+    let state = enabled_with_alice();
+    assert_eq!(
+        state.check_admin(Some("ghost")),
+        Err(AuthFailure::UserNotFound)
+    );
+    assert_eq!(
+        state.check_admin(Some("alice")),
+        Err(AuthFailure::PermissionDenied)
+    );
+    assert_eq!(state.check_admin(None), Err(AuthFailure::UserEmpty));
+    assert_eq!(
+        state.check(Some("ghost"), b"a", b"", Access::Read),
+        Err(AuthFailure::PermissionDenied)
+    );
 }
 
 #[test]
