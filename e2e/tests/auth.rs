@@ -63,7 +63,13 @@ fn assert_maintenance_denied(cluster: &TestCluster, stderr: &str) {
 /// A GET (or a PUT of `value=v`) of a v2 key with curl: the HTTP status and the body.
 async fn curl_v2(url: &str, put: bool) -> (String, String) {
     let mut command = tokio::process::Command::new("curl");
-    command.args(["--silent", "--max-time", "10", "--write-out", "\n%{http_code}"]);
+    command.args([
+        "--silent",
+        "--max-time",
+        "10",
+        "--write-out",
+        "\n%{http_code}",
+    ]);
     if put {
         command.args(["-X", "PUT", "-d", "value=v"]);
     }

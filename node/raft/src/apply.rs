@@ -875,8 +875,8 @@ mod tests {
         assert!(!message.contains('\n'), "one line: {message}");
     }
 
-    use ferrokv_storage::auth::{AuthChange, PermKind, Permission};
     use etcd_client::proto::{PbPutRequest, PbTxnRequestOp};
+    use ferrokv_storage::auth::{AuthChange, PermKind, Permission};
 
     fn put(key: &[u8], lease: i64) -> PbPutRequest {
         PbPutRequest {
@@ -960,7 +960,14 @@ mod tests {
         authorize(&write, &state, alice, rev, &Request::Put(put(b"a", 0))).unwrap();
         authorize(&write, &state, alice, rev, &Request::Txn(txn(put(b"a", 8)))).unwrap();
         // root may do anything.
-        authorize(&write, &state, Some("root"), rev, &Request::Put(put(b"a", 7))).unwrap();
+        authorize(
+            &write,
+            &state,
+            Some("root"),
+            rev,
+            &Request::Put(put(b"a", 7)),
+        )
+        .unwrap();
     }
 
     #[test]
