@@ -996,7 +996,7 @@ mod tests {
 
         let leader = MvccStore::open(&dir.path().join("leader.redb")).unwrap();
         let mut snapshot = Snapshot {
-            data: leader.snapshot().unwrap().into(),
+            data: leader.snapshot().unwrap(),
             ..Default::default()
         };
         snapshot.mut_metadata().index = 5;
