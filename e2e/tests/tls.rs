@@ -807,3 +807,76 @@ async fn ca_rotation_under_a_running_writer_loses_no_acknowledged_write() {
         );
     }
 }
+
+#[tokio::test]
+async fn with_client_cert_auth_the_certificate_common_name_is_the_user_without_a_token() {
+    let pki = Pki::new();
+    let ca = Ca::new("e2e CA");
+    let ca_path = pki.write("ca.pem", &ca.pem);
+    let (cert, key) = pki.issue(&ca, "member", "member");
+    let credentials = |name: &str, cn: &str| {
+        let (cert, key) = pki.issue(&ca, name, cn);
+        ClientCredentials {
+            ca: ca_path.clone(),
+            cert_and_key: Some((cert, key)),
+        }
+    };
+    let root = credentials("root-client", "root");
+    let alice = credentials("alice-client", "alice");
+    let nobody = credentials("nobody-client", "nobody");
+    // The cluster's own helpers connect as root, by certificate.
+    let cluster = TestCluster::builder(1)
+        .client_https(root.clone())
+        .flag(flag("--cert-file", &cert))
+        .flag(flag("--key-file", &key))
+        .flag(flag("--trusted-ca-file", &ca_path))
+        .flag("--client-cert-auth")
+        .start()
+        .await
+        .unwrap();
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["auth", "enable"],
+        &["user", "add", "alice", "--no-password"],
+        &["role", "add", "reader"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "app/x", "1"],
+    ] {
+        cluster.etcdctl(args).await.expect_stdout();
+    }
+    let endpoint = cluster.endpoint(0);
+    let as_alice = etcdctl_as(
+        &cluster,
+        &endpoint,
+        &alice.etcdctl_flags(),
+        &["get", "app/x"],
+    )
+    .await;
+    assert_eq!(as_alice.expect_stdout(), "app/x\n1\n");
+    for (who, args) in [
+        (&alice, &["put", "app/x", "2"][..]),
+        (&alice, &["user", "list"]),
+        (&nobody, &["get", "app/x"]),
+    ] {
+        let refused = etcdctl_as(&cluster, &endpoint, &who.etcdctl_flags(), args).await;
+        let stderr = refused.expect_failure();
+        assert!(
+            stderr.contains("etcdserver: permission denied"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A token, when given, names the user rather than the certificate.
+    let mut with_token = alice.etcdctl_flags();
+    with_token.push("--user=root:rootpw".to_string());
+    etcdctl_as(&cluster, &endpoint, &with_token, &["put", "app/x", "3"])
+        .await
+        .expect_stdout();
+}

@@ -137,6 +137,18 @@ pub struct Config {
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Specify auth token type: 'simple' (JWT tokens are not supported yet).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Time (in seconds) of the auth-token-ttl.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// Specify bcrypt algorithm cost factor for auth password hashing.
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
+
     #[command(flatten)]
     pub discovery: crate::discovery::DiscoveryFlags,
 
@@ -309,6 +321,10 @@ pub struct NodeConfig {
     pub backend_cache_bytes: usize,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--auth-token-ttl`: how long a simple token lives without use.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost`.
+    pub bcrypt_cost: u32,
     pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
     /// `--discovery`, or `--discovery-endpoints` with `--discovery-token`.
@@ -333,6 +349,8 @@ impl NodeConfig {
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            bcrypt_cost: self.bcrypt_cost,
+            client_cert_auth: self.client_tls.client_cert_auth,
         }
     }
 
@@ -446,6 +464,22 @@ impl NodeConfig {
         if c.max_request_bytes == 0 {
             return Err("--max-request-bytes must be greater than 0".into());
         }
+        if c.auth_token.split(',').next() != Some("simple") {
+            return Err(format!(
+                "--auth-token: unsupported token type {:?} (ferrokv supports 'simple')",
+                c.auth_token
+            ));
+        }
+        if c.auth_token_ttl == 0 {
+            return Err("--auth-token-ttl must be greater than 0".into());
+        }
+        // bcrypt's own bounds, as etcd checks them.
+        if !(4..=31).contains(&c.bcrypt_cost) {
+            return Err(format!(
+                "--bcrypt-cost: {} is out of range (4 to 31)",
+                c.bcrypt_cost
+            ));
+        }
         let log_level = match c.log_level.as_str() {
             "debug" | "info" | "warn" | "error" => c.log_level.clone(),
             "panic" | "fatal" | "dpanic" => "error".to_string(),
@@ -485,6 +519,8 @@ impl NodeConfig {
             },
             max_request_bytes: c.max_request_bytes as usize,
             max_txn_ops: c.max_txn_ops as usize,
+            auth_token_ttl: Duration::from_secs(c.auth_token_ttl),
+            bcrypt_cost: c.bcrypt_cost,
             auto_compaction: parse_auto_compaction(
                 &c.auto_compaction_mode,
                 &c.auto_compaction_retention,
@@ -616,6 +652,30 @@ mod tests {
             256 * 1024 * 1024
         );
         assert!(check(&["--backend-cache-bytes=lots"]).is_err());
+    }
+
+    #[test]
+    fn auth_flags_default_as_in_etcd_and_are_checked() {
+        let c = check(&[]).unwrap();
+        assert_eq!(c.bcrypt_cost, 10);
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(300));
+        let c = check(&[
+            "--auth-token",
+            "simple",
+            "--auth-token-ttl",
+            "30",
+            "--bcrypt-cost",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.bcrypt_cost, c.auth_token_ttl),
+            (4, Duration::from_secs(30))
+        );
+        let err = check(&["--bcrypt-cost", "3"]).unwrap_err();
+        assert!(err.contains("--bcrypt-cost"), "{err}");
+        let err = check(&["--auth-token", "jwt,pub-key=a.pem"]).unwrap_err();
+        assert!(err.contains("--auth-token"), "{err}");
     }
 
     #[test]

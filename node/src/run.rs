@@ -401,6 +401,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         commands: commands.clone(),
         commit_duration: metrics.backend_commit_duration.clone(),
         snapshot_count: config.snapshot_count,
+        token_ttl: config.auth_token_ttl,
     })?;
     let transport = Transport::new(
         network.clone(),

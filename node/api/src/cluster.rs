@@ -60,6 +60,7 @@ impl<S: ClusterServer> PbClusterService for ClusterService<S> {
         &self,
         request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        super::auth::require_admin(&self.server, &request).await?;
         let req = request.into_inner();
         if req.peer_ur_ls.is_empty() {
             return Err(to_status(Error::BadPeerUrl("no peer URL given".into())));
@@ -81,6 +82,7 @@ impl<S: ClusterServer> PbClusterService for ClusterService<S> {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        super::auth::require_admin(&self.server, &request).await?;
         let id = request.into_inner().id;
         let (_, members, header) = self.change(MemberChange::Remove { id }).await?;
         Ok(Response::new(PbMemberRemoveResponse {
@@ -93,6 +95,7 @@ impl<S: ClusterServer> PbClusterService for ClusterService<S> {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        super::auth::require_admin(&self.server, &request).await?;
         let req = request.into_inner();
         let (_, members, header) = self
             .change(MemberChange::Update {
@@ -131,6 +134,7 @@ impl<S: ClusterServer> PbClusterService for ClusterService<S> {
         &self,
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        super::auth::require_admin(&self.server, &request).await?;
         let id = request.into_inner().id;
         let (_, members, header) = self.change(MemberChange::Promote { id }).await?;
         Ok(Response::new(PbMemberPromoteResponse {

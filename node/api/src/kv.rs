@@ -12,6 +12,7 @@ use futures::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::auth::request_auth;
 use super::status::to_status;
 use super::validate;
 use crate::traits::KvServer;
@@ -80,10 +81,17 @@ impl<S: KvServer> PbKvService for KvService<S> {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
+        let info = request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_range(&req).map_err(to_status)?;
-        let resp = self.server.range(&req).await.map_err(to_status)?;
+        // As etcd: the read barrier, then the permission check against the auth store it caught
+        // up to, and only then the read.
+        self.server.range_barrier(&req).await.map_err(to_status)?;
+        self.server
+            .check_read(&info, &req.key, &req.range_end)
+            .map_err(to_status)?;
+        let resp = self.server.range_read(&req).await.map_err(to_status)?;
         Ok(Response::new(resp))
     }
 
@@ -94,10 +102,15 @@ impl<S: KvServer> PbKvService for KvService<S> {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let info = request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_range(&req).map_err(to_status)?;
-        let full = self.server.range(&req).await.map_err(to_status)?;
+        self.server.range_barrier(&req).await.map_err(to_status)?;
+        self.server
+            .check_read(&info, &req.key, &req.range_end)
+            .map_err(to_status)?;
+        let full = self.server.range_read(&req).await.map_err(to_status)?;
         // Disjoint slices of the keys in order; header, more and count on the last chunk.
         let mut chunks: Vec<PbRangeResponse> = full
             .kvs
@@ -126,11 +139,15 @@ impl<S: KvServer> PbKvService for KvService<S> {
     }
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let info = request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_put(&req).map_err(to_status)?;
         self.server.check_quota().await.map_err(to_status)?;
-        match self.propose(Proposal::Put(req)).await? {
+        match self
+            .propose(self.server.authorized(&info, Proposal::Put(req)))
+            .await?
+        {
             Applied::Put(mut resp) => {
                 let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
                 resp.header = Some(self.server.header(revision));
@@ -144,10 +161,14 @@ impl<S: KvServer> PbKvService for KvService<S> {
         &self,
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
+        let info = request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_delete(&req).map_err(to_status)?;
-        match self.propose(Proposal::DeleteRange(req)).await? {
+        match self
+            .propose(self.server.authorized(&info, Proposal::DeleteRange(req)))
+            .await?
+        {
             Applied::DeleteRange(mut resp) => {
                 let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
                 resp.header = Some(self.server.header(revision));
@@ -158,13 +179,17 @@ impl<S: KvServer> PbKvService for KvService<S> {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let info = request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::check_txn(&req, self.server.max_txn_ops()).map_err(to_status)?;
         if validate::txn_writes(&req) {
             self.server.check_quota().await.map_err(to_status)?;
         }
-        match self.propose(Proposal::Txn(req)).await? {
+        match self
+            .propose(self.server.authorized(&info, Proposal::Txn(req)))
+            .await?
+        {
             Applied::Txn(mut resp) => {
                 self.fill_txn_headers(&mut resp);
                 Ok(Response::new(resp))
@@ -177,6 +202,8 @@ impl<S: KvServer> PbKvService for KvService<S> {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
+        // etcd checks no permission for a compaction, only that a token given is valid.
+        request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         match self.propose(Proposal::Compact(req)).await? {
             Applied::Compact(mut resp) => {

@@ -56,9 +56,10 @@ impl<S: LeaseServer> PbLeaseService for LeaseService<S> {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let info = super::auth::request_auth(&self.server, &request).await?;
         let revision = self
             .server
-            .lease_revoke(request.into_inner().id)
+            .lease_revoke(&info, request.into_inner().id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(PbLeaseRevokeResponse {
@@ -102,6 +103,7 @@ impl<S: LeaseServer> PbLeaseService for LeaseService<S> {
         &self,
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let info = super::auth::request_auth(&self.server, &request).await?;
         let req = request.into_inner();
         let ttl = self
             .server
@@ -120,7 +122,12 @@ impl<S: LeaseServer> PbLeaseService for LeaseService<S> {
             },
             LeaseTtl::Alive { remaining, granted } => {
                 let keys = if req.keys {
-                    self.server.lease_keys(req.id).map_err(to_status)?
+                    let keys = self.server.lease_keys(req.id).map_err(to_status)?;
+                    // Listing the keys needs read permission on each, as in etcd.
+                    for key in &keys {
+                        self.server.check_read(&info, key, &[]).map_err(to_status)?;
+                    }
+                    keys
                 } else {
                     Vec::new()
                 };

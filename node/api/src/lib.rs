@@ -3,6 +3,7 @@
 //! server only through its public methods (and each gRPC service through a trait naming what
 //! it uses), never Raft or storage.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod http;
@@ -60,6 +61,7 @@ pub async fn serve_clients(
             PbLeaseServer::new(lease::LeaseService::new(server.clone()))
                 .max_decoding_message_size(max),
         )
+        .add_service(auth::AuthRoutes::new(server.clone(), max))
         .add_service(
             PbWatchServer::new(watch::WatchService::new(server.clone()))
                 .max_decoding_message_size(max)

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use etcd_client::proto::PbAlarmMember;
 
+use super::auth::require_admin;
 use super::status::to_status;
 use crate::traits::MaintenanceServer;
 use ferrokv_server::maintenance::{ALARM_CORRUPT, ALARM_NONE, ALARM_NOSPACE};
@@ -61,6 +62,9 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
         &self,
         request: Request<PbAlarmRequest>,
     ) -> Result<Response<PbAlarmResponse>, Status> {
+        if request.get_ref().action != ALARM_ACTION_GET {
+            require_admin(&self.server, &request).await?;
+        }
         let req = request.into_inner();
         match req.action {
             ALARM_ACTION_GET => {}
@@ -133,8 +137,9 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
 
     async fn defragment(
         &self,
-        _: Request<PbDefragmentRequest>,
+        request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        require_admin(&self.server, &request).await?;
         self.server.defragment().await.map_err(to_status)?;
         let revision = self.server.current_revision().map_err(to_status)?;
         Ok(Response::new(PbDefragmentResponse {
@@ -142,7 +147,11 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
         }))
     }
 
-    async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(
+        &self,
+        request: Request<PbHashRequest>,
+    ) -> Result<Response<PbHashResponse>, Status> {
+        require_admin(&self.server, &request).await?;
         let (hash, revision) = self.server.hash_all().await.map_err(to_status)?;
         Ok(Response::new(PbHashResponse {
             header: Some(self.server.header(revision)),
@@ -154,6 +163,7 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
         &self,
         request: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        require_admin(&self.server, &request).await?;
         let (hash, compact_revision, hash_revision) = self
             .server
             .hash_kv(request.into_inner().revision)
@@ -173,8 +183,9 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
 
     async fn snapshot(
         &self,
-        _: Request<PbSnapshotRequest>,
+        request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        require_admin(&self.server, &request).await?;
         let revision = self.server.current_revision().map_err(to_status)?;
         let data = self.server.snapshot_file().await.map_err(to_status)?;
         let header = self.server.header(revision);
@@ -199,6 +210,7 @@ impl<S: MaintenanceServer> PbMaintenanceService for MaintenanceService<S> {
         &self,
         request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        require_admin(&self.server, &request).await?;
         let target = request.into_inner().target_id;
         self.server.move_leader(target).await.map_err(to_status)?;
         let revision = self.server.current_revision().map_err(to_status)?;

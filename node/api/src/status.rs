@@ -1,6 +1,7 @@
 //! Errors on the wire: each server error becomes the gRPC status etcd returns for it, with the
 //! message etcd's clients match on (etcd's `rpctypes`).
 
+use ferrokv_server::auth::AuthFailure;
 use ferrokv_server::{ServerError as Error, StorageError};
 use tonic::{Code, Status};
 
@@ -30,6 +31,7 @@ pub fn to_status(e: Error) -> Status {
         Error::NoLeader | Error::Timeout => Code::Unavailable,
         Error::Raft(_) | Error::Backend(_) => Code::Unavailable,
         Error::Storage(e) => storage_code(e),
+        Error::Auth(failure) => auth_code(failure),
     };
     let message = match &e {
         // etcd prefixes the mvcc errors on the wire.
@@ -37,6 +39,30 @@ pub fn to_status(e: Error) -> Status {
         _ => e.to_string(),
     };
     Status::new(code, message)
+}
+
+/// The code etcd gives each auth error (`rpctypes`).
+fn auth_code(failure: &AuthFailure) -> Code {
+    use AuthFailure as F;
+    match failure {
+        F::RootUserNotExist
+        | F::RootRoleNotExist
+        | F::UserAlreadyExist
+        | F::UserNotFound
+        | F::RoleAlreadyExist
+        | F::RoleNotFound
+        | F::RoleNotGranted
+        | F::PermissionNotGranted
+        | F::AuthNotEnabled => Code::FailedPrecondition,
+        F::UserEmpty
+        | F::RoleEmpty
+        | F::AuthFailed
+        | F::PermissionNotGiven
+        | F::InvalidAuthMgmt
+        | F::AuthOldRevision => Code::InvalidArgument,
+        F::PermissionDenied => Code::PermissionDenied,
+        F::InvalidAuthToken => Code::Unauthenticated,
+    }
 }
 
 /// The code of a storage failure underneath the server. The conditions a request can meet
@@ -61,6 +87,7 @@ fn storage_code(e: &StorageError) -> Code {
         | StorageError::SnapshotInvalid(_)
         | StorageError::SnapshotFile(_)
         | StorageError::SnapshotDb(_) => Code::Unknown,
+        StorageError::Auth(failure) => auth_code(failure),
     }
 }
 
@@ -86,5 +113,11 @@ mod tests {
             "etcdserver: duplicate key given in txn request"
         );
         assert_eq!(to_status(Error::NoLeader).code(), Code::Unavailable);
+        let s = to_status(Error::Auth(AuthFailure::PermissionDenied));
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "etcdserver: permission denied");
+        let s = to_status(Error::Auth(AuthFailure::InvalidAuthToken));
+        assert_eq!(s.code(), Code::Unauthenticated);
+        assert_eq!(s.message(), "etcdserver: invalid auth token");
     }
 }

@@ -4,8 +4,10 @@
 //! anything in its place.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use etcd_client::proto::{PbAlarmMember, PbRangeRequest, PbRangeResponse, PbResponseHeader};
+use ferrokv_server::auth::{AuthChange, AuthInfo, AuthState};
 use ferrokv_server::lease::LeaseTtl;
 use ferrokv_server::membership::MemberChange;
 use ferrokv_server::{MemberInfo, RaftSummary, Request, Response, Result, Server};
@@ -18,20 +20,57 @@ pub trait Header: Send + Sync + 'static {
     fn current_revision(&self) -> Result<i64>;
 }
 
+/// Who a request comes from and what it may do (etcd's `AuthGetter`); every service asks.
+pub trait Authorizer: Send + Sync + 'static {
+    /// The user a token (or, without one, a client certificate's CommonName) names.
+    fn auth_info(
+        &self,
+        token: Option<&str>,
+        common_name: Option<&str>,
+    ) -> impl Future<Output = Result<AuthInfo>> + Send;
+    /// A client's write, wrapped to be checked against the auth store when applied.
+    fn authorized(&self, info: &AuthInfo, request: Request) -> Request;
+    /// Read permission on `(key, range_end)`.
+    fn check_read(&self, info: &AuthInfo, key: &[u8], range_end: &[u8]) -> Result<()>;
+    /// The root role, for the admin-only calls.
+    fn check_admin(&self, info: &AuthInfo) -> Result<()>;
+}
+
+/// The Auth service's view of the server.
+pub trait AuthServer: Header + Authorizer {
+    fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> impl Future<Output = Result<String>> + Send;
+    fn hash_password(&self, password: &str) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn change_auth(
+        &self,
+        info: &AuthInfo,
+        change: AuthChange,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The auth store as of everything committed when called.
+    fn auth_state(&self) -> impl Future<Output = Result<Arc<AuthState>>> + Send;
+}
+
 /// Refuses writes while a NOSPACE alarm is raised or the backend is over its quota.
 pub trait QuotaChecker: Send + Sync + 'static {
     fn check_quota(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The KV service's view of the server (etcd's `RaftKV`).
-pub trait KvServer: Header + QuotaChecker {
+pub trait KvServer: Header + QuotaChecker + Authorizer {
     /// `--max-request-bytes`.
     fn max_request_bytes(&self) -> usize;
     /// `--max-txn-ops`.
     fn max_txn_ops(&self) -> usize;
     /// Proposes a write and answers with its result once this member applied it.
     fn propose(&self, request: Request) -> impl Future<Output = Result<Response>> + Send;
-    fn range(
+    /// Waits for what a Range must see (the read barrier, unless the read is serializable);
+    /// the permission check comes after it, then `range_read`.
+    fn range_barrier(&self, request: &PbRangeRequest) -> impl Future<Output = Result<()>> + Send;
+    /// Reads a Range, after `range_barrier`.
+    fn range_read(
         &self,
         request: &PbRangeRequest,
     ) -> impl Future<Output = Result<PbRangeResponse>> + Send;
@@ -39,11 +78,12 @@ pub trait KvServer: Header + QuotaChecker {
 
 /// The Lease service's view of the server (etcd's `Lessor`). Cloned into each keep-alive
 /// stream.
-pub trait LeaseServer: Header + QuotaChecker + Clone {
+pub trait LeaseServer: Header + QuotaChecker + Authorizer + Clone {
     /// Grants lease `id` (0: a new ID) for `ttl` seconds; answers with its ID and TTL.
     fn lease_grant(&self, id: i64, ttl: i64) -> impl Future<Output = Result<(i64, i64)>> + Send;
-    /// Revokes lease `id`; answers with the revision of its keys' deletion.
-    fn lease_revoke(&self, id: i64) -> impl Future<Output = Result<i64>> + Send;
+    /// Revokes lease `id` on behalf of `info`'s user, who needs write permission on its keys;
+    /// answers with the revision of its keys' deletion.
+    fn lease_revoke(&self, info: &AuthInfo, id: i64) -> impl Future<Output = Result<i64>> + Send;
     fn lease_keep_alive(&self, id: i64) -> impl Future<Output = Result<LeaseTtl>> + Send;
     fn lease_time_to_live(&self, id: i64) -> impl Future<Output = Result<LeaseTtl>> + Send;
     fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>>;
@@ -51,7 +91,7 @@ pub trait LeaseServer: Header + QuotaChecker + Clone {
 }
 
 /// The Cluster service's view of the server.
-pub trait ClusterServer: Header {
+pub trait ClusterServer: Header + Authorizer {
     /// Applies a membership change; answers with the added member (for MemberAdd) and the
     /// member list after the change.
     fn change_members(
@@ -65,7 +105,7 @@ pub trait ClusterServer: Header {
 
 /// The Maintenance service's view of the server (etcd's `RaftStatusGetter`, `Alarmer`,
 /// `BackendGetter`, ...).
-pub trait MaintenanceServer: Header {
+pub trait MaintenanceServer: Header + Authorizer {
     fn raft_summary(&self) -> RaftSummary;
     fn applied_index(&self) -> u64;
     fn db_size_bytes(&self) -> u64;
@@ -100,6 +140,36 @@ impl Header for Server {
     }
 }
 
+impl Authorizer for Server {
+    async fn auth_info(&self, token: Option<&str>, common_name: Option<&str>) -> Result<AuthInfo> {
+        Server::auth_info(self, token, common_name).await
+    }
+    fn authorized(&self, info: &AuthInfo, request: Request) -> Request {
+        Server::authorized(self, info, request)
+    }
+    fn check_read(&self, info: &AuthInfo, key: &[u8], range_end: &[u8]) -> Result<()> {
+        Server::check_read(self, info, key, range_end)
+    }
+    fn check_admin(&self, info: &AuthInfo) -> Result<()> {
+        Server::check_admin(self, info)
+    }
+}
+
+impl AuthServer for Server {
+    async fn authenticate(&self, name: &str, password: &str) -> Result<String> {
+        Server::authenticate(self, name, password).await
+    }
+    async fn hash_password(&self, password: &str) -> Result<Vec<u8>> {
+        Server::hash_password(self, password).await
+    }
+    async fn change_auth(&self, info: &AuthInfo, change: AuthChange) -> Result<()> {
+        Server::change_auth(self, info, change).await
+    }
+    async fn auth_state(&self) -> Result<Arc<AuthState>> {
+        Server::auth_state_linearized(self).await
+    }
+}
+
 impl QuotaChecker for Server {
     async fn check_quota(&self) -> Result<()> {
         Server::check_quota(self).await
@@ -116,8 +186,11 @@ impl KvServer for Server {
     async fn propose(&self, request: Request) -> Result<Response> {
         Server::propose(self, request).await
     }
-    async fn range(&self, request: &PbRangeRequest) -> Result<PbRangeResponse> {
-        Server::range(self, request).await
+    async fn range_barrier(&self, request: &PbRangeRequest) -> Result<()> {
+        Server::range_barrier(self, request).await
+    }
+    async fn range_read(&self, request: &PbRangeRequest) -> Result<PbRangeResponse> {
+        Server::range_read(self, request).await
     }
 }
 
@@ -125,8 +198,8 @@ impl LeaseServer for Server {
     async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
         Server::lease_grant(self, id, ttl).await
     }
-    async fn lease_revoke(&self, id: i64) -> Result<i64> {
-        Server::lease_revoke(self, id).await
+    async fn lease_revoke(&self, info: &AuthInfo, id: i64) -> Result<i64> {
+        Server::lease_revoke_as(self, info, id).await
     }
     async fn lease_keep_alive(&self, id: i64) -> Result<LeaseTtl> {
         Server::lease_keep_alive(self, id).await

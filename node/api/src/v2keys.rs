@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use ferrokv_server::watch::{serve_stream, WatchCommand, WatchSpec};
 use ferrokv_server::Server;
-use ferrokv_server::{Request as Proposal, Response as Applied};
+use ferrokv_server::{ApplyError, Request as Proposal, Response as Applied};
 use tree::{Observed, Stored, Write};
 use wire::{Action, Error, ErrorCode, Event};
 
@@ -63,6 +63,9 @@ async fn serve(
             .into_response();
     }
     let outcome = match KeyRequest::parse(&method, &uri, &headers, &body) {
+        // The v2 API knows nothing of v3 users: while auth is enabled it serves nobody, with
+        // etcd's answer to a v2 request without sufficient credentials.
+        _ if server.auth_state().enabled => Err(unauthorized()),
         Err(e) => Err(e),
         Ok(req) if req.wait => wait(&server, req).await,
         Ok(req) if method == Method::PUT => put(&server, req).await,
@@ -275,12 +278,18 @@ async fn put(server: &Server, req: KeyRequest) -> Result<Response, Error> {
                 current(),
             ));
         }
+        // Checked again where it is applied: refused there if auth was enabled meanwhile.
+        let anonymous = server
+            .auth_info(None, None)
+            .await
+            .map_err(|e| Error::new(ErrorCode::RaftInternal, e.to_string(), current()))?;
         let applied = server
-            .propose(Proposal::Txn(txn))
+            .propose(server.authorized(&anonymous, Proposal::Txn(txn)))
             .await
             .map_err(|e| Error::new(ErrorCode::RaftInternal, e.to_string(), current()))?;
         let resp = match applied {
             Applied::Txn(resp) => resp,
+            Applied::Rejected(ApplyError::Auth(_)) => return Err(unauthorized()),
             Applied::Rejected(e) => {
                 let e: ferrokv_server::ServerError = e.into();
                 return Err(Error::new(
@@ -503,6 +512,11 @@ fn event_response(server: &Server, status: StatusCode, event: &Event, index: u64
     *response.status_mut() = status;
     *response.headers_mut() = v2_headers(server, index);
     response
+}
+
+/// etcd's writeKeyNoAuth.
+fn unauthorized() -> Error {
+    Error::new(ErrorCode::Unauthorized, "Insufficient credentials", 0)
 }
 
 fn error_response(e: Error) -> Response {

@@ -11,10 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use etcd_client::proto::PbEvent;
+use etcd_client::proto::{PbEvent, PbTxnOpRequest, PbTxnRequest};
 use prost_011::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot,
@@ -25,8 +25,10 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::log::RaftLog;
 use super::members::Members;
 use super::node::Command;
+use super::tokens::SimpleTokens;
 use super::types::{codec, ApplyError, ConfChangeContext, MemberNode, Proposal, Request, Response};
 use crate::{RaftError as Error, Result};
+use ferrokv_storage::auth::{Access, AuthFailure, AuthState};
 use ferrokv_storage::mvcc::{MvccStore, MvccWrite};
 use ferrokv_storage::StorageError as Store;
 
@@ -97,7 +99,12 @@ pub struct StateMachine {
     size_in_use: Arc<AtomicU64>,
     /// Set when applying failed: the member cannot go on.
     failed: watch::Receiver<Option<String>>,
+    auth: AuthView,
+    tokens: SimpleTokens,
 }
+
+/// The auth store as of the last applied batch, for the checks made outside the apply stage.
+type AuthView = Arc<RwLock<Arc<AuthState>>>;
 
 /// Everything the apply thread owns.
 struct Applier {
@@ -121,6 +128,10 @@ struct Applier {
     /// is behind (every heartbeat), and each build dumps the whole store.
     building_snapshot: Arc<AtomicBool>,
     removed: watch::Sender<bool>,
+    /// The auth store as applying changes it; published to `auth_view` after each commit.
+    auth: AuthState,
+    auth_view: AuthView,
+    tokens: SimpleTokens,
 }
 
 /// Reads the applied state the store holds; refuses a data dir of the openraft engine.
@@ -186,6 +197,8 @@ pub struct ApplyParts {
     pub commands: std_mpsc::Sender<Command>,
     pub commit_duration: prometheus::Histogram,
     pub snapshot_count: u64,
+    /// `--auth-token-ttl`: how long a simple token lives without use.
+    pub token_ttl: Duration,
 }
 
 impl StateMachine {
@@ -201,7 +214,11 @@ impl StateMachine {
             commands,
             commit_duration,
             snapshot_count,
+            token_ttl,
         } = parts;
+        let auth = AuthState::load(&store)?;
+        let auth_view: AuthView = Arc::new(RwLock::new(Arc::new(auth.clone())));
+        let tokens = SimpleTokens::new(token_ttl);
         let applied_now = applied_state(&store)?;
         let (nodes, removed_ids) = read_members(&store)?;
         members.reset(nodes, removed_ids);
@@ -218,6 +235,8 @@ impl StateMachine {
             applied: applied_rx,
             size_in_use: size_in_use.clone(),
             failed,
+            auth: auth_view.clone(),
+            tokens: tokens.clone(),
         };
         machine.measure_size_in_use()?;
         let mut applier = Applier {
@@ -237,6 +256,9 @@ impl StateMachine {
             last_snapshot: applied_now.index,
             building_snapshot: Arc::new(AtomicBool::new(false)),
             removed,
+            auth,
+            auth_view,
+            tokens,
         };
         std::thread::Builder::new()
             .name("ferrokv-apply".into())
@@ -298,6 +320,16 @@ impl StateMachine {
             out.insert(id, codec::decode(&value).map_err(Store::Backend)?);
         }
         Ok(out)
+    }
+
+    /// The auth store as of the last applied entry.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The simple tokens issued by applied Authenticate requests.
+    pub fn tokens(&self) -> &SimpleTokens {
+        &self.tokens
     }
 
     /// The active alarms, as (member ID, alarm type) pairs.
@@ -403,6 +435,11 @@ impl Applier {
         let mut answers: Vec<(u64, Result<Response>)> = Vec::new();
         let mut members_changed = false;
         let mut removed_self = false;
+        let mut auth = AuthApply {
+            state: &mut self.auth,
+            changed: false,
+            tokens: &self.tokens,
+        };
         for committed in &batch {
             let entry = &committed.entry;
             match entry.get_entry_type() {
@@ -416,7 +453,7 @@ impl Applier {
                     if matches!(proposal.request, Request::UpdateMember { .. }) {
                         members_changed = true;
                     }
-                    let response = apply_request(&mut write, &proposal.request)?;
+                    let response = apply_request(&mut write, &mut auth, &proposal.request)?;
                     if proposal.proposer == self.member_id {
                         answers.push((proposal.id, Ok(response)));
                     }
@@ -464,6 +501,7 @@ impl Applier {
                 }
             }
         }
+        let auth_changed = auth.changed;
         write.set_meta(APPLIED_KEY, &codec::encode(&last))?;
         let snapshot_due = last.0 >= self.last_snapshot + self.snapshot_count;
         self.undurable_bytes += batch.iter().map(|c| c.entry.data.len()).sum::<usize>();
@@ -486,6 +524,9 @@ impl Applier {
         if members_changed {
             let (nodes, removed) = read_members(&self.store)?;
             self.members.reset(nodes, removed);
+        }
+        if auth_changed {
+            self.publish_auth();
         }
         if !events.is_empty() {
             // No receiver is fine: nobody is watching.
@@ -533,8 +574,18 @@ impl Applier {
         record_size_in_use(&self.size_in_use, &self.store.begin_write()?);
         let (nodes, removed) = read_members(&self.store)?;
         self.members.reset(nodes, removed);
+        self.auth = AuthState::load(&self.store)?;
+        // Tokens were issued against the auth store the snapshot replaced (and Authenticate
+        // entries the snapshot covers were never applied here): none of them is known to the
+        // members that did apply that history, so none survives.
+        self.tokens.clear();
+        self.publish_auth();
         self.applied.send_replace(meta.index);
         Ok(())
+    }
+
+    fn publish_auth(&self) {
+        *self.auth_view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(self.auth.clone());
     }
 
     /// Dumps the store on a thread of its own (a read transaction is a consistent cut, and
@@ -591,8 +642,106 @@ impl Applier {
     }
 }
 
+/// The auth store as one batch applies it.
+struct AuthApply<'a> {
+    state: &'a mut AuthState,
+    /// Whether the batch changed the state, which is then published after the commit.
+    changed: bool,
+    tokens: &'a SimpleTokens,
+}
+
+/// Whether `user` may make `req` against the auth store as it is now (see
+/// `Request::Authorized`). Write permissions are checked here, where every member sees the same
+/// state, so a permission revoked concurrently is honoured by all.
+fn authorize(
+    write: &MvccWrite,
+    state: &AuthState,
+    user: Option<&str>,
+    auth_revision: u64,
+    req: &Request,
+) -> ferrokv_storage::Result<()> {
+    if !state.enabled {
+        return Ok(());
+    }
+    if user.is_none_or(str::is_empty) {
+        return Err(AuthFailure::UserEmpty.into());
+    }
+    if auth_revision < state.revision {
+        return Err(AuthFailure::AuthOldRevision.into());
+    }
+    match req {
+        Request::Put(r) => {
+            state.check_put(user, r)?;
+            check_lease_puts(write, state, user, r.lease)?;
+        }
+        Request::DeleteRange(r) => state.check_delete(user, r)?,
+        Request::Txn(r) => {
+            state.check_txn(user, r)?;
+            check_txn_lease_puts(write, state, user, r)?;
+        }
+        Request::LeaseRevoke { id } => {
+            for key in write.lease_keys(*id)? {
+                state.check(user, &key, &[], Access::Write)?;
+            }
+        }
+        Request::Auth(_) | Request::Alarm { .. } => state.check_admin(user)?,
+        Request::Batch(requests) => {
+            for r in requests {
+                authorize(write, state, user, auth_revision, r)?;
+            }
+        }
+        Request::Authorized { request, .. } => {
+            authorize(write, state, user, auth_revision, request)?
+        }
+        Request::Compact(_)
+        | Request::LeaseGrant { .. }
+        | Request::Authenticate { .. }
+        | Request::UpdateMember { .. }
+        | Request::PublishMember { .. } => {}
+    }
+    Ok(())
+}
+
+/// etcd's checkLeasePuts: a Put attaching a key to `lease` needs write permission on every key
+/// the lease already holds (root may do anything).
+fn check_lease_puts(
+    write: &MvccWrite,
+    state: &AuthState,
+    user: Option<&str>,
+    lease: i64,
+) -> ferrokv_storage::Result<()> {
+    if lease == 0 {
+        return Ok(());
+    }
+    for key in write.lease_keys(lease)? {
+        state.check(user, &key, &[], Access::Write)?;
+    }
+    Ok(())
+}
+
+/// The lease check of every Put in a Txn, nested transactions included, whichever branch runs.
+fn check_txn_lease_puts(
+    write: &MvccWrite,
+    state: &AuthState,
+    user: Option<&str>,
+    req: &PbTxnRequest,
+) -> ferrokv_storage::Result<()> {
+    for op in req.success.iter().chain(req.failure.iter()) {
+        match &op.request {
+            Some(PbTxnOpRequest::RequestPut(r)) => check_lease_puts(write, state, user, r.lease)?,
+            Some(PbTxnOpRequest::RequestTxn(r)) => check_txn_lease_puts(write, state, user, r)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Applies one request inside the batch's write transaction.
-fn apply_request(write: &mut MvccWrite, req: &Request) -> ferrokv_storage::Result<Response> {
+fn apply_request(
+    write: &mut MvccWrite,
+    auth: &mut AuthApply<'_>,
+    req: &Request,
+) -> ferrokv_storage::Result<Response> {
     let result = match req {
         Request::Put(r) => write.put(r).map(Response::Put),
         Request::DeleteRange(r) => write.delete_range(r).map(Response::DeleteRange),
@@ -607,9 +756,49 @@ fn apply_request(write: &mut MvccWrite, req: &Request) -> ferrokv_storage::Resul
         Request::Batch(requests) => {
             let mut responses = Vec::with_capacity(requests.len());
             for r in requests {
-                responses.push(apply_request(write, r)?);
+                responses.push(apply_request(write, auth, r)?);
             }
             Ok(Response::Batch(responses))
+        }
+        Request::Authorized {
+            user,
+            auth_revision,
+            request,
+        } => authorize(write, auth.state, user.as_deref(), *auth_revision, request)
+            .and_then(|()| apply_request(write, auth, request)),
+        Request::Auth(change) => match auth.state.apply(change) {
+            Ok(()) => {
+                auth.changed = true;
+                if let Some(user) = change.invalidates_user() {
+                    auth.tokens.invalidate_user(user);
+                }
+                if !auth.state.enabled {
+                    auth.tokens.clear();
+                }
+                auth.state.save(write).map(|()| Response::Done {
+                    revision: write.revision(),
+                })
+            }
+            Err(failure) => Err(failure.into()),
+        },
+        Request::Authenticate {
+            name,
+            token,
+            checked_revision,
+        } => {
+            let state = &auth.state;
+            if !state.enabled {
+                Err(AuthFailure::AuthNotEnabled.into())
+            } else if *checked_revision != state.revision {
+                Err(AuthFailure::AuthOldRevision.into())
+            } else if !state.users.contains_key(name) {
+                Err(AuthFailure::AuthFailed.into())
+            } else {
+                auth.tokens.assign(token, name);
+                Ok(Response::Done {
+                    revision: write.revision(),
+                })
+            }
         }
         Request::Alarm {
             activate,
@@ -684,6 +873,138 @@ mod tests {
         assert!(message.contains("`etcdctl snapshot save`"), "{message}");
         assert!(message.contains("`ferrokv snapshot restore`"), "{message}");
         assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    use etcd_client::proto::{PbPutRequest, PbTxnRequestOp};
+    use ferrokv_storage::auth::{AuthChange, PermKind, Permission};
+
+    fn put(key: &[u8], lease: i64) -> PbPutRequest {
+        PbPutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }
+    }
+
+    /// root, and alice who may write only `a`; auth enabled.
+    fn alice_writes_a() -> AuthState {
+        let mut state = AuthState::default();
+        let user = |name: &str| AuthChange::UserAdd {
+            name: name.into(),
+            password_hash: b"hash".to_vec(),
+            no_password: false,
+        };
+        let grant = |user: &str, role: &str| AuthChange::UserGrantRole {
+            user: user.into(),
+            role: role.into(),
+        };
+        for change in [
+            user("root"),
+            grant("root", "root"),
+            user("alice"),
+            AuthChange::RoleAdd { name: "w".into() },
+            AuthChange::RoleGrantPermission {
+                role: "w".into(),
+                permission: Permission {
+                    kind: PermKind::ReadWrite,
+                    key: b"a".to_vec(),
+                    range_end: vec![],
+                },
+            },
+            grant("alice", "w"),
+            AuthChange::Enable,
+        ] {
+            state.apply(&change).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn a_put_onto_a_lease_needs_write_permission_on_the_keys_the_lease_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let state = alice_writes_a();
+        let mut write = store.begin_write().unwrap();
+        write.lease_grant(7, 60).unwrap();
+        write.lease_grant(8, 60).unwrap();
+        write.put(&put(b"secret", 7)).unwrap();
+        write.put(&put(b"a", 8)).unwrap();
+        let rev = state.revision;
+        let alice = Some("alice");
+        let denied = |req: &Request| {
+            let err = authorize(&write, &state, alice, rev, req).unwrap_err();
+            assert!(
+                err.to_string().contains("permission denied"),
+                "{req:?}: {err}"
+            );
+        };
+        // Lease 7 holds `secret`, which alice may not write.
+        denied(&Request::Put(put(b"a", 7)));
+        let txn = |req: PbPutRequest| PbTxnRequest {
+            success: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(req)),
+            }],
+            ..Default::default()
+        };
+        denied(&Request::Txn(txn(put(b"a", 7))));
+        let nested = PbTxnRequest {
+            failure: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestTxn(txn(put(b"a", 7)))),
+            }],
+            ..Default::default()
+        };
+        denied(&Request::Txn(nested));
+        // Lease 8 holds only `a`; no lease needs no lease check.
+        authorize(&write, &state, alice, rev, &Request::Put(put(b"a", 8))).unwrap();
+        authorize(&write, &state, alice, rev, &Request::Put(put(b"a", 0))).unwrap();
+        authorize(&write, &state, alice, rev, &Request::Txn(txn(put(b"a", 8)))).unwrap();
+        // root may do anything.
+        authorize(
+            &write,
+            &state,
+            Some("root"),
+            rev,
+            &Request::Put(put(b"a", 7)),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn installing_a_snapshot_ends_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+        let (commands, _command_queue) = std_mpsc::channel();
+        let (machine, _removed) = StateMachine::start(ApplyParts {
+            store,
+            member_id: 1,
+            members: Members::default(),
+            waiters: Waiters::default(),
+            log: RaftLog::open(&dir.path().join("log")).unwrap(),
+            commands,
+            commit_duration: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
+                "test_commit_duration",
+                "test",
+            ))
+            .unwrap(),
+            snapshot_count: 10_000,
+            token_ttl: Duration::from_secs(60),
+        })
+        .unwrap();
+        machine.tokens().assign("t", "alice");
+        assert_eq!(machine.tokens().user_of("t").as_deref(), Some("alice"));
+
+        let leader = MvccStore::open(&dir.path().join("leader.redb")).unwrap();
+        let mut snapshot = Snapshot {
+            data: leader.snapshot().unwrap(),
+            ..Default::default()
+        };
+        snapshot.mut_metadata().index = 5;
+        snapshot.mut_metadata().term = 1;
+        let (done, installed) = std_mpsc::channel();
+        machine.submit(ApplyTask::Install { snapshot, done });
+        installed.recv().unwrap().unwrap();
+        assert_eq!(machine.tokens().user_of("t"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod log;
 pub mod members;
 pub mod node;
+pub mod tokens;
 pub mod transport;
 pub mod types;
 

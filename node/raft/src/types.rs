@@ -13,6 +13,7 @@ use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbPutRequest,
     PbPutResponse, PbTxnRequest, PbTxnResponse,
 };
+use ferrokv_storage::auth::{AuthChange, AuthFailure};
 use ferrokv_storage::StorageError;
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,25 @@ pub enum Request {
         name: String,
         client_urls: Vec<String>,
     },
+    // New variants go last: bincode encodes a variant by its index, and the log and snapshots
+    // of earlier releases must still decode.
+    /// A client's request, checked when applied against the auth store as it is then: `user`
+    /// (none for a request without credentials) must be allowed to do it, and the auth store
+    /// must not have changed since `auth_revision`, when the request was authorized.
+    Authorized {
+        user: Option<String>,
+        auth_revision: u64,
+        request: Box<Request>,
+    },
+    /// A change to users, roles or the enabled flag.
+    Auth(AuthChange),
+    /// Issues simple token `token` to `name`, whose password was checked at `checked_revision`
+    /// of the auth store (the check is not repeated where entries are applied).
+    Authenticate {
+        name: String,
+        token: String,
+        checked_revision: u64,
+    },
 }
 
 impl Request {
@@ -93,6 +113,7 @@ impl Request {
             Request::DeleteRange(r) => r.key.len() + r.range_end.len() + 16,
             Request::Txn(r) => r.encoded_len(),
             Request::Batch(requests) => requests.iter().map(Request::approximate_size).sum(),
+            Request::Authorized { request, .. } => request.approximate_size() + 32,
             _ => 64,
         }
     }
@@ -124,6 +145,8 @@ pub enum ApplyError {
     LeaseExists,
     KeyNotFound,
     NoSpace,
+    /// Last, as new variants go: the peer wire carries this enum by variant index.
+    Auth(AuthFailure),
 }
 
 impl ApplyError {
@@ -136,6 +159,7 @@ impl ApplyError {
             Error::LeaseNotFound => ApplyError::LeaseNotFound,
             Error::LeaseExists => ApplyError::LeaseExists,
             Error::KeyNotFound => ApplyError::KeyNotFound,
+            Error::Auth(failure) => ApplyError::Auth(*failure),
             _ => return None,
         })
     }
@@ -282,5 +306,25 @@ mod tests {
             }
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    /// bincode writes a variant's index (a little-endian u32): the variants of the previous
+    /// release keep theirs, so its log entries, snapshots and peer messages still decode.
+    #[test]
+    fn earlier_variants_keep_their_index() {
+        let index = |bytes: Vec<u8>| u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        let publish = Request::PublishMember {
+            id: 1,
+            name: "m".into(),
+            client_urls: vec![],
+        };
+        assert_eq!(index(codec::encode(&publish)), 9);
+        let update = Request::UpdateMember {
+            id: 1,
+            peer_urls: vec![],
+        };
+        assert_eq!(index(codec::encode(&update)), 8);
+        assert_eq!(index(codec::encode(&ApplyError::Compacted)), 0);
+        assert_eq!(index(codec::encode(&ApplyError::NoSpace)), 5);
     }
 }

@@ -14,6 +14,11 @@ pub struct ServerConfig {
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--bcrypt-cost`: the cost of the password hashes UserAdd and ChangePassword make.
+    pub bcrypt_cost: u32,
+    /// `--client-cert-auth`: the CommonName of a verified client certificate names the user of
+    /// a request without a token (not with `--trusted-ca-file` alone, as in etcd).
+    pub client_cert_auth: bool,
 }
 
 /// A `host:port` to listen on, from an `http://host:port` or `https://host:port` URL.

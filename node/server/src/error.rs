@@ -4,6 +4,7 @@
 
 use ferrokv_raft::types::{ApplyError, WireError};
 use ferrokv_raft::RaftError;
+use ferrokv_storage::auth::AuthFailure;
 use ferrokv_storage::StorageError;
 
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
@@ -27,6 +28,10 @@ pub enum ServerError {
     /// Any other failure of the storage underneath (the WAL, a corrupt store, ...).
     #[error(transparent)]
     Storage(StorageError),
+
+    /// Auth refused the request (etcd's auth errors, with their messages).
+    #[error(transparent)]
+    Auth(#[from] AuthFailure),
 
     // ---- server ------------------------------------------------------------------------
     #[error("etcdserver: mvcc: database space exceeded")]
@@ -99,6 +104,7 @@ impl From<StorageError> for ServerError {
             StorageError::LeaseExists => ServerError::LeaseExists,
             StorageError::KeyNotFound => ServerError::KeyNotFound,
             StorageError::Backend(message) => ServerError::Backend(message),
+            StorageError::Auth(failure) => ServerError::Auth(failure),
             other => ServerError::Storage(other),
         }
     }
@@ -118,6 +124,7 @@ impl From<RaftError> for ServerError {
 impl From<ApplyError> for ServerError {
     fn from(e: ApplyError) -> ServerError {
         match e {
+            ApplyError::Auth(failure) => ServerError::Auth(failure),
             ApplyError::Compacted => ServerError::Compacted,
             ApplyError::FutureRev => ServerError::FutureRev,
             ApplyError::LeaseNotFound => ServerError::LeaseNotFound,

@@ -93,7 +93,19 @@ impl Server {
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
-        match self.propose(Request::LeaseRevoke { id }).await? {
+        self.propose_lease_revoke(id, Request::LeaseRevoke { id })
+            .await
+    }
+
+    /// Revokes lease `id` for a client: its user needs write permission on the lease's keys,
+    /// checked when the revoke is applied.
+    pub async fn lease_revoke_as(&self, info: &crate::auth::AuthInfo, id: i64) -> Result<i64> {
+        let request = self.authorized(info, Request::LeaseRevoke { id });
+        self.propose_lease_revoke(id, request).await
+    }
+
+    async fn propose_lease_revoke(&self, id: i64, request: Request) -> Result<i64> {
+        match self.propose(request).await? {
             Response::Rejected(e) => Err(e.into()),
             Response::Done { revision } => {
                 self.inner.lease_clock.lock().unwrap().expiries.remove(&id);

@@ -8,6 +8,7 @@
 //! the leader confirmed with a quorum (ReadIndex); serializable reads are served from the
 //! local store as it is.
 
+pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod lease;
@@ -428,9 +429,21 @@ impl Server {
 
     /// Serves a Range: linearizable unless the request asks for a serializable read.
     pub async fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse> {
+        self.range_barrier(req).await?;
+        self.range_read(req).await
+    }
+
+    /// What a Range waits for before it reads: the read barrier, unless the request asks for a
+    /// serializable read. A permission check after it sees the auth store the read will.
+    pub async fn range_barrier(&self, req: &PbRangeRequest) -> Result<()> {
         if !req.serializable {
             self.read_barrier().await?;
         }
+        Ok(())
+    }
+
+    /// Reads a Range from the store as this member has it (after `range_barrier`).
+    pub async fn range_read(&self, req: &PbRangeRequest) -> Result<PbRangeResponse> {
         let store = self.inner.store.clone();
         let req = req.clone();
         let mut resp = tokio::task::spawn_blocking(move || store.range(&req))

@@ -61,6 +61,10 @@ pub enum StorageError {
     #[error("mvcc: invalid snapshot: {0}")]
     SnapshotInvalid(String),
 
+    /// An auth operation or a permission check refused (`crate::auth`).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthFailure),
+
     // ---- storage: snapshot files ----------------------------------------------------------
     /// A snapshot file cannot be restored: damaged, cut short, or not a snapshot.
     #[error("snapshot file: {0}")]

@@ -162,10 +162,25 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-impl Connected for TlsConnection {
-    type ConnectInfo = TcpConnectInfo;
+/// What tonic hands each request of a TLS connection: its TCP addresses, and the CommonName of
+/// the client certificate the handshake verified (with `--client-cert-auth`), which names the
+/// user of a request that carries no token, as in etcd.
+#[derive(Debug, Clone)]
+pub struct TlsConnectInfo {
+    pub tcp: TcpConnectInfo,
+    pub common_name: Option<String>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.0.get_ref().0.connect_info()
+impl Connected for TlsConnection {
+    type ConnectInfo = TlsConnectInfo;
+
+    fn connect_info(&self) -> TlsConnectInfo {
+        TlsConnectInfo {
+            tcp: self.0.get_ref().0.connect_info(),
+            common_name: self
+                .peer_certificates()
+                .first()
+                .and_then(crate::files::common_name),
+        }
     }
 }

@@ -194,6 +194,21 @@ impl MvccWrite {
         })
     }
 
+    /// The keys attached to lease `id`, as this transaction sees them.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let table = self.txn.open_table(LEASE_KEYS)?;
+        let mut keys = Vec::new();
+        for entry in table.range((id, &[][..])..)? {
+            let (k, _) = entry?;
+            let (lease, key) = k.value();
+            if lease != id {
+                break;
+            }
+            keys.push(key.to_vec());
+        }
+        Ok(keys)
+    }
+
     /// Stores a value of the Raft state machine's own (applied log ID, membership) in the same
     /// transaction as the data it describes.
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {

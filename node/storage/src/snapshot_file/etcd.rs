@@ -21,6 +21,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterState, SnapshotMember};
+use crate::auth::{AuthState, PermKind, Permission, Role, User, AUTH_STATE_KEY};
 use crate::mvcc::{Change, Lease, StoreContents, Version, INITIAL_REVISION, NEVER_COMPACTED};
 use crate::{Result, StorageError as Error};
 
@@ -53,6 +54,7 @@ const TERM: &[u8] = b"term";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const AUTH_ENABLED: &[u8] = b"authEnabled";
+const AUTH_REVISION: &[u8] = b"authRevision";
 
 const REVISION_KEY_LEN: usize = 17;
 const TOMBSTONE_MARK: u8 = b't';
@@ -66,6 +68,46 @@ struct LeasePb {
     ttl: i64,
     #[prost(int64, tag = "3")]
     remaining_ttl: i64,
+}
+
+/// etcd's `authpb.User`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UserPb {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    password: Vec<u8>,
+    #[prost(string, repeated, tag = "3")]
+    roles: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    options: Option<UserAddOptionsPb>,
+}
+
+/// etcd's `authpb.UserAddOptions`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UserAddOptionsPb {
+    #[prost(bool, tag = "1")]
+    no_password: bool,
+}
+
+/// etcd's `authpb.Role`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RolePb {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    key_permission: Vec<PermissionPb>,
+}
+
+/// etcd's `authpb.Permission`: type READ 0, WRITE 1, READWRITE 2.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PermissionPb {
+    #[prost(int32, tag = "1")]
+    perm_type: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    range_end: Vec<u8>,
 }
 
 /// etcd's `membership.Member` as its backend stores it.
@@ -181,6 +223,7 @@ pub(super) fn write(contents: &StoreContents, cluster: &ClusterState) -> Result<
     for id in &cluster.removed {
         removed.put(format!("{id:x}"), b"removed".to_vec())?;
     }
+    write_auth(&mut root, contents)?;
     // `cluster` stays empty: the cluster version is the new cluster's to decide once it forms.
 
     Ok(write_db(&root, DEFAULT_PAGE_SIZE)?)
@@ -202,17 +245,7 @@ pub(super) fn read(db_bytes: &[u8]) -> Result<EtcdContents> {
         invalid("not an etcd snapshot: the database has no `key` bucket".to_string())
     })?;
 
-    if let Some(auth) = db.bucket(AUTH)? {
-        let enabled = auth
-            .values()?
-            .into_iter()
-            .any(|(key, value)| key == AUTH_ENABLED && value == [1]);
-        if enabled {
-            return Err(invalid(
-                "the snapshot has authentication enabled, which ferrokv does not implement yet; restoring it would serve its keys to anyone (disable auth in etcd and save a new snapshot)".to_string(),
-            ));
-        }
-    }
+    let auth = read_auth(&db)?;
 
     let mut history = Vec::new();
     let mut last_revision = INITIAL_REVISION;
@@ -310,7 +343,10 @@ pub(super) fn read(db_bytes: &[u8]) -> Result<EtcdContents> {
             compact_revision,
             history,
             leases,
-            meta: Vec::new(),
+            meta: match auth {
+                Some(auth) => vec![(AUTH_STATE_KEY.to_string(), auth.to_meta())],
+                None => Vec::new(),
+            },
         },
         unfinished_compaction: scheduled.filter(|&at| at > compact_revision),
         cluster: ClusterState {
@@ -320,6 +356,126 @@ pub(super) fn read(db_bytes: &[u8]) -> Result<EtcdContents> {
             removed: Vec::new(),
         },
     })
+}
+
+/// The auth store in etcd's buckets: `auth` (`authEnabled` one byte, `authRevision` u64
+/// big-endian), `authUsers` (name → `authpb.User`), `authRoles` (name → `authpb.Role`).
+fn write_auth(root: &mut BucketData, contents: &StoreContents) -> Result<()> {
+    let Some((_, bytes)) = contents.meta.iter().find(|(k, _)| k == AUTH_STATE_KEY) else {
+        return Ok(());
+    };
+    let state = AuthState::from_meta(bytes)?;
+    let auth = root.bucket(AUTH)?;
+    auth.put(AUTH_ENABLED, vec![u8::from(state.enabled)])?;
+    auth.put(AUTH_REVISION, state.revision.to_be_bytes())?;
+    let users = root.bucket(AUTH_USERS)?;
+    for user in state.users.values() {
+        let value = UserPb {
+            name: user.name.clone().into_bytes(),
+            password: user.password_hash.clone(),
+            roles: user.roles.clone(),
+            options: Some(UserAddOptionsPb {
+                no_password: user.no_password,
+            }),
+        };
+        users.put(user.name.as_bytes(), value.encode_to_vec())?;
+    }
+    let roles = root.bucket(AUTH_ROLES)?;
+    for role in state.roles.values() {
+        let value = RolePb {
+            name: role.name.clone().into_bytes(),
+            key_permission: role
+                .permissions
+                .iter()
+                .map(|p| PermissionPb {
+                    perm_type: p.kind as i32,
+                    key: p.key.clone(),
+                    range_end: p.range_end.clone(),
+                })
+                .collect(),
+        };
+        roles.put(role.name.as_bytes(), value.encode_to_vec())?;
+    }
+    Ok(())
+}
+
+/// The auth store an etcd database holds; none when it never had one.
+fn read_auth(db: &Db) -> Result<Option<AuthState>> {
+    let invalid = |why: String| Error::SnapshotFile(why);
+    let mut state = AuthState::default();
+    let mut found = false;
+    if let Some(bucket) = db.bucket(AUTH)? {
+        for (key, value) in bucket.values()? {
+            match key {
+                AUTH_ENABLED => {
+                    found = true;
+                    state.enabled = value == [1];
+                }
+                AUTH_REVISION => {
+                    found = true;
+                    state.revision = value.try_into().map(u64::from_be_bytes).map_err(|_| {
+                        invalid("`auth` bucket: authRevision is not a u64".to_string())
+                    })?;
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(bucket) = db.bucket(AUTH_USERS)? {
+        for (key, value) in bucket.values()? {
+            found = true;
+            let user = UserPb::decode(value).map_err(|e| {
+                invalid(format!(
+                    "`authUsers` bucket: the value of {} is not a User: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            let name = String::from_utf8_lossy(&user.name).into_owned();
+            let mut roles = user.roles;
+            roles.sort();
+            state.users.insert(
+                name.clone(),
+                User {
+                    name,
+                    password_hash: user.password,
+                    roles,
+                    no_password: user.options.is_some_and(|o| o.no_password),
+                },
+            );
+        }
+    }
+    if let Some(bucket) = db.bucket(AUTH_ROLES)? {
+        for (key, value) in bucket.values()? {
+            found = true;
+            let role = RolePb::decode(value).map_err(|e| {
+                invalid(format!(
+                    "`authRoles` bucket: the value of {} is not a Role: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            let mut permissions = role
+                .key_permission
+                .into_iter()
+                .map(|p| {
+                    let kind = PermKind::from_i32(p.perm_type).ok_or_else(|| {
+                        invalid(format!(
+                            "`authRoles` bucket: unknown permission type {}",
+                            p.perm_type
+                        ))
+                    })?;
+                    Ok(Permission {
+                        kind,
+                        key: p.key,
+                        range_end: p.range_end,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            permissions.sort_by(|a, b| (&a.key, &a.range_end).cmp(&(&b.key, &b.range_end)));
+            let name = String::from_utf8_lossy(&role.name).into_owned();
+            state.roles.insert(name.clone(), Role { name, permissions });
+        }
+    }
+    Ok(found.then_some(state))
 }
 
 fn hex(bytes: &[u8]) -> String {

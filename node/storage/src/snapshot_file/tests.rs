@@ -236,16 +236,88 @@ fn snapshots_in_the_layout_of_etcd_35_to_37_are_read() {
 }
 
 #[test]
-fn a_snapshot_with_auth_enabled_is_refused() {
+fn users_and_roles_in_etcds_auth_buckets_are_read() {
     let mut root = BucketData::new();
     root.bucket(b"key").unwrap();
-    root.bucket(b"auth")
+    let auth = root.bucket(b"auth").unwrap();
+    auth.put(b"authEnabled".to_vec(), vec![1]).unwrap();
+    auth.put(b"authRevision".to_vec(), 9u64.to_be_bytes().to_vec())
+        .unwrap();
+    // authpb.User{Name: "alice", Password: "h", Roles: ["r"]}
+    root.bucket(b"authUsers")
         .unwrap()
-        .put(b"authEnabled".to_vec(), vec![1])
+        .put(
+            b"alice".to_vec(),
+            b"\x0a\x05alice\x12\x01h\x1a\x01r".to_vec(),
+        )
+        .unwrap();
+    // authpb.Role{Name: "r", KeyPermission: [{PermType: READWRITE, Key: "a", RangeEnd: "b"}]}
+    root.bucket(b"authRoles")
+        .unwrap()
+        .put(
+            b"r".to_vec(),
+            b"\x0a\x01r\x12\x08\x08\x02\x12\x01a\x1a\x01b".to_vec(),
+        )
         .unwrap();
     let file = with_trailer(write_db(&root, DEFAULT_PAGE_SIZE).unwrap());
-    let err = decode(&file, HashCheck::Verify).unwrap_err();
-    assert!(err.to_string().contains("authentication enabled"), "{err}");
+    let contents = decode(&file, HashCheck::Verify).unwrap().contents;
+    let (_, bytes) = contents
+        .meta
+        .iter()
+        .find(|(k, _)| k == crate::auth::AUTH_STATE_KEY)
+        .expect("auth state");
+    let state = crate::auth::AuthState::from_meta(bytes).unwrap();
+    assert!(state.enabled);
+    assert_eq!(state.revision, 9);
+    assert_eq!(state.users["alice"].password_hash, b"h");
+    assert_eq!(state.users["alice"].roles, vec!["r".to_string()]);
+    let perm = &state.roles["r"].permissions[0];
+    assert_eq!(perm.kind, crate::auth::PermKind::ReadWrite);
+    assert_eq!((&perm.key[..], &perm.range_end[..]), (&b"a"[..], &b"b"[..]));
+}
+
+#[test]
+fn the_auth_store_round_trips_through_etcds_buckets() {
+    use crate::auth::{AuthChange, AuthState, PermKind, Permission};
+    let mut state = AuthState::default();
+    for change in [
+        AuthChange::UserAdd {
+            name: "root".into(),
+            password_hash: b"$2a$10$x".to_vec(),
+            no_password: false,
+        },
+        AuthChange::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthChange::UserAdd {
+            name: "cn-user".into(),
+            password_hash: vec![],
+            no_password: true,
+        },
+        AuthChange::RoleAdd { name: "r".into() },
+        AuthChange::RoleGrantPermission {
+            role: "r".into(),
+            permission: Permission {
+                kind: PermKind::Read,
+                key: b"p/".to_vec(),
+                range_end: b"p0".to_vec(),
+            },
+        },
+        AuthChange::Enable,
+    ] {
+        state.apply(&change).unwrap();
+    }
+    let mut contents = sample_contents();
+    contents.meta = vec![(crate::auth::AUTH_STATE_KEY.to_string(), state.to_meta())];
+    let file = encode(&contents, &ClusterState::default()).unwrap();
+    let back = decode(&file, HashCheck::Verify).unwrap().contents;
+    let (_, bytes) = back
+        .meta
+        .iter()
+        .find(|(k, _)| k == crate::auth::AUTH_STATE_KEY)
+        .unwrap();
+    assert_eq!(crate::auth::AuthState::from_meta(bytes).unwrap(), state);
 }
 
 #[test]

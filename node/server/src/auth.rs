@@ -1,0 +1,169 @@
+//! Auth as the server serves it: who a request comes from (a simple token, or a client
+//! certificate's CommonName), the read and admin checks made where a request is received,
+//! Authenticate (the password is checked here, off the apply stage, before anything is
+//! proposed) and the auth management requests. Write permissions are checked where entries are
+//! applied (`Request::Authorized`); the rules themselves are the auth store's
+//! (`ferrokv_storage::auth`).
+
+use std::sync::Arc;
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
+use crate::{Request, Response, Result, Server, ServerError as Error};
+use ferrokv_storage::auth::Access;
+pub use ferrokv_storage::auth::{AuthChange, AuthFailure, AuthState, PermKind, Permission};
+
+/// Who a request comes from, and the auth revision it was authorized at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthInfo {
+    /// None: no credentials (or auth disabled).
+    pub user: Option<String>,
+    pub revision: u64,
+}
+
+/// How many times Authenticate checks the password again when the auth store changed between
+/// the check and the apply.
+const AUTHENTICATE_ATTEMPTS: usize = 3;
+
+impl Server {
+    /// The auth store as of the last applied entry.
+    pub fn auth_state(&self) -> Arc<AuthState> {
+        self.state_machine().auth()
+    }
+
+    /// Who a request comes from: the user its token names, else the CommonName of its client
+    /// certificate, else nobody. A token that names nobody (expired, or from before a restart)
+    /// is etcd's "invalid auth token".
+    ///
+    /// A token issued through another member is known here once this member has applied the
+    /// Authenticate that issued it: an unknown token is looked up again after catching up.
+    pub async fn auth_info(
+        &self,
+        token: Option<&str>,
+        common_name: Option<&str>,
+    ) -> Result<AuthInfo> {
+        let state = self.auth_state();
+        if !state.enabled {
+            return Ok(AuthInfo {
+                user: None,
+                revision: state.revision,
+            });
+        }
+        let user = match token {
+            Some(token) => {
+                let tokens = self.state_machine().tokens();
+                let user = match tokens.user_of(token) {
+                    Some(user) => Some(user),
+                    None => {
+                        self.read_barrier().await?;
+                        tokens.user_of(token)
+                    }
+                };
+                Some(user.ok_or(AuthFailure::InvalidAuthToken)?)
+            }
+            // etcd takes the user from the certificate only with --client-cert-auth.
+            None => common_name
+                .filter(|_| self.config().client_cert_auth)
+                .map(str::to_string),
+        };
+        let state = self.auth_state();
+        Ok(AuthInfo {
+            user,
+            revision: state.revision,
+        })
+    }
+
+    /// Wraps a client's write so that it is checked against the auth store when applied.
+    pub fn authorized(&self, info: &AuthInfo, request: Request) -> Request {
+        Request::Authorized {
+            user: info.user.clone(),
+            auth_revision: info.revision,
+            request: Box::new(request),
+        }
+    }
+
+    /// Checks read permission on `(key, range_end)`, for reads served by this member.
+    pub fn check_read(&self, info: &AuthInfo, key: &[u8], range_end: &[u8]) -> Result<()> {
+        Ok(self
+            .auth_state()
+            .check(info.user.as_deref(), key, range_end, Access::Read)?)
+    }
+
+    /// Checks that the request comes from a user with the root role (when auth is enabled).
+    pub fn check_admin(&self, info: &AuthInfo) -> Result<()> {
+        Ok(self.auth_state().check_admin(info.user.as_deref())?)
+    }
+
+    /// Checks `password` and issues a simple token valid on every member.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<String> {
+        for _ in 0..AUTHENTICATE_ATTEMPTS {
+            let state = self.auth_state();
+            if !state.enabled {
+                return Err(AuthFailure::AuthNotEnabled.into());
+            }
+            let user = state.users.get(name).ok_or(AuthFailure::AuthFailed)?;
+            if user.no_password || user.password_hash.is_empty() {
+                return Err(AuthFailure::AuthFailed.into());
+            }
+            let hash = String::from_utf8_lossy(&user.password_hash).into_owned();
+            let password = password.to_string();
+            let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))?
+                .unwrap_or(false);
+            if !matches {
+                return Err(AuthFailure::AuthFailed.into());
+            }
+            let random: String = rand::thread_rng()
+                .sample_iter(&Alphanumeric)
+                .take(16)
+                .map(char::from)
+                .collect();
+            let token = format!("{random}.{}", self.next_proposal_id());
+            let request = Request::Authenticate {
+                name: name.to_string(),
+                token: token.clone(),
+                checked_revision: state.revision,
+            };
+            match self.propose(request).await? {
+                Response::Rejected(crate::ApplyError::Auth(AuthFailure::AuthOldRevision)) => {
+                    continue
+                }
+                Response::Rejected(e) => return Err(e.into()),
+                _ => return Ok(token),
+            }
+        }
+        Err(AuthFailure::AuthOldRevision.into())
+    }
+
+    /// The bcrypt hash of `password` at `--bcrypt-cost`, computed off the async runtime.
+    pub async fn hash_password(&self, password: &str) -> Result<Vec<u8>> {
+        let cost = self.config().bcrypt_cost;
+        let password = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .map_err(|e| Error::Backend(e.to_string()))?
+            .map_err(|e| Error::Backend(format!("hashing a password: {e}")))?;
+        Ok(hash.into_bytes())
+    }
+
+    /// Proposes an auth management change on behalf of `info`'s user (who must be root once
+    /// auth is enabled; checked when applied).
+    pub async fn change_auth(&self, info: &AuthInfo, change: AuthChange) -> Result<()> {
+        self.check_admin(info)?;
+        match self
+            .propose(self.authorized(info, Request::Auth(change)))
+            .await?
+        {
+            Response::Rejected(e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The auth store as of everything committed when called, for the auth management reads.
+    pub async fn auth_state_linearized(&self) -> Result<Arc<AuthState>> {
+        self.read_barrier().await?;
+        Ok(self.auth_state())
+    }
+}
