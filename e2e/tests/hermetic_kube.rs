@@ -103,7 +103,7 @@ async fn kubectl_applies_gets_scales_and_deletes_a_kvcluster() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "REPLICAS", "READY", "LEADER", "PHASE", "AGE"]
+        ["NAME", "REPLICAS", "READY", "LEADER", "VERSION", "PHASE", "AGE"]
     );
     assert!(lines[1].starts_with("example"), "{lines:?}");
     assert_eq!(lines[1].split_whitespace().nth(1), Some("3"), "{lines:?}");
