@@ -238,9 +238,17 @@ async fn scheduled_backups_reach_s3_with_manifests_and_retention_and_recover_fro
         manifest["member"], leader,
         "the snapshot comes from a follower"
     );
-    assert!(event_reasons(&env)
-        .await
-        .contains(&"BackupSucceeded".to_string()));
+    env.eventually(
+        "a BackupSucceeded Event",
+        Duration::from_secs(30),
+        || async {
+            event_reasons(&env)
+                .await
+                .contains(&"BackupSucceeded".to_string())
+                .then_some(())
+        },
+    )
+    .await;
 
     // Two more backups: retention keeps two, so the first one goes.
     let seen = Mutex::new(BTreeSet::from([first_key.clone()]));
@@ -292,9 +300,14 @@ async fn scheduled_backups_reach_s3_with_manifests_and_retention_and_recover_fro
         failure["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{failure}"
     );
-    assert!(event_reasons(&env)
-        .await
-        .contains(&"BackupFailed".to_string()));
+    // The Event follows the status write.
+    env.eventually("a BackupFailed Event", Duration::from_secs(30), || async {
+        event_reasons(&env)
+            .await
+            .contains(&"BackupFailed".to_string())
+            .then_some(())
+    })
+    .await;
     println!(
         "backup failure reported {:.1}s after S3 stopped",
         stopped.elapsed().as_secs_f64()

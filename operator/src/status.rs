@@ -361,6 +361,14 @@ pub fn build_status(
                         }
                         _ => last.unwrap_or_default(),
                     };
+                // The member just defragmented: its size as the defragmentation left it, not as
+                // observed before it.
+                let db_size = match (action, defragmented) {
+                    (Action::Defragment { id, .. }, Some(done)) if *id == m.id => {
+                        Some(done.db_size_after)
+                    }
+                    _ => m.db_size,
+                };
                 MemberStatus {
                     name,
                     id: format!("{:x}", m.id),
@@ -369,7 +377,7 @@ pub fn build_status(
                     healthy: m.healthy,
                     leader: m.is_leader,
                     learner: m.is_learner,
-                    db_size: m.db_size,
+                    db_size,
                     db_size_in_use: m.db_size_in_use,
                     last_defragmentation_time,
                     last_defragmentation_reclaimed_bytes,
@@ -776,7 +784,8 @@ mod tests {
             member(&first, 1).last_defragmentation_reclaimed_bytes,
             Some(1800)
         );
-        assert_eq!(member(&first, 1).db_size, Some(3000));
+        // Its size as the defragmentation left it, not as observed before.
+        assert_eq!(member(&first, 1).db_size, Some(1200));
         assert_eq!(member(&first, 1).db_size_in_use, Some(1000));
         assert_eq!(member(&first, 0).last_defragmentation_time, None);
 
