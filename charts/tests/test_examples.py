@@ -146,7 +146,7 @@ def test_scale_subresource_and_printer_columns(crd):
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Replicas", "Ready", "Leader", "Phase", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Replicas", "Ready", "Leader", "Version", "Phase", "Age"]
     assert crd["spec"]["names"]["shortNames"] == ["kvc"]
 
 
