@@ -492,7 +492,8 @@ impl Applier {
         let took = started.elapsed();
         self.stages.size_measure.observe(took.as_secs_f64());
         self.size_stale = false;
-        self.next_size_measure = Instant::now() + SIZE_MEASURE_INTERVAL.max(took * SIZE_MEASURE_SPACING);
+        self.next_size_measure =
+            Instant::now() + SIZE_MEASURE_INTERVAL.max(took * SIZE_MEASURE_SPACING);
     }
 
     fn run(&mut self, task: ApplyTask) -> Result<()> {

@@ -17,8 +17,8 @@
 pub mod apply;
 pub mod log;
 pub mod members;
-pub mod stages;
 pub mod node;
+pub mod stages;
 pub mod tokens;
 pub mod transport;
 pub mod types;

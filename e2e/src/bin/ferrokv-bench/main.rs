@@ -590,7 +590,10 @@ mod tests {
             "--consistency=s",
         ])
         .unwrap();
-        assert_eq!(cli.client_key.as_deref(), Some(std::path::Path::new("client-key.pem")));
+        assert_eq!(
+            cli.client_key.as_deref(),
+            Some(std::path::Path::new("client-key.pem"))
+        );
         match cli.workload {
             Workload::Range { key, .. } => assert_eq!(key.as_deref(), Some("bench-read-key")),
             other => panic!("parsed as {other:?}"),
