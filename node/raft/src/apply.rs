@@ -1082,28 +1082,84 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn installing_a_snapshot_ends_every_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+    /// An apply stage of member 1 on a fresh store in `dir`, and its stage histograms.
+    fn start_machine(dir: &std::path::Path) -> (StateMachine, MvccStore, Stages) {
+        let store = MvccStore::open(&dir.join("db.redb")).unwrap();
         let (commands, _command_queue) = std_mpsc::channel();
+        let stages = Stages::new();
         let (machine, _removed) = StateMachine::start(ApplyParts {
-            store,
+            store: store.clone(),
             member_id: 1,
             members: Members::default(),
             waiters: Waiters::default(),
-            log: RaftLog::open(&dir.path().join("log")).unwrap(),
+            log: RaftLog::open(&dir.join("log")).unwrap(),
             commands,
             commit_duration: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
                 "test_commit_duration",
                 "test",
             ))
             .unwrap(),
-            stages: Stages::new(),
+            stages: stages.clone(),
             snapshot_count: 10_000,
             token_ttl: Duration::from_secs(60),
         })
         .unwrap();
+        (machine, store, stages)
+    }
+
+    /// A batch of one new leader's empty entry at `index`.
+    fn empty_entry(index: u64) -> ApplyTask {
+        let entry = Entry {
+            index,
+            term: 1,
+            ..Default::default()
+        };
+        ApplyTask::Entries {
+            batch: vec![Committed {
+                entry,
+                conf_state: None,
+            }],
+            committed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn batches_queued_behind_a_busy_apply_stage_share_one_store_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, store, stages) = start_machine(dir.path());
+        // Holding the store's only write transaction keeps the apply stage busy with batch 1.
+        let held = store.begin_write().unwrap();
+        machine.submit(empty_entry(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stages.apply_wait.get_sample_count() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the apply stage never took batch 1"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        machine.submit(empty_entry(2));
+        machine.submit(empty_entry(3));
+        drop(held);
+        while machine.applied_index() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "entries 2 and 3 were never applied"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            stages.apply.get_sample_count(),
+            2,
+            "batch 1 alone, then 2 and 3 together"
+        );
+        assert_eq!(applied_state(&store).unwrap().index, 3);
+    }
+
+    #[test]
+    fn installing_a_snapshot_ends_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, _store, _stages) = start_machine(dir.path());
         machine.tokens().assign("t", "alice");
         assert_eq!(machine.tokens().user_of("t").as_deref(), Some("alice"));
 
