@@ -17,8 +17,8 @@ use crate::error::Error;
 use crate::membership::{self, MembershipView};
 use crate::names::ClusterNames;
 use crate::planner::{
-    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, StartRefusal,
-    UpgradePolicy,
+    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, RestoreSourceCheck,
+    StartRefusal, UpgradePolicy,
 };
 
 /// What one pass observed: the planner's input and the cluster ID for status.
@@ -134,8 +134,21 @@ pub async fn observe(
                     kvc.spec.upgrade.member_ready_timeout_seconds.into(),
                 ),
             },
+            restore_source: restore_source_check(kvc),
         },
     })
+}
+
+/// Whether the snapshot of `spec.bootstrap.restore` is known to be good: the status records the
+/// snapshot once it was checked. The controller checks it while it is not.
+fn restore_source_check(kvc: &KVCluster) -> RestoreSourceCheck {
+    match kvc.spec.restore_source() {
+        None => RestoreSourceCheck::NotRequested,
+        Some(_) if kvc.status.as_ref().is_some_and(|s| s.restore.is_some()) => {
+            RestoreSourceCheck::Verified
+        }
+        Some(_) => RestoreSourceCheck::Unchecked,
+    }
 }
 
 /// The image of the `ferrokv` container among `containers`.

@@ -126,7 +126,9 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             Phase::Degraded
         }
         Action::Converged | Action::Defragment { .. } => Phase::Running,
-        Action::Wait(WaitReason::ClusterForming) => Phase::Bootstrapping,
+        Action::Wait(WaitReason::ClusterForming | WaitReason::RestoreSourceUnchecked) => {
+            Phase::Bootstrapping
+        }
         Action::Wait(WaitReason::QuorumLost { .. } | WaitReason::NoMemberAnswers) => {
             Phase::QuorumLost
         }
@@ -136,7 +138,8 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             | WaitReason::WouldLoseQuorum
             | WaitReason::UnregisteredMemberData { .. }
             | WaitReason::InvalidSchedule(_)
-            | WaitReason::RolloutPaused { .. },
+            | WaitReason::RolloutPaused { .. }
+            | WaitReason::RestoreSourceInvalid(_),
         ) => Phase::Degraded,
         _ if observed.members.is_none() => {
             if VoterCount::of(members).voters == 0 && observed.stateful_set.is_some() {
@@ -232,6 +235,7 @@ pub fn build_status(
             Action::Wait(
                 reason @ (WaitReason::ClusterForming
                 | WaitReason::PodStarting { .. }
+                | WaitReason::RestoreSourceUnchecked
                 | WaitReason::LearnerCatchingUp { .. }
                 | WaitReason::PodTerminating { .. }
                 | WaitReason::MembersCatchingUp { .. }),
@@ -293,6 +297,12 @@ pub fn build_status(
         Action::Wait(reason @ WaitReason::RolloutPaused { .. }) => {
             condition("Degraded", true, "RolloutPaused", reason.to_string())
         }
+        Action::Wait(reason @ WaitReason::RestoreSourceInvalid(_)) => condition(
+            "Degraded",
+            true,
+            "RestoreSourceInvalid",
+            reason.to_string(),
+        ),
         _ if refused.is_some() => condition(
             "Degraded",
             true,
@@ -311,6 +321,12 @@ pub fn build_status(
         _ => condition("Degraded", false, "AllMembersHealthy", String::new()),
     };
 
+    let restore = previous.and_then(|p| p.restore.clone()).map(|mut restore| {
+        if restore.restored_time.is_none() && available.status == "True" {
+            restore.restored_time = Some(Time(now));
+        }
+        restore
+    });
     let conditions = [available, progressing, degraded]
         .into_iter()
         .map(|mut c| {
@@ -388,6 +404,7 @@ pub fn build_status(
         observed_generation: generation,
         // The backup scheduler's own, under its own field manager.
         backup: None,
+        restore,
     }
 }
 
@@ -453,7 +470,9 @@ pub fn version_of(image: &str) -> String {
 mod tests {
     use super::*;
     use crate::bootstrap::BootstrapConfig;
-    use crate::planner::{Member, MemberPod, NodeState, ObservedStatefulSet, UpgradePolicy};
+    use crate::planner::{
+        Member, MemberPod, NodeState, ObservedStatefulSet, RestoreSourceCheck, UpgradePolicy,
+    };
     use std::time::Duration;
 
     fn names() -> ClusterNames {
@@ -502,6 +521,7 @@ mod tests {
                 force: false,
                 member_ready_timeout: Duration::from_secs(300),
             },
+            restore_source: RestoreSourceCheck::NotRequested,
         }
     }
 

@@ -81,6 +81,7 @@ fn cluster(n: u32, spec: i32) -> Observed {
             force: false,
             member_ready_timeout: Duration::from_secs(TIMEOUT_SECS),
         },
+        restore_source: RestoreSourceCheck::NotRequested,
     }
 }
 
