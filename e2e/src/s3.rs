@@ -144,11 +144,7 @@ impl S3Server {
         Self::start_inner(dir, Ipv4Addr::LOCALHOST.into(), Some(free_requests))
     }
 
-    fn start_inner(
-        dir: &Path,
-        host: IpAddr,
-        free_requests: Option<u32>,
-    ) -> anyhow::Result<Self> {
+    fn start_inner(dir: &Path, host: IpAddr, free_requests: Option<u32>) -> anyhow::Result<Self> {
         let port = ReservedPort::reserve()?;
         let log_path = dir.join(format!("moto-{}.log", port.port()));
         let mut server = Self {
@@ -170,7 +166,12 @@ impl S3Server {
             .with_context(|| format!("creating {}", self.log_path.display()))?;
         let mut command = Command::new(venv_program("moto_server")?);
         command
-            .args(["-H", &self.host.to_string(), "-p", &self.port.port().to_string()])
+            .args([
+                "-H",
+                &self.host.to_string(),
+                "-p",
+                &self.port.port().to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -256,13 +257,17 @@ impl S3Server {
     /// Downloads an object into `file`.
     pub async fn get_file(&self, bucket: &str, key: &str, file: &Path) -> anyhow::Result<()> {
         let path = file.to_str().context("a UTF-8 path")?;
-        self.client(&["get-file", bucket, key, path]).await.map(drop)
+        self.client(&["get-file", bucket, key, path])
+            .await
+            .map(drop)
     }
 
     /// Uploads `file` as an object.
     pub async fn put_file(&self, bucket: &str, key: &str, file: &Path) -> anyhow::Result<()> {
         let path = file.to_str().context("a UTF-8 path")?;
-        self.client(&["put-file", bucket, key, path]).await.map(drop)
+        self.client(&["put-file", bucket, key, path])
+            .await
+            .map(drop)
     }
 
     pub fn log_tail(&self) -> String {

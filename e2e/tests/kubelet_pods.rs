@@ -525,7 +525,11 @@ async fn init_containers_run_in_order_to_completion_and_a_failing_one_is_retried
     .await;
     let status = &pod["status"];
     assert_eq!(status["phase"], "Pending", "{status}");
-    assert_eq!(condition(&pod, "Initialized")["status"], "False", "{status}");
+    assert_eq!(
+        condition(&pod, "Initialized")["status"],
+        "False",
+        "{status}"
+    );
     assert!(!is_ready(&pod), "{status}");
     let first = &status["initContainerStatuses"][0];
     assert_eq!(first["name"], "first");
@@ -533,12 +537,12 @@ async fn init_containers_run_in_order_to_completion_and_a_failing_one_is_retried
     assert_eq!(first["ready"], true, "{status}");
     let second = &status["initContainerStatuses"][1];
     assert_eq!(second["lastState"]["terminated"]["exitCode"], 1, "{status}");
-    assert_eq!(second["lastState"]["terminated"]["reason"], "Error", "{status}");
-    assert_eq!(second["ready"], false, "{status}");
     assert_eq!(
-        status["containerStatuses"][0]["started"], false,
+        second["lastState"]["terminated"]["reason"], "Error",
         "{status}"
     );
+    assert_eq!(second["ready"], false, "{status}");
+    assert_eq!(status["containerStatuses"][0]["started"], false, "{status}");
     assert_eq!(
         status["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing",
         "{status}"
@@ -560,8 +564,16 @@ async fn init_containers_run_in_order_to_completion_and_a_failing_one_is_retried
         order().filter(|lines| lines.last().map(String::as_str) == Some("main"))
     })
     .await;
-    assert_eq!(lines.iter().filter(|l| *l == "first").count(), 1, "{lines:?}");
-    assert_eq!(lines.iter().filter(|l| *l == "main").count(), 1, "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| *l == "first").count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "main").count(),
+        1,
+        "{lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

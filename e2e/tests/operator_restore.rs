@@ -94,10 +94,18 @@ async fn keyspace(env: &KubeEnv, cluster: &str) -> (Value, i64) {
 async fn write_history(env: &KubeEnv) {
     let mut steps: Vec<Vec<String>> = Vec::new();
     for i in 0..12 {
-        steps.push(vec!["put".into(), format!("/restore/key-{i:02}"), format!("v1-{i}")]);
+        steps.push(vec![
+            "put".into(),
+            format!("/restore/key-{i:02}"),
+            format!("v1-{i}"),
+        ]);
     }
     for i in (0..12).step_by(3) {
-        steps.push(vec!["put".into(), format!("/restore/key-{i:02}"), format!("v2-{i}")]);
+        steps.push(vec![
+            "put".into(),
+            format!("/restore/key-{i:02}"),
+            format!("v2-{i}"),
+        ]);
     }
     steps.push(vec!["put".into(), "/restore/key-00".into(), "v3-0".into()]);
     steps.push(vec!["del".into(), "/restore/key-05".into()]);
@@ -283,17 +291,12 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         .kubectl_in_namespace(&["delete", "pod", "restored-1", "--wait=false"])
         .await;
     assert!(deleted.is_ok(), "{deleted:?}");
-    env.eventually(
-        "restored-1 made again",
-        Duration::from_secs(60),
-        || async {
-            let pod = env.get(PODS, "restored-1").await?;
-            (pod["metadata"]["uid"] != old_uid
-                && pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"]
-                    == 0)
-                .then_some(())
-        },
-    )
+    env.eventually("restored-1 made again", Duration::from_secs(60), || async {
+        let pod = env.get(PODS, "restored-1").await?;
+        (pod["metadata"]["uid"] != old_uid
+            && pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0)
+            .then_some(())
+    })
     .await;
     env.wait_cluster_available("restored", 3, FORMING).await;
     let log = env.pod_log("restored-1").await;
@@ -312,7 +315,10 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     // Nothing was made for the refused one.
     assert!(env.get(STATEFULSETS, "broken").await.is_none());
     assert!(
-        !env.names(PODS).await.iter().any(|p| p.starts_with("broken-")),
+        !env.names(PODS)
+            .await
+            .iter()
+            .any(|p| p.starts_with("broken-")),
         "no pod of the refused cluster"
     );
 }

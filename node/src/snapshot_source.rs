@@ -152,6 +152,9 @@ mod tests {
         let error = check_sha256("s.db", &actual, Some(&"0".repeat(64)))
             .unwrap_err()
             .to_string();
-        assert!(error.contains(&actual) && error.contains(&"0".repeat(64)), "{error}");
+        assert!(
+            error.contains(&actual) && error.contains(&"0".repeat(64)),
+            "{error}"
+        );
     }
 }

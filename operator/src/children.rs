@@ -13,9 +13,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -338,14 +338,24 @@ fn restore_container(kvc: &KVCluster, restore: &RestoreStatus, member: &Containe
         .as_ref()
         .and_then(|o| o.credentials_secret.as_deref())
     {
-        env.push(env_from_secret("AWS_ACCESS_KEY_ID", secret, ACCESS_KEY_ID_KEY, false));
+        env.push(env_from_secret(
+            "AWS_ACCESS_KEY_ID",
+            secret,
+            ACCESS_KEY_ID_KEY,
+            false,
+        ));
         env.push(env_from_secret(
             "AWS_SECRET_ACCESS_KEY",
             secret,
             SECRET_ACCESS_KEY_KEY,
             false,
         ));
-        env.push(env_from_secret("AWS_SESSION_TOKEN", secret, SESSION_TOKEN_KEY, true));
+        env.push(env_from_secret(
+            "AWS_SESSION_TOKEN",
+            secret,
+            SESSION_TOKEN_KEY,
+            true,
+        ));
     }
     let mut mounts = member.volume_mounts.clone().unwrap_or_default();
     if restore.volume.is_some() {
@@ -872,8 +882,14 @@ mod tests {
         assert!(!args.iter().any(|a| a.starts_with("--listen")), "{args:?}");
         // The member's own identity is the one restored: the same flags as the main container.
         let member = pod.containers[0].args.clone().unwrap();
-        for arg in args.iter().filter(|a| a.starts_with("--initial") || a.starts_with("--name")) {
-            assert!(member.contains(arg), "{arg} differs from the member's {member:?}");
+        for arg in args
+            .iter()
+            .filter(|a| a.starts_with("--initial") || a.starts_with("--name"))
+        {
+            assert!(
+                member.contains(arg),
+                "{arg} differs from the member's {member:?}"
+            );
         }
         let mounts = init.volume_mounts.clone().unwrap();
         assert_eq!(mounts, pod.containers[0].volume_mounts.clone().unwrap());
@@ -905,7 +921,9 @@ mod tests {
             args.last().unwrap(),
             &format!("{RESTORE_SOURCE_DIR}/etcd/backup.db")
         );
-        assert!(!args.iter().any(|a| a.starts_with("--s3") || a.starts_with("--sha256")));
+        assert!(!args
+            .iter()
+            .any(|a| a.starts_with("--s3") || a.starts_with("--sha256")));
         let mount = init
             .volume_mounts
             .as_ref()
@@ -917,7 +935,10 @@ mod tests {
         assert_eq!(mount.read_only, Some(true));
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let claim = volume.persistent_volume_claim.as_ref().unwrap();
-        assert_eq!((volume.name.as_str(), claim.claim_name.as_str()), (RESTORE_SOURCE_VOLUME, "snapshots"));
+        assert_eq!(
+            (volume.name.as_str(), claim.claim_name.as_str()),
+            (RESTORE_SOURCE_VOLUME, "snapshots")
+        );
         assert_eq!(claim.read_only, Some(true));
         // The member itself never mounts the snapshot's claim.
         assert!(!pod.containers[0]

@@ -295,8 +295,7 @@ async fn check_restore_source(
     let Some(source) = kvc.spec.restore_source() else {
         return Ok(None);
     };
-    if observed.stateful_set.is_some() || observed.restore_source != RestoreSourceCheck::Unchecked
-    {
+    if observed.stateful_set.is_some() || observed.restore_source != RestoreSourceCheck::Unchecked {
         return Ok(None);
     }
     match check_source(&ctx.client, kvc, source).await {
@@ -332,7 +331,14 @@ async fn publish_restore_events(ctx: &Context, kvc: &KVCluster, status: &KVClust
     let previous = kvc.status.as_ref();
     if let Some(message) = refused(status) {
         if previous.and_then(refused).as_ref() != Some(&message) {
-            publish(ctx, kvc, EventType::Warning, "RestoreSourceInvalid", message).await;
+            publish(
+                ctx,
+                kvc,
+                EventType::Warning,
+                "RestoreSourceInvalid",
+                message,
+            )
+            .await;
         }
     }
     let Some(restore) = &status.restore else {

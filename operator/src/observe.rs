@@ -11,7 +11,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::bootstrap::BootstrapConfig;
-use crate::children::{BuildDefaults, CONTAINER_NAME};
+use crate::children::{BuildDefaults, CONTAINER_NAME, RESTORE_CONTAINER_NAME};
 use crate::crd::KVCluster;
 use crate::error::Error;
 use crate::membership::{self, MembershipView};
@@ -219,6 +219,20 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
             .filter_map(|t| t.message.as_deref())
             .find_map(StartRefusal::parse)
     });
+    // A failed init step waits for its restart with the failure as its last state.
+    let restore_failure = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.name == RESTORE_CONTAINER_NAME)
+        .flat_map(|c| [c.state, c.last_state])
+        .flatten()
+        .filter_map(|s| s.terminated)
+        .find(|t| t.exit_code != 0)
+        .map(|t| {
+            t.message
+                .unwrap_or_else(|| format!("exit code {}", t.exit_code))
+        });
     MemberPod {
         ordinal,
         ready,
@@ -227,6 +241,7 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         node,
         start_refusal,
+        restore_failure,
         revision: pod.labels().get("controller-revision-hash").cloned(),
         image: pod
             .spec

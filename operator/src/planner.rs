@@ -170,6 +170,8 @@ pub struct MemberPod {
     pub node: NodeState,
     /// Why the node last refused to start, from the container's termination message.
     pub start_refusal: Option<StartRefusal>,
+    /// Why the restore init step last failed, from its termination message.
+    pub restore_failure: Option<String>,
     /// The pod's `controller-revision-hash`.
     pub revision: Option<String>,
     /// The image of its `ferrokv` container.

@@ -12,6 +12,7 @@
 //!
 //! Not here: taking backups ([`crate::backup`]).
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -19,7 +20,6 @@ use kube::{Api, Client, ResourceExt};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use thiserror::Error;
-use futures::StreamExt;
 
 use crate::backup::destination::open_bucket;
 use crate::backup::manifest::{manifest_key, Manifest, MANIFEST_FORMAT};
@@ -90,7 +90,12 @@ pub async fn check_source(
         );
         let mut status = check_object(client, &namespace, &object, &described).await?;
         if let Some(recorded) = recorded_sha256 {
-            compare(&described, "its SHA-256", status.sha256.as_deref(), &recorded)?;
+            compare(
+                &described,
+                "its SHA-256",
+                status.sha256.as_deref(),
+                &recorded,
+            )?;
         }
         status.source = described;
         return Ok(status);
@@ -131,7 +136,10 @@ async fn backup_object(
     };
     // Where it went; a backup taken before the status recorded it went where its spec or its
     // cluster said.
-    let recorded = status.destination.clone().or(backup.spec.destination.clone());
+    let recorded = status
+        .destination
+        .clone()
+        .or(backup.spec.destination.clone());
     let destination = match recorded.and_then(|d| d.s3) {
         Some(s3) => Some(s3),
         None => {
@@ -185,12 +193,10 @@ async fn check_object(
     while let Some(chunk) = stream.next().await {
         digest.update(&chunk.map_err(download)?);
     }
-    let checked = digest
-        .finish()
-        .map_err(|problem| RestoreError::Snapshot {
-            object: source.clone(),
-            problem,
-        })?;
+    let checked = digest.finish().map_err(|problem| RestoreError::Snapshot {
+        object: source.clone(),
+        problem,
+    })?;
     if let Some(manifest) = &manifest {
         compare(
             &source,
@@ -247,8 +253,7 @@ async fn read_manifest(
         key: key.clone(),
         problem,
     };
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     if manifest.format != MANIFEST_FORMAT {
         return Err(invalid(format!(
             "format {:?}, not {MANIFEST_FORMAT:?}",

@@ -788,9 +788,10 @@ impl NodeLoop {
             .ok();
         let value = match secret {
             Some(secret) => match secret["data"][key].as_str() {
-                Some(encoded) => Some(decode_base64(encoded).with_context(|| {
-                    format!("secret {name:?} key {key:?} is not base64")
-                })?),
+                Some(encoded) => Some(
+                    decode_base64(encoded)
+                        .with_context(|| format!("secret {name:?} key {key:?} is not base64"))?,
+                ),
                 None => secret["stringData"][key].as_str().map(str::to_string),
             },
             None => None,
@@ -853,7 +854,11 @@ impl NodeLoop {
             init.next_start = Some(Instant::now() + backoff);
             return false;
         }
-        if runtime.init.next_start.is_some_and(|at| Instant::now() < at) {
+        if runtime
+            .init
+            .next_start
+            .is_some_and(|at| Instant::now() < at)
+        {
             return false;
         }
         let header = format!(
@@ -910,7 +915,11 @@ impl NodeLoop {
                         .map_or(json!({}), |t| json!({ "terminated": t }));
                     (state, json!(init.restart_count), last)
                 } else {
-                    (json!({"waiting": {"reason": "PodInitializing"}}), json!(0), json!({}))
+                    (
+                        json!({"waiting": {"reason": "PodInitializing"}}),
+                        json!(0),
+                        json!({}),
+                    )
                 };
                 let completed = state["terminated"]["exitCode"] == 0;
                 json!({

@@ -19,7 +19,9 @@ use tracing::warn;
 use super::manifest::BackupKind;
 use super::scheduled::{publish, BackupDeps};
 use super::take::take_backup;
-use crate::crd::{BackupDestination, BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupStatus, Phase};
+use crate::crd::{
+    BackupDestination, BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupStatus, Phase,
+};
 use crate::error::Error;
 use crate::names::FIELD_MANAGER;
 
