@@ -131,6 +131,7 @@ fn has_event(events: &[Value], reason: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_makes_nothing() {
+    let whole = Instant::now();
     let scratch = tempfile::tempdir().unwrap();
     let env = KubeEnv::start("restore", EnvOptions::default())
         .await
@@ -193,6 +194,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         "credentialsSecret": SECRET,
         "forcePathStyle": true,
     }});
+    let applied_broken = Instant::now();
     apply(&env, restored_cluster(&env, "broken", 3, corrupt)).await;
 
     // The good one: from the KVClusterBackup, by name.
@@ -217,6 +219,10 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         .find(|c| c["type"] == "Degraded")
         .unwrap()
         .clone();
+    println!(
+        "corrupt object refused {:.1}s after kubectl apply",
+        applied_broken.elapsed().as_secs_f64()
+    );
     assert_eq!(degraded["reason"], "RestoreSourceInvalid", "{refused}");
     let message = degraded["message"].as_str().unwrap();
     assert!(
@@ -321,4 +327,5 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
             .any(|p| p.starts_with("broken-")),
         "no pod of the refused cluster"
     );
+    println!("whole restore test: {:.1}s", whole.elapsed().as_secs_f64());
 }
