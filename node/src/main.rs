@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             .collect();
         let given = token_given(&rest);
         let parsed = RestoreArgs::parse_from(rest);
-        let config = match NodeConfig::check(parsed.member, given) {
+        let config = match NodeConfig::check(parsed.member.clone(), given) {
             Ok(c) => c,
             Err(message) => return fail("ferrokv snapshot restore", &message),
         };
