@@ -4,7 +4,8 @@
 //! [`planner`] for the next single step, carries it out ([`controller`]) and writes
 //! [`status`]. The objects the operator owns are built in [`children`], from names fixed in
 //! [`names`]; the bootstrap state members start from is [`bootstrap`]. Backups to object
-//! storage, scheduled and on demand, are [`backup`]'s.
+//! storage, scheduled and on demand, are [`backup`]'s; checking the snapshot a new cluster is
+//! restored from is [`restore`]'s.
 
 pub mod backup;
 pub mod bootstrap;
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod planner;
+pub mod restore;
 pub mod status;
 pub mod upgrade;
