@@ -10,38 +10,47 @@
 
 use redb::ReadableTable;
 
-use super::index::KeyIndex;
+use super::index::{KeyIndex, Rev};
 use super::read::load;
 use super::tables::{ChunkSource, HistoryRecord, RevKey, RevValue};
 use crate::Result;
 
+/// The kept versions at or before `revision`, in (key, main, sub) order: what `hash_history`
+/// reads. Found in the index, so the caller holds the index only this long.
+pub(super) fn versions_to_hash(index: &KeyIndex, revision: i64) -> Vec<(Vec<u8>, Rev)> {
+    let mut versions = Vec::new();
+    for (key, kept) in index.iter() {
+        for version in kept.iter().take_while(|v| v.rev.0 <= revision) {
+            versions.push((key.to_vec(), version.rev));
+        }
+    }
+    versions
+}
+
 pub(super) fn hash_history<R>(
-    index: &KeyIndex,
+    versions: Vec<(Vec<u8>, Rev)>,
     revs: &R,
     values: &dyn ChunkSource,
-    revision: i64,
 ) -> Result<u32>
 where
     R: ReadableTable<RevKey, RevValue>,
 {
     let mut hasher = crc32fast::Hasher::new();
-    for (key, versions) in index.iter() {
-        for version in versions.iter().take_while(|v| v.rev.0 <= revision) {
-            let (main, sub) = version.rev;
-            hasher.update(&(key.len() as u64).to_be_bytes());
-            hasher.update(key);
-            hasher.update(&main.to_be_bytes());
-            hasher.update(&sub.to_be_bytes());
-            match load(revs, values, key, version.rev)? {
-                HistoryRecord::Tombstone => hasher.update(&[0]),
-                HistoryRecord::Put(kv) => {
-                    hasher.update(&[1]);
-                    hasher.update(&kv.create_revision.to_be_bytes());
-                    hasher.update(&kv.version.to_be_bytes());
-                    hasher.update(&kv.lease.to_be_bytes());
-                    hasher.update(&(kv.value.len() as u64).to_be_bytes());
-                    hasher.update(&kv.value);
-                }
+    for (key, rev) in versions {
+        let (main, sub) = rev;
+        hasher.update(&(key.len() as u64).to_be_bytes());
+        hasher.update(&key);
+        hasher.update(&main.to_be_bytes());
+        hasher.update(&sub.to_be_bytes());
+        match load(revs, values, &key, rev)? {
+            HistoryRecord::Tombstone => hasher.update(&[0]),
+            HistoryRecord::Put(kv) => {
+                hasher.update(&[1]);
+                hasher.update(&kv.create_revision.to_be_bytes());
+                hasher.update(&kv.version.to_be_bytes());
+                hasher.update(&kv.lease.to_be_bytes());
+                hasher.update(&(kv.value.len() as u64).to_be_bytes());
+                hasher.update(&kv.value);
             }
         }
     }

@@ -288,22 +288,23 @@ impl MvccStore {
     /// etcd's HashKV: the hash of the history up to `revision` (0 = current), with the
     /// compaction revision and the revision hashed. `FutureRev` / `Compacted` as for reads.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
-        let index = self.index.read();
-        let txn = self.db().begin_read()?;
-        let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
-        if revision > current {
-            return Err(Error::FutureRev);
-        }
-        if revision > 0 && revision < compacted {
-            return Err(Error::Compacted);
-        }
-        let revision = if revision <= 0 { current } else { revision };
-        let hash = hash::hash_history(
-            &index,
-            &txn.open_table(REVS)?,
-            &txn.open_table(VALUES)?,
-            revision,
-        )?;
+        // The versions are found with the index held; they are read from the transaction
+        // opened meanwhile, which keeps them whatever is compacted after.
+        let (txn, versions, compacted, revision) = {
+            let index = self.index.read();
+            let txn = self.db().begin_read()?;
+            let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
+            if revision > current {
+                return Err(Error::FutureRev);
+            }
+            if revision > 0 && revision < compacted {
+                return Err(Error::Compacted);
+            }
+            let revision = if revision <= 0 { current } else { revision };
+            let versions = hash::versions_to_hash(&index, revision);
+            (txn, versions, compacted, revision)
+        };
+        let hash = hash::hash_history(versions, &txn.open_table(REVS)?, &txn.open_table(VALUES)?)?;
         Ok((hash, compacted, revision))
     }
 
