@@ -406,16 +406,7 @@ fn build_index(txn: &ReadTransaction) -> Result<KeyIndex> {
 }
 
 fn lease_keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>> {
-    let mut keys = Vec::new();
-    for entry in txn.open_table(LEASE_KEYS)?.range((id, &[][..])..)? {
-        let (k, _) = entry?;
-        let (lease, key) = k.value();
-        if lease != id {
-            break;
-        }
-        keys.push(key.to_vec());
-    }
-    Ok(keys)
+    tables::keys_of_lease(&txn.open_table(LEASE_KEYS)?, id)
 }
 
 /// The (current, compacted) revisions, with etcd's values for a store never written.

@@ -204,6 +204,23 @@ impl HistoryRecord {
     }
 }
 
+/// The keys attached to lease `id`, in key order, as `lease_keys` holds them.
+pub(super) fn keys_of_lease<T>(lease_keys: &T, id: i64) -> Result<Vec<Vec<u8>>>
+where
+    T: ReadableTable<(i64, &'static [u8]), ()>,
+{
+    let mut keys = Vec::new();
+    for entry in lease_keys.range((id, &[][..])..)? {
+        let (k, _) = entry?;
+        let (lease, key) = k.value();
+        if lease != id {
+            break;
+        }
+        keys.push(key.to_vec());
+    }
+    Ok(keys)
+}
+
 /// Whether a stored record is a tombstone, without reading its value.
 pub(super) fn is_tombstone(record: &[u8]) -> bool {
     record == [TAG_TOMBSTONE]

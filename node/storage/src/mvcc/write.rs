@@ -20,8 +20,8 @@ use super::index::{Indexed, KeyIndex, Rev, SharedIndex, Undo};
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
-    remove_chunks, HistoryRecord, RevsTable, ValuesTable, COMPACT_REVISION, CURRENT_REVISION,
-    LEASES, LEASE_KEYS, META, REVISIONS, REVS, VALUES,
+    keys_of_lease, remove_chunks, HistoryRecord, RevsTable, ValuesTable, COMPACT_REVISION,
+    CURRENT_REVISION, LEASES, LEASE_KEYS, META, REVISIONS, REVS, VALUES,
 };
 use crate::{Result, StorageError as Error};
 
@@ -184,16 +184,7 @@ impl MvccWrite {
             if request.tables.leases.get(id)?.is_none() {
                 return Err(Error::LeaseNotFound);
             }
-            let mut keys = Vec::new();
-            for entry in request.tables.lease_keys.range((id, &[][..])..)? {
-                let (k, _) = entry?;
-                let (lease, key) = k.value();
-                if lease != id {
-                    break;
-                }
-                keys.push(key.to_vec());
-            }
-            for key in keys {
+            for key in keys_of_lease(&request.tables.lease_keys, id)? {
                 request.delete_key(&key)?;
             }
             request.tables.leases.remove(id)?;
@@ -203,17 +194,7 @@ impl MvccWrite {
 
     /// The keys attached to lease `id`, as this transaction sees them.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
-        let table = self.txn.open_table(LEASE_KEYS)?;
-        let mut keys = Vec::new();
-        for entry in table.range((id, &[][..])..)? {
-            let (k, _) = entry?;
-            let (lease, key) = k.value();
-            if lease != id {
-                break;
-            }
-            keys.push(key.to_vec());
-        }
-        Ok(keys)
+        keys_of_lease(&self.txn.open_table(LEASE_KEYS)?, id)
     }
 
     /// Stores a value of the Raft state machine's own (applied log ID, membership) in the same
