@@ -150,6 +150,19 @@ impl MvccStore {
         Ok(())
     }
 
+    /// Gives the file's unused tail back to the file system. redb grows a file by doubling
+    /// it, so a store written in one transaction (a restore) can be twice its data; the
+    /// tail is all free then, and trimming it moves nothing. Waits for open reads and batches.
+    pub fn trim(&self) -> Result<()> {
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        db.compact()
+            .map_err(|e| Error::Backend(format!("trimming the database file: {e}")))?;
+        Ok(())
+    }
+
     /// etcd's Range, read at the last committed batch. The index is held only while the
     /// versions to read are found; reading them needs only the read transaction.
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse> {

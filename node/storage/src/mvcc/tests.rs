@@ -1837,3 +1837,28 @@ fn a_compaction_reaches_readers_only_when_its_batch_commits() {
     assert_eq!(value_at(&store, "k", current).as_deref(), Some("3"));
     assert_eq!(history_len(&store), 1);
 }
+
+/// A restore writes the whole store in one transaction, and redb grows the file by doubling as
+/// it fills: `trim` gives the free tail back, so a restored member's file is its data's size.
+#[test]
+fn a_restored_store_trimmed_is_the_size_of_its_pages() {
+    let (_dir, store) = open_store();
+    load_versions(&store, 20_000, 1, 256);
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = MvccStore::open(&restored_dir.path().join("kv.redb")).unwrap();
+    restored.restore(&store.snapshot().unwrap()).unwrap();
+    let before = restored.db_size_bytes();
+    restored.trim().unwrap();
+    let footprint = restored.footprint().unwrap();
+    let pages = footprint.allocated_pages * footprint.page_size;
+    println!(
+        "restored file {before} bytes, trimmed {}, pages {pages}",
+        footprint.file_bytes
+    );
+    assert!(
+        footprint.file_bytes as f64 <= 1.1 * pages as f64,
+        "a trimmed file of {} bytes for {pages} bytes of pages",
+        footprint.file_bytes
+    );
+    assert_eq!(restored.hash_kv(0).unwrap(), store.hash_kv(0).unwrap());
+}
