@@ -163,34 +163,45 @@ pub(super) fn load(txn: &WriteTransaction, mut body: StoreContents) -> Result<()
     txn.delete_table(REVISIONS)?;
     txn.delete_table(META)?;
 
+    // `history` is in (key, main, sub) order, so a key's last change is its live state.
+    let mut lease_attachments = Vec::new();
+    for (i, change) in body.history.iter().enumerate() {
+        let is_last_of_key = body
+            .history
+            .get(i + 1)
+            .is_none_or(|next| next.key != change.key);
+        if let (true, Some(version)) = (is_last_of_key, &change.put) {
+            if version.lease != 0 {
+                lease_attachments.push((version.lease, change.key.clone()));
+            }
+        }
+    }
+    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
+    for (lease, key) in &lease_attachments {
+        lease_keys.insert((*lease, key.as_slice()), ())?;
+    }
+
+    // Written in revision order, the order of the tables' keys, so that their leaves fill up.
+    body.history.sort_by_key(|change| (change.main, change.sub));
     let mut revs = txn.open_table(REVS)?;
     let mut values = txn.open_table(VALUES)?;
-    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
-    // `history` is in (key, main, sub) order, so a key's last change is its live state.
-    for (i, change) in body.history.iter().enumerate() {
-        let key = change.key.as_slice();
-        let record = match &change.put {
+    for change in body.history {
+        let record = match change.put {
             Some(version) => HistoryRecord::Put(PbKeyValue {
                 key: change.key.clone(),
                 create_revision: version.create_revision,
                 mod_revision: change.main,
                 version: version.version,
-                value: version.value.clone(),
+                value: version.value,
                 lease: version.lease,
             }),
             None => HistoryRecord::Tombstone,
         };
         let stored = record.store(change.main, change.sub, &mut values)?;
-        revs.insert((change.main, change.sub), (key, stored.as_slice()))?;
-        let is_last_of_key = body
-            .history
-            .get(i + 1)
-            .is_none_or(|next| next.key != change.key);
-        if let (true, HistoryRecord::Put(kv)) = (is_last_of_key, &record) {
-            if kv.lease != 0 {
-                lease_keys.insert((kv.lease, key), ())?;
-            }
-        }
+        revs.insert(
+            (change.main, change.sub),
+            (change.key.as_slice(), stored.as_slice()),
+        )?;
     }
     let mut leases = txn.open_table(LEASES)?;
     for lease in &body.leases {
