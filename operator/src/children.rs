@@ -14,19 +14,22 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 
 use crate::bootstrap::BootstrapConfig;
-use crate::crd::{KVCluster, VolumeSpec};
+use crate::crd::{CertManagerTls, KVCluster, TlsMode, TlsSource, VolumeSpec};
 use crate::names::{
-    ClusterNames, CLIENT_PORT, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
-    INITIAL_CLUSTER_STATE_KEY, PEER_PORT, WAL_DIR, WAL_VOLUME,
+    ClusterNames, TlsSide, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME,
+    INITIAL_CLUSTER_KEY, INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR,
+    WAL_DIR, WAL_VOLUME,
 };
 
 /// Name of the node's container in every member pod.
@@ -68,7 +71,10 @@ impl BuildDefaults {
 }
 
 pub fn names_of(kvc: &KVCluster) -> ClusterNames {
-    ClusterNames::new(kvc.name_any(), kvc.namespace().unwrap_or_default())
+    ClusterNames::new(kvc.name_any(), kvc.namespace().unwrap_or_default()).with_tls(
+        kvc.spec.client_tls().is_some(),
+        kvc.spec.peer_tls().is_some(),
+    )
 }
 
 fn metadata(kvc: &KVCluster, name: String) -> ObjectMeta {
@@ -217,18 +223,37 @@ pub fn member_args(kvc: &KVCluster) -> Vec<String> {
         Some(uid) => format!("{}-{}", names.cluster, uid),
         None => format!("{}-{}", names.namespace, names.cluster),
     };
+    let client = if names.client_tls() { "https" } else { "http" };
+    let peer = if names.peer_tls() { "https" } else { "http" };
     let mut args = vec![
         "--name=$(POD_NAME)".to_string(),
         format!("--data-dir={DATA_DIR}"),
         format!("--wal-dir={WAL_DIR}"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
-        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
-        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        format!("--listen-client-urls={client}://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={client}://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls={peer}://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls={peer}://{host}:{PEER_PORT}"),
         "--initial-cluster=$(INITIAL_CLUSTER)".to_string(),
         "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".to_string(),
         format!("--initial-cluster-token={token}"),
     ];
+    if let Some(files) = member_tls_files(kvc, TlsSide::Client) {
+        args.extend([
+            format!("--cert-file={}", files.cert),
+            format!("--key-file={}", files.key),
+            format!("--trusted-ca-file={}", files.ca),
+            "--client-cert-auth".to_string(),
+            format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+        ]);
+    }
+    if let Some(files) = member_tls_files(kvc, TlsSide::Peer) {
+        args.extend([
+            format!("--peer-cert-file={}", files.cert),
+            format!("--peer-key-file={}", files.key),
+            format!("--peer-trusted-ca-file={}", files.ca),
+            "--peer-client-cert-auth".to_string(),
+        ]);
+    }
     let tuning = &kvc.spec.tuning;
     if let Some(ms) = tuning.heartbeat_interval_millis {
         args.push(format!("--heartbeat-interval={ms}"));
@@ -259,11 +284,159 @@ pub fn member_args(kvc: &KVCluster) -> Vec<String> {
     args
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// Where a member finds one side's certificate, key and trusted CA bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+/// The side's TLS settings of the cluster, when that side has TLS.
+pub fn tls_source(kvc: &KVCluster, side: TlsSide) -> Option<&TlsSource> {
+    match side {
+        TlsSide::Client => kvc.spec.client_tls(),
+        TlsSide::Peer => kvc.spec.peer_tls(),
+    }
+}
+
+/// The Secret member pods mount for a side: the operator's (`auto`, `certManager`) or the user's.
+pub fn member_tls_secret(kvc: &KVCluster, side: TlsSide) -> Option<String> {
+    Some(match tls_source(kvc, side)?.mode() {
+        TlsMode::SecretRef(secret) => secret.name.clone(),
+        TlsMode::Auto(_) | TlsMode::CertManager(_) => names_of(kvc).tls_secret(side),
+    })
+}
+
+/// The files of a side in the member's container. `auto` Secrets hold one certificate per
+/// member, named after it (`NAME-N.crt`, `NAME-N.key`); the others one for all members, in
+/// cert-manager's layout (`tls.crt`, `tls.key`). `ca.crt` is the trusted bundle either way.
+pub fn member_tls_files(kvc: &KVCluster, side: TlsSide) -> Option<TlsFiles> {
+    let dir = match side {
+        TlsSide::Client => CLIENT_TLS_DIR,
+        TlsSide::Peer => PEER_TLS_DIR,
+    };
+    let (cert, key) = match tls_source(kvc, side)?.mode() {
+        TlsMode::Auto(_) => (
+            format!("{dir}/$(POD_NAME).crt"),
+            format!("{dir}/$(POD_NAME).key"),
+        ),
+        TlsMode::SecretRef(_) | TlsMode::CertManager(_) => {
+            (format!("{dir}/tls.crt"), format!("{dir}/tls.key"))
+        }
+    };
+    Some(TlsFiles {
+        cert,
+        key,
+        ca: format!("{dir}/ca.crt"),
+    })
+}
+
+/// The certificate Secrets mounted read-only in member pods; the node re-reads the files when
+/// the kubelet updates them, so a renewal needs no restart.
+fn tls_volumes(kvc: &KVCluster) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (side, dir) in [
+        (TlsSide::Client, CLIENT_TLS_DIR),
+        (TlsSide::Peer, PEER_TLS_DIR),
+    ] {
+        let Some(secret) = member_tls_secret(kvc, side) else {
+            continue;
+        };
+        let name = format!("{}-tls", side.as_str());
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: dir.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    (volumes, mounts)
+}
+
+/// cert-manager's Certificate kind (cert-manager.io/v1).
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"))
+}
+
+/// The cert-manager Certificate of a side's member certificate: one for every member, naming
+/// them all, in the Secret the members mount; usable to serve and to authenticate, as peers
+/// and the operator need.
+pub fn member_certificate(
+    kvc: &KVCluster,
+    side: TlsSide,
+    cert_manager: &CertManagerTls,
+) -> DynamicObject {
+    let names = names_of(kvc);
+    let dns: Vec<String> = names
+        .shared_certificate_names()
+        .into_iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+        .collect();
+    certificate(
+        kvc,
+        names.certificate(side),
+        serde_json::json!({
+            "secretName": names.tls_secret(side),
+            "commonName": format!("{}-{}", names.cluster, side.as_str()),
+            "dnsNames": dns,
+            "ipAddresses": ["127.0.0.1"],
+            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+        }),
+        cert_manager,
+    )
+}
+
+/// The cert-manager Certificate the operator itself connects to members with.
+pub fn operator_certificate(kvc: &KVCluster, cert_manager: &CertManagerTls) -> DynamicObject {
+    let names = names_of(kvc);
+    certificate(
+        kvc,
+        names.operator_certificate(),
+        serde_json::json!({
+            "secretName": names.operator_tls_secret(),
+            "commonName": crate::tls::OPERATOR_COMMON_NAME,
+            "usages": ["digital signature", "key encipherment", "client auth"],
+        }),
+        cert_manager,
+    )
+}
+
+fn certificate(
+    kvc: &KVCluster,
+    name: String,
+    mut spec: serde_json::Value,
+    cert_manager: &CertManagerTls,
+) -> DynamicObject {
+    let issuer = &cert_manager.issuer_ref;
+    spec["issuerRef"] = serde_json::json!({
+        "name": issuer.name, "kind": issuer.kind, "group": issuer.group,
+    });
+    spec["privateKey"] = serde_json::json!({"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"});
+    if let Some(duration) = &cert_manager.duration {
+        spec["duration"] = serde_json::json!(duration);
+    }
+    let mut object = DynamicObject::new(&name, &certificate_resource());
+    object.metadata = metadata(kvc, name);
+    object.data = serde_json::json!({ "spec": spec });
+    object
+}
+
+fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String("client".to_string()),
+            port: IntOrString::String(port.to_string()),
             scheme: Some("HTTP".to_string()),
             ..HTTPGetAction::default()
         }),
@@ -337,6 +510,46 @@ fn member_container_security() -> SecurityContext {
 pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet {
     let names = names_of(kvc);
     let spec = &kvc.spec;
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("client".to_string()),
+            container_port: CLIENT_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("peer".to_string()),
+            container_port: PEER_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+    ];
+    // Probes hold no client certificate: with TLS on the client port they use the metrics port.
+    let probe_port = if names.client_tls() {
+        ports.push(ContainerPort {
+            name: Some("metrics".to_string()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        });
+        "metrics"
+    } else {
+        "client"
+    };
+    let (tls_volumes, tls_mounts) = tls_volumes(kvc);
+    let mut volume_mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: WAL_VOLUME.to_string(),
+            mount_path: WAL_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+    ];
+    volume_mounts.extend(tls_mounts);
     let container = Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(image.to_string()),
@@ -348,38 +561,14 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
             env_from_bootstrap(kvc, "INITIAL_CLUSTER", INITIAL_CLUSTER_KEY),
             env_from_bootstrap(kvc, "INITIAL_CLUSTER_STATE", INITIAL_CLUSTER_STATE_KEY),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("client".to_string()),
-                container_port: CLIENT_PORT,
-                protocol: Some("TCP".to_string()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("peer".to_string()),
-                container_port: PEER_PORT,
-                protocol: Some("TCP".to_string()),
-                ..ContainerPort::default()
-            },
-        ]),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.to_string(),
-                mount_path: DATA_DIR.to_string(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: WAL_VOLUME.to_string(),
-                mount_path: WAL_DIR.to_string(),
-                ..VolumeMount::default()
-            },
-        ]),
+        ports: Some(ports),
+        volume_mounts: Some(volume_mounts),
         resources: spec.resources.clone(),
         // A member replaying a long WAL is alive but not live-probe-ready; the startup probe
         // gives it up to ten minutes before liveness takes over.
-        startup_probe: Some(http_probe("/livez", 10, 60)),
-        liveness_probe: Some(http_probe("/livez", 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        startup_probe: Some(http_probe("/livez", probe_port, 10, 60)),
+        liveness_probe: Some(http_probe("/livez", probe_port, 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", probe_port, 5, 3)),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
         termination_message_policy: Some("File".to_string()),
         security_context: Some(member_container_security()),
@@ -397,6 +586,7 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(30),
         security_context: Some(member_pod_security()),
+        volumes: (!tls_volumes.is_empty()).then_some(tls_volumes),
         ..PodSpec::default()
     };
     StatefulSet {

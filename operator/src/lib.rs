@@ -4,13 +4,16 @@
 //! [`planner`] for the next single step, carries it out ([`controller`]) and writes
 //! [`status`]. The objects the operator owns are built in [`children`], from names fixed in
 //! [`names`]; the bootstrap state members start from is [`bootstrap`]. Backups to object
-//! storage, scheduled and on demand, are [`backup`]'s.
+//! storage, scheduled and on demand, are [`backup`]'s. Certificates of `spec.tls` are [`tls`]'s;
+//! every etcd client is made from an [`etcd_access::EtcdAccess`] (TLS identity, root
+//! credentials).
 
 pub mod backup;
 pub mod bootstrap;
 pub mod children;
 pub mod controller;
 pub mod crd;
+pub mod etcd_access;
 pub mod error;
 pub mod leader_election;
 pub mod membership;
@@ -19,4 +22,5 @@ pub mod names;
 pub mod observe;
 pub mod planner;
 pub mod status;
+pub mod tls;
 pub mod upgrade;

@@ -13,6 +13,9 @@
 //!   `volumes/` (network storage: the same directory on every node), marking the claim Bound
 //!   (a claim made again under a deleted one's name gets a new volume), and rewrites the
 //!   container's mount paths in args and env to it; `emptyDir` lives on the node;
+//! - writes each `secret` volume's files from its Secret before the container starts, and
+//!   keeps them up to date while it runs (a changed key is replaced whole, as a real kubelet's
+//!   atomic writer does, within about a second rather than its sync period of a minute);
 //! - runs the readiness probe (`httpGet`; without one a running container is ready) and writes
 //!   the Ready condition and container status;
 //! - pulls the container's image from a registry that holds every image but the pool's
@@ -47,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -237,6 +241,7 @@ struct Types {
     pods: Arc<ResourceType>,
     config_maps: Arc<ResourceType>,
     claims: Arc<ResourceType>,
+    secrets: Arc<ResourceType>,
 }
 
 impl Types {
@@ -247,6 +252,7 @@ impl Types {
             pods: core("pods"),
             config_maps: core("configmaps"),
             claims: core("persistentvolumeclaims"),
+            secrets: core("secrets"),
         }
     }
 }
@@ -389,6 +395,7 @@ impl NodeLoop {
         self.adopt(&ours);
         self.finish_terminating(&ours);
         self.reap_and_start(&ours);
+        self.sync_secret_volumes(&ours);
         self.probe().await;
         self.report(&ours);
         Ok(())
@@ -736,8 +743,10 @@ impl NodeLoop {
                 pod_dir(&self.config, meta::uid_of(pod))
                     .join("volumes")
                     .join(volume_name)
+            } else if volume["secret"].is_object() {
+                self.project_secret(pod, volume)?
             } else {
-                bail!("volume {volume_name:?}: only claims and emptyDir are supported");
+                bail!("volume {volume_name:?}: only claims, emptyDir and secret are supported");
             };
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             mounts.push((path, dir));
@@ -745,6 +754,100 @@ impl NodeLoop {
         // Longest first, so a mount inside another one wins.
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         Ok(mounts)
+    }
+
+    /// Brings the `secret` volumes of every running container up to date with their Secrets.
+    fn sync_secret_volumes(&self, ours: &BTreeMap<String, &Value>) {
+        let running: Vec<String> = {
+            let pods = lock(&self.shared);
+            if pods.off {
+                return;
+            }
+            pods.by_uid
+                .iter()
+                .filter(|(_, r)| r.container.is_some() && r.kill_at.is_none())
+                .map(|(uid, _)| uid.clone())
+                .collect()
+        };
+        for uid in running {
+            let Some(pod) = ours.get(&uid) else {
+                continue;
+            };
+            let volumes = pod["spec"]["volumes"].as_array().into_iter().flatten();
+            for volume in volumes.filter(|v| v["secret"].is_object()) {
+                if let Err(error) = self.project_secret(pod, volume) {
+                    eprintln!(
+                        "kubelet {}: pod {}: {error:#}",
+                        self.config.node_name,
+                        meta::name_of(pod)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes a `secret` volume's files in the pod's directory and returns it: each key of the
+    /// Secret's `data` a file (or the `items` named), with `defaultMode` (or an item's `mode`).
+    /// A file whose content changed is replaced whole (a new file renamed over it), so a reader
+    /// never sees half of one; files of keys gone from the Secret are removed. A missing Secret
+    /// keeps the container from starting, unless the volume is `optional`.
+    fn project_secret(&self, pod: &Value, volume: &Value) -> anyhow::Result<PathBuf> {
+        let source = &volume["secret"];
+        let volume_name = volume["name"].as_str().unwrap_or_default();
+        let secret_name = source["secretName"].as_str().unwrap_or_default();
+        let dir = pod_dir(&self.config, meta::uid_of(pod))
+            .join("volumes")
+            .join(volume_name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let data = match self
+            .store
+            .get(&self.types.secrets, meta::namespace_of(pod), secret_name)
+        {
+            Ok(secret) => secret["data"].as_object().cloned().unwrap_or_default(),
+            Err(_) if source["optional"].as_bool() == Some(true) => Default::default(),
+            Err(e) => bail!("volume {volume_name:?}: secret {secret_name:?}: {e}"),
+        };
+        let default_mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        let items: Vec<(String, String, u32)> = match source["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .map(|item| {
+                    let key = item["key"].as_str().unwrap_or_default().to_string();
+                    let path = item["path"].as_str().unwrap_or(&key).to_string();
+                    let mode = item["mode"].as_u64().map_or(default_mode, |m| m as u32);
+                    (key, path, mode)
+                })
+                .collect(),
+            None => data
+                .keys()
+                .map(|key| (key.clone(), key.clone(), default_mode))
+                .collect(),
+        };
+        let mut written = BTreeSet::new();
+        for (key, path, mode) in items {
+            let Some(encoded) = data.get(&key).and_then(Value::as_str) else {
+                bail!("volume {volume_name:?}: secret {secret_name:?} has no key {key:?}");
+            };
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .with_context(|| format!("secret {secret_name:?} key {key:?} is not base64"))?;
+            let file = dir.join(&path);
+            written.insert(file.clone());
+            if fs::read(&file).ok().as_deref() == Some(content.as_slice()) {
+                continue;
+            }
+            let next = dir.join(format!(".{path}.next"));
+            fs::write(&next, &content).with_context(|| format!("writing {}", next.display()))?;
+            fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            fs::rename(&next, &file).with_context(|| format!("replacing {}", file.display()))?;
+        }
+        for entry in fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.is_file() && !written.contains(&path) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(dir)
     }
 
     /// Binds a claim to its volume, provisioned on first use as a dynamic provisioner would:

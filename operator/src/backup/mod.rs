@@ -55,6 +55,8 @@ pub enum BackupError {
     Kube(#[from] kube::Error),
     #[error("manifest: {0}")]
     Manifest(#[from] serde_json::Error),
+    #[error("credentials of the cluster: {0}")]
+    ClusterAccess(String),
 }
 
 impl BackupError {
@@ -73,6 +75,7 @@ impl BackupError {
             Self::Upload(_) => "UploadFailed",
             Self::Kube(_) => "KubernetesAPIFailed",
             Self::Manifest(_) => "ManifestInvalid",
+            Self::ClusterAccess(_) => "ClusterAccessFailed",
         }
     }
 }
