@@ -786,6 +786,15 @@ mod tests {
     }
 
     #[test]
+    fn metrics_urls_are_plain_http_only() {
+        assert!(check(&[]).unwrap().listen_metrics_urls.is_empty());
+        let c = check(&["--listen-metrics-urls=http://0.0.0.0:2381"]).unwrap();
+        assert_eq!(c.listen_metrics_urls[0].port, 2381);
+        let err = check(&["--listen-metrics-urls=https://0.0.0.0:2381"]).unwrap_err();
+        assert!(err.contains("--listen-metrics-urls"), "{err}");
+    }
+
+    #[test]
     fn duplicate_peer_urls_are_refused() {
         let err = check(&[
             "--initial-cluster",

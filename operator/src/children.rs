@@ -889,4 +889,111 @@ mod tests {
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert!(spec.min_available.is_none());
     }
+
+    #[test]
+    fn tls_sides_become_https_urls_file_flags_secret_volumes_and_a_plain_probe_port() {
+        let kvc = cluster(serde_json::json!({"tls": {
+            "client": {"auto": {}},
+            "peer": {"secretRef": {"name": "mine"}},
+        }}));
+        let args = member_args(&kvc);
+        for flag in [
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--advertise-client-urls=https://$(POD_NAME).kv-peer.prod.svc:2379",
+            "--listen-peer-urls=https://0.0.0.0:2380",
+            "--initial-advertise-peer-urls=https://$(POD_NAME).kv-peer.prod.svc:2380",
+            "--cert-file=/etc/ferrokv/tls/client/$(POD_NAME).crt",
+            "--key-file=/etc/ferrokv/tls/client/$(POD_NAME).key",
+            "--trusted-ca-file=/etc/ferrokv/tls/client/ca.crt",
+            "--client-cert-auth",
+            "--listen-metrics-urls=http://0.0.0.0:2381",
+            "--peer-cert-file=/etc/ferrokv/tls/peer/tls.crt",
+            "--peer-key-file=/etc/ferrokv/tls/peer/tls.key",
+            "--peer-trusted-ca-file=/etc/ferrokv/tls/peer/ca.crt",
+            "--peer-client-cert-auth",
+        ] {
+            assert!(args.contains(&flag.to_string()), "missing {flag} in {args:?}");
+        }
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        let secrets: Vec<_> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(secrets, ["kv-client-tls", "mine"]);
+        let container = &pod.containers[0];
+        let mounts: Vec<_> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.read_only == Some(true))
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [CLIENT_TLS_DIR, PEER_TLS_DIR]);
+        let probe = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().port,
+            IntOrString::String("metrics".into())
+        );
+        assert!(container
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.container_port == METRICS_PORT));
+    }
+
+    #[test]
+    fn plain_clusters_mount_no_certificates_and_probe_the_client_port() {
+        let kvc = cluster(serde_json::json!({}));
+        assert!(!member_args(&kvc).iter().any(|a| a.contains("https")
+            || a.starts_with("--cert-file")
+            || a.starts_with("--listen-metrics-urls")));
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        assert!(pod.volumes.is_none());
+        let probe = pod.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().port,
+            IntOrString::String("client".into())
+        );
+    }
+
+    #[test]
+    fn cert_manager_certificates_name_every_member_and_the_issuer() {
+        let kvc = cluster(serde_json::json!({"tls": {"client": {"certManager": {
+            "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "duration": "720h"
+        }}}}));
+        let crate::crd::TlsMode::CertManager(cert_manager) =
+            kvc.spec.client_tls().unwrap().mode()
+        else {
+            panic!("certManager expected");
+        };
+        let members = member_certificate(&kvc, TlsSide::Client, cert_manager);
+        let value = serde_json::to_value(&members).unwrap();
+        assert_eq!(value["apiVersion"], "cert-manager.io/v1");
+        assert_eq!(value["kind"], "Certificate");
+        assert_eq!(value["metadata"]["name"], "kv-client");
+        assert_eq!(value["metadata"]["ownerReferences"][0]["kind"], "KVCluster");
+        let spec = &value["spec"];
+        assert_eq!(spec["secretName"], "kv-client-tls");
+        assert_eq!(spec["duration"], "720h");
+        assert_eq!(
+            spec["issuerRef"],
+            serde_json::json!({"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+        );
+        let dns: Vec<&str> = spec["dnsNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(dns.contains(&"*.kv-peer.prod.svc") && dns.contains(&"kv-client.prod.svc"));
+        assert!(!dns.contains(&"127.0.0.1"), "an address is not a DNS name");
+        assert_eq!(spec["ipAddresses"], serde_json::json!(["127.0.0.1"]));
+        let operator = serde_json::to_value(operator_certificate(&kvc, cert_manager)).unwrap();
+        assert_eq!(operator["spec"]["secretName"], "kv-operator-tls");
+        assert_eq!(operator["spec"]["usages"][2], "client auth");
+    }
 }
