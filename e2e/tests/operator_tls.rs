@@ -163,11 +163,15 @@ fn with_user(mut flags: Vec<String>, password: &str) -> Vec<String> {
     flags
 }
 
-/// An etcd client of the test process, at the members' pod addresses, verifying them under
-/// the client Service's name (which every member certificate holds).
-async fn connect(env: &KubeEnv, pems: &Pems) -> anyhow::Result<Client> {
+/// An etcd client of the test process, at the pod addresses of members `ordinals`, verifying
+/// them under the client Service's name (which every member certificate holds).
+async fn connect(
+    env: &KubeEnv,
+    pems: &Pems,
+    ordinals: std::ops::Range<u32>,
+) -> anyhow::Result<Client> {
     let mut endpoints = Vec::new();
-    for ordinal in 0..3 {
+    for ordinal in ordinals {
         let pod = env.pod(ordinal).await.unwrap_or(Value::Null);
         if let Some(ip) = pod["status"]["podIP"].as_str() {
             endpoints.push(format!("https://{ip}:2379"));
@@ -206,7 +210,10 @@ async fn write_until(env: &KubeEnv, stop: &AtomicBool) -> Writes {
             .is_none_or(|(_, since)| since.elapsed() > Duration::from_secs(1))
         {
             client = match auto_credentials(env).await {
-                Some(pems) => connect(env, &pems).await.ok().map(|c| (c, Instant::now())),
+                Some(pems) => connect(env, &pems, 0..3)
+                    .await
+                    .ok()
+                    .map(|c| (c, Instant::now())),
                 None => None,
             };
         }
@@ -245,7 +252,10 @@ async fn pod_incarnations(env: &KubeEnv) -> Vec<(String, u64)> {
     for ordinal in 0..3 {
         let pod = env.pod(ordinal).await.unwrap_or(Value::Null);
         incarnations.push((
-            pod["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             pod["status"]["containerStatuses"][0]["restartCount"]
                 .as_u64()
                 .unwrap_or(0),
@@ -271,7 +281,10 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     for member in status["members"].as_array().unwrap() {
         assert!(
             member["peerUrl"].as_str().unwrap().starts_with("https://")
-                && member["clientUrl"].as_str().unwrap().starts_with("https://"),
+                && member["clientUrl"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("https://"),
             "{member}"
         );
     }
@@ -301,10 +314,22 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     let root = with_user(flags.clone(), PASSWORD);
     etcdctl(&env, &root, &["put", "greeting", "hello"], true).await;
     assert_eq!(
-        etcdctl(&env, &root, &["get", "greeting", "--print-value-only"], true).await,
+        etcdctl(
+            &env,
+            &root,
+            &["get", "greeting", "--print-value-only"],
+            true
+        )
+        .await,
         "hello"
     );
-    let refused = etcdctl(&env, &with_user(flags.clone(), "wrong"), &["get", "greeting"], false).await;
+    let refused = etcdctl(
+        &env,
+        &with_user(flags.clone(), "wrong"),
+        &["get", "greeting"],
+        false,
+    )
+    .await;
     assert!(refused.contains("authentication failed"), "{refused}");
     let no_certificate = with_user(files.flags(&pems, false), PASSWORD);
     etcdctl(&env, &no_certificate, &["get", "greeting"], false).await;
@@ -344,15 +369,23 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
         writes.acknowledged.len(),
         writes.failed
     );
-    assert!(writes.acknowledged.len() > 20, "too few writes went through");
+    assert!(
+        writes.acknowledged.len() > 20,
+        "too few writes went through"
+    );
 
     // The bundle now holds the new CA alone: etcdctl verifies every member with it.
     let new_pems = auto_credentials(&env).await.unwrap();
-    assert!(!new_pems.ca.contains(old_ca.trim()), "the old CA is still trusted");
+    assert!(
+        !new_pems.ca.contains(old_ca.trim()),
+        "the old CA is still trusted"
+    );
     let new_files = PemFiles::new();
     let new_root = with_user(new_files.flags(&new_pems, true), PASSWORD);
     for ordinal in 0..3 {
-        let mut etcd = connect_single(&env, &new_pems, ordinal).await;
+        let mut etcd = connect(&env, &new_pems, ordinal..ordinal + 1)
+            .await
+            .unwrap_or_else(|e| panic!("member {ordinal} with the new CA: {e}"));
         etcd.get("greeting", None)
             .await
             .unwrap_or_else(|e| panic!("member {ordinal} with the new CA: {e}"));
@@ -371,32 +404,20 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     let lost: Vec<&u64> = writes.acknowledged.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(pod_incarnations(&env).await, before, "a pod was restarted");
-    assert!(env.available_with(3).await, "the cluster is not Available after the rotation");
-    let mut etcd = connect(&env, &new_pems).await.unwrap();
+    assert!(
+        env.available_with(3).await,
+        "the cluster is not Available after the rotation"
+    );
+    let mut etcd = connect(&env, &new_pems, 0..3).await.unwrap();
     let count = etcd
-        .get("w/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "w/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .unwrap()
         .count();
     assert_eq!(count as usize, stored.len());
-}
-
-/// A client of one member only.
-async fn connect_single(env: &KubeEnv, pems: &Pems, ordinal: u32) -> Client {
-    let pod = env.pod(ordinal).await.unwrap();
-    let ip = pod["status"]["podIP"].as_str().unwrap();
-    let tls = TlsOptions::new()
-        .domain_name(format!("{CLUSTER}-client.{}.svc", env.namespace))
-        .ca_certificate(Certificate::from_pem(&pems.ca))
-        .identity(Identity::from_pem(&pems.cert, &pems.key));
-    let options = ConnectOptions::new()
-        .with_tls(tls)
-        .with_user("root", PASSWORD)
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5));
-    Client::connect([format!("https://{ip}:2379")], Some(options))
-        .await
-        .unwrap_or_else(|e| panic!("member {ordinal}: {e}"))
 }
 
 /// A CA of the test: what a user's PKI or a cert-manager CA issuer would sign with.
@@ -532,9 +553,17 @@ async fn tls_cert_manager_client_and_secret_ref_peer_cluster_forms_once_the_secr
     }
     assert_eq!(strings(&spec["ipAddresses"]), ["127.0.0.1"]);
     let usages = strings(&spec["usages"]);
-    assert!(usages.contains(&"server auth".to_string()) && usages.contains(&"client auth".to_string()));
-    assert_eq!(operator["spec"]["secretName"], format!("{CLUSTER}-operator-tls"));
-    assert_eq!(strings(&operator["spec"]["usages"]).last().unwrap(), "client auth");
+    assert!(
+        usages.contains(&"server auth".to_string()) && usages.contains(&"client auth".to_string())
+    );
+    assert_eq!(
+        operator["spec"]["secretName"],
+        format!("{CLUSTER}-operator-tls")
+    );
+    assert_eq!(
+        strings(&operator["spec"]["usages"]).last().unwrap(),
+        "client auth"
+    );
     assert_eq!(
         members["metadata"]["ownerReferences"][0]["kind"],
         "KVCluster"
@@ -551,7 +580,12 @@ async fn tls_cert_manager_client_and_secret_ref_peer_cluster_forms_once_the_secr
     // cert-manager would now fill the Secrets; the test does, with the Certificates' names.
     let mut names = dns.clone();
     names.extend(strings(&spec["ipAddresses"]));
-    apply_tls_secret(&env, &format!("{CLUSTER}-client-tls"), &ca.issue("members", names)).await;
+    apply_tls_secret(
+        &env,
+        &format!("{CLUSTER}-client-tls"),
+        &ca.issue("members", names),
+    )
+    .await;
     apply_tls_secret(
         &env,
         &format!("{CLUSTER}-operator-tls"),
@@ -565,7 +599,13 @@ async fn tls_cert_manager_client_and_secret_ref_peer_cluster_forms_once_the_secr
     let flags = files.flags(&client, true);
     etcdctl(&env, &flags, &["put", "greeting", "hello"], true).await;
     assert_eq!(
-        etcdctl(&env, &flags, &["get", "greeting", "--print-value-only"], true).await,
+        etcdctl(
+            &env,
+            &flags,
+            &["get", "greeting", "--print-value-only"],
+            true
+        )
+        .await,
         "hello"
     );
     let members = etcdctl(&env, &flags, &["member", "list"], true).await;
@@ -581,5 +621,8 @@ async fn tls_cert_manager_client_and_secret_ref_peer_cluster_forms_once_the_secr
         .iter()
         .filter_map(|v| v["secret"]["secretName"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(volumes, [format!("{CLUSTER}-client-tls"), "peer-tls".to_string()]);
+    assert_eq!(
+        volumes,
+        [format!("{CLUSTER}-client-tls"), "peer-tls".to_string()]
+    );
 }

@@ -27,9 +27,8 @@ use kube::{Resource, ResourceExt};
 use crate::bootstrap::BootstrapConfig;
 use crate::crd::{CertManagerTls, KVCluster, TlsMode, TlsSource, VolumeSpec};
 use crate::names::{
-    ClusterNames, TlsSide, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME,
-    INITIAL_CLUSTER_KEY, INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR,
-    WAL_DIR, WAL_VOLUME,
+    ClusterNames, TlsSide, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
+    INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR, WAL_DIR, WAL_VOLUME,
 };
 
 /// Name of the node's container in every member pod.
@@ -366,7 +365,11 @@ fn tls_volumes(kvc: &KVCluster) -> (Vec<Volume>, Vec<VolumeMount>) {
 
 /// cert-manager's Certificate kind (cert-manager.io/v1).
 pub fn certificate_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ))
 }
 
 /// The cert-manager Certificate of a side's member certificate: one for every member, naming
@@ -422,7 +425,8 @@ fn certificate(
     spec["issuerRef"] = serde_json::json!({
         "name": issuer.name, "kind": issuer.kind, "group": issuer.group,
     });
-    spec["privateKey"] = serde_json::json!({"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"});
+    spec["privateKey"] =
+        serde_json::json!({"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"});
     if let Some(duration) = &cert_manager.duration {
         spec["duration"] = serde_json::json!(duration);
     }
@@ -912,7 +916,10 @@ mod tests {
             "--peer-trusted-ca-file=/etc/ferrokv/tls/peer/ca.crt",
             "--peer-client-cert-auth",
         ] {
-            assert!(args.contains(&flag.to_string()), "missing {flag} in {args:?}");
+            assert!(
+                args.contains(&flag.to_string()),
+                "missing {flag} in {args:?}"
+            );
         }
         let sts = stateful_set(&kvc, 3, TEST_IMAGE);
         let pod = pod_spec(&sts);
@@ -965,8 +972,7 @@ mod tests {
         let kvc = cluster(serde_json::json!({"tls": {"client": {"certManager": {
             "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "duration": "720h"
         }}}}));
-        let crate::crd::TlsMode::CertManager(cert_manager) =
-            kvc.spec.client_tls().unwrap().mode()
+        let crate::crd::TlsMode::CertManager(cert_manager) = kvc.spec.client_tls().unwrap().mode()
         else {
             panic!("certManager expected");
         };

@@ -277,7 +277,9 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     let tls_due = tls.next_check.map(|next| {
         Duration::from_secs((next.as_second() - observed.now.as_second()).max(1) as u64)
     });
-    Ok(Requeue::requeue(tls_due.map_or(requeue, |due| due.min(requeue))))
+    Ok(Requeue::requeue(
+        tls_due.map_or(requeue, |due| due.min(requeue)),
+    ))
 }
 
 /// The access the operator's etcd clients use for this cluster: its TLS identity, and root's

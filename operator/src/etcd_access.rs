@@ -121,7 +121,11 @@ async fn root_password(
 
 /// The access of paths that do not reconcile (backups): the identity the Secrets hold now, and
 /// root's credentials when the spec asks for auth (which the reconcile has turned on).
-pub async fn current(client: &kube::Client, kvc: &KVCluster, namespace: &str) -> Result<EtcdAccess, Error> {
+pub async fn current(
+    client: &kube::Client,
+    kvc: &KVCluster,
+    namespace: &str,
+) -> Result<EtcdAccess, Error> {
     let access = EtcdAccess::new(crate::tls::identity(client, kvc).await?);
     match kvc.spec.root_password() {
         Some(key_ref) => {
@@ -146,7 +150,10 @@ pub async fn ensure_auth(
     };
     let password = root_password(client, namespace, key_ref).await?;
     let root = access.clone().with_user(ROOT, &password);
-    match root.connect(endpoints, CONNECT_TIMEOUT, REQUEST_TIMEOUT).await {
+    match root
+        .connect(endpoints, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+        .await
+    {
         Ok(_) => Ok((root, AuthOutcome::On)),
         Err(etcd_client::Error::GRpcStatus(status))
             if status.code() == tonic::Code::FailedPrecondition =>

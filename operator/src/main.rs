@@ -21,9 +21,9 @@ use ferrokv_operator::backup::on_demand;
 use ferrokv_operator::bootstrap::BootstrapConfig;
 use ferrokv_operator::children::{self, BuildDefaults};
 use ferrokv_operator::controller::{self, Context};
+use ferrokv_operator::crd::TlsMode;
 use ferrokv_operator::crd::{self, KVCluster};
 use ferrokv_operator::leader_election::LeaseLock;
-use ferrokv_operator::crd::TlsMode;
 use ferrokv_operator::metrics::Metrics;
 use ferrokv_operator::names::TlsSide;
 use ferrokv_operator::tls::TlsSettings;
@@ -203,13 +203,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let tls = TlsSettings {
         propagation: Duration::from_secs(args.secret_propagation_seconds),
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        metrics,
-        defaults,
-        tls,
-        Some(identity),
-    ));
+    let ctx = Arc::new(Context::new(client, metrics, defaults, tls, Some(identity)));
     let backup_deps = ctx.backups.deps.clone();
     tokio::select! {
         () = controller::run(ctx) => info!("controller stopped"),

@@ -229,7 +229,11 @@ impl Defragmented {
 /// and reads its database size before and after.
 pub async fn defragment(access: &EtcdAccess, client_url: &str) -> Result<Defragmented, Error> {
     let mut client = access
-        .connect(&[client_url.to_string()], CONNECT_TIMEOUT, DEFRAGMENT_TIMEOUT)
+        .connect(
+            &[client_url.to_string()],
+            CONNECT_TIMEOUT,
+            DEFRAGMENT_TIMEOUT,
+        )
         .await?;
     let before = client.status().await?.db_size();
     let started = std::time::Instant::now();

@@ -382,7 +382,10 @@ mod tests {
             "localhost",
             "127.0.0.1",
         ] {
-            assert!(sans.contains(&name.to_string()), "{name} missing in {sans:?}");
+            assert!(
+                sans.contains(&name.to_string()),
+                "{name} missing in {sans:?}"
+            );
         }
         assert!(names()
             .shared_certificate_names()

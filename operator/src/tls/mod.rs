@@ -121,12 +121,22 @@ pub async fn ensure(
         let count = member_count(client, kvc, &names).await?;
         for (side, lifetimes) in &auto {
             let secret = names.tls_secret(*side);
-            ensure_member_certificates(&secrets, kvc, &secret, &ca, lifetimes, count, now, &mut outcome)
-                .await?;
+            ensure_member_certificates(
+                &secrets,
+                kvc,
+                &secret,
+                &ca,
+                lifetimes,
+                count,
+                now,
+                &mut outcome,
+            )
+            .await?;
         }
         if auto.iter().any(|(side, _)| *side == TlsSide::Client) {
-            let cert = ensure_operator_certificate(&secrets, kvc, &names, &ca, first, now, &mut outcome)
-                .await?;
+            let cert =
+                ensure_operator_certificate(&secrets, kvc, &names, &ca, first, now, &mut outcome)
+                    .await?;
             outcome.identity = Some(ClientIdentity {
                 ca_bundle: ca.bundle.clone(),
                 cert: cert.cert,
@@ -139,11 +149,19 @@ pub async fn ensure(
         match mode {
             TlsMode::Auto(_) => {}
             TlsMode::CertManager(cert_manager) => {
-                apply_certificate(client, kvc, children::member_certificate(kvc, *side, cert_manager))
-                    .await?;
+                apply_certificate(
+                    client,
+                    kvc,
+                    children::member_certificate(kvc, *side, cert_manager),
+                )
+                .await?;
                 if *side == TlsSide::Client {
-                    apply_certificate(client, kvc, children::operator_certificate(kvc, cert_manager))
-                        .await?;
+                    apply_certificate(
+                        client,
+                        kvc,
+                        children::operator_certificate(kvc, cert_manager),
+                    )
+                    .await?;
                     outcome.identity =
                         read_tls_secret(&secrets, &names.operator_tls_secret()).await?;
                 }
@@ -202,7 +220,11 @@ struct CaState {
 
 /// How many members need a certificate: as many as the spec asks for or the StatefulSet runs,
 /// whichever is more (a member being removed keeps its certificate until it is gone).
-async fn member_count(client: &Client, kvc: &KVCluster, names: &ClusterNames) -> Result<u32, Error> {
+async fn member_count(
+    client: &Client,
+    kvc: &KVCluster,
+    names: &ClusterNames,
+) -> Result<u32, Error> {
     let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let running = stateful_sets
         .get_opt(&names.stateful_set())
@@ -210,6 +232,28 @@ async fn member_count(client: &Client, kvc: &KVCluster, names: &ClusterNames) ->
         .and_then(|sts| sts.spec?.replicas)
         .unwrap_or(0);
     Ok(kvc.spec.replicas.max(running).max(0) as u32)
+}
+
+/// A Secret as read: the object (whose version a replace carries), its data and annotations.
+struct Stored {
+    existing: Option<Secret>,
+    data: BTreeMap<String, ByteString>,
+    annotations: BTreeMap<String, String>,
+}
+
+async fn load(secrets: &Api<Secret>, name: &str) -> Result<Stored, Error> {
+    let existing = secrets.get_opt(name).await?;
+    Ok(Stored {
+        data: existing
+            .as_ref()
+            .and_then(|s| s.data.clone())
+            .unwrap_or_default(),
+        annotations: existing
+            .as_ref()
+            .map(|s| s.annotations().clone())
+            .unwrap_or_default(),
+        existing,
+    })
 }
 
 fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
@@ -245,15 +289,11 @@ async fn ensure_ca(
     outcome: &mut TlsOutcome,
 ) -> Result<CaState, Error> {
     let name = names.ca_secret();
-    let existing = secrets.get_opt(&name).await?;
-    let mut data = existing
-        .as_ref()
-        .and_then(|s| s.data.clone())
-        .unwrap_or_default();
-    let mut annotations = existing
-        .as_ref()
-        .map(|s| s.annotations().clone())
-        .unwrap_or_default();
+    let Stored {
+        existing,
+        mut data,
+        mut annotations,
+    } = load(secrets, &name).await?;
     let lifetime = days(auto.ca_lifetime_days);
 
     let current = keyed(&data, CA_CERT, CA_KEY);
@@ -262,8 +302,19 @@ async fn ensure_ca(
         put(&mut data, CA_CERT, &ca.cert);
         put(&mut data, CA_KEY, &ca.key);
         annotations.insert(PHASE_SINCE_ANNOTATION.to_string(), now.to_string());
-        write_secret(secrets, kvc, &name, existing.as_ref(), annotations, data.clone()).await?;
-        outcome.events.push(("CACreated", format!("created the cluster CA in Secret {name}")));
+        write_secret(
+            secrets,
+            kvc,
+            &name,
+            existing.as_ref(),
+            annotations,
+            data.clone(),
+        )
+        .await?;
+        outcome.events.push((
+            "CACreated",
+            format!("created the cluster CA in Secret {name}"),
+        ));
         return ca_state(&data);
     };
     let facts = CertFacts::read(&format!("Secret {name} key {CA_CERT}"), &current.cert)?;
@@ -294,11 +345,16 @@ async fn ensure_ca(
             if let Some(value) = wanted_rotation {
                 annotations.insert(ROTATED_FOR_ANNOTATION.to_string(), value);
             }
-            ("CARotationStarted", "added a new CA to the trust bundles; it signs once every member has the bundle")
+            (
+                "CARotationStarted",
+                "added a new CA to the trust bundles; it signs once every member has the bundle",
+            )
         }
         CaStep::Promote => {
             let next = keyed(&data, NEXT_CA_CERT, NEXT_CA_KEY).ok_or_else(|| {
-                Error::TlsSecret(format!("Secret {name} has {NEXT_CA_CERT} without {NEXT_CA_KEY}"))
+                Error::TlsSecret(format!(
+                    "Secret {name} has {NEXT_CA_CERT} without {NEXT_CA_KEY}"
+                ))
             })?;
             put(&mut data, PREVIOUS_CA_CERT, &current.cert);
             put(&mut data, CA_CERT, &next.cert);
@@ -309,11 +365,22 @@ async fn ensure_ca(
         }
         CaStep::Retire => {
             data.remove(PREVIOUS_CA_CERT);
-            ("CARotationCompleted", "removed the old CA from the trust bundles")
+            (
+                "CARotationCompleted",
+                "removed the old CA from the trust bundles",
+            )
         }
     };
     annotations.insert(PHASE_SINCE_ANNOTATION.to_string(), now.to_string());
-    write_secret(secrets, kvc, &name, existing.as_ref(), annotations, data.clone()).await?;
+    write_secret(
+        secrets,
+        kvc,
+        &name,
+        existing.as_ref(),
+        annotations,
+        data.clone(),
+    )
+    .await?;
     outcome.events.push((event.0, event.1.to_string()));
     // The next step is due after the propagation wait.
     merge_next(
@@ -380,37 +447,64 @@ async fn ensure_member_certificates(
     outcome: &mut TlsOutcome,
 ) -> Result<(), Error> {
     let names = names_of(kvc);
-    let existing = secrets.get_opt(secret).await?;
-    let old = existing
-        .as_ref()
-        .and_then(|s| s.data.clone())
-        .unwrap_or_default();
+    let Stored {
+        existing,
+        data: old,
+        ..
+    } = load(secrets, secret).await?;
     let mut data = BTreeMap::new();
     put(&mut data, TLS_CA, &ca.bundle);
     let mut issued = Vec::new();
     for ordinal in 0..count {
         let member = names.member(ordinal);
         let (cert_key, key_key) = (format!("{member}.crt"), format!("{member}.key"));
-        let wanted: BTreeSet<String> = names.member_certificate_names(ordinal).into_iter().collect();
+        let wanted: BTreeSet<String> = names
+            .member_certificate_names(ordinal)
+            .into_iter()
+            .collect();
         let current = keyed(&old, &cert_key, &key_key);
         let what = format!("Secret {secret} key {cert_key}");
-        let cert = match must_reissue(current.as_ref().map(|c| c.cert.as_str()), &what, &wanted, ca, now, outcome) {
+        let cert = match must_reissue(
+            current.as_ref().map(|c| c.cert.as_str()),
+            &what,
+            &wanted,
+            ca,
+            now,
+            outcome,
+        ) {
             None => current.expect("a certificate that needs no reissue exists"),
             Some(reason) => {
                 issued.push(format!("{member} ({reason:?})"));
-                pki::issue(&ca.signing, &member, &wanted, now, days(auto.certificate_lifetime_days))?
+                pki::issue(
+                    &ca.signing,
+                    &member,
+                    &wanted,
+                    now,
+                    days(auto.certificate_lifetime_days),
+                )?
             }
         };
         put(&mut data, &cert_key, &cert.cert);
         put(&mut data, &key_key, &cert.key);
     }
     if data != old {
-        write_secret(secrets, kvc, secret, existing.as_ref(), BTreeMap::new(), data).await?;
+        write_secret(
+            secrets,
+            kvc,
+            secret,
+            existing.as_ref(),
+            BTreeMap::new(),
+            data,
+        )
+        .await?;
     }
     if !issued.is_empty() {
         outcome.events.push((
             "CertificatesIssued",
-            format!("issued certificates in Secret {secret}: {}", issued.join(", ")),
+            format!(
+                "issued certificates in Secret {secret}: {}",
+                issued.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -427,14 +521,21 @@ async fn ensure_operator_certificate(
     outcome: &mut TlsOutcome,
 ) -> Result<KeyedCertificate, Error> {
     let name = names.ca_secret();
-    let existing = secrets.get_opt(&name).await?;
-    let mut data = existing
-        .as_ref()
-        .and_then(|s| s.data.clone())
-        .unwrap_or_default();
+    let Stored {
+        existing,
+        mut data,
+        annotations,
+    } = load(secrets, &name).await?;
     let current = keyed(&data, OPERATOR_CERT, OPERATOR_KEY);
     let what = format!("Secret {name} key {OPERATOR_CERT}");
-    match must_reissue(current.as_ref().map(|c| c.cert.as_str()), &what, &BTreeSet::new(), ca, now, outcome) {
+    match must_reissue(
+        current.as_ref().map(|c| c.cert.as_str()),
+        &what,
+        &BTreeSet::new(),
+        ca,
+        now,
+        outcome,
+    ) {
         None => Ok(current.expect("a certificate that needs no reissue exists")),
         Some(_) => {
             let cert = pki::issue(
@@ -446,10 +547,6 @@ async fn ensure_operator_certificate(
             )?;
             put(&mut data, OPERATOR_CERT, &cert.cert);
             put(&mut data, OPERATOR_KEY, &cert.key);
-            let annotations = existing
-                .as_ref()
-                .map(|s| s.annotations().clone())
-                .unwrap_or_default();
             write_secret(secrets, kvc, &name, existing.as_ref(), annotations, data).await?;
             Ok(cert)
         }
@@ -483,7 +580,9 @@ async fn write_secret(
     match existing {
         Some(existing) => {
             secret.metadata.resource_version = existing.resource_version();
-            secrets.replace(name, &PostParams::default(), &secret).await?;
+            secrets
+                .replace(name, &PostParams::default(), &secret)
+                .await?;
         }
         None => {
             secrets.create(&PostParams::default(), &secret).await?;
@@ -502,7 +601,8 @@ async fn read_tls_secret(
     };
     let data = secret.data.unwrap_or_default();
     let get = |key: &str| {
-        text(&data, key).ok_or_else(|| Error::TlsSecret(format!("Secret {name:?} has no key {key:?}")))
+        text(&data, key)
+            .ok_or_else(|| Error::TlsSecret(format!("Secret {name:?} has no key {key:?}")))
     };
     Ok(Some(ClientIdentity {
         ca_bundle: get(TLS_CA)?,
@@ -524,7 +624,11 @@ async fn apply_certificate(
         &children::certificate_resource(),
     );
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&certificate.name_any(), &params, &Patch::Apply(&certificate))
-        .await?;
+    api.patch(
+        &certificate.name_any(),
+        &params,
+        &Patch::Apply(&certificate),
+    )
+    .await?;
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::jiff::Timestamp;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 
@@ -222,6 +222,9 @@ mod tests {
     #[test]
     fn garbage_is_refused_with_what_it_was() {
         let error = CertFacts::read("Secret kv-ca key ca.crt", "not a certificate").unwrap_err();
-        assert!(error.to_string().contains("Secret kv-ca key ca.crt"), "{error}");
+        assert!(
+            error.to_string().contains("Secret kv-ca key ca.crt"),
+            "{error}"
+        );
     }
 }

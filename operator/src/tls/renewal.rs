@@ -137,17 +137,35 @@ mod tests {
     #[test]
     fn reissue_decisions() {
         let good = facts(0, 900, &["a", "b"], b"ca1");
-        let cases: [(Option<Result<&CertFacts, ()>>, &[&str], &[u8], i64, Option<Reissue>); 8] = [
+        let cases: [(
+            Option<Result<&CertFacts, ()>>,
+            &[&str],
+            &[u8],
+            i64,
+            Option<Reissue>,
+        ); 8] = [
             (None, &["a"], b"ca1", 10, Some(Reissue::Missing)),
             (Some(Err(())), &["a"], b"ca1", 10, Some(Reissue::Unreadable)),
             (Some(Ok(&good)), &["a", "b"], b"ca1", 10, None),
             // Extra names in the certificate are harmless; a missing one is not.
             (Some(Ok(&good)), &["a"], b"ca1", 10, None),
-            (Some(Ok(&good)), &["a", "c"], b"ca1", 10, Some(Reissue::NamesChanged)),
+            (
+                Some(Ok(&good)),
+                &["a", "c"],
+                b"ca1",
+                10,
+                Some(Reissue::NamesChanged),
+            ),
             (Some(Ok(&good)), &["a"], b"ca2", 10, Some(Reissue::OtherCa)),
             // Two thirds of 900 seconds is 600.
             (Some(Ok(&good)), &["a"], b"ca1", 599, None),
-            (Some(Ok(&good)), &["a"], b"ca1", 600, Some(Reissue::RenewalDue)),
+            (
+                Some(Ok(&good)),
+                &["a"],
+                b"ca1",
+                600,
+                Some(Reissue::RenewalDue),
+            ),
         ];
         for (current, names, ca, now, expected) in cases {
             assert_eq!(
@@ -180,7 +198,12 @@ mod tests {
                 129,
                 CaStep::Wait(Some(at(130))),
             ),
-            (CaPhase::Introducing { since: at(100) }, false, 130, CaStep::Promote),
+            (
+                CaPhase::Introducing { since: at(100) },
+                false,
+                130,
+                CaStep::Promote,
+            ),
             // A request during a rotation is that rotation.
             (
                 CaPhase::Retiring { since: at(200) },
@@ -188,7 +211,12 @@ mod tests {
                 210,
                 CaStep::Wait(Some(at(230))),
             ),
-            (CaPhase::Retiring { since: at(200) }, false, 230, CaStep::Retire),
+            (
+                CaPhase::Retiring { since: at(200) },
+                false,
+                230,
+                CaStep::Retire,
+            ),
         ];
         for (phase, requested, now, expected) in cases {
             assert_eq!(
