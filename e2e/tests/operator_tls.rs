@@ -305,12 +305,16 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     let flags = files.flags(&pems, true);
     env.eventually("auth enabled", FORMING, || async {
         let output = env
-            .etcdctl_with("https", &flags, &["put", "probe", "x"])
+            .etcdctl_with("https", &flags, &["auth", "status"])
             .await
             .ok()?;
-        (!output.status.success()).then_some(())
+        String::from_utf8_lossy(&output.stdout)
+            .contains("Authentication Status: true")
+            .then_some(())
     })
     .await;
+    let unauthenticated = etcdctl(&env, &flags, &["put", "greeting", "anonymous"], false).await;
+    assert!(!unauthenticated.is_empty());
     let root = with_user(flags.clone(), PASSWORD);
     etcdctl(&env, &root, &["put", "greeting", "hello"], true).await;
     assert_eq!(
