@@ -472,9 +472,9 @@ async fn apply_tls_secret(env: &KubeEnv, name: &str, pems: &Pems) {
         env,
         name,
         &[
-            ("tls.crt", &pems.cert),
-            ("tls.key", &pems.key),
-            ("ca.crt", &pems.ca),
+            ("tls.crt", pems.cert.as_str()),
+            ("tls.key", pems.key.as_str()),
+            ("ca.crt", pems.ca.as_str()),
         ],
     )
     .await;
@@ -532,13 +532,13 @@ async fn tls_cert_manager_client_and_secret_ref_peer_cluster_forms_once_the_secr
 
     // The operator asks cert-manager for the members' and its own certificates.
     let members = env
-        .eventually("the members' Certificate", FORMING, || {
-            env.get(CERTIFICATES, &format!("{CLUSTER}-client"))
+        .eventually("the members' Certificate", FORMING, || async {
+            env.get(CERTIFICATES, &format!("{CLUSTER}-client")).await
         })
         .await;
     let operator = env
-        .eventually("the operator's Certificate", FORMING, || {
-            env.get(CERTIFICATES, &format!("{CLUSTER}-operator"))
+        .eventually("the operator's Certificate", FORMING, || async {
+            env.get(CERTIFICATES, &format!("{CLUSTER}-operator")).await
         })
         .await;
     let spec = &members["spec"];

@@ -177,11 +177,11 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     apply_object(client, &ns, &children::client_service(kvc)).await?;
     apply_object(client, &ns, &children::pod_disruption_budget(kvc)).await?;
 
-    let tls = tls::ensure(client, kvc, ctx.tls, Timestamp::now()).await?;
-    for (reason, note) in &tls.events {
+    let certificates = tls::ensure(client, kvc, ctx.tls, Timestamp::now()).await?;
+    for (reason, note) in &certificates.events {
         publish(ctx, kvc, EventType::Normal, reason, note.clone()).await;
     }
-    let access = cluster_access(kvc, ctx, &names, tls.identity.clone()).await?;
+    let access = cluster_access(kvc, ctx, &names, certificates.identity.clone()).await?;
 
     let Observation {
         observed,
@@ -274,7 +274,7 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
         _ => REQUEUE_BUSY,
     };
     // A certificate renewal or the next step of a CA rotation may fall due sooner.
-    let tls_due = tls.next_check.map(|next| {
+    let tls_due = certificates.next_check.map(|next| {
         Duration::from_secs((next.as_second() - observed.now.as_second()).max(1) as u64)
     });
     Ok(Requeue::requeue(
