@@ -218,6 +218,16 @@ impl KubeEnv {
         })
     }
 
+    /// An address of the test process that pods reach (the pod network's root address), for a
+    /// server the test starts for the pods; `None` on a real cluster, whose pods do not reach
+    /// the test's machine.
+    pub fn host_address_for_pods(&self) -> Option<std::net::Ipv4Addr> {
+        match &self.backend {
+            Backend::Hermetic(h) => Some(h.nodes.host_address()),
+            Backend::Real(_) => None,
+        }
+    }
+
     /// Whether this runs against a real cluster.
     pub fn is_real(&self) -> bool {
         matches!(self.backend, Backend::Real(_))
@@ -318,7 +328,12 @@ impl KubeEnv {
     }
 
     pub async fn kvcluster(&self) -> Value {
-        self.get(KVCLUSTERS, CLUSTER).await.unwrap_or(Value::Null)
+        self.kvcluster_named(CLUSTER).await
+    }
+
+    /// The KVCluster `name` of the test's namespace, or null.
+    pub async fn kvcluster_named(&self, name: &str) -> Value {
+        self.get(KVCLUSTERS, name).await.unwrap_or(Value::Null)
     }
 
     /// Pod `example-ORDINAL`.
@@ -345,7 +360,12 @@ impl KubeEnv {
     /// Whether the KVCluster says Available with exactly `members` members, all healthy
     /// voters, and their pods are ready.
     pub async fn available_with(&self, members: usize) -> bool {
-        let status = self.kvcluster().await["status"].clone();
+        self.cluster_available_with(CLUSTER, members).await
+    }
+
+    /// [`KubeEnv::available_with`] for the KVCluster `cluster` of the test's namespace.
+    pub async fn cluster_available_with(&self, cluster: &str, members: usize) -> bool {
+        let status = self.kvcluster_named(cluster).await["status"].clone();
         let available = conditions_say(&status, "Available", "True");
         let listed = status["members"].as_array().cloned().unwrap_or_default();
         let all_voters = listed
@@ -359,7 +379,7 @@ impl KubeEnv {
         }
         for ordinal in 0..members as u32 {
             let ready = self
-                .pod(ordinal)
+                .get(PODS, &format!("{cluster}-{ordinal}"))
                 .await
                 .is_some_and(|pod| conditions_say(&pod["status"], "Ready", "True"));
             if !ready {
@@ -372,13 +392,23 @@ impl KubeEnv {
     /// Waits for `members` available members; panics with every part's logs after `within`.
     /// Returns how long it took.
     pub async fn wait_available(&self, members: usize, within: Duration) -> Duration {
+        self.wait_cluster_available(CLUSTER, members, within).await
+    }
+
+    /// [`KubeEnv::wait_available`] for the KVCluster `cluster` of the test's namespace.
+    pub async fn wait_cluster_available(
+        &self,
+        cluster: &str,
+        members: usize,
+        within: Duration,
+    ) -> Duration {
         let started = Instant::now();
-        while !self.available_with(members).await {
+        while !self.cluster_available_with(cluster, members).await {
             if started.elapsed() > within {
                 self.dump().await;
                 panic!(
-                    "no Available cluster of {members} after {within:?}: status {}",
-                    self.kvcluster().await["status"]
+                    "no Available cluster {cluster} of {members} after {within:?}: status {}",
+                    self.kvcluster_named(cluster).await["status"]
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -407,23 +437,29 @@ impl KubeEnv {
 
     /// etcdctl against the cluster's client Service.
     pub async fn etcdctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.etcdctl_with("http", &[], args).await
+        self.etcdctl_on(CLUSTER, args).await
     }
 
-    /// etcdctl against the cluster's client Service at `scheme://` (`https` on a cluster with
-    /// client TLS), with `flags` (`--cacert=...`, `--user=...`) before `args`.
+    /// etcdctl against the client Service of the KVCluster `cluster` of the test's namespace.
+    pub async fn etcdctl_on(&self, cluster: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.etcdctl_with(cluster, "http", &[], args).await
+    }
+
+    /// etcdctl against the client Service of the KVCluster `cluster` at `scheme://` (`https`
+    /// on a cluster with client TLS), with `flags` (`--cacert=...`, `--user=...`) before `args`.
     pub async fn etcdctl_with(
         &self,
+        cluster: &str,
         scheme: &str,
         flags: &[String],
         args: &[&str],
     ) -> anyhow::Result<Output> {
         let endpoint = match &self.backend {
             Backend::Hermetic(_) => {
-                format!("{scheme}://{CLUSTER}-client.{}.svc:2379", self.namespace)
+                format!("{scheme}://{cluster}-client.{}.svc:2379", self.namespace)
             }
             Backend::Real(real) => {
-                let target = format!("svc/{CLUSTER}-client");
+                let target = format!("svc/{cluster}-client");
                 let forwarded = real
                     .forward(&self.kubectl, &self.namespace, &target)
                     .await?;
@@ -582,6 +618,18 @@ impl KubeEnv {
     }
 
     /// The operator's log (the current process's, on the hermetic cluster).
+    /// The log of pod `name`'s containers, init containers included: on the hermetic cluster
+    /// every start of them, on a real one the current ones'.
+    pub async fn pod_log(&self, name: &str) -> String {
+        match &self.backend {
+            Backend::Hermetic(h) => h.nodes.container_log(&self.namespace, name),
+            Backend::Real(_) => self
+                .kubectl_in_namespace(&["logs", name, "--all-containers", "--tail=200"])
+                .await
+                .unwrap_or_default(),
+        }
+    }
+
     pub async fn operator_log(&self) -> String {
         match &self.backend {
             Backend::Hermetic(h) => h
@@ -611,10 +659,12 @@ impl KubeEnv {
     /// and the last lines each member logged.
     pub async fn dump(&self) {
         eprintln!("--- operator log ---\n{}", self.operator_log().await);
-        eprintln!(
-            "--- kvcluster status ---\n{}",
-            self.kvcluster().await["status"]
-        );
+        for kvc in self.list(KVCLUSTERS).await {
+            eprintln!(
+                "--- kvcluster {} status ---\n{}",
+                kvc["metadata"]["name"], kvc["status"]
+            );
+        }
         for pod in self.list(PODS).await {
             let name = pod["metadata"]["name"]
                 .as_str()
@@ -624,13 +674,7 @@ impl KubeEnv {
                 "--- pod {name} on {} ---\n{}",
                 pod["spec"]["nodeName"], pod["status"]
             );
-            let log = match &self.backend {
-                Backend::Hermetic(h) => h.nodes.container_log(&self.namespace, &name),
-                Backend::Real(_) => self
-                    .kubectl_in_namespace(&["logs", &name, "--tail=30"])
-                    .await
-                    .unwrap_or_default(),
-            };
+            let log = self.pod_log(&name).await;
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
         }

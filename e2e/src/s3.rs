@@ -1,12 +1,13 @@
 //! [`S3Server`]: an S3-compatible server for the backup tests — moto's server mode
 //! (`moto_server`, installed into the repository's `.venv` by `scripts/test` from
-//! `e2e/requirements.txt`) — run as a process on a reserved loopback port, and a boto3 client
+//! `e2e/requirements.txt`) — run as a process on a reserved port of loopback or of another
+//! address of the test's machine (the pod network's, for pods to reach it), and a boto3 client
 //! to look into it independently of the operator's own S3 client.
 //!
 //! moto keeps everything in memory: a restarted server has no buckets until they are made again.
 
 use std::fs::File;
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,9 +46,53 @@ elif op == "list":
 elif op == "get-json":
     bucket, key = args
     print(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+elif op == "get-file":
+    bucket, key, path = args
+    with open(path, "wb") as out:
+        out.write(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    print("{}")
+elif op == "put-file":
+    bucket, key, path = args
+    with open(path, "rb") as data:
+        s3.put_object(Bucket=bucket, Key=key, Body=data.read())
+    print("{}")
 else:
     raise SystemExit(f"unknown operation {op}")
 "#;
+
+/// A Secret `name` of `namespace` with the tests' credentials, under the keys the operator
+/// documents (`accessKeyID`, `secretAccessKey`).
+pub fn credentials_secret(name: &str, namespace: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "accessKeyID": base64(ACCESS_KEY_ID.as_bytes()),
+            "secretAccessKey": base64(SECRET_ACCESS_KEY.as_bytes()),
+        },
+    })
+}
+
+/// Standard base64 with padding, as a Secret's `data` holds values.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 /// One object in a bucket.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -60,6 +105,8 @@ pub struct StoredObject {
 /// A running moto server; killed when dropped.
 pub struct S3Server {
     child: Option<Child>,
+    /// The address it listens on.
+    host: IpAddr,
     port: ReservedPort,
     /// Whether requests must carry credentials moto knows (it knows none, so every request
     /// after the first `free_requests` is refused as `InvalidAccessKeyId`).
@@ -82,20 +129,27 @@ fn venv_program(name: &str) -> anyhow::Result<PathBuf> {
 impl S3Server {
     /// Starts moto with every request allowed, logging to `dir/moto.log`.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::start_inner(dir, None)
+        Self::start_inner(dir, Ipv4Addr::LOCALHOST.into(), None)
+    }
+
+    /// Starts moto with every request allowed on `host` (an address of this machine), e.g.
+    /// the pod network's, which the hermetic cluster's pods reach.
+    pub fn start_on(dir: &Path, host: IpAddr) -> anyhow::Result<Self> {
+        Self::start_inner(dir, host, None)
     }
 
     /// Starts moto checking credentials after the first `free_requests` requests (for the
     /// tests' own setup, e.g. making a bucket): every later request is refused.
     pub fn start_refusing_credentials(dir: &Path, free_requests: u32) -> anyhow::Result<Self> {
-        Self::start_inner(dir, Some(free_requests))
+        Self::start_inner(dir, Ipv4Addr::LOCALHOST.into(), Some(free_requests))
     }
 
-    fn start_inner(dir: &Path, free_requests: Option<u32>) -> anyhow::Result<Self> {
+    fn start_inner(dir: &Path, host: IpAddr, free_requests: Option<u32>) -> anyhow::Result<Self> {
         let port = ReservedPort::reserve()?;
         let log_path = dir.join(format!("moto-{}.log", port.port()));
         let mut server = Self {
             child: None,
+            host,
             port,
             free_requests,
             log_path,
@@ -112,7 +166,12 @@ impl S3Server {
             .with_context(|| format!("creating {}", self.log_path.display()))?;
         let mut command = Command::new(venv_program("moto_server")?);
         command
-            .args(["-H", "127.0.0.1", "-p", &self.port.port().to_string()])
+            .args([
+                "-H",
+                &self.host.to_string(),
+                "-p",
+                &self.port.port().to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -131,7 +190,7 @@ impl S3Server {
         self.child = Some(command.spawn().context("spawning moto_server")?);
         // A TCP connection, not a request: in credential-checking mode requests are counted.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port.port())).is_err() {
+        while TcpStream::connect((self.host, self.port.port())).is_err() {
             if Instant::now() > deadline {
                 bail!("moto_server did not listen within 60s: {}", self.log_tail());
             }
@@ -140,9 +199,9 @@ impl S3Server {
         Ok(())
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://HOST:PORT`.
     pub fn endpoint(&self) -> String {
-        self.port.url()
+        format!("http://{}:{}", self.host, self.port.port())
     }
 
     /// Kills the server, as an outage would.
@@ -193,6 +252,22 @@ impl S3Server {
     pub async fn get_json(&self, bucket: &str, key: &str) -> anyhow::Result<Value> {
         let text = self.client(&["get-json", bucket, key]).await?;
         Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Downloads an object into `file`.
+    pub async fn get_file(&self, bucket: &str, key: &str, file: &Path) -> anyhow::Result<()> {
+        let path = file.to_str().context("a UTF-8 path")?;
+        self.client(&["get-file", bucket, key, path])
+            .await
+            .map(drop)
+    }
+
+    /// Uploads `file` as an object.
+    pub async fn put_file(&self, bucket: &str, key: &str, file: &Path) -> anyhow::Result<()> {
+        let path = file.to_str().context("a UTF-8 path")?;
+        self.client(&["put-file", bucket, key, path])
+            .await
+            .map(drop)
     }
 
     pub fn log_tail(&self) -> String {

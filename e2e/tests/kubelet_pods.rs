@@ -2,7 +2,8 @@
 //! claims, spread over several nodes that share one pod network; a container that refuses to
 //! start and says why; a killed container restarted; and a node that fails — its processes gone
 //! at once, the node marked unreachable after the grace period, and its pod made again on
-//! another node, with its claim, once force-deleted.
+//! another node, with its claim, once force-deleted; init containers run in order before the
+//! main container, a failing one retried until it succeeds.
 //!
 //! Most containers are `sh` writing to their claim and sleeping; `ferrokv` serves where a pod
 //! must answer on the network.
@@ -56,6 +57,67 @@ spec:
             fieldRef: {fieldPath: metadata.name}
         volumeMounts:
         - {name: data, mountPath: /var/lib/ferrokv/data}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests: {storage: 1Gi}
+"#;
+
+/// `init`: two init containers then the main one, each appending its name to `order` in the
+/// claim; the second fails until the file `go` is in the claim, and reads a Secret's key.
+const INIT_SET: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: words
+  namespace: default
+data:
+  word: c2VjcmV0
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: init
+  namespace: default
+spec:
+  replicas: 1
+  serviceName: init
+  podManagementPolicy: Parallel
+  selector:
+    matchLabels: {app: init}
+  template:
+    metadata:
+      labels: {app: init}
+    spec:
+      terminationGracePeriodSeconds: 1
+      initContainers:
+      - name: first
+        image: busybox
+        command: [sh, -c, 'echo first >> "$DATA/order"']
+        env:
+        - {name: DATA, value: /data}
+        volumeMounts:
+        - {name: data, mountPath: /data}
+      - name: second
+        image: busybox
+        command: [sh, -c, 'echo "second $WORD" >> "$DATA/order" && test -e "$DATA/go"']
+        env:
+        - {name: DATA, value: /data}
+        - name: WORD
+          valueFrom:
+            secretKeyRef: {name: words, key: word}
+        volumeMounts:
+        - {name: data, mountPath: /data}
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, 'echo main >> "$DATA/order" && exec sleep 3600']
+        env:
+        - {name: DATA, value: /data}
+        volumeMounts:
+        - {name: data, mountPath: /data}
   volumeClaimTemplates:
   - metadata: {name: data}
     spec:
@@ -237,9 +299,14 @@ impl Cluster {
 
     /// Waits until pods `web-0` .. `web-(n-1)` are all Ready, and returns them.
     async fn ready_pods(&self, n: usize) -> Vec<Value> {
-        eventually(&format!("{n} ready pods"), || {
+        self.ready_pods_named("web", n).await
+    }
+
+    /// Waits until pods `SET-0` .. `SET-(n-1)` are all Ready, and returns them.
+    async fn ready_pods_named(&self, set: &str, n: usize) -> Vec<Value> {
+        eventually(&format!("{n} ready pods of {set}"), || {
             (0..n)
-                .map(|i| self.pod(&format!("web-{i}")).filter(is_ready))
+                .map(|i| self.pod(&format!("{set}-{i}")).filter(is_ready))
                 .collect()
         })
         .await
@@ -436,6 +503,77 @@ async fn a_pod_whose_image_the_registry_lacks_waits_in_image_pull_back_off_and_n
     );
     assert!(!is_ready(&pod), "{}", pod["status"]);
     assert!(cluster.starts(0).is_empty(), "the container never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_to_completion_and_a_failing_one_is_retried() {
+    let cluster = Cluster::start(1, 1).await;
+    cluster.server.create_from_yaml(INIT_SET).unwrap();
+    let order = || {
+        let dir = cluster.pool.claim_dir("default", "data-init-0").ok()?;
+        let text = std::fs::read_to_string(dir.join("order")).ok()?;
+        Some(text.lines().map(str::to_string).collect::<Vec<_>>())
+    };
+
+    // The second init container fails: the pod waits, not initialised, its main container
+    // never started, and the failure is retried.
+    let pod = eventually("the second init container to fail twice", || {
+        let pod = cluster.pod("init-0")?;
+        let second = &pod["status"]["initContainerStatuses"][1];
+        (second["restartCount"].as_u64()? >= 2).then_some(pod)
+    })
+    .await;
+    let status = &pod["status"];
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert_eq!(
+        condition(&pod, "Initialized")["status"],
+        "False",
+        "{status}"
+    );
+    assert!(!is_ready(&pod), "{status}");
+    let first = &status["initContainerStatuses"][0];
+    assert_eq!(first["name"], "first");
+    assert_eq!(first["state"]["terminated"]["exitCode"], 0, "{status}");
+    assert_eq!(first["ready"], true, "{status}");
+    let second = &status["initContainerStatuses"][1];
+    assert_eq!(second["lastState"]["terminated"]["exitCode"], 1, "{status}");
+    assert_eq!(
+        second["lastState"]["terminated"]["reason"], "Error",
+        "{status}"
+    );
+    assert_eq!(second["ready"], false, "{status}");
+    assert_eq!(status["containerStatuses"][0]["started"], false, "{status}");
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing",
+        "{status}"
+    );
+    let before = order().unwrap_or_default();
+    assert_eq!(before[0], "first", "{before:?}");
+    assert!(
+        before[1..].iter().all(|line| line == "second secret"),
+        "the first ran once, the second with the Secret's key: {before:?}"
+    );
+
+    // Once it can succeed, the main container starts after it.
+    let dir = cluster.pool.claim_dir("default", "data-init-0").unwrap();
+    std::fs::write(dir.join("go"), b"").unwrap();
+    let pod = cluster.ready_pods_named("init", 1).await.remove(0);
+    assert_eq!(condition(&pod, "Initialized")["status"], "True");
+    assert_eq!(pod["status"]["phase"], "Running");
+    let lines = eventually("the main container's line", || {
+        order().filter(|lines| lines.last().map(String::as_str) == Some("main"))
+    })
+    .await;
+    assert_eq!(
+        lines.iter().filter(|l| *l == "first").count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "main").count(),
+        1,
+        "{lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

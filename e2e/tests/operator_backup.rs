@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use ferrokv_e2e::kube_env::{EnvOptions, Kind, KubeEnv};
-use ferrokv_e2e::s3::{S3Server, StoredObject, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
+use ferrokv_e2e::s3::{credentials_secret, S3Server, StoredObject};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
 const FORMING: Duration = Duration::from_secs(120);
@@ -47,39 +47,7 @@ async fn start(test: &str) -> KubeEnv {
 
 /// The Secret the destinations name, with the keys the operator documents.
 async fn create_credentials(env: &KubeEnv) {
-    apply(
-        env,
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": env.namespace},
-            "data": {
-                "accessKeyID": base64(ACCESS_KEY_ID.as_bytes()),
-                "secretAccessKey": base64(SECRET_ACCESS_KEY.as_bytes()),
-            },
-        }),
-    )
-    .await;
-}
-
-/// Standard base64 with padding, as a Secret's `data` holds values.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    apply(env, credentials_secret(SECRET, &env.namespace)).await;
 }
 
 fn destination(s3: &S3Server) -> Value {

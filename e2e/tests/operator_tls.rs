@@ -144,7 +144,7 @@ impl PemFiles {
 /// etcdctl over https through the client Service, with `flags`; panics with stderr when it
 /// fails and `expect_success`, or when it succeeds and not.
 async fn etcdctl(env: &KubeEnv, flags: &[String], args: &[&str], expect_success: bool) -> String {
-    let output = env.etcdctl_with("https", flags, args).await.unwrap();
+    let output = env.etcdctl_with(CLUSTER, "https", flags, args).await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(
         output.status.success(),
@@ -305,7 +305,7 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     let flags = files.flags(&pems, true);
     env.eventually("auth enabled", FORMING, || async {
         let output = env
-            .etcdctl_with("https", &flags, &["auth", "status"])
+            .etcdctl_with(CLUSTER, "https", &flags, &["auth", "status"])
             .await
             .ok()?;
         String::from_utf8_lossy(&output.stdout)

@@ -49,6 +49,10 @@ pub enum Error {
     /// Discovery bootstrap failed; the message is etcd's (`discovery: cluster is full`, ...).
     #[error("{0}")]
     Discovery(String),
+    /// The snapshot a restore starts from cannot be had or is not the one expected: the object
+    /// storage refused it, or its SHA-256 is not the one given.
+    #[error("snapshot source: {0}")]
+    SnapshotSource(String),
 }
 
 impl From<StorageError> for Error {

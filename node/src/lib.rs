@@ -6,7 +6,8 @@
 //! membership) → `ferrokv-raft` (tikv's Raft driven by a Ready loop: log on the WAL, apply
 //! stage, peer transport) → `ferrokv-storage` (WAL, MVCC store, member identity).
 //! This package is the `ferrokv` binary around them: `config` parses the flags, `run` wires the
-//! layers together, `restore` builds a data dir from a snapshot file, `discovery` bootstraps a
+//! layers together, `restore` builds a data dir from a snapshot file
+//! (`snapshot_source` fetches and checks it), `discovery` bootstraps a
 //! cluster through a discovery service, `tls_setup` builds the member's TLS from its flags.
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod restore;
 pub mod run;
+pub mod snapshot_source;
 pub mod tls_setup;
 
 pub use error::{Error, Result};

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ferrokv_node::config::{etcd_style_args, token_given, NodeConfig};
-use ferrokv_node::restore::{restore, RestoreArgs};
-use ferrokv_node::storage::snapshot_file::HashCheck;
+use ferrokv_node::restore::{run_restore, RestoreArgs, Restored};
 
 fn main() -> ExitCode {
     let args = etcd_style_args(std::env::args_os());
@@ -18,24 +17,23 @@ fn main() -> ExitCode {
             .collect();
         let given = token_given(&rest);
         let parsed = RestoreArgs::parse_from(rest);
-        let config = match NodeConfig::check(parsed.member, given) {
+        let config = match NodeConfig::check(parsed.member.clone(), given) {
             Ok(c) => c,
             Err(message) => return fail("ferrokv snapshot restore", &message),
         };
         init_logging(&config.log_level);
-        let hash_check = match parsed.skip_hash_check {
-            true => HashCheck::Skip,
-            false => HashCheck::Verify,
-        };
-        return match restore(&parsed.file, &config, hash_check) {
-            Ok(id) => {
+        return match run_restore(&parsed, &config) {
+            Ok(Restored::Member { source, identity }) => {
                 println!(
-                    "restored {} into {} as member {:x} of cluster {:x}",
-                    parsed.file.display(),
+                    "restored {source} into {} as member {:x} of cluster {:x}",
                     config.data_dir.display(),
-                    id.member_id,
-                    id.cluster_id
+                    identity.member_id,
+                    identity.cluster_id
                 );
+                ExitCode::SUCCESS
+            }
+            Ok(Restored::Skipped(reason)) => {
+                println!("{reason}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail("ferrokv snapshot restore", &e.to_string()),

@@ -9,13 +9,19 @@
 //! The file is a snapshot saved from etcd (3.4 to 3.7) or ferrokv — both write etcd's format —
 //! or from a ferrokv release before that (`FERROKV1`). It is read and checked in full before
 //! anything is written, so a damaged file leaves no data dir behind.
+//!
+//! The file may also be an object in S3-compatible storage ([`snapshot_source`]), and with
+//! `--member-init` the command is a member's init step: it restores only into the empty data
+//! dir of a member founding the cluster, so that a restarted member keeps its data and member ID
+//! and a member joining a running cluster gets its data from the leader.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::config::{Config, NodeConfig};
+use crate::config::{ClusterState, Config, NodeConfig};
 use crate::run::{founding_identity, DB_FILE};
+use crate::snapshot_source::{self, S3Source};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
 use crate::storage::snapshot_file::{self, HashCheck};
@@ -30,8 +36,21 @@ const FOREIGN_META_PREFIXES: &[&str] = &["raft/", "member/", "alarm/"];
     about = "Restores a snapshot file (from `etcdctl snapshot save`) into a new data dir for a new cluster."
 )]
 pub struct RestoreArgs {
-    /// The snapshot file.
-    pub file: PathBuf,
+    /// The snapshot file; with --s3-bucket, where the downloaded object is kept while it is
+    /// restored (by default in --data-dir, removed afterwards).
+    #[arg(required_unless_present = "s3_bucket")]
+    pub file: Option<PathBuf>,
+    /// The snapshot object to download instead of reading FILE.
+    #[command(flatten)]
+    pub s3: S3Source,
+    /// The SHA-256 the whole file must have (lower-case hex), as a backup manifest records it.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Run as a member's init step: do nothing when the data dir is already initialised (a
+    /// restarted member keeps its data and member ID) or when --initial-cluster-state is
+    /// `existing` (a member joining a running cluster gets its data from the leader).
+    #[arg(long)]
+    pub member_init: bool,
     /// Restore a file without etcd's SHA-256 trailer (a database file copied out of a data dir),
     /// or without checking it.
     #[arg(long)]
@@ -42,15 +61,97 @@ pub struct RestoreArgs {
     pub member: Config,
 }
 
-pub fn restore(
-    file: &std::path::Path,
-    config: &NodeConfig,
-    hash_check: HashCheck,
-) -> Result<Identity> {
+/// What `ferrokv snapshot restore` did.
+#[derive(Debug)]
+pub enum Restored {
+    /// The data dir now holds the snapshot, as this member of the new cluster.
+    Member { source: String, identity: Identity },
+    /// `--member-init` found nothing to do, for this reason.
+    Skipped(String),
+}
+
+/// `ferrokv snapshot restore` with its arguments: fetches the snapshot when it is an object,
+/// checks its SHA-256 when one is given, and restores it.
+pub fn run_restore(args: &RestoreArgs, config: &NodeConfig) -> Result<Restored> {
+    let hash_check = match args.skip_hash_check {
+        true => HashCheck::Skip,
+        false => HashCheck::Verify,
+    };
+    if args.member_init {
+        if let Some(reason) = initialised(config)? {
+            return Ok(Restored::Skipped(reason));
+        }
+        if config.initial_cluster_state == ClusterState::Existing {
+            return Ok(Restored::Skipped(
+                "--initial-cluster-state is existing: this member joins a running cluster and gets its data from the leader".to_string(),
+            ));
+        }
+        // An earlier attempt that stopped before the end left a member dir without identity.
+        let member_dir = identity::member_dir(&config.data_dir);
+        if member_dir.exists() {
+            std::fs::remove_dir_all(&member_dir).map_err(|e| {
+                Error::DataDir(format!("cannot remove {}: {e}", member_dir.display()))
+            })?;
+        }
+    }
+    match args.s3.object() {
+        Some((bucket, key)) => {
+            let source = format!("s3://{bucket}/{key}");
+            let file = args
+                .file
+                .clone()
+                .unwrap_or_else(|| snapshot_source::download_path(&config.data_dir));
+            let sha256 = snapshot_source::download(&args.s3, &file)?;
+            let restored = snapshot_source::check_sha256(&source, &sha256, args.sha256.as_deref())
+                .and_then(|()| restore(&file, config, hash_check));
+            let _ = std::fs::remove_file(&file);
+            Ok(Restored::Member {
+                source,
+                identity: restored?,
+            })
+        }
+        None => {
+            let file = args.file.as_deref().ok_or_else(|| {
+                Error::Config("name a snapshot FILE or --s3-bucket and --s3-key".to_string())
+            })?;
+            let source = file.display().to_string();
+            if args.sha256.is_some() {
+                let sha256 = snapshot_source::file_sha256(file)?;
+                snapshot_source::check_sha256(&source, &sha256, args.sha256.as_deref())?;
+            }
+            let identity = restore(file, config, hash_check)?;
+            Ok(Restored::Member { source, identity })
+        }
+    }
+}
+
+/// Why the member's data dir counts as initialised, if it does: it holds a member identity,
+/// or its WAL dir does.
+fn initialised(config: &NodeConfig) -> Result<Option<String>> {
     let member_dir = identity::member_dir(&config.data_dir);
-    if member_dir.exists() || config.wal_dir.exists() {
+    for dir in [member_dir.as_path(), config.wal_dir.as_path()] {
+        if let Some(found) = Identity::load(dir)? {
+            return Ok(Some(format!(
+                "{} already holds member {:x} of cluster {:x}; nothing restored",
+                dir.display(),
+                found.member_id,
+                found.cluster_id
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `dir` is missing or has nothing in it (a freshly mounted volume is an empty dir).
+fn missing_or_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none())
+}
+
+pub fn restore(file: &Path, config: &NodeConfig, hash_check: HashCheck) -> Result<Identity> {
+    let member_dir = identity::member_dir(&config.data_dir);
+    if member_dir.exists() || !missing_or_empty(&config.wal_dir) {
         return Err(Error::DataDir(format!(
-            "{} or {} already exists; restore only creates a new data dir",
+            "{} exists or {} is not empty; restore only creates a new data dir",
             member_dir.display(),
             config.wal_dir.display()
         )));

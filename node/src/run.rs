@@ -20,6 +20,7 @@ use crate::raft::apply::{applied_state, ApplyParts, StateMachine, Waiters};
 use crate::raft::log::RaftLog;
 use crate::raft::members::Members;
 use crate::raft::node::{self, Command, LoopOptions};
+use crate::raft::stages::Stages;
 use crate::raft::transport::pb::peer_server::PeerServer;
 use crate::raft::transport::{
     LeaderDuties, PeerNetwork, PeerService, Transport, CONNECTION_WINDOW_BYTES,
@@ -378,7 +379,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "starting member"
     );
 
-    let metrics = Arc::new(Metrics::new(log.fsync_histogram()));
+    let stages = Stages::new();
+    let metrics = Arc::new(Metrics::new(log.fsync_histogram(), stages.clone()));
     let network = PeerNetwork::new(
         identity.cluster_id,
         identity.member_id,
@@ -400,6 +402,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         log: log.clone(),
         commands: commands.clone(),
         commit_duration: metrics.backend_commit_duration.clone(),
+        stages: stages.clone(),
         snapshot_count: config.snapshot_count,
         token_ttl: config.auth_token_ttl,
     })?;
@@ -429,6 +432,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         transport.clone(),
         LoopOptions {
             tick: config.heartbeat,
+            stages,
         },
     )?;
     if sole_voter {

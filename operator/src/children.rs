@@ -13,10 +13,10 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -24,8 +24,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 
+use crate::backup::destination::{ACCESS_KEY_ID_KEY, SECRET_ACCESS_KEY_KEY, SESSION_TOKEN_KEY};
 use crate::bootstrap::BootstrapConfig;
-use crate::crd::{CertManagerTls, KVCluster, TlsMode, TlsSource, VolumeSpec};
+use crate::crd::{CertManagerTls, KVCluster, RestoreStatus, TlsMode, TlsSource, VolumeSpec};
 use crate::names::{
     ClusterNames, TlsSide, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
     INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR, WAL_DIR, WAL_VOLUME,
@@ -33,6 +34,11 @@ use crate::names::{
 
 /// Name of the node's container in every member pod.
 pub const CONTAINER_NAME: &str = "ferrokv";
+/// Name of the init container that restores a member's data dir from a snapshot.
+pub const RESTORE_CONTAINER_NAME: &str = "restore";
+/// The claim holding a snapshot to restore, and where the init container mounts it.
+pub const RESTORE_SOURCE_VOLUME: &str = "restore-source";
+pub const RESTORE_SOURCE_DIR: &str = "/var/lib/ferrokv/restore-source";
 /// Where the node writes why it refused to start; the operator reads it from the pod status.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// The unprivileged user and group members run as: the `ferrokv` image's own user (see the
@@ -436,6 +442,121 @@ fn certificate(
     object
 }
 
+/// The flags of [`member_args`] that say who a member is and where its data goes: what
+/// `ferrokv snapshot restore` needs to build the data dir the member then starts from.
+const IDENTITY_FLAGS: &[&str] = &[
+    "--name=",
+    "--data-dir=",
+    "--wal-dir=",
+    "--initial-advertise-peer-urls=",
+    "--initial-cluster=",
+    "--initial-cluster-state=",
+    "--initial-cluster-token=",
+];
+
+/// The command line of the restore init step: `ferrokv snapshot restore --member-init` with the
+/// member's own identity flags, from the object (checked against the SHA-256 the operator
+/// found) or the file on the claim.
+pub fn restore_args(kvc: &KVCluster, restore: &RestoreStatus) -> Vec<String> {
+    let mut args = vec![
+        "snapshot".to_string(),
+        "restore".to_string(),
+        "--member-init".to_string(),
+    ];
+    args.extend(
+        member_args(kvc)
+            .into_iter()
+            .filter(|arg| IDENTITY_FLAGS.iter().any(|flag| arg.starts_with(flag))),
+    );
+    if let Some(object) = &restore.s3 {
+        args.push(format!("--s3-bucket={}", object.bucket));
+        args.push(format!("--s3-key={}", object.key));
+        if let Some(endpoint) = &object.endpoint {
+            args.push(format!("--s3-endpoint={endpoint}"));
+        }
+        if let Some(region) = &object.region {
+            args.push(format!("--s3-region={region}"));
+        }
+        if object.force_path_style {
+            args.push("--s3-force-path-style".to_string());
+        }
+    }
+    if let Some(sha256) = &restore.sha256 {
+        args.push(format!("--sha256={sha256}"));
+    }
+    if let Some(file) = &restore.volume {
+        args.push(format!("{RESTORE_SOURCE_DIR}/{}", file.path));
+    }
+    args
+}
+
+fn env_from_secret(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(optional),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The init container of a restored cluster's members, with the main container's environment
+/// and volumes, the object's credentials, and the claim holding the file.
+fn restore_container(kvc: &KVCluster, restore: &RestoreStatus, member: &Container) -> Container {
+    let mut env = member.env.clone().unwrap_or_default();
+    if let Some(secret) = restore
+        .s3
+        .as_ref()
+        .and_then(|o| o.credentials_secret.as_deref())
+    {
+        env.push(env_from_secret(
+            "AWS_ACCESS_KEY_ID",
+            secret,
+            ACCESS_KEY_ID_KEY,
+            false,
+        ));
+        env.push(env_from_secret(
+            "AWS_SECRET_ACCESS_KEY",
+            secret,
+            SECRET_ACCESS_KEY_KEY,
+            false,
+        ));
+        env.push(env_from_secret(
+            "AWS_SESSION_TOKEN",
+            secret,
+            SESSION_TOKEN_KEY,
+            true,
+        ));
+    }
+    let mut mounts = member.volume_mounts.clone().unwrap_or_default();
+    if restore.volume.is_some() {
+        mounts.push(VolumeMount {
+            name: RESTORE_SOURCE_VOLUME.to_string(),
+            mount_path: RESTORE_SOURCE_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    Container {
+        name: RESTORE_CONTAINER_NAME.to_string(),
+        image: member.image.clone(),
+        command: Some(vec!["ferrokv".to_string()]),
+        args: Some(restore_args(kvc, restore)),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        resources: member.resources.clone(),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
+        termination_message_policy: Some("File".to_string()),
+        security_context: Some(member_container_security()),
+        ..Container::default()
+    }
+}
+
 fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -578,7 +699,23 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
         security_context: Some(member_container_security()),
         ..Container::default()
     };
+    // A restored cluster's members start from the snapshot the operator checked.
+    let restore = kvc.status.as_ref().and_then(|s| s.restore.as_ref());
+    let init_containers = restore.map(|r| vec![restore_container(kvc, r, &container)]);
+    let mut volumes = tls_volumes;
+    if let Some(file) = restore.and_then(|r| r.volume.as_ref()) {
+        volumes.push(Volume {
+            name: RESTORE_SOURCE_VOLUME.to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: file.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        });
+    }
     let pod = PodSpec {
+        init_containers,
+        volumes: (!volumes.is_empty()).then_some(volumes),
         containers: vec![container],
         affinity: Some(
             spec.affinity
@@ -590,7 +727,6 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(30),
         security_context: Some(member_pod_security()),
-        volumes: (!tls_volumes.is_empty()).then_some(tls_volumes),
         ..PodSpec::default()
     };
     StatefulSet {
@@ -884,6 +1020,126 @@ mod tests {
         assert_eq!(security.fs_group, Some(MEMBER_UID));
         let container = pod.containers[0].security_context.as_ref().unwrap();
         assert_eq!(container.allow_privilege_escalation, Some(false));
+    }
+
+    fn restored(restore: serde_json::Value) -> KVCluster {
+        let mut kvc = cluster(serde_json::json!({}));
+        let mut restore = restore;
+        restore["source"] = "test".into();
+        restore["verifiedTime"] = "2026-12-06T00:00:00Z".into();
+        kvc.status = Some(crate::crd::KVClusterStatus {
+            restore: Some(serde_json::from_value(restore).unwrap()),
+            ..Default::default()
+        });
+        kvc
+    }
+
+    #[test]
+    fn unrestored_members_have_no_init_container_and_no_extra_volume() {
+        let sts = stateful_set(&cluster(serde_json::json!({})), 3, TEST_IMAGE);
+        assert!(pod_spec(&sts).init_containers.is_none());
+        assert!(pod_spec(&sts).volumes.is_none());
+    }
+
+    #[test]
+    fn restore_init_step_downloads_the_checked_object_into_the_member_volumes() {
+        let kvc = restored(serde_json::json!({
+            "s3": {"bucket": "b", "key": "p/ns/a/on-demand/x.db", "endpoint": "http://s3:9000",
+                   "credentialsSecret": "creds", "forcePathStyle": true},
+            "sha256": "ab12",
+        }));
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        let init = &pod.init_containers.as_ref().expect("an init container")[0];
+        assert_eq!(init.name, RESTORE_CONTAINER_NAME);
+        assert_eq!(init.image.as_deref(), Some(TEST_IMAGE));
+        let args = init.args.clone().unwrap();
+        assert_eq!(args[..3], ["snapshot", "restore", "--member-init"]);
+        for arg in [
+            "--name=$(POD_NAME)",
+            &format!("--data-dir={DATA_DIR}"),
+            &format!("--wal-dir={WAL_DIR}"),
+            "--initial-cluster=$(INITIAL_CLUSTER)",
+            "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)",
+            "--initial-cluster-token=kv-0b5ee4c8-uid",
+            "--initial-advertise-peer-urls=http://$(POD_NAME).kv-peer.prod.svc:2380",
+            "--s3-bucket=b",
+            "--s3-key=p/ns/a/on-demand/x.db",
+            "--s3-endpoint=http://s3:9000",
+            "--s3-force-path-style",
+            "--sha256=ab12",
+        ] {
+            assert!(args.contains(&arg.to_string()), "missing {arg} in {args:?}");
+        }
+        // Only identity flags: the init step listens on nothing.
+        assert!(!args.iter().any(|a| a.starts_with("--listen")), "{args:?}");
+        // The member's own identity is the one restored: the same flags as the main container.
+        let member = pod.containers[0].args.clone().unwrap();
+        for arg in args
+            .iter()
+            .filter(|a| a.starts_with("--initial") || a.starts_with("--name"))
+        {
+            assert!(
+                member.contains(arg),
+                "{arg} differs from the member's {member:?}"
+            );
+        }
+        let mounts = init.volume_mounts.clone().unwrap();
+        assert_eq!(mounts, pod.containers[0].volume_mounts.clone().unwrap());
+        let env = init.env.clone().unwrap();
+        let secret = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+                .unwrap()
+        };
+        assert_eq!(secret("AWS_ACCESS_KEY_ID").name, "creds");
+        assert_eq!(secret("AWS_ACCESS_KEY_ID").key, ACCESS_KEY_ID_KEY);
+        assert_eq!(secret("AWS_SECRET_ACCESS_KEY").key, SECRET_ACCESS_KEY_KEY);
+        assert_eq!(secret("AWS_SESSION_TOKEN").optional, Some(true));
+        assert!(env.iter().any(|e| e.name == "INITIAL_CLUSTER_STATE"));
+        assert!(pod.volumes.is_none());
+    }
+
+    #[test]
+    fn restore_init_step_reads_a_file_from_the_claim_mounted_read_only() {
+        let kvc = restored(serde_json::json!({
+            "volume": {"claimName": "snapshots", "path": "etcd/backup.db"},
+        }));
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        let args = init.args.clone().unwrap();
+        assert_eq!(
+            args.last().unwrap(),
+            &format!("{RESTORE_SOURCE_DIR}/etcd/backup.db")
+        );
+        assert!(!args
+            .iter()
+            .any(|a| a.starts_with("--s3") || a.starts_with("--sha256")));
+        let mount = init
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == RESTORE_SOURCE_VOLUME)
+            .unwrap();
+        assert_eq!(mount.mount_path, RESTORE_SOURCE_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        let claim = volume.persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(
+            (volume.name.as_str(), claim.claim_name.as_str()),
+            (RESTORE_SOURCE_VOLUME, "snapshots")
+        );
+        assert_eq!(claim.read_only, Some(true));
+        // The member itself never mounts the snapshot's claim.
+        assert!(!pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == RESTORE_SOURCE_VOLUME));
     }
 
     #[test]

@@ -37,8 +37,10 @@ use crate::metrics::Metrics;
 use crate::names::{ClusterNames, CLUSTER_LABEL, FIELD_MANAGER};
 use crate::observe::{observe, Observation};
 use crate::planner::{
-    image_decision, next_scheduled_defragmentation, plan, Action, Member, Observed, VoterCount,
+    image_decision, next_scheduled_defragmentation, plan, Action, Member, Observed,
+    RestoreSourceCheck, VoterCount, WaitReason,
 };
+use crate::restore::{check_source, RestoreError};
 use crate::status::{
     build_status, describe_defragmented, describe_step, is_membership_step, step_reason,
 };
@@ -50,6 +52,9 @@ pub const FINALIZER: &str = "ferrokv.io/volumes";
 /// How soon to look again while a step is under way, and when all is quiet.
 const REQUEUE_BUSY: Duration = Duration::from_secs(5);
 const REQUEUE_IDLE: Duration = Duration::from_secs(60);
+/// How soon a snapshot to restore that was refused is read again (it may have been uploaded
+/// or fixed since): each check reads the whole object.
+const REQUEUE_RESTORE_SOURCE: Duration = Duration::from_secs(30);
 
 /// What every reconcile needs.
 pub struct Context {
@@ -184,9 +189,20 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     let access = cluster_access(kvc, ctx, &names, certificates.identity.clone()).await?;
 
     let Observation {
-        observed,
+        mut observed,
         cluster_id,
     } = observe(client, kvc, &names, &ctx.defaults, &access).await?;
+    // Before the StatefulSet exists, a restore's snapshot is checked: a good one is recorded in
+    // the status this pass writes, and the pod template's init step is built from it.
+    let mut checked;
+    let kvc = match check_restore_source(ctx, kvc, &mut observed).await? {
+        Some(status) => {
+            checked = kvc.clone();
+            checked.status.get_or_insert_with(Default::default).restore = Some(status);
+            &checked
+        }
+        None => kvc,
+    };
     let action = plan(&observed);
     let image = image_decision(&observed);
 
@@ -255,6 +271,7 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
         Timestamp::now(),
     );
     publish_version_events(ctx, kvc, &status).await;
+    publish_restore_events(ctx, kvc, &status).await;
     let api: Api<KVCluster> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": "ferrokv.io/v1alpha1",
@@ -271,6 +288,7 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     step_result?;
     let requeue = match action {
         Action::Converged => idle_requeue(&observed),
+        Action::Wait(WaitReason::RestoreSourceInvalid(_)) => REQUEUE_RESTORE_SOURCE,
         _ => REQUEUE_BUSY,
     };
     // A certificate renewal or the next step of a CA rotation may fall due sooner.
@@ -304,6 +322,102 @@ async fn cluster_access(
         publish(ctx, kvc, EventType::Normal, "AuthEnabled", note).await;
     }
     Ok(access)
+}
+
+/// Checks the snapshot `spec.bootstrap.restore` names while no member exists and it has not
+/// been checked: answers what was found when it is good, and records in `observed` why it is
+/// not when it is not. The API server failing fails the pass.
+async fn check_restore_source(
+    ctx: &Context,
+    kvc: &KVCluster,
+    observed: &mut Observed,
+) -> Result<Option<crate::crd::RestoreStatus>, Error> {
+    let Some(source) = kvc.spec.restore_source() else {
+        return Ok(None);
+    };
+    if observed.stateful_set.is_some() || observed.restore_source != RestoreSourceCheck::Unchecked {
+        return Ok(None);
+    }
+    match check_source(&ctx.client, kvc, source).await {
+        Ok(status) => {
+            let note = format!(
+                "{} verified; each member restores it in its init step",
+                describe_snapshot(&status)
+            );
+            info!(note, "restore source verified");
+            publish(ctx, kvc, EventType::Normal, "RestoreSourceVerified", note).await;
+            observed.restore_source = RestoreSourceCheck::Verified;
+            Ok(Some(status))
+        }
+        Err(RestoreError::Kube(error)) => Err(error.into()),
+        Err(error) => {
+            warn!(%error, "restore source refused");
+            observed.restore_source = RestoreSourceCheck::Invalid(error.to_string());
+            Ok(None)
+        }
+    }
+}
+
+/// Events for a restore that `status` shows: its source refused (once per distinct problem),
+/// and the cluster first Available with it. (Its verification is published where it happens.)
+async fn publish_restore_events(ctx: &Context, kvc: &KVCluster, status: &KVClusterStatus) {
+    let refused = |s: &KVClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+            .filter(|c| c.reason == "RestoreSourceInvalid")
+            .map(|c| c.message.clone())
+    };
+    let previous = kvc.status.as_ref();
+    if let Some(message) = refused(status) {
+        if previous.and_then(refused).as_ref() != Some(&message) {
+            publish(
+                ctx,
+                kvc,
+                EventType::Warning,
+                "RestoreSourceInvalid",
+                message,
+            )
+            .await;
+        }
+    }
+    let Some(restore) = &status.restore else {
+        return;
+    };
+    let newly_restored = previous
+        .and_then(|p| p.restore.as_ref())
+        .is_some_and(|r| r.restored_time.is_none())
+        && restore.restored_time.is_some();
+    if newly_restored {
+        let took = restore
+            .restored_time
+            .as_ref()
+            .map(|t| t.0.as_second() - restore.verified_time.0.as_second())
+            .unwrap_or_default();
+        let note = format!(
+            "restored from {}: Available {took}s after the snapshot was verified",
+            describe_snapshot(restore)
+        );
+        publish(ctx, kvc, EventType::Normal, "Restored", note).await;
+    }
+}
+
+/// The snapshot a restore starts from, for a person: its source, revision, size and hash.
+fn describe_snapshot(restore: &crate::crd::RestoreStatus) -> String {
+    let mut facts = Vec::new();
+    if let Some(revision) = restore.revision {
+        facts.push(format!("revision {revision}"));
+    }
+    if let Some(size) = restore.size {
+        facts.push(format!("{size} bytes"));
+    }
+    if let Some(sha256) = &restore.sha256 {
+        facts.push(format!("SHA-256 {sha256}"));
+    }
+    match facts.is_empty() {
+        true => restore.source.clone(),
+        false => format!("{} ({})", restore.source, facts.join(", ")),
+    }
 }
 
 /// How long a quiet cluster waits for its next look: [`REQUEUE_IDLE`], or less when a

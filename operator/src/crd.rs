@@ -30,6 +30,11 @@ pub const TLS_SIDES_IMMUTABLE_MESSAGE: &str = "tls.client and tls.peer cannot be
 pub const STORAGE_IMMUTABLE_MESSAGE: &str = "storage cannot change after the cluster is \
     created: the members' volume claim templates are fixed when their StatefulSet is made";
 
+/// The message the API server returns when `spec.bootstrap` is set, changed or removed after
+/// creation.
+pub const BOOTSTRAP_IMMUTABLE_MESSAGE: &str = "bootstrap cannot change after the cluster is \
+    created: it says what the members started from";
+
 /// The smallest and largest cluster the operator runs.
 pub const MIN_REPLICAS: i32 = 1;
 pub const MAX_REPLICAS: i32 = 9;
@@ -93,7 +98,8 @@ pub const MAX_REPLICAS: i32 = 9;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || (has(self.tls.client) == has(oldSelf.tls.client) && has(self.tls.peer) == has(oldSelf.tls.peer)))").message(TLS_SIDES_IMMUTABLE_MESSAGE)
+    validation = Rule::new("has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || (has(self.tls.client) == has(oldSelf.tls.client) && has(self.tls.peer) == has(oldSelf.tls.peer)))").message(TLS_SIDES_IMMUTABLE_MESSAGE),
+    validation = Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap)").message(BOOTSTRAP_IMMUTABLE_MESSAGE)
 )]
 pub struct KVClusterSpec {
     /// Number of members: odd, from 1 to 9. Changed one member at a time.
@@ -170,6 +176,11 @@ pub struct KVClusterSpec {
     /// etcd's authentication: the operator creates the `root` user and turns auth on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// What a new cluster starts from: empty, or a backup. Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(BOOTSTRAP_IMMUTABLE_MESSAGE))]
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 /// TLS of the two ports of every member.
@@ -345,6 +356,108 @@ impl KVClusterSpec {
             .filter(|a| a.enabled)
             .and_then(|a| a.root_password_secret.as_ref())
     }
+
+    /// The snapshot the cluster is restored from, when it is.
+    pub fn restore_source(&self) -> Option<&RestoreSource> {
+        self.bootstrap.as_ref()?.restore.as_ref()
+    }
+}
+
+/// What a new cluster starts from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Start every member from this snapshot rather than empty. The operator checks it before
+    /// any member is created; each member restores it in an init step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSource>,
+}
+
+/// The snapshot a new cluster is restored from: exactly one of `backup`, `s3` or `volume`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.backup) ? 1 : 0) + (has(self.s3) ? 1 : 0) + (has(self.volume) ? 1 : 0) == 1").message("a restore names exactly one of backup, s3 or volume"))]
+pub struct RestoreSource {
+    /// A `KVClusterBackup` in this namespace that has `Succeeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupReference>,
+    /// A snapshot object in an S3-compatible bucket, with the manifest beside it when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Object>,
+    /// A snapshot file on a PersistentVolumeClaim of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeFile>,
+}
+
+/// A `KVClusterBackup`, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReference {
+    pub name: String,
+}
+
+/// One object in an S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Object {
+    pub bucket: String,
+    /// The object's whole key, e.g. `prod/default/example/scheduled/20261205T230000Z-r41250.db`.
+    pub key: String,
+    /// URL of an S3-compatible server; AWS S3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket; `us-east-1` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Name of a Secret in the cluster's namespace with the keys `accessKeyID` and
+    /// `secretAccessKey` (and optionally `sessionToken`), used by the operator and by every
+    /// member's init step. Without it, each uses its own environment and instance credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Address buckets as `ENDPOINT/BUCKET` rather than `BUCKET.ENDPOINT`.
+    #[serde(default)]
+    pub force_path_style: bool,
+}
+
+impl S3Object {
+    /// The object `key` of the bucket `destination` names.
+    pub fn in_destination(destination: &S3Destination, key: &str) -> Self {
+        Self {
+            bucket: destination.bucket.clone(),
+            key: key.to_string(),
+            endpoint: destination.endpoint.clone(),
+            region: destination.region.clone(),
+            credentials_secret: destination.credentials_secret.clone(),
+            force_path_style: destination.force_path_style,
+        }
+    }
+
+    /// The bucket, as a backup destination (whose prefix plays no part here).
+    pub fn destination(&self) -> S3Destination {
+        S3Destination {
+            bucket: self.bucket.clone(),
+            prefix: None,
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            credentials_secret: self.credentials_secret.clone(),
+            force_path_style: self.force_path_style,
+        }
+    }
+
+    /// `s3://BUCKET/KEY`.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// A file on a PersistentVolumeClaim.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.path.startsWith('/') && !self.path.contains('..')").message("path is relative to the claim's root and stays inside it"))]
+pub struct VolumeFile {
+    pub claim_name: String,
+    /// Path of the snapshot file from the claim's root, e.g. `backups/snapshot.db`.
+    pub path: String,
 }
 
 /// How members move to a new version: one at a time, followers first and the leader last
@@ -699,6 +812,38 @@ pub struct KVClusterStatus {
     /// manager, so that the reconcile's status writes leave it alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// The snapshot the cluster was restored from, once the operator checked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+}
+
+/// The snapshot a restored cluster started from, as the operator found and checked it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// What it is, for a person: `KVClusterBackup NAME (s3://BUCKET/KEY)`, `s3://BUCKET/KEY`,
+    /// `PersistentVolumeClaim NAME, file PATH`.
+    pub source: String,
+    /// The object members download, resolved (a `KVClusterBackup`'s bucket and key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Object>,
+    /// The file members read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeFile>,
+    /// Revision of the keyspace the snapshot holds, from its manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Bytes of the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// SHA-256 of the snapshot, which every member checks again after downloading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// When the operator checked it.
+    pub verified_time: Time,
+    /// When the cluster was first Available with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_time: Option<Time>,
 }
 
 /// What scheduled backups have done and will do.
@@ -863,6 +1008,9 @@ pub struct KVClusterBackupStatus {
     /// The member the snapshot was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The bucket the backup went to, so that it can be restored once its cluster is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

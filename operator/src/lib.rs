@@ -4,9 +4,9 @@
 //! [`planner`] for the next single step, carries it out ([`controller`]) and writes
 //! [`status`]. The objects the operator owns are built in [`children`], from names fixed in
 //! [`names`]; the bootstrap state members start from is [`bootstrap`]. Backups to object
-//! storage, scheduled and on demand, are [`backup`]'s. Certificates of `spec.tls` are [`tls`]'s;
-//! every etcd client is made from an [`etcd_access::EtcdAccess`] (TLS identity, root
-//! credentials).
+//! storage, scheduled and on demand, are [`backup`]'s; checking the snapshot a new cluster is
+//! restored from is [`restore`]'s. Certificates of `spec.tls` are [`tls`]'s; every etcd client
+//! is made from an [`etcd_access::EtcdAccess`] (TLS identity, root credentials).
 
 pub mod backup;
 pub mod bootstrap;
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod planner;
+pub mod restore;
 pub mod status;
 pub mod tls;
 pub mod upgrade;

@@ -11,15 +11,15 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::bootstrap::BootstrapConfig;
-use crate::children::{BuildDefaults, CONTAINER_NAME};
+use crate::children::{BuildDefaults, CONTAINER_NAME, RESTORE_CONTAINER_NAME};
 use crate::crd::KVCluster;
 use crate::error::Error;
 use crate::etcd_access::EtcdAccess;
 use crate::membership::{self, MembershipView};
 use crate::names::ClusterNames;
 use crate::planner::{
-    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, StartRefusal,
-    UpgradePolicy,
+    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, RestoreSourceCheck,
+    StartRefusal, UpgradePolicy,
 };
 
 /// What one pass observed: the planner's input and the cluster ID for status.
@@ -136,8 +136,21 @@ pub async fn observe(
                     kvc.spec.upgrade.member_ready_timeout_seconds.into(),
                 ),
             },
+            restore_source: restore_source_check(kvc),
         },
     })
+}
+
+/// Whether the snapshot of `spec.bootstrap.restore` is known to be good: the status records the
+/// snapshot once it was checked. The controller checks it while it is not.
+fn restore_source_check(kvc: &KVCluster) -> RestoreSourceCheck {
+    match kvc.spec.restore_source() {
+        None => RestoreSourceCheck::NotRequested,
+        Some(_) if kvc.status.as_ref().is_some_and(|s| s.restore.is_some()) => {
+            RestoreSourceCheck::Verified
+        }
+        Some(_) => RestoreSourceCheck::Unchecked,
+    }
 }
 
 /// The image of the `ferrokv` container among `containers`.
@@ -208,6 +221,20 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
             .filter_map(|t| t.message.as_deref())
             .find_map(StartRefusal::parse)
     });
+    // A failed init step waits for its restart with the failure as its last state.
+    let restore_failure = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.name == RESTORE_CONTAINER_NAME)
+        .flat_map(|c| [c.state, c.last_state])
+        .flatten()
+        .filter_map(|s| s.terminated)
+        .find(|t| t.exit_code != 0)
+        .map(|t| {
+            t.message
+                .unwrap_or_else(|| format!("exit code {}", t.exit_code))
+        });
     MemberPod {
         ordinal,
         ready,
@@ -216,6 +243,7 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         node,
         start_refusal,
+        restore_failure,
         revision: pod.labels().get("controller-revision-hash").cloned(),
         image: pod
             .spec

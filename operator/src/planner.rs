@@ -48,6 +48,22 @@ pub struct Observed {
     /// The image every member ran when they last all ran one and were ready (`status.image`).
     pub rolled_out_image: Option<String>,
     pub upgrade: UpgradePolicy,
+    /// Whether the snapshot `spec.bootstrap.restore` names was checked, and what was found.
+    pub restore_source: RestoreSourceCheck,
+}
+
+/// The check of a restore's source, made once before the StatefulSet exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RestoreSourceCheck {
+    /// The cluster starts empty.
+    #[default]
+    NotRequested,
+    /// Not checked yet.
+    Unchecked,
+    /// Found, and its hash and format are right (`status.restore` says what it is).
+    Verified,
+    /// Missing, unreadable or damaged; the message names it and the problem.
+    Invalid(String),
 }
 
 /// `spec.upgrade`, parsed.
@@ -154,6 +170,8 @@ pub struct MemberPod {
     pub node: NodeState,
     /// Why the node last refused to start, from the container's termination message.
     pub start_refusal: Option<StartRefusal>,
+    /// Why the restore init step last failed, from its termination message.
+    pub restore_failure: Option<String>,
     /// The pod's `controller-revision-hash`.
     pub revision: Option<String>,
     /// The image of its `ferrokv` container.
@@ -356,6 +374,10 @@ pub enum WaitReason {
     WouldLoseQuorum,
     /// The defragmentation schedule does not parse; the message says why.
     InvalidSchedule(String),
+    /// The snapshot to restore has not been checked yet: no member starts before it is.
+    RestoreSourceUnchecked,
+    /// The snapshot to restore cannot be used; no StatefulSet is made until it can.
+    RestoreSourceInvalid(String),
     /// Voters that are still catching up with the leader's log; the next member is restarted
     /// onto the new template once they have.
     MembersCatchingUp { behind: Vec<String> },
@@ -416,6 +438,13 @@ impl fmt::Display for WaitReason {
                     "{message}: no scheduled defragmentation until it is fixed"
                 )
             }
+            Self::RestoreSourceUnchecked => {
+                write!(f, "waiting for the check of the snapshot to restore")
+            }
+            Self::RestoreSourceInvalid(problem) => write!(
+                f,
+                "{problem}; no member is created until spec.bootstrap.restore names a valid snapshot"
+            ),
             Self::MembersCatchingUp { behind } => write!(
                 f,
                 "waiting for {} to catch up with the leader before the next member restarts",
@@ -483,6 +512,20 @@ impl VoterCount {
 /// The next step for the observed cluster.
 pub fn plan(observed: &Observed) -> Action {
     let desired = valid_replicas(observed.spec_replicas);
+
+    // A cluster restored from a snapshot is created only once the snapshot is known to be good:
+    // a bad one leaves nothing half made.
+    if observed.stateful_set.is_none() {
+        match &observed.restore_source {
+            RestoreSourceCheck::Unchecked => {
+                return Action::Wait(WaitReason::RestoreSourceUnchecked)
+            }
+            RestoreSourceCheck::Invalid(problem) => {
+                return Action::Wait(WaitReason::RestoreSourceInvalid(problem.clone()))
+            }
+            RestoreSourceCheck::NotRequested | RestoreSourceCheck::Verified => {}
+        }
+    }
 
     // Creation: the bootstrap state first, since the StatefulSet's pods read it.
     let stateful_set = match (&observed.bootstrap, &observed.stateful_set) {

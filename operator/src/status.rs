@@ -126,7 +126,9 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             Phase::Degraded
         }
         Action::Converged | Action::Defragment { .. } => Phase::Running,
-        Action::Wait(WaitReason::ClusterForming) => Phase::Bootstrapping,
+        Action::Wait(WaitReason::ClusterForming | WaitReason::RestoreSourceUnchecked) => {
+            Phase::Bootstrapping
+        }
         Action::Wait(WaitReason::QuorumLost { .. } | WaitReason::NoMemberAnswers) => {
             Phase::QuorumLost
         }
@@ -136,7 +138,8 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             | WaitReason::WouldLoseQuorum
             | WaitReason::UnregisteredMemberData { .. }
             | WaitReason::InvalidSchedule(_)
-            | WaitReason::RolloutPaused { .. },
+            | WaitReason::RolloutPaused { .. }
+            | WaitReason::RestoreSourceInvalid(_),
         ) => Phase::Degraded,
         _ if observed.members.is_none() => {
             if VoterCount::of(members).voters == 0 && observed.stateful_set.is_some() {
@@ -232,6 +235,7 @@ pub fn build_status(
             Action::Wait(
                 reason @ (WaitReason::ClusterForming
                 | WaitReason::PodStarting { .. }
+                | WaitReason::RestoreSourceUnchecked
                 | WaitReason::LearnerCatchingUp { .. }
                 | WaitReason::PodTerminating { .. }
                 | WaitReason::MembersCatchingUp { .. }),
@@ -271,6 +275,19 @@ pub fn build_status(
                 .map_or_else(|| format!("{:x}", m.id), |o| names.member(o))
         })
         .collect();
+    // A member whose pod cannot restore the snapshot never starts: say why.
+    let restore_failures: Vec<String> = observed
+        .pods
+        .iter()
+        .filter(|p| !p.running)
+        .filter_map(|p| {
+            Some(format!(
+                "{}: {}",
+                names.member(p.ordinal),
+                p.restore_failure.as_ref()?
+            ))
+        })
+        .collect();
     let degraded = match action {
         Action::Wait(reason @ WaitReason::InvalidReplicas(_)) => {
             condition("Degraded", true, "InvalidReplicas", reason.to_string())
@@ -293,6 +310,9 @@ pub fn build_status(
         Action::Wait(reason @ WaitReason::RolloutPaused { .. }) => {
             condition("Degraded", true, "RolloutPaused", reason.to_string())
         }
+        Action::Wait(reason @ WaitReason::RestoreSourceInvalid(_)) => {
+            condition("Degraded", true, "RestoreSourceInvalid", reason.to_string())
+        }
         _ if refused.is_some() => condition(
             "Degraded",
             true,
@@ -301,6 +321,15 @@ pub fn build_status(
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+        ),
+        _ if !restore_failures.is_empty() => condition(
+            "Degraded",
+            true,
+            "RestoreFailed",
+            format!(
+                "the restore init step failed: {}",
+                restore_failures.join("; ")
+            ),
         ),
         _ if !unhealthy.is_empty() => condition(
             "Degraded",
@@ -311,6 +340,12 @@ pub fn build_status(
         _ => condition("Degraded", false, "AllMembersHealthy", String::new()),
     };
 
+    let restore = previous.and_then(|p| p.restore.clone()).map(|mut restore| {
+        if restore.restored_time.is_none() && available.status == "True" {
+            restore.restored_time = Some(Time(now));
+        }
+        restore
+    });
     let conditions = [available, progressing, degraded]
         .into_iter()
         .map(|mut c| {
@@ -388,6 +423,7 @@ pub fn build_status(
         observed_generation: generation,
         // The backup scheduler's own, under its own field manager.
         backup: None,
+        restore,
     }
 }
 
@@ -453,7 +489,9 @@ pub fn version_of(image: &str) -> String {
 mod tests {
     use super::*;
     use crate::bootstrap::BootstrapConfig;
-    use crate::planner::{Member, MemberPod, NodeState, ObservedStatefulSet, UpgradePolicy};
+    use crate::planner::{
+        Member, MemberPod, NodeState, ObservedStatefulSet, RestoreSourceCheck, UpgradePolicy,
+    };
     use std::time::Duration;
 
     fn names() -> ClusterNames {
@@ -502,6 +540,7 @@ mod tests {
                 force: false,
                 member_ready_timeout: Duration::from_secs(300),
             },
+            restore_source: RestoreSourceCheck::NotRequested,
         }
     }
 
@@ -531,6 +570,7 @@ mod tests {
             terminating: false,
             node: NodeState::Ready,
             start_refusal: None,
+            restore_failure: None,
             revision: Some(revision.into()),
             image: Some(image.into()),
         }
@@ -660,6 +700,50 @@ mod tests {
         );
         assert!(degraded.message.contains("kv-1"));
         assert_eq!(condition_of(&s, "Available").status, "True");
+    }
+
+    #[test]
+    fn a_refused_restore_source_is_degraded_with_the_problem_and_no_member() {
+        let mut o = observed(&[]);
+        o.spec_replicas = 3;
+        o.bootstrap = None;
+        o.members = None;
+        o.stateful_set = None;
+        o.pods.clear();
+        o.restore_source =
+            RestoreSourceCheck::Invalid("s3://b/k.db: not a valid snapshot: trailer".into());
+        let action = crate::planner::plan(&o);
+        let s = status(&o, &action);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = condition_of(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "RestoreSourceInvalid")
+        );
+        assert!(
+            degraded.message.contains("s3://b/k.db"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(condition_of(&s, "Progressing").status, "False");
+        assert_eq!(condition_of(&s, "Available").status, "False");
+    }
+
+    #[test]
+    fn a_member_that_cannot_restore_is_named_with_its_init_step_s_message() {
+        let mut o = observed(&[true, true, false]);
+        o.pods = (0..3).map(|i| member_pod(i, "r1", "kv:v0.1.0")).collect();
+        let pod = o.pods.iter_mut().find(|p| p.ordinal == 2).unwrap();
+        pod.running = false;
+        pod.restore_failure = Some("snapshot source: downloading s3://b/k: timed out".into());
+        let s = status(&o, &crate::planner::plan(&o));
+        let degraded = condition_of(&s, "Degraded");
+        assert_eq!(degraded.reason, "RestoreFailed");
+        assert!(
+            degraded.message.contains("kv-2") && degraded.message.contains("timed out"),
+            "{}",
+            degraded.message
+        );
     }
 
     #[test]

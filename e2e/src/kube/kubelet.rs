@@ -7,8 +7,12 @@
 //! - runs each pod bound to its node (the pool's scheduler binds them) as a local program —
 //!   `command[0]` looked up in the pool's programs — inside one of the node's hosts of the
 //!   pool's network, which gives the pod its IP;
-//! - expands the container's env (values, `fieldRef`, `configMapKeyRef` — read again at every
-//!   start) and the `$(VAR)` references in its args;
+//! - runs the pod's init containers first, once each and in order, each to completion, before
+//!   the main container: one that fails is restarted after the back-off (`Init:Error`, then
+//!   `Init:CrashLoopBackOff` as kubectl shows them), and the pod stays `Pending`, not
+//!   `Initialized`, until all have succeeded (`status.initContainerStatuses`);
+//! - expands the container's env (values, `fieldRef`, `configMapKeyRef`, `secretKeyRef` — read
+//!   again at every start) and the `$(VAR)` references in its args;
 //! - mounts each PersistentVolumeClaim as its volume's directory (`pvc-UID`) under the pool's
 //!   `volumes/` (network storage: the same directory on every node), marking the claim Bound
 //!   (a claim made again under a deleted one's name gets a new volume), and rewrites the
@@ -31,7 +35,7 @@
 //! once and from then on it writes nothing — no heartbeat, no pod status, no finished deletion.
 //! What the cluster makes of that is the node lifecycle controller's business.
 //!
-//! Not here: other containers than the first, init containers, startup and liveness probes,
+//! Not here: other containers than the first, sidecar init containers, startup and liveness probes,
 //! resource limits, image contents (every image runs the program from the local build), admission (a pod bound here
 //! runs whatever its node selector says), a container's child processes (only its own process
 //! is signalled). Names are published by the pool's cluster DNS, not by the kubelet.
@@ -142,6 +146,32 @@ struct PodRuntime {
     kill_at: Option<Instant>,
     /// The status last written, to write only changes.
     written: Option<Value>,
+    init: InitProgress,
+}
+
+/// Where a pod's init containers are: those before `done` have completed, the next one runs or
+/// waits for its back-off.
+#[derive(Default)]
+struct InitProgress {
+    done: usize,
+    running: Option<Running>,
+    /// Restarts of the current init container.
+    restart_count: u32,
+    /// `lastState.terminated` of the current init container.
+    last_terminated: Option<Value>,
+    /// `state.terminated` of each completed one.
+    completed: Vec<Value>,
+    next_start: Option<Instant>,
+}
+
+impl InitProgress {
+    /// Ends the running init container at once.
+    fn kill(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            let _ = running.child.kill();
+            let _ = running.child.wait();
+        }
+    }
 }
 
 struct Running {
@@ -186,6 +216,7 @@ impl Kubelet {
         pods.off = true;
         let mut killed = Vec::new();
         for runtime in pods.by_uid.values_mut() {
+            runtime.init.kill();
             if let Some(mut running) = runtime.container.take() {
                 let _ = running.child.kill();
                 killed.push(running.child);
@@ -408,6 +439,7 @@ impl NodeLoop {
             if ours.contains_key(uid) {
                 return true;
             }
+            runtime.init.kill();
             if let Some(mut running) = runtime.container.take() {
                 let _ = running.child.kill();
                 let _ = running.child.wait();
@@ -446,6 +478,7 @@ impl NodeLoop {
                     next_probe: Instant::now(),
                     kill_at: None,
                     written: None,
+                    init: InitProgress::default(),
                 },
             );
         }
@@ -463,6 +496,7 @@ impl NodeLoop {
                 let Some(pod) = ours.get(uid).filter(|p| meta::is_terminating(p)) else {
                     continue;
                 };
+                runtime.init.kill();
                 let grace = pod["metadata"]["deletionGracePeriodSeconds"]
                     .as_u64()
                     .unwrap_or(0);
@@ -528,6 +562,9 @@ impl NodeLoop {
             let Some(pod) = ours.get(uid).filter(|p| !meta::is_terminating(p)) else {
                 continue;
             };
+            if !self.run_init_containers(pod, runtime) {
+                continue;
+            }
             if let Some(running) = runtime.container.as_mut() {
                 let Ok(Some(exit)) = running.child.try_wait() else {
                     continue;
@@ -599,7 +636,29 @@ impl NodeLoop {
     }
 
     fn start_container(&self, pod: &Value, runtime: &PodRuntime) -> anyhow::Result<Running> {
-        let container = &pod["spec"]["containers"][0];
+        let header = format!(
+            "--- start {} on {} ---",
+            runtime.restart_count, self.config.node_name
+        );
+        self.start_process(
+            pod,
+            &pod["spec"]["containers"][0],
+            runtime,
+            &header,
+            "termination-log",
+        )
+    }
+
+    /// Starts `container` of the pod as a process in its network namespace, appending to the
+    /// pod's log after `header`.
+    fn start_process(
+        &self,
+        pod: &Value,
+        container: &Value,
+        runtime: &PodRuntime,
+        header: &str,
+        termination_log: &str,
+    ) -> anyhow::Result<Running> {
         let slot = &self.config.slots[runtime.slot];
         let mounts = self.mounts(pod, container)?;
         let mut env: Vec<(String, String)> = Vec::new();
@@ -632,7 +691,7 @@ impl NodeLoop {
 
         let pod_dir = pod_dir(&self.config, meta::uid_of(pod));
         fs::create_dir_all(&pod_dir)?;
-        let termination_log = pod_dir.join("termination-log");
+        let termination_log = pod_dir.join(termination_log);
         File::create(&termination_log)?;
         let log_path = log_path(&self.config.dir, &runtime.namespace, &runtime.name);
         fs::create_dir_all(log_path.parent().expect("in the logs directory"))?;
@@ -640,11 +699,7 @@ impl NodeLoop {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        writeln!(
-            log,
-            "--- start {} on {} ---",
-            runtime.restart_count, self.config.node_name
-        )?;
+        writeln!(log, "{header}")?;
 
         let mut command = Command::new("ip");
         command
@@ -720,7 +775,171 @@ impl NodeLoop {
                 None => bail!("configmap {name:?} has no key {key:?}"),
             };
         }
+        if source["secretKeyRef"].is_object() {
+            return self.secret_key(pod, &source["secretKeyRef"]);
+        }
         bail!("unsupported env source {source}")
+    }
+
+    /// `valueFrom.secretKeyRef`: the key of a Secret of the pod's namespace, decoded from the
+    /// base64 of its `data` (or as written in `stringData`).
+    fn secret_key(&self, pod: &Value, key_ref: &Value) -> anyhow::Result<String> {
+        let name = key_ref["name"].as_str().unwrap_or_default();
+        let key = key_ref["key"].as_str().unwrap_or_default();
+        let optional = key_ref["optional"].as_bool().unwrap_or(false);
+        let secret = self
+            .store
+            .get(&self.types.secrets, meta::namespace_of(pod), name)
+            .ok();
+        let value = match secret {
+            Some(secret) => match secret["data"][key].as_str() {
+                Some(encoded) => Some(
+                    decode_base64(encoded)
+                        .with_context(|| format!("secret {name:?} key {key:?} is not base64"))?,
+                ),
+                None => secret["stringData"][key].as_str().map(str::to_string),
+            },
+            None => None,
+        };
+        match value {
+            Some(value) => Ok(value),
+            None if optional => Ok(String::new()),
+            None => bail!("secret {name:?} has no key {key:?}"),
+        }
+    }
+
+    /// Runs the pod's init containers, one after the other: reaps the one running, starts the
+    /// next when its back-off is over. Answers whether all of them have completed.
+    fn run_init_containers(&self, pod: &Value, runtime: &mut PodRuntime) -> bool {
+        let containers = pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if runtime.init.done >= containers.len() {
+            return true;
+        }
+        let container = &containers[runtime.init.done];
+        let name = container["name"].as_str().unwrap_or_default();
+        if let Some(running) = runtime.init.running.as_mut() {
+            let Ok(Some(exit)) = running.child.try_wait() else {
+                return false;
+            };
+            let code = exit.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&exit).unwrap_or(0)
+            });
+            let message = fs::read_to_string(&running.termination_log).unwrap_or_default();
+            let mut terminated = json!({
+                "exitCode": code,
+                "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": running.started_at,
+                "finishedAt": meta::now(),
+                "containerID": container_id(&running.child),
+            });
+            if !message.trim().is_empty() {
+                terminated["message"] = json!(message.trim_end());
+            }
+            runtime.init.running = None;
+            if code == 0 {
+                let init = &mut runtime.init;
+                init.completed.push(json!({
+                    "name": name,
+                    "restartCount": init.restart_count,
+                    "terminated": terminated,
+                }));
+                init.done += 1;
+                init.restart_count = 0;
+                init.last_terminated = None;
+                init.next_start = None;
+                return init.done >= containers.len();
+            }
+            let init = &mut runtime.init;
+            init.restart_count += 1;
+            init.last_terminated = Some(terminated);
+            let backoff = Duration::from_secs(1 << init.restart_count.min(3)).min(MAX_BACKOFF);
+            init.next_start = Some(Instant::now() + backoff);
+            return false;
+        }
+        if runtime
+            .init
+            .next_start
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return false;
+        }
+        let header = format!(
+            "--- init container {name} start {} on {} ---",
+            runtime.init.restart_count, self.config.node_name
+        );
+        let log = format!("termination-log-init-{name}");
+        match self.start_process(pod, container, runtime, &header, &log) {
+            Ok(running) => {
+                runtime.init.running = Some(running);
+                runtime.waiting = json!({"reason": "PodInitializing"});
+            }
+            Err(error) => {
+                runtime.waiting = json!({
+                    "reason": "CreateContainerConfigError",
+                    "message": format!("init container {name}: {error:#}"),
+                });
+                runtime.init.next_start = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        false
+    }
+
+    /// `status.initContainerStatuses`, and whether every init container has completed.
+    fn init_statuses(&self, pod: &Value, runtime: &PodRuntime) -> (Vec<Value>, bool) {
+        let containers = pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let init = &runtime.init;
+        let statuses = containers
+            .iter()
+            .enumerate()
+            .map(|(i, container)| {
+                let (state, restarts, last) = if let Some(done) = init.completed.get(i) {
+                    (
+                        json!({"terminated": done["terminated"]}),
+                        done["restartCount"].clone(),
+                        json!({}),
+                    )
+                } else if i == init.done {
+                    let state = match (&init.running, &init.last_terminated) {
+                        (Some(running), _) => json!({"running": {"startedAt": running.started_at}}),
+                        (None, Some(_)) if init.restart_count > 1 => json!({"waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": "back-off restarting failed init container",
+                        }}),
+                        (None, Some(terminated)) => json!({ "terminated": terminated }),
+                        (None, None) => json!({"waiting": {"reason": "PodInitializing"}}),
+                    };
+                    let last = init
+                        .last_terminated
+                        .as_ref()
+                        .map_or(json!({}), |t| json!({ "terminated": t }));
+                    (state, json!(init.restart_count), last)
+                } else {
+                    (
+                        json!({"waiting": {"reason": "PodInitializing"}}),
+                        json!(0),
+                        json!({}),
+                    )
+                };
+                let completed = state["terminated"]["exitCode"] == 0;
+                json!({
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": completed,
+                    "started": init.running.is_some() && i == init.done,
+                    "restartCount": restarts,
+                    "state": state,
+                    "lastState": last,
+                })
+            })
+            .collect();
+        (statuses, init.done >= containers.len())
     }
 
     /// Mount path -> directory, for the container's volume mounts.
@@ -1011,7 +1230,8 @@ impl NodeLoop {
         let address = self.config.slots[runtime.slot].address.to_string();
         let started = runtime.container.is_some() || runtime.restart_count > 0;
         let phase = if started { "Running" } else { "Pending" };
-        json!({
+        let (init_statuses, initialized) = self.init_statuses(pod, runtime);
+        let mut status = json!({
             "phase": phase,
             "hostIP": self.config.host_ip.to_string(),
             "hostIPs": [{"ip": self.config.host_ip.to_string()}],
@@ -1021,13 +1241,42 @@ impl NodeLoop {
             "qosClass": "Burstable",
             "conditions": [
                 condition("PodScheduled", true, &scheduled),
-                condition("Initialized", true, &runtime.start_time),
+                condition("Initialized", initialized, &runtime.start_time),
                 condition("ContainersReady", ready, &runtime.ready_since),
                 condition("Ready", ready, &runtime.ready_since),
             ],
             "containerStatuses": [container_status],
-        })
+        });
+        if !init_statuses.is_empty() {
+            status["initContainerStatuses"] = json!(init_statuses);
+        }
+        status
     }
+}
+
+/// Standard base64 with padding, as a Secret's `data` holds values.
+fn decode_base64(text: &str) -> anyhow::Result<String> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("{:?} is not a base64 character", c as char),
+        };
+        bits = bits << 6 | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Ok(String::from_utf8(out)?)
 }
 
 /// The volume a claim is bound to, or will be: `pvc-UID`, as dynamic provisioners name them.
@@ -1153,6 +1402,14 @@ mod tests {
             expand("$(MISSING)-$$(POD_NAME)-$", &env),
             "$(MISSING)-$(POD_NAME)-$"
         );
+    }
+
+    #[test]
+    fn base64_decodes_secret_values_with_and_without_padding() {
+        assert_eq!(decode_base64("ZmVycm9rdi1lMmU=").unwrap(), "ferrokv-e2e");
+        assert_eq!(decode_base64("YWJj").unwrap(), "abc");
+        assert_eq!(decode_base64("YQ==").unwrap(), "a");
+        assert!(decode_base64("a*b").is_err());
     }
 
     #[test]

@@ -130,6 +130,13 @@ impl NodePool {
         })
     }
 
+    /// The test process's address on the pod network: a server the test runs on it (and not on
+    /// loopback, which every pod has its own of) is reachable from every pod, and from the
+    /// test process and the operator too.
+    pub fn host_address(&self) -> std::net::Ipv4Addr {
+        self._network.root_address()
+    }
+
     /// A command that runs `program` in the test's own network namespace but resolving the
     /// cluster's names (pods, Services) as the pods do: a private mount namespace with the
     /// cluster's hosts file over `/etc/hosts`. The child's pid is the program's own.

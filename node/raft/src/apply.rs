@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::log::RaftLog;
 use super::members::Members;
 use super::node::Command;
+use super::stages::Stages;
 use super::tokens::SimpleTokens;
 use super::types::{codec, ApplyError, ConfChangeContext, MemberNode, Proposal, Request, Response};
 use crate::{RaftError as Error, Result};
@@ -51,6 +52,18 @@ const DURABLE_COMMIT_BYTES: usize = 256 * 1024;
 /// from the log rather than a snapshot (etcd's SnapshotCatchUpEntries); never more than
 /// `--snapshot-count`.
 const CATCH_UP_ENTRIES: u64 = 5000;
+/// The store's size in use is measured by walking every page of the store (redb keeps no
+/// running count), which takes longer the larger the store: it is measured at most once per
+/// this interval, or per this many times its last measurement took, whichever is longer, so
+/// that the walk costs applying a bounded share of its time. A measurement falls due after a
+/// durable commit or a compaction, and is made at once when the apply stage is idle.
+const SIZE_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
+const SIZE_MEASURE_SPACING: u32 = 50;
+/// Batches of committed entries that queued up while the apply stage was busy are applied
+/// together, in one store transaction, up to these limits: a transaction's commit costs far
+/// more than one more entry in it, so under load this is what keeps applying ahead of Raft.
+const MAX_COALESCED_ENTRIES: usize = 4096;
+const MAX_COALESCED_BYTES: usize = 8 * 1024 * 1024;
 
 /// The proposals this member waits for, by proposal ID; the apply stage answers them.
 pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response>>>>>;
@@ -70,7 +83,11 @@ pub struct Committed {
 }
 
 pub enum ApplyTask {
-    Entries(Vec<Committed>),
+    Entries {
+        batch: Vec<Committed>,
+        /// When the Ready loop handed the batch over.
+        committed_at: Instant,
+    },
     /// Replace the store with a received snapshot; `done` once it is durable.
     Install {
         snapshot: Snapshot,
@@ -117,7 +134,14 @@ struct Applier {
     events: broadcast::Sender<Arc<Vec<PbEvent>>>,
     applied: watch::Sender<u64>,
     size_in_use: Arc<AtomicU64>,
+    /// A task taken from the queue while coalescing batches of entries, to run next.
+    held_task: Option<ApplyTask>,
+    /// Set when the store's size may have changed since it was last measured.
+    size_stale: bool,
+    /// The earliest time of the next measurement.
+    next_size_measure: Instant,
     commit_duration: prometheus::Histogram,
+    stages: Stages,
     snapshot_count: u64,
     last_durable: Instant,
     /// Bytes of entries applied since the last durable commit.
@@ -196,6 +220,7 @@ pub struct ApplyParts {
     pub log: RaftLog,
     pub commands: std_mpsc::Sender<Command>,
     pub commit_duration: prometheus::Histogram,
+    pub stages: Stages,
     pub snapshot_count: u64,
     /// `--auth-token-ttl`: how long a simple token lives without use.
     pub token_ttl: Duration,
@@ -213,6 +238,7 @@ impl StateMachine {
             log,
             commands,
             commit_duration,
+            stages,
             snapshot_count,
             token_ttl,
         } = parts;
@@ -249,7 +275,11 @@ impl StateMachine {
             events,
             applied,
             size_in_use,
+            held_task: None,
+            size_stale: false,
+            next_size_measure: Instant::now(),
             commit_duration,
+            stages,
             snapshot_count: snapshot_count.max(1),
             last_durable: Instant::now(),
             undurable_bytes: 0,
@@ -263,7 +293,7 @@ impl StateMachine {
         std::thread::Builder::new()
             .name("ferrokv-apply".into())
             .spawn(move || {
-                while let Ok(task) = queue.recv() {
+                while let Some(task) = applier.next_task(&queue) {
                     if let Err(e) = applier.run(task) {
                         tracing::error!(error = %e, "applying committed entries failed; the member stops");
                         let _ = failed_tx.send(Some(e.to_string()));
@@ -398,9 +428,88 @@ pub(super) fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2> {
 }
 
 impl Applier {
+    /// The next task, with the batches of entries queued behind a batch joined to it. `None`
+    /// once the member is stopping.
+    fn next_task(&mut self, queue: &std_mpsc::Receiver<ApplyTask>) -> Option<ApplyTask> {
+        let task = match self.held_task.take() {
+            Some(task) => task,
+            None => self.wait_for_task(queue)?,
+        };
+        let ApplyTask::Entries {
+            mut batch,
+            committed_at,
+        } = task
+        else {
+            return Some(task);
+        };
+        let mut bytes: usize = batch.iter().map(|c| c.entry.data.len()).sum();
+        while batch.len() < MAX_COALESCED_ENTRIES && bytes < MAX_COALESCED_BYTES {
+            match queue.try_recv() {
+                Ok(ApplyTask::Entries { batch: more, .. }) => {
+                    bytes += more.iter().map(|c| c.entry.data.len()).sum::<usize>();
+                    batch.extend(more);
+                }
+                Ok(other) => {
+                    self.held_task = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(ApplyTask::Entries {
+            batch,
+            committed_at,
+        })
+    }
+
+    /// Waits for a task; while waiting, measures the store's size if that is due.
+    fn wait_for_task(&mut self, queue: &std_mpsc::Receiver<ApplyTask>) -> Option<ApplyTask> {
+        loop {
+            if !self.size_stale {
+                return queue.recv().ok();
+            }
+            let wait = self
+                .next_size_measure
+                .saturating_duration_since(Instant::now());
+            match queue.recv_timeout(wait) {
+                Ok(task) => return Some(task),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => match self.store.begin_write() {
+                    Ok(write) => self.measure_size(&write),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "measuring the store's size failed");
+                        self.size_stale = false;
+                    }
+                },
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Measures the store's size in use as `write` sees it, and when to measure it next.
+    fn measure_size(&mut self, write: &MvccWrite) {
+        let started = Instant::now();
+        record_size_in_use(&self.size_in_use, write);
+        let took = started.elapsed();
+        self.stages.size_measure.observe(took.as_secs_f64());
+        self.size_stale = false;
+        self.next_size_measure =
+            Instant::now() + SIZE_MEASURE_INTERVAL.max(took * SIZE_MEASURE_SPACING);
+    }
+
     fn run(&mut self, task: ApplyTask) -> Result<()> {
         match task {
-            ApplyTask::Entries(batch) => self.apply(batch),
+            ApplyTask::Entries {
+                batch,
+                committed_at,
+            } => {
+                let started = Instant::now();
+                self.stages
+                    .apply_wait
+                    .observe((started - committed_at).as_secs_f64());
+                let result = self.apply(batch);
+                self.stages.apply.observe(started.elapsed().as_secs_f64());
+                result
+            }
             ApplyTask::Install { snapshot, done } => {
                 let result = self.install(&snapshot);
                 let failed = result.as_ref().err().map(|e| e.to_string());
@@ -508,11 +617,14 @@ impl Applier {
         let durable = snapshot_due
             || self.undurable_bytes >= DURABLE_COMMIT_BYTES
             || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
-        // Measured at durable commits, and after a compaction, which is what frees space: the
+        // Due after durable commits, and after a compaction, which is what frees space: the
         // size in use (Status, the quota, an operator's defragmentation threshold) must show it
-        // even when no write follows.
+        // even when no write follows (`next_task` measures an idle store).
         if durable || write.compact_revision() != compacted_before {
-            record_size_in_use(&self.size_in_use, &write);
+            self.size_stale = true;
+        }
+        if self.size_stale && Instant::now() >= self.next_size_measure {
+            self.measure_size(&write);
         }
         let timer = self.commit_duration.start_timer();
         let events = write.commit(durable)?;
@@ -970,27 +1082,84 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn installing_a_snapshot_ends_every_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
+    /// An apply stage of member 1 on a fresh store in `dir`, and its stage histograms.
+    fn start_machine(dir: &std::path::Path) -> (StateMachine, MvccStore, Stages) {
+        let store = MvccStore::open(&dir.join("db.redb")).unwrap();
         let (commands, _command_queue) = std_mpsc::channel();
+        let stages = Stages::new();
         let (machine, _removed) = StateMachine::start(ApplyParts {
-            store,
+            store: store.clone(),
             member_id: 1,
             members: Members::default(),
             waiters: Waiters::default(),
-            log: RaftLog::open(&dir.path().join("log")).unwrap(),
+            log: RaftLog::open(&dir.join("log")).unwrap(),
             commands,
             commit_duration: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
                 "test_commit_duration",
                 "test",
             ))
             .unwrap(),
+            stages: stages.clone(),
             snapshot_count: 10_000,
             token_ttl: Duration::from_secs(60),
         })
         .unwrap();
+        (machine, store, stages)
+    }
+
+    /// A batch of one new leader's empty entry at `index`.
+    fn empty_entry(index: u64) -> ApplyTask {
+        let entry = Entry {
+            index,
+            term: 1,
+            ..Default::default()
+        };
+        ApplyTask::Entries {
+            batch: vec![Committed {
+                entry,
+                conf_state: None,
+            }],
+            committed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn batches_queued_behind_a_busy_apply_stage_share_one_store_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, store, stages) = start_machine(dir.path());
+        // Holding the store's only write transaction keeps the apply stage busy with batch 1.
+        let held = store.begin_write().unwrap();
+        machine.submit(empty_entry(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stages.apply_wait.get_sample_count() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the apply stage never took batch 1"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        machine.submit(empty_entry(2));
+        machine.submit(empty_entry(3));
+        drop(held);
+        while machine.applied_index() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "entries 2 and 3 were never applied"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            stages.apply.get_sample_count(),
+            2,
+            "batch 1 alone, then 2 and 3 together"
+        );
+        assert_eq!(applied_state(&store).unwrap().index, 3);
+    }
+
+    #[test]
+    fn installing_a_snapshot_ends_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, _store, _stages) = start_machine(dir.path());
         machine.tokens().assign("t", "alice");
         assert_eq!(machine.tokens().user_of("t").as_deref(), Some("alice"));
 

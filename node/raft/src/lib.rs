@@ -10,6 +10,7 @@
 //! - `transport`: streams of Raft messages and snapshot chunks between members, and the unary
 //!   calls only a leader answers.
 //! - `members`: names and peer URLs of the members, from applied configuration changes.
+//! - `stages`: the write path's per-stage latency histograms.
 //! - `types`: what entries carry, what applying them yields, and the payloads of the calls a
 //!   follower makes to the leader.
 
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod log;
 pub mod members;
 pub mod node;
+pub mod stages;
 pub mod tokens;
 pub mod transport;
 pub mod types;

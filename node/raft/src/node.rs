@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::apply::{decode_conf_change, ApplyTask, Committed, StateMachine};
 use super::log::RaftLog;
+use super::stages::Stages;
 use super::transport::Transport;
 use crate::{RaftError as Error, Result};
 
@@ -98,6 +99,7 @@ impl RaftStatus {
 /// How the Ready loop is tuned.
 pub struct LoopOptions {
     pub tick: Duration,
+    pub stages: Stages,
 }
 
 /// The rest of the member's handle on the Ready loop.
@@ -183,8 +185,12 @@ struct ReadyLoop {
     log: RaftLog,
     state_machine: StateMachine,
     transport: Transport,
-    /// Ready numbers whose WAL writes are not yet durable, in order.
-    writing: VecDeque<u64>,
+    /// Ready numbers whose WAL writes are not yet durable, in order, with when they were
+    /// handed to the WAL.
+    writing: VecDeque<(u64, Instant)>,
+    /// On the leader: the index of each entry it proposed and not yet committed, with when.
+    proposed: VecDeque<(u64, Instant)>,
+    stages: Stages,
     held: VecDeque<HeldMessages>,
     last_hard_state: HardState,
     reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
@@ -203,6 +209,7 @@ pub fn spawn(
 ) -> Result<RaftHandle> {
     let log = node.store().clone();
     let last_hard_state = log.hard_state();
+    let tick = options.tick;
     let (sender, receiver) = commands;
     let mut ready_loop = ReadyLoop {
         node,
@@ -210,6 +217,8 @@ pub fn spawn(
         state_machine,
         transport,
         writing: VecDeque::new(),
+        proposed: VecDeque::new(),
+        stages: options.stages,
         held: VecDeque::new(),
         last_hard_state,
         reads: HashMap::new(),
@@ -223,7 +232,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ferrokv-raft".into())
         .spawn(move || {
-            if let Err(e) = ready_loop.run(receiver, options.tick) {
+            if let Err(e) = ready_loop.run(receiver, tick) {
                 tracing::error!(error = %e, "the Raft loop failed; the member stops");
                 let _ = failed_tx.send(Some(e.to_string()));
             }
@@ -296,6 +305,10 @@ impl ReadyLoop {
                     .node
                     .propose(Vec::new(), data)
                     .map_err(|_| Error::NoLeader);
+                if result.is_ok() && self.node.raft.state == StateRole::Leader {
+                    let index = self.node.raft.raft_log.last_index();
+                    self.proposed.push_back((index, Instant::now()));
+                }
                 let _ = done.send(result);
             }
             Command::ProposeConfChange { change, done } => {
@@ -331,7 +344,10 @@ impl ReadyLoop {
                 );
             }
             Command::Persisted(number) => {
-                while self.writing.front().is_some_and(|n| *n <= number) {
+                while let Some((_, since)) =
+                    self.writing.front().filter(|(n, _)| *n <= number).copied()
+                {
+                    self.stages.append.observe(since.elapsed().as_secs_f64());
                     self.writing.pop_front();
                 }
                 self.release_held();
@@ -390,7 +406,7 @@ impl ReadyLoop {
         let held = ready.take_persisted_messages();
         self.node.advance_append_async(ready);
         if writes {
-            self.writing.push_back(number);
+            self.writing.push_back((number, Instant::now()));
         }
         self.held.push_back(HeldMessages {
             number,
@@ -417,7 +433,7 @@ impl ReadyLoop {
 
     /// Sends the held messages of every Ready whose writes, and all earlier ones, are durable.
     fn release_held(&mut self) {
-        let oldest_writing = self.writing.front().copied();
+        let oldest_writing = self.writing.front().map(|(number, _)| *number);
         let mut released = None;
         while let Some(front) = self.held.front() {
             if oldest_writing.is_some_and(|w| front.number >= w) {
@@ -457,13 +473,24 @@ impl ReadyLoop {
             };
             batch.push(Committed { entry, conf_state });
         }
-        self.state_machine.submit(ApplyTask::Entries(batch));
+        while let Some((_, since)) = self.proposed.front().filter(|(i, _)| *i <= last).copied() {
+            self.stages.commit.observe(since.elapsed().as_secs_f64());
+            self.proposed.pop_front();
+        }
+        self.state_machine.submit(ApplyTask::Entries {
+            batch,
+            committed_at: Instant::now(),
+        });
         self.node.advance_apply_to(last);
         Ok(())
     }
 
     fn publish_status(&mut self) {
         let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            // What it proposed as leader may never commit.
+            self.proposed.clear();
+        }
         if raft.leader_id == 0 {
             self.leaderless_since.get_or_insert_with(Instant::now);
         } else {

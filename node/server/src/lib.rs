@@ -321,7 +321,12 @@ impl Server {
     pub async fn propose(&self, req: Request) -> Result<Response> {
         let metrics = &self.inner.metrics;
         metrics.proposals_pending.inc();
+        let started = std::time::Instant::now();
         let result = self.inner.proposer.propose(req).await;
+        metrics
+            .stages
+            .proposal
+            .observe(started.elapsed().as_secs_f64());
         metrics.proposals_pending.dec();
         if result.is_err() {
             metrics.proposals_failed.inc();
@@ -361,8 +366,13 @@ impl Server {
     /// Raft refuses a proposal outright only when it knows of no leader (or is handing
     /// leadership over): such a proposal was never made and is tried again once a leader is
     /// known. Once Raft took it, its fate is the log's: it is answered when applied, or with
-    /// "request timed out" — never proposed a second time.
-    async fn propose_direct(&self, request: Request) -> Result<Response> {
+    /// "request timed out" — never proposed a second time. `queued` is when each of the
+    /// requests it carries was queued.
+    async fn propose_direct(
+        &self,
+        request: Request,
+        queued: &[std::time::Instant],
+    ) -> Result<Response> {
         let deadline = Instant::now() + self.inner.request_timeout;
         let id = self.next_proposal_id();
         let data = codec::encode(&Proposal {
@@ -374,7 +384,13 @@ impl Server {
         loop {
             if self.leader_to_forward_to().is_some() {
                 match self.inner.raft.propose(data.clone()).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        for since in queued {
+                            let waited = since.elapsed().as_secs_f64();
+                            self.inner.metrics.stages.proposal_wait.observe(waited);
+                        }
+                        break;
+                    }
                     Err(RaftError::NoLeader) => {}
                     Err(e) => return Err(e.into()),
                 }

@@ -2,6 +2,7 @@
 //! etcd's dashboards and alerts work unchanged. Counters and histograms are updated where the
 //! event happens; gauges that mirror state (leader, revision, sizes) are set when scraped.
 
+use ferrokv_raft::stages::Stages;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec,
     Opts, Registry,
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub server_id: IntGaugeVec,
     pub server_version: IntGaugeVec,
     pub is_learner: IntGauge,
+    /// The write path's stage histograms (ferrokv's own).
+    pub stages: Stages,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -44,10 +47,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 impl Metrics {
-    /// Creates the metrics; `wal_fsync` is the WAL's own `etcd_disk_wal_fsync_duration_seconds`.
-    pub fn new(wal_fsync: Histogram) -> Metrics {
+    /// Creates the metrics; `wal_fsync` is the WAL's own `etcd_disk_wal_fsync_duration_seconds`,
+    /// `stages` the histograms the Raft layer updates.
+    pub fn new(wal_fsync: Histogram, stages: Stages) -> Metrics {
         let r = Registry::new();
         r.register(Box::new(wal_fsync)).expect("unique metric");
+        stages.register(&r).expect("unique metrics");
         let backend_commit_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "etcd_disk_backend_commit_duration_seconds",
@@ -151,6 +156,7 @@ impl Metrics {
                 "Whether or not this member is a learner. 1 if is, 0 otherwise.",
             ),
             backend_commit_duration,
+            stages,
             peer_round_trip,
             server_id,
             server_version,

@@ -8,6 +8,7 @@
 //! an entry too large to replicate.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -25,16 +26,18 @@ const MAX_BATCHES_IN_FLIGHT: usize = 4;
 const QUEUE_DEPTH: usize = 4096;
 
 type Waiter = oneshot::Sender<Result<Response>>;
+/// A request waiting to be proposed, with whom to answer and since when it waits.
+type Queued = (Request, Waiter, Instant);
 
 /// The handle callers propose through.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<(Request, Waiter)>,
+    queue: mpsc::Sender<Queued>,
 }
 
 /// The receiving end, run by [`Server::run_proposer`].
 pub struct ProposerQueue {
-    queue: mpsc::Receiver<(Request, Waiter)>,
+    queue: mpsc::Receiver<Queued>,
 }
 
 pub fn proposer() -> (Proposer, ProposerQueue) {
@@ -46,7 +49,7 @@ impl Proposer {
     pub async fn propose(&self, req: Request) -> Result<Response> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((req, tx))
+            .send((req, tx, Instant::now()))
             .await
             .map_err(|_| Error::Raft("the server is stopping".into()))?;
         rx.await
@@ -98,14 +101,21 @@ impl Server {
         }
     }
 
-    async fn propose_batch(&self, mut batch: Vec<(Request, Waiter)>) {
+    async fn propose_batch(&self, mut batch: Vec<Queued>) {
         if batch.len() == 1 {
-            let (req, waiter) = batch.pop().expect("one request");
-            let _ = waiter.send(self.propose_direct(req).await);
+            let (req, waiter, queued) = batch.pop().expect("one request");
+            let _ = waiter.send(self.propose_direct(req, &[queued]).await);
             return;
         }
-        let (requests, waiters): (Vec<Request>, Vec<Waiter>) = batch.into_iter().unzip();
-        match self.propose_direct(Request::Batch(requests)).await {
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut queued = Vec::with_capacity(batch.len());
+        for (request, waiter, since) in batch {
+            requests.push(request);
+            waiters.push(waiter);
+            queued.push(since);
+        }
+        match self.propose_direct(Request::Batch(requests), &queued).await {
             Ok(Response::Batch(responses)) if responses.len() == waiters.len() => {
                 for (waiter, response) in waiters.into_iter().zip(responses) {
                     let _ = waiter.send(Ok(response));

@@ -5,8 +5,7 @@
 //! A backup is a snapshot from a healthy member, checked against its SHA-256 trailer, uploaded
 //! with a JSON manifest ([`manifest`]) to an S3-compatible bucket ([`destination`]). It runs in
 //! a task of its own, never inside a reconcile, and at most one runs per cluster
-//! ([`BackupSlots`]). Restoring is not here: members start from a snapshot in `ferrokv
-//! snapshot restore`.
+//! ([`BackupSlots`]). Restoring is not here: see [`crate::restore`].
 
 pub mod destination;
 pub mod manifest;

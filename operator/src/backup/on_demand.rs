@@ -19,7 +19,9 @@ use tracing::warn;
 use super::manifest::BackupKind;
 use super::scheduled::{publish, BackupDeps};
 use super::take::take_backup;
-use crate::crd::{BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupStatus, Phase};
+use crate::crd::{
+    BackupDestination, BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupStatus, Phase,
+};
 use crate::error::Error;
 use crate::names::FIELD_MANAGER;
 
@@ -163,6 +165,7 @@ async fn reconcile(backup: Arc<KVClusterBackup>, ctx: Arc<OnDemand>) -> Result<R
                     size: Some(taken.record.size),
                     sha256: Some(taken.manifest.sha256),
                     member: Some(taken.manifest.member),
+                    destination: Some(BackupDestination { s3: Some(s3) }),
                     start_time: Some(started),
                     completion_time: done,
                 };

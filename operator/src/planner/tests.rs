@@ -44,6 +44,7 @@ fn pod(ordinal: u32) -> MemberPod {
         terminating: false,
         node: NodeState::Ready,
         start_refusal: None,
+        restore_failure: None,
         revision: Some("r1".into()),
         image: Some(IMAGE_V1.into()),
     }
@@ -81,6 +82,7 @@ fn cluster(n: u32, spec: i32) -> Observed {
             force: false,
             member_ready_timeout: Duration::from_secs(TIMEOUT_SECS),
         },
+        restore_source: RestoreSourceCheck::NotRequested,
     }
 }
 
@@ -183,6 +185,7 @@ fn refusing_pod(ordinal: u32, refusal: StartRefusal) -> MemberPod {
         ready: false,
         running: false,
         start_refusal: Some(refusal),
+        restore_failure: None,
         ..pod(ordinal)
     }
 }
@@ -412,6 +415,55 @@ fn bootstrap_with_an_even_count_creates_nothing() {
         ..cluster(0, 4)
     };
     assert_eq!(plan(&o), Action::Wait(WaitReason::InvalidReplicas(4)));
+}
+
+#[test]
+fn a_restore_makes_nothing_until_its_snapshot_is_verified() {
+    let empty = Observed {
+        bootstrap: None,
+        stateful_set: None,
+        members: None,
+        pods: vec![],
+        claims: vec![],
+        ..cluster(0, 3)
+    };
+    let refused = "s3://b/k: no such object".to_string();
+    for (check, expected) in [
+        (
+            RestoreSourceCheck::Unchecked,
+            Action::Wait(WaitReason::RestoreSourceUnchecked),
+        ),
+        (
+            RestoreSourceCheck::Invalid(refused.clone()),
+            Action::Wait(WaitReason::RestoreSourceInvalid(refused.clone())),
+        ),
+        (
+            RestoreSourceCheck::Verified,
+            Action::WriteBootstrapConfig(BootstrapConfig::new_cluster(3)),
+        ),
+    ] {
+        let o = Observed {
+            restore_source: check.clone(),
+            ..empty.clone()
+        };
+        assert_eq!(plan(&o), expected, "{check:?}");
+        // Not even the StatefulSet once the bootstrap state is written.
+        let written = Observed {
+            bootstrap: Some(BootstrapConfig::new_cluster(3)),
+            ..o
+        };
+        if check != RestoreSourceCheck::Verified {
+            assert_eq!(plan(&written), expected, "{check:?}");
+        } else {
+            assert_eq!(plan(&written), Action::ScaleStatefulSet { replicas: 3 });
+        }
+    }
+    // Once members exist, the check is history: a cluster that runs is never held back by it.
+    let running = Observed {
+        restore_source: RestoreSourceCheck::Invalid(refused),
+        ..cluster(3, 3)
+    };
+    assert_eq!(plan(&running), Action::Converged);
 }
 
 #[test]

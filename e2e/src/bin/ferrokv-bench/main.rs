@@ -85,9 +85,10 @@ struct Cli {
     #[arg(long, global = true)]
     cert: Option<std::path::PathBuf>,
 
-    /// The key of --cert (etcdctl's flag).
-    #[arg(long, global = true)]
-    key: Option<std::path::PathBuf>,
+    /// The key of --cert (etcdctl's flag). Its own argument ID: `range`'s key is `key`, and
+    /// clap panics when two arguments share one.
+    #[arg(long = "key", id = "client_key", global = true)]
+    client_key: Option<std::path::PathBuf>,
 
     /// Authenticate as `name:password` on a cluster with auth on (etcdctl's flag).
     #[arg(long, global = true)]
@@ -289,7 +290,7 @@ fn tls_options(cli: &Cli) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
             .ca_certificate(etcd_client::Certificate::from_pem(read("--cacert", ca)?)),
         None => etcd_client::TlsOptions::new(),
     };
-    match (&cli.cert, &cli.key) {
+    match (&cli.cert, &cli.client_key) {
         (Some(cert), Some(key)) => {
             options = options.identity(etcd_client::Identity::from_pem(
                 read("--cert", cert)?,
@@ -594,6 +595,28 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_range_key_and_a_tls_key_parse_side_by_side() {
+        // Both were once the argument `key`: clap panicked on every `range` command line.
+        let cli = Cli::try_parse_from([
+            "ferrokv-bench",
+            "--cert=client.pem",
+            "--key=client-key.pem",
+            "range",
+            "bench-read-key",
+            "--consistency=s",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.client_key.as_deref(),
+            Some(std::path::Path::new("client-key.pem"))
+        );
+        match cli.workload {
+            Workload::Range { key, .. } => assert_eq!(key.as_deref(), Some("bench-read-key")),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     fn keys(key_size: usize, key_space: u64, sequential: bool) -> anyhow::Result<Keys> {

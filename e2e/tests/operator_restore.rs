@@ -1,0 +1,331 @@
+//! Restores end to end: a KVCluster of real `ferrokv` members is backed up to a real
+//! S3-compatible server the test starts (moto, see `ferrokv_e2e::s3`), then new KVClusters are
+//! declared with `spec.bootstrap.restore`: one from a damaged object, which the operator refuses
+//! before making anything, and one from the backup, whose members each restore it in their init
+//! step and serve the same keys with the same revisions.
+//!
+//! The S3 server listens on the pod network's host address, which the operator and every pod
+//! reach. Every name here contains `restore`, so `cargo test -p ferrokv-e2e restore` runs them.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use ferrokv_e2e::kube_env::{conditions_say, EnvOptions, Kind, KubeEnv};
+use ferrokv_e2e::s3::{credentials_secret, S3Server};
+
+/// From `kubectl apply` to Available, on a loaded 2-core machine.
+const FORMING: Duration = Duration::from_secs(120);
+
+const BUCKET: &str = "ferrokv-restores";
+const SECRET: &str = "s3-credentials";
+const CORRUPT_KEY: &str = "uploaded/corrupt.db";
+
+const KVCLUSTERBACKUPS: Kind = Kind {
+    group: "ferrokv.io",
+    version: "v1alpha1",
+    plural: "kvclusterbackups",
+    namespaced: true,
+};
+const STATEFULSETS: Kind = Kind {
+    group: "apps",
+    version: "v1",
+    plural: "statefulsets",
+    namespaced: true,
+};
+const PODS: Kind = Kind {
+    group: "",
+    version: "v1",
+    plural: "pods",
+    namespaced: true,
+};
+const EVENTS: Kind = Kind {
+    group: "",
+    version: "v1",
+    plural: "events",
+    namespaced: true,
+};
+
+async fn apply(env: &KubeEnv, object: Value) {
+    let applied = env
+        .kubectl
+        .run_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
+        .await
+        .unwrap();
+    assert!(applied.success(), "kubectl apply: {}", applied.stderr);
+}
+
+/// A KVCluster `name` of `replicas` members restored from `source`.
+fn restored_cluster(env: &KubeEnv, name: &str, replicas: u32, source: Value) -> Value {
+    json!({
+        "apiVersion": "ferrokv.io/v1alpha1",
+        "kind": "KVCluster",
+        "metadata": {"name": name, "namespace": env.namespace},
+        "spec": {
+            "replicas": replicas,
+            "bootstrap": {"restore": source},
+        },
+    })
+}
+
+fn etcdctl_ok(output: &std::process::Output) -> &[u8] {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    &output.stdout
+}
+
+/// Every key of `cluster` with its value and revisions (`etcdctl get "" --prefix -w json`),
+/// and the revision of the keyspace.
+async fn keyspace(env: &KubeEnv, cluster: &str) -> (Value, i64) {
+    let get = env
+        .etcdctl_on(cluster, &["get", "", "--prefix", "-w", "json"])
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(etcdctl_ok(&get)).unwrap();
+    let revision = answer["header"]["revision"].as_i64().unwrap();
+    (answer["kvs"].clone(), revision)
+}
+
+/// Keys with history: puts, overwrites, a delete and a put after it, so that create and mod
+/// revisions and versions differ from key to key.
+async fn write_history(env: &KubeEnv) {
+    let mut steps: Vec<Vec<String>> = Vec::new();
+    for i in 0..12 {
+        steps.push(vec![
+            "put".into(),
+            format!("/restore/key-{i:02}"),
+            format!("v1-{i}"),
+        ]);
+    }
+    for i in (0..12).step_by(3) {
+        steps.push(vec![
+            "put".into(),
+            format!("/restore/key-{i:02}"),
+            format!("v2-{i}"),
+        ]);
+    }
+    steps.push(vec!["put".into(), "/restore/key-00".into(), "v3-0".into()]);
+    steps.push(vec!["del".into(), "/restore/key-05".into()]);
+    steps.push(vec!["put".into(), "/restore/key-05".into(), "again".into()]);
+    steps.push(vec!["put".into(), "/other/outside".into(), "x".into()]);
+    for step in steps {
+        let args: Vec<&str> = step.iter().map(String::as_str).collect();
+        etcdctl_ok(&env.etcdctl(&args).await.unwrap());
+    }
+}
+
+async fn events_of(env: &KubeEnv, cluster: &str) -> Vec<Value> {
+    env.list(EVENTS)
+        .await
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == cluster)
+        .collect()
+}
+
+fn has_event(events: &[Value], reason: &str) -> Option<Value> {
+    events.iter().find(|e| e["reason"] == reason).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_makes_nothing() {
+    let whole = Instant::now();
+    let scratch = tempfile::tempdir().unwrap();
+    let env = KubeEnv::start("restore", EnvOptions::default())
+        .await
+        .expect("the test's cluster starts");
+    let Some(host) = env.host_address_for_pods() else {
+        println!("skipped: the pods of a real cluster cannot reach the test's S3 server");
+        return;
+    };
+    let s3 = S3Server::start_on(scratch.path(), host.into()).unwrap();
+    s3.create_bucket(BUCKET).await.unwrap();
+    apply(&env, credentials_secret(SECRET, &env.namespace)).await;
+    let destination = json!({"s3": {
+        "bucket": BUCKET,
+        "prefix": "e2e",
+        "endpoint": s3.endpoint(),
+        "credentialsSecret": SECRET,
+        "forcePathStyle": true,
+    }});
+
+    // The source: one member is enough to back up from.
+    env.apply_example(|kvc| kvc["spec"]["replicas"] = json!(1))
+        .await
+        .unwrap();
+    env.wait_available(1, FORMING).await;
+    write_history(&env).await;
+    let (source_keys, source_revision) = keyspace(&env, "example").await;
+
+    apply(
+        &env,
+        json!({
+            "apiVersion": "ferrokv.io/v1alpha1",
+            "kind": "KVClusterBackup",
+            "metadata": {"name": "before-restore", "namespace": env.namespace},
+            "spec": {"clusterName": "example", "destination": destination},
+        }),
+    )
+    .await;
+    let backup = env
+        .eventually("the backup to finish", Duration::from_secs(120), || async {
+            let status = env.get(KVCLUSTERBACKUPS, "before-restore").await?["status"].clone();
+            matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(status)
+        })
+        .await;
+    assert_eq!(backup["phase"], "Succeeded", "{backup}");
+    assert_eq!(backup["revision"], source_revision, "{backup}");
+    let key = backup["key"].as_str().unwrap().to_string();
+
+    // A damaged copy of it, uploaded by hand: refused before anything is made.
+    let file = scratch.path().join("snapshot.db");
+    s3.get_file(BUCKET, &key, &file).await.unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    s3.put_file(BUCKET, CORRUPT_KEY, &file).await.unwrap();
+    let corrupt = json!({"s3": {
+        "bucket": BUCKET,
+        "key": CORRUPT_KEY,
+        "endpoint": s3.endpoint(),
+        "credentialsSecret": SECRET,
+        "forcePathStyle": true,
+    }});
+    let applied_broken = Instant::now();
+    apply(&env, restored_cluster(&env, "broken", 3, corrupt)).await;
+
+    // The good one: from the KVClusterBackup, by name.
+    let started = Instant::now();
+    let from_backup = json!({"backup": {"name": "before-restore"}});
+    apply(&env, restored_cluster(&env, "restored", 3, from_backup)).await;
+
+    let refused = env
+        .eventually(
+            "the corrupt object to be refused",
+            Duration::from_secs(60),
+            || async {
+                let status = env.kvcluster_named("broken").await["status"].clone();
+                conditions_say(&status, "Degraded", "True").then_some(status)
+            },
+        )
+        .await;
+    let degraded = refused["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    println!(
+        "corrupt object refused {:.1}s after kubectl apply",
+        applied_broken.elapsed().as_secs_f64()
+    );
+    assert_eq!(degraded["reason"], "RestoreSourceInvalid", "{refused}");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains(CORRUPT_KEY) && message.contains("SHA-256"),
+        "the condition names the object and the problem: {message}"
+    );
+    assert_eq!(refused["phase"], "Degraded", "{refused}");
+    assert!(refused["restore"].is_null(), "{refused}");
+    let warning = env
+        .eventually(
+            "a RestoreSourceInvalid Event",
+            Duration::from_secs(30),
+            || async { has_event(&events_of(&env, "broken").await, "RestoreSourceInvalid") },
+        )
+        .await;
+    assert_eq!(warning["type"], "Warning", "{warning}");
+
+    let took = env
+        .wait_cluster_available("restored", 3, FORMING)
+        .await
+        .max(started.elapsed());
+    println!(
+        "restored 3 members from a backup of revision {source_revision}: Available {:.1}s after kubectl apply",
+        took.as_secs_f64()
+    );
+    let (restored_keys, restored_revision) = keyspace(&env, "restored").await;
+    assert_eq!(restored_revision, source_revision);
+    assert_eq!(
+        restored_keys, source_keys,
+        "the same keys, values, create and mod revisions and versions"
+    );
+    let status = env.kvcluster_named("restored").await["status"].clone();
+    let restore = &status["restore"];
+    assert!(
+        restore["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("KVClusterBackup") && s.contains(&key)),
+        "{restore}"
+    );
+    assert_eq!(restore["revision"], source_revision, "{restore}");
+    assert_eq!(restore["sha256"], backup["sha256"], "{restore}");
+    assert!(restore["restoredTime"].is_string(), "{restore}");
+    let events = env
+        .eventually("a Restored Event", Duration::from_secs(30), || async {
+            let events = events_of(&env, "restored").await;
+            has_event(&events, "Restored").map(|_| events)
+        })
+        .await;
+    assert!(
+        has_event(&events, "RestoreSourceVerified").is_some(),
+        "{events:?}"
+    );
+
+    // Writes go on from the restored revision, and a restarted member keeps its data and ID:
+    // its init step finds the data dir initialised and leaves it.
+    etcdctl_ok(
+        &env.etcdctl_on("restored", &["put", "/restore/after", "1"])
+            .await
+            .unwrap(),
+    );
+    let ids = |status: &Value| -> Vec<(String, String)> {
+        status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| (m["name"].to_string(), m["id"].to_string()))
+            .collect()
+    };
+    let before = ids(&status);
+    let old_uid = env.get(PODS, "restored-1").await.unwrap()["metadata"]["uid"].clone();
+    let deleted = env
+        .kubectl_in_namespace(&["delete", "pod", "restored-1", "--wait=false"])
+        .await;
+    assert!(deleted.is_ok(), "{deleted:?}");
+    env.eventually("restored-1 made again", Duration::from_secs(60), || async {
+        let pod = env.get(PODS, "restored-1").await?;
+        (pod["metadata"]["uid"] != old_uid
+            && pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0)
+            .then_some(())
+    })
+    .await;
+    env.wait_cluster_available("restored", 3, FORMING).await;
+    let log = env.pod_log("restored-1").await;
+    assert!(
+        log.contains("nothing restored"),
+        "the second init step leaves the data dir: {log}"
+    );
+    let after = env.kvcluster_named("restored").await["status"].clone();
+    assert_eq!(ids(&after), before, "every member keeps its ID");
+    let (keys, _) = keyspace(&env, "restored").await;
+    assert_eq!(
+        keys.as_array().unwrap().len(),
+        source_keys.as_array().unwrap().len() + 1
+    );
+
+    // Nothing was made for the refused one.
+    assert!(env.get(STATEFULSETS, "broken").await.is_none());
+    assert!(
+        !env.names(PODS)
+            .await
+            .iter()
+            .any(|p| p.starts_with("broken-")),
+        "no pod of the refused cluster"
+    );
+    println!("whole restore test: {:.1}s", whole.elapsed().as_secs_f64());
+}
