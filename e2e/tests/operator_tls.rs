@@ -1,9 +1,11 @@
 //! Managed TLS and auth, end to end on the hermetic Kubernetes (or a real cluster with
-//! `E2E_KUBECONFIG`): an `auto` cluster with auth forms over mutual TLS, serves etcdctl over
-//! https with `--user`, and rotates its CA under a running writer without losing an
-//! acknowledged write or restarting a pod; a cluster whose client certificates cert-manager
-//! issues (the test fills the Secrets as cert-manager would, since it cannot run here) and whose
-//! peer certificate is the user's own Secret.
+//! `E2E_KUBECONFIG`): an `auto` cluster with auth forms over mutual TLS (its peer ports refuse
+//! plain text and clients without a certificate), serves etcdctl over https with `--user`
+//! (refusing a wrong password and a client without a certificate), and rotates its CA under a
+//! running writer without losing an acknowledged write or restarting a pod, after which the new
+//! CA alone verifies every member's client and peer port; a cluster whose client certificates
+//! cert-manager issues (the test fills the Secrets as cert-manager would, since it cannot run
+//! here) and whose peer certificate is the user's own Secret.
 //!
 //! Certificates the test needs itself are made here with `rcgen`, never checked in.
 
@@ -20,7 +22,7 @@ use rcgen::{
 };
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{EnvOptions, Kind, KubeEnv, CLUSTER, PODS, SECRETS};
+use ferrokv_e2e::kube_env::{member_name, EnvOptions, Kind, KubeEnv, CLUSTER, PODS, SECRETS};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
 const FORMING: Duration = Duration::from_secs(150);
@@ -98,6 +100,57 @@ async fn auto_credentials(env: &KubeEnv) -> Option<Pems> {
         cert: secret_text(env, &format!("{CLUSTER}-ca"), "operator.crt").await?,
         key: secret_text(env, &format!("{CLUSTER}-ca"), "operator.key").await?,
     })
+}
+
+/// The peer certificate of member `ordinal` of an `auto` cluster, and the peers' trust bundle, as
+/// the Secret the members mount holds them now.
+async fn auto_peer_credentials(env: &KubeEnv, ordinal: u32) -> Option<Pems> {
+    let secret = format!("{CLUSTER}-peer-tls");
+    let member = member_name(ordinal);
+    Some(Pems {
+        ca: secret_text(env, &secret, "ca.crt").await?,
+        cert: secret_text(env, &secret, &format!("{member}.crt")).await?,
+        key: secret_text(env, &secret, &format!("{member}.key")).await?,
+    })
+}
+
+/// A request to member `ordinal`'s peer port (2380) with curl, verifying the member under its
+/// peer DNS name (the test process reaches the pod's address itself); `pems` are the trusted CAs
+/// and the certificate to present. `Ok` when an answer came back (whatever it says: the port
+/// speaks gRPC), curl's error when the connection or the TLS handshake was refused.
+async fn peer_port_answers(
+    env: &KubeEnv,
+    ordinal: u32,
+    scheme: &str,
+    pems: Option<(&Pems, bool)>,
+) -> Result<(), String> {
+    let pod = env.pod(ordinal).await.expect("the member's pod exists");
+    let ip = pod["status"]["podIP"].as_str().expect("the pod has an IP");
+    let host = format!("{}.{CLUSTER}-peer.{}.svc", member_name(ordinal), env.namespace);
+    let files = PemFiles::new();
+    let mut command = tokio::process::Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "5"])
+        .args(["--output", "/dev/null"])
+        .arg("--connect-to")
+        .arg(format!("{host}:2380:{ip}:2380"));
+    if let Some((pems, with_certificate)) = pems {
+        command.arg("--cacert").arg(files.write("ca.crt", &pems.ca));
+        if with_certificate {
+            command.arg("--cert").arg(files.write("peer.crt", &pems.cert));
+            command.arg("--key").arg(files.write("peer.key", &pems.key));
+        }
+    }
+    let output = command
+        .arg(format!("{scheme}://{host}:2380/"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running curl");
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stderr).trim().to_string()),
+    }
 }
 
 /// PEM files for etcdctl, in a directory of the test.
@@ -336,7 +389,31 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     .await;
     assert!(refused.contains("authentication failed"), "{refused}");
     let no_certificate = with_user(files.flags(&pems, false), PASSWORD);
-    etcdctl(&env, &no_certificate, &["get", "greeting"], false).await;
+    let refused = etcdctl(&env, &no_certificate, &["get", "greeting"], false).await;
+    println!("etcdctl without a client certificate: {refused}");
+
+    // Raft goes over mutual TLS: every member's peer port answers a client holding a peer
+    // certificate of the cluster's CA (and is verified under its DNS name), and refuses plain
+    // text and a client without a certificate. Three voters of one cluster therefore talk to
+    // each other over it.
+    let peer = auto_peer_credentials(&env, 1).await.unwrap();
+    for ordinal in 0..3 {
+        peer_port_answers(&env, ordinal, "https", Some((&peer, true)))
+            .await
+            .unwrap_or_else(|e| panic!("member {ordinal}'s peer port with a peer certificate: {e}"));
+    }
+    let plain = peer_port_answers(&env, 0, "http", None).await;
+    assert!(plain.is_err(), "the peer port answers plain HTTP");
+    let anonymous = peer_port_answers(&env, 0, "https", Some((&peer, false))).await;
+    assert!(
+        anonymous.is_err(),
+        "the peer port answers a client without a certificate"
+    );
+    println!(
+        "peer port: plain HTTP refused ({}), no certificate refused ({})",
+        plain.unwrap_err(),
+        anonymous.unwrap_err()
+    );
 
     // The CA rotates under a writer: no pod restarts, no acknowledged write lost.
     let before = pod_incarnations(&env).await;
@@ -412,6 +489,17 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
         env.available_with(3).await,
         "the cluster is not Available after the rotation"
     );
+    // So do the peer ports, with the reissued peer certificates and the new CA alone.
+    let new_peer = auto_peer_credentials(&env, 2).await.unwrap();
+    assert!(
+        !new_peer.ca.contains(old_ca.trim()),
+        "the old CA is still trusted by peers"
+    );
+    for ordinal in 0..3 {
+        peer_port_answers(&env, ordinal, "https", Some((&new_peer, true)))
+            .await
+            .unwrap_or_else(|e| panic!("member {ordinal}'s peer port with the new CA: {e}"));
+    }
     let mut etcd = connect(&env, &new_pems, 0..3).await.unwrap();
     let count = etcd
         .get(
