@@ -244,10 +244,14 @@ impl KubeEnv {
             object["spec"]["image"] = Value::String(image);
         }
         edit(&mut object);
-        let manifest = serde_json::to_string(&object)?;
+        self.apply(&object).await
+    }
+
+    /// `kubectl apply` of one object.
+    pub async fn apply(&self, object: &Value) -> anyhow::Result<()> {
         let applied = self
             .kubectl
-            .run_with_stdin(&["apply", "-f", "-"], Some(&manifest))
+            .run_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
             .await?;
         if !applied.success() {
             bail!("kubectl apply: {}", applied.stderr);

@@ -45,15 +45,6 @@ async fn start(test: &str) -> KubeEnv {
         .expect("the test's cluster starts")
 }
 
-async fn apply(env: &KubeEnv, object: Value) {
-    let applied = env
-        .kubectl
-        .run_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
-        .await
-        .unwrap();
-    assert!(applied.success(), "kubectl apply: {}", applied.stderr);
-}
-
 fn encode(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
@@ -63,15 +54,11 @@ async fn apply_secret(env: &KubeEnv, name: &str, data: &[(&str, &str)]) {
         .iter()
         .map(|(key, value)| (key.to_string(), json!(encode(value))))
         .collect();
-    apply(
-        env,
-        json!({
+    env.apply(&json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name, "namespace": env.namespace},
             "data": data,
-        }),
-    )
-    .await;
+        })).await.unwrap();
 }
 
 /// A key of a Secret, decoded; `None` when the Secret or the key is missing.
@@ -601,7 +588,7 @@ fn strings(value: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_cert_manager_client_and_secret_ref_peer_cluster_forms_once_the_secrets_are_filled() {
     let env = start("tls-cert-manager").await;
-    apply(&env, certificate_crd()).await;
+    env.apply(&certificate_crd()).await.unwrap();
     let ca = TestCa::new();
     let ns = env.namespace.clone();
     let peer_names = vec![

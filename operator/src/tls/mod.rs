@@ -296,79 +296,69 @@ async fn ensure_ca(
     } = load(secrets, &name).await?;
     let lifetime = days(auto.ca_lifetime_days);
 
-    let current = keyed(&data, CA_CERT, CA_KEY);
-    let Some(current) = current else {
-        let ca = pki::make_ca(&names.cluster, now, lifetime)?;
-        put(&mut data, CA_CERT, &ca.cert);
-        put(&mut data, CA_KEY, &ca.key);
-        annotations.insert(PHASE_SINCE_ANNOTATION.to_string(), now.to_string());
-        write_secret(
-            secrets,
-            kvc,
-            &name,
-            existing.as_ref(),
-            annotations,
-            data.clone(),
-        )
-        .await?;
-        outcome.events.push((
-            "CACreated",
-            format!("created the cluster CA in Secret {name}"),
-        ));
-        return ca_state(&data);
-    };
-    let facts = CertFacts::read(&format!("Secret {name} key {CA_CERT}"), &current.cert)?;
-    let since = annotations
-        .get(PHASE_SINCE_ANNOTATION)
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .unwrap_or(now);
-    let phase = if data.contains_key(NEXT_CA_CERT) {
-        CaPhase::Introducing { since }
-    } else if data.contains_key(PREVIOUS_CA_CERT) {
-        CaPhase::Retiring { since }
-    } else {
-        CaPhase::Steady
-    };
-    let wanted_rotation = kvc.annotations().get(ROTATE_CA_ANNOTATION).cloned();
-    let requested = wanted_rotation.is_some()
-        && wanted_rotation.as_ref() != annotations.get(ROTATED_FOR_ANNOTATION);
-    let step = ca_step(phase, &facts, requested, now, settings.propagation);
-    let event = match step {
-        CaStep::Wait(next) => {
-            merge_next(outcome, next);
-            return ca_state(&data);
+    let event = match keyed(&data, CA_CERT, CA_KEY) {
+        None => {
+            let ca = pki::make_ca(&names.cluster, now, lifetime)?;
+            put(&mut data, CA_CERT, &ca.cert);
+            put(&mut data, CA_KEY, &ca.key);
+            ("CACreated", format!("created the cluster CA in Secret {name}"))
         }
-        CaStep::Introduce => {
-            let next = pki::make_ca(&names.cluster, now, lifetime)?;
-            put(&mut data, NEXT_CA_CERT, &next.cert);
-            put(&mut data, NEXT_CA_KEY, &next.key);
-            if let Some(value) = wanted_rotation {
-                annotations.insert(ROTATED_FOR_ANNOTATION.to_string(), value);
-            }
-            (
-                "CARotationStarted",
-                "added a new CA to the trust bundles; it signs once every member has the bundle",
-            )
-        }
-        CaStep::Promote => {
-            let next = keyed(&data, NEXT_CA_CERT, NEXT_CA_KEY).ok_or_else(|| {
-                Error::TlsSecret(format!(
-                    "Secret {name} has {NEXT_CA_CERT} without {NEXT_CA_KEY}"
-                ))
-            })?;
-            put(&mut data, PREVIOUS_CA_CERT, &current.cert);
-            put(&mut data, CA_CERT, &next.cert);
-            put(&mut data, CA_KEY, &next.key);
-            data.remove(NEXT_CA_CERT);
-            data.remove(NEXT_CA_KEY);
-            ("CARotated", "the new CA signs; every certificate is issued again, the old CA stays trusted for now")
-        }
-        CaStep::Retire => {
-            data.remove(PREVIOUS_CA_CERT);
-            (
-                "CARotationCompleted",
-                "removed the old CA from the trust bundles",
-            )
+        Some(current) => {
+            let facts = CertFacts::read(&format!("Secret {name} key {CA_CERT}"), &current.cert)?;
+            let since = annotations
+                .get(PHASE_SINCE_ANNOTATION)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .unwrap_or(now);
+            let phase = if data.contains_key(NEXT_CA_CERT) {
+                CaPhase::Introducing { since }
+            } else if data.contains_key(PREVIOUS_CA_CERT) {
+                CaPhase::Retiring { since }
+            } else {
+                CaPhase::Steady
+            };
+            let wanted_rotation = kvc.annotations().get(ROTATE_CA_ANNOTATION).cloned();
+            let requested = wanted_rotation.is_some()
+                && wanted_rotation.as_ref() != annotations.get(ROTATED_FOR_ANNOTATION);
+            let (reason, note) = match ca_step(phase, &facts, requested, now, settings.propagation)
+            {
+                CaStep::Wait(next) => {
+                    merge_next(outcome, next);
+                    return ca_state(&data);
+                }
+                CaStep::Introduce => {
+                    let next = pki::make_ca(&names.cluster, now, lifetime)?;
+                    put(&mut data, NEXT_CA_CERT, &next.cert);
+                    put(&mut data, NEXT_CA_KEY, &next.key);
+                    if let Some(value) = wanted_rotation {
+                        annotations.insert(ROTATED_FOR_ANNOTATION.to_string(), value);
+                    }
+                    (
+                        "CARotationStarted",
+                        "added a new CA to the trust bundles; it signs once every member has the bundle",
+                    )
+                }
+                CaStep::Promote => {
+                    let next = keyed(&data, NEXT_CA_CERT, NEXT_CA_KEY).ok_or_else(|| {
+                        Error::TlsSecret(format!(
+                            "Secret {name} has {NEXT_CA_CERT} without {NEXT_CA_KEY}"
+                        ))
+                    })?;
+                    put(&mut data, PREVIOUS_CA_CERT, &current.cert);
+                    put(&mut data, CA_CERT, &next.cert);
+                    put(&mut data, CA_KEY, &next.key);
+                    data.remove(NEXT_CA_CERT);
+                    data.remove(NEXT_CA_KEY);
+                    ("CARotated", "the new CA signs; every certificate is issued again, the old CA stays trusted for now")
+                }
+                CaStep::Retire => {
+                    data.remove(PREVIOUS_CA_CERT);
+                    (
+                        "CARotationCompleted",
+                        "removed the old CA from the trust bundles",
+                    )
+                }
+            };
+            (reason, note.to_string())
         }
     };
     annotations.insert(PHASE_SINCE_ANNOTATION.to_string(), now.to_string());
@@ -381,8 +371,8 @@ async fn ensure_ca(
         data.clone(),
     )
     .await?;
-    outcome.events.push((event.0, event.1.to_string()));
-    // The next step is due after the propagation wait.
+    outcome.events.push(event);
+    // A rotation's next step is due after the propagation wait.
     merge_next(
         outcome,
         Timestamp::from_second(now.as_second() + settings.propagation.as_secs() as i64).ok(),
