@@ -47,7 +47,9 @@ async fn start(test: &str) -> KubeEnv {
 
 /// The Secret the destinations name, with the keys the operator documents.
 async fn create_credentials(env: &KubeEnv) {
-    env.apply(&credentials_secret(SECRET, &env.namespace)).await.unwrap();
+    env.apply(&credentials_secret(SECRET, &env.namespace))
+        .await
+        .unwrap();
 }
 
 fn destination(s3: &S3Server) -> Value {
@@ -336,7 +338,9 @@ async fn on_demand_backup_succeeds_and_refused_credentials_fail_it_with_the_reas
     };
 
     let started = Instant::now();
-    env.apply(&backup("now", Some(destination(&s3)))).await.unwrap();
+    env.apply(&backup("now", Some(destination(&s3))))
+        .await
+        .unwrap();
     let status = finished("now").await;
     println!(
         "on-demand backup of 20 keys: {:.1}s",
@@ -352,7 +356,9 @@ async fn on_demand_backup_succeeds_and_refused_credentials_fail_it_with_the_reas
     assert_eq!(manifest["sha256"], status["sha256"], "{status}");
     assert_eq!(manifest["size"], status["size"], "{status}");
 
-    env.apply(&backup("refused", Some(destination(&locked)))).await.unwrap();
+    env.apply(&backup("refused", Some(destination(&locked))))
+        .await
+        .unwrap();
     let status = finished("refused").await;
     assert_eq!(status["phase"], "Failed", "{status}");
     assert_eq!(status["reason"], "CredentialsRejected", "{status}");

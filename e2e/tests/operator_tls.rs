@@ -55,10 +55,12 @@ async fn apply_secret(env: &KubeEnv, name: &str, data: &[(&str, &str)]) {
         .map(|(key, value)| (key.to_string(), json!(encode(value))))
         .collect();
     env.apply(&json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": env.namespace},
-            "data": data,
-        })).await.unwrap();
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": env.namespace},
+        "data": data,
+    }))
+    .await
+    .unwrap();
 }
 
 /// A key of a Secret, decoded; `None` when the Secret or the key is missing.
@@ -113,7 +115,11 @@ async fn peer_port_answers(
 ) -> Result<(), String> {
     let pod = env.pod(ordinal).await.expect("the member's pod exists");
     let ip = pod["status"]["podIP"].as_str().expect("the pod has an IP");
-    let host = format!("{}.{CLUSTER}-peer.{}.svc", member_name(ordinal), env.namespace);
+    let host = format!(
+        "{}.{CLUSTER}-peer.{}.svc",
+        member_name(ordinal),
+        env.namespace
+    );
     let files = PemFiles::new();
     let mut command = tokio::process::Command::new("curl");
     command
@@ -124,7 +130,9 @@ async fn peer_port_answers(
     if let Some((pems, with_certificate)) = pems {
         command.arg("--cacert").arg(files.write("ca.crt", &pems.ca));
         if with_certificate {
-            command.arg("--cert").arg(files.write("peer.crt", &pems.cert));
+            command
+                .arg("--cert")
+                .arg(files.write("peer.crt", &pems.cert));
             command.arg("--key").arg(files.write("peer.key", &pems.key));
         }
     }
@@ -184,7 +192,10 @@ impl PemFiles {
 /// etcdctl over https through the client Service, with `flags`; panics with stderr when it
 /// fails and `expect_success`, or when it succeeds and not.
 async fn etcdctl(env: &KubeEnv, flags: &[String], args: &[&str], expect_success: bool) -> String {
-    let output = env.etcdctl_with(CLUSTER, "https", flags, args).await.unwrap();
+    let output = env
+        .etcdctl_with(CLUSTER, "https", flags, args)
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(
         output.status.success(),
@@ -387,7 +398,9 @@ async fn tls_auto_cluster_with_auth_serves_etcdctl_and_rotates_its_ca_under_a_wr
     for ordinal in 0..3 {
         peer_port_answers(&env, ordinal, "https", Some((&peer, true)))
             .await
-            .unwrap_or_else(|e| panic!("member {ordinal}'s peer port with a peer certificate: {e}"));
+            .unwrap_or_else(|e| {
+                panic!("member {ordinal}'s peer port with a peer certificate: {e}")
+            });
     }
     let plain = peer_port_answers(&env, 0, "http", None).await;
     assert!(plain.is_err(), "the peer port answers plain HTTP");

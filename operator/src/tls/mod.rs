@@ -301,7 +301,10 @@ async fn ensure_ca(
             let ca = pki::make_ca(&names.cluster, now, lifetime)?;
             put(&mut data, CA_CERT, &ca.cert);
             put(&mut data, CA_KEY, &ca.key);
-            ("CACreated", format!("created the cluster CA in Secret {name}"))
+            (
+                "CACreated",
+                format!("created the cluster CA in Secret {name}"),
+            )
         }
         Some(current) => {
             let facts = CertFacts::read(&format!("Secret {name} key {CA_CERT}"), &current.cert)?;
