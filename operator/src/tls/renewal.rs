@@ -134,16 +134,19 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
+    /// The certificate there is, the names wanted, the signing CA, the time, and the answer.
+    type ReissueCase<'a> = (
+        Option<Result<&'a CertFacts, ()>>,
+        &'a [&'a str],
+        &'a [u8],
+        i64,
+        Option<Reissue>,
+    );
+
     #[test]
     fn reissue_decisions() {
         let good = facts(0, 900, &["a", "b"], b"ca1");
-        let cases: [(
-            Option<Result<&CertFacts, ()>>,
-            &[&str],
-            &[u8],
-            i64,
-            Option<Reissue>,
-        ); 8] = [
+        let cases: [ReissueCase; 8] = [
             (None, &["a"], b"ca1", 10, Some(Reissue::Missing)),
             (Some(Err(())), &["a"], b"ca1", 10, Some(Reissue::Unreadable)),
             (Some(Ok(&good)), &["a", "b"], b"ca1", 10, None),
