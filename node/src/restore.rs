@@ -174,6 +174,7 @@ pub fn restore(file: &Path, config: &NodeConfig, hash_check: HashCheck) -> Resul
         write.compact(revision)?;
         write.commit(true)?;
     }
+    store.trim()?;
     let revision = store.current_revision()?;
     drop(store);
 

@@ -14,7 +14,7 @@ use redb::ReadableTable;
 
 use super::key_span::KeySpan;
 use super::read::KvView;
-use super::tables::HistoryKey;
+use super::tables::{RevKey, RevValue};
 use crate::Result;
 
 /// `Compare.CompareResult`, an i32 on the wire.
@@ -35,10 +35,9 @@ pub mod compare_target {
 }
 
 /// The branch decision of `txn` and of every transaction nested in the chosen branches.
-pub(super) fn txn_path<L, H>(view: &KvView<'_, L, H>, txn: &PbTxnRequest) -> Result<Vec<bool>>
+pub(super) fn txn_path<R>(view: &KvView<'_, R>, txn: &PbTxnRequest) -> Result<Vec<bool>>
 where
-    L: ReadableTable<&'static [u8], &'static [u8]>,
-    H: ReadableTable<HistoryKey, &'static [u8]>,
+    R: ReadableTable<RevKey, RevValue>,
 {
     let mut succeeded = true;
     for compare in &txn.compare {
@@ -84,10 +83,9 @@ pub(super) fn chosen_ops<'r>(
 /// A compare holds when it holds for every key of its range at the current revision. A range
 /// with no key compares an empty key-value (every field zero), except that a VALUE compare on
 /// missing keys always fails: gRPC cannot tell an empty value from a missing one.
-fn compare_holds<L, H>(view: &KvView<'_, L, H>, compare: &PbCompare) -> Result<bool>
+fn compare_holds<R>(view: &KvView<'_, R>, compare: &PbCompare) -> Result<bool>
 where
-    L: ReadableTable<&'static [u8], &'static [u8]>,
-    H: ReadableTable<HistoryKey, &'static [u8]>,
+    R: ReadableTable<RevKey, RevValue>,
 {
     let span = KeySpan::new(&compare.key, &compare.range_end);
     let (kvs, _) = view.range_at(&span, view.current, None)?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::tables::{EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS, VALUES};
+use super::tables::{LEASES, LEASE_KEYS, META, REVISIONS, REVS, VALUES};
 use crate::{Result, StorageError as Error};
 
 /// The name of the copy being made of the database at `path`.
@@ -54,10 +54,8 @@ pub(super) fn rewrite(
         let mut fresh = create(&copy)?;
         let source = db.begin_read()?;
         let txn = fresh.begin_write()?;
-        copy_table(&source, &txn, LATEST)?;
-        copy_table(&source, &txn, HISTORY)?;
+        copy_table(&source, &txn, REVS)?;
         copy_table(&source, &txn, VALUES)?;
-        copy_table(&source, &txn, EVENTS)?;
         copy_table(&source, &txn, LEASES)?;
         copy_table(&source, &txn, LEASE_KEYS)?;
         copy_table(&source, &txn, REVISIONS)?;

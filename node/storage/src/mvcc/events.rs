@@ -1,13 +1,15 @@
 //! Replay of past changes as watch events, for watchers that start at an older revision.
 //!
-//! `kv_events` lists every change since the compaction point in (main, sub) revision order; the
-//! event's key-value (or tombstone) and its `prev_kv` come from `kv_history`.
+//! `kv_revs` holds every kept change in (main, sub) revision order: the events are its entries
+//! from the start revision on, and the key index names each one's previous version.
 
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use redb::ReadableTable;
 
-use super::tables::{ChunkSource, HistoryKey, HistoryRecord};
-use crate::{Result, StorageError as Error};
+use super::index::KeyIndex;
+use super::read::load;
+use super::tables::{ChunkSource, HistoryRecord, RevKey, RevValue};
+use crate::Result;
 
 /// `Event.EventType`, an i32 on the wire.
 pub mod event_type {
@@ -16,44 +18,29 @@ pub mod event_type {
 }
 
 /// The events of revisions `from..=to`, each with `prev_kv` filled when the previous version is
-/// still in history (it is not for a change at the compaction point whose previous version was
+/// still kept (it is not for a change at the compaction point whose previous version was
 /// compacted away, which is what etcd reports too).
-pub(super) fn events_in<E, H>(
-    events: &E,
-    history: &H,
+pub(super) fn events_in<R>(
+    index: &KeyIndex,
+    revs: &R,
     values: &dyn ChunkSource,
     from: i64,
     to: i64,
 ) -> Result<Vec<PbEvent>>
 where
-    E: ReadableTable<(i64, i64), &'static [u8]>,
-    H: ReadableTable<HistoryKey, &'static [u8]>,
+    R: ReadableTable<RevKey, RevValue>,
 {
     let mut out = Vec::new();
     if from > to {
         return Ok(out);
     }
-    for entry in events.range((from, i64::MIN)..=(to, i64::MAX))? {
-        let (revision, key) = entry?;
-        let (main, sub) = revision.value();
-        let key = key.value();
-        let record = match history.get((key, main, sub))? {
-            Some(record) => HistoryRecord::load(key, main, sub, record.value(), values)?,
-            None => {
-                return Err(Error::MvccCorrupt(format!(
-                    "event at revision {main}.{sub} has no history record"
-                )))
-            }
-        };
-        let prev_kv = match history
-            .range((key, i64::MIN, i64::MIN)..(key, main, sub))?
-            .next_back()
-        {
-            Some(previous) => {
-                let (k, record) = previous?;
-                let (_, main, sub) = k.value();
-                HistoryRecord::load(key, main, sub, record.value(), values)?.into_kv()
-            }
+    for entry in revs.range((from, i64::MIN)..=(to, i64::MAX))? {
+        let (rev, change) = entry?;
+        let (main, sub) = rev.value();
+        let (key, record) = change.value();
+        let record = HistoryRecord::load(key, main, sub, record, values)?;
+        let prev_kv = match index.before(key, (main, sub)) {
+            Some(previous) => load(revs, values, key, previous.rev)?.into_kv(),
             None => None,
         };
         let (r#type, kv) = match record {

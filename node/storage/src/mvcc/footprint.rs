@@ -5,7 +5,7 @@
 
 use redb::{ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction};
 
-use super::tables::{EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META, REVISIONS, VALUES};
+use super::tables::{LEASES, LEASE_KEYS, META, REVISIONS, REVS, VALUES};
 use crate::Result;
 
 /// One table's share of the file.
@@ -45,10 +45,8 @@ impl Footprint {
 pub(super) fn measure(txn: &WriteTransaction, file_bytes: u64) -> Result<Footprint> {
     let stats = txn.stats()?;
     let tables = vec![
-        table(txn, LATEST)?,
-        table(txn, HISTORY)?,
+        table(txn, REVS)?,
         table(txn, VALUES)?,
-        table(txn, EVENTS)?,
         table(txn, LEASES)?,
         table(txn, LEASE_KEYS)?,
         table(txn, REVISIONS)?,

@@ -33,15 +33,7 @@ impl KeySpan {
         }
     }
 
-    /// The first key the span may contain.
-    pub(crate) fn start(&self) -> &[u8] {
-        match self {
-            KeySpan::Single(key) => key,
-            KeySpan::Interval { start, .. } => start,
-        }
-    }
-
-    /// True when no key can be in the span, so callers never build an inverted redb range.
+    /// True when no key can be in the span, so callers never build an inverted range.
     pub(crate) fn is_empty(&self) -> bool {
         match self {
             KeySpan::Single(_) => false,
@@ -59,14 +51,6 @@ impl KeySpan {
             KeySpan::Interval { start, end } => {
                 key >= start.as_slice() && end.as_deref().is_none_or(|end| key < end)
             }
-        }
-    }
-
-    /// True once `key` (met in ascending order) is past the end of the span.
-    pub(crate) fn is_past(&self, key: &[u8]) -> bool {
-        match self {
-            KeySpan::Single(k) => key > k.as_slice(),
-            KeySpan::Interval { end, .. } => end.as_deref().is_some_and(|end| key >= end),
         }
     }
 }

@@ -19,7 +19,8 @@
 //! visible at once; a durable commit (or `persist`) makes them and everything before them
 //! survive a crash. A clean close of the database also persists them.
 //!
-//! Layout on disk: `tables`; reads: `read`; writes: `write`; transaction compares:
+//! Layout on disk: `tables`; the key index in memory: `index`; reads: `read`; writes: `write`;
+//! transaction compares:
 //! `compare`; watch replay: `events`; snapshots: `snapshot`; `HashKV`: `hash`; defragment:
 //! `defragment`; where the file's bytes go: `footprint`.
 
@@ -28,6 +29,7 @@ mod defragment;
 mod events;
 mod footprint;
 mod hash;
+mod index;
 mod key_span;
 mod read;
 mod snapshot;
@@ -41,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use etcd_client::proto::{PbEvent, PbRangeRequest, PbRangeResponse};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle};
 
 pub use compare::{compare_result, compare_target};
 pub use events::event_type;
@@ -52,10 +54,11 @@ pub use snapshot::{Change, Lease, StoreContents, Version};
 pub use tables::{INITIAL_REVISION, NEVER_COMPACTED};
 pub use write::MvccWrite;
 
-use read::KvView;
+use index::{Indexed, KeyIndex, SharedIndex};
+use read::{fetch, find, finish_range, RangePlan};
 use tables::{
-    COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS, META,
-    REVISIONS, VALUES,
+    is_tombstone, COMPACT_REVISION, CURRENT_REVISION, LEASES, LEASE_KEYS, LEGACY_EVENTS,
+    LEGACY_HISTORY, LEGACY_LATEST, META, REVISIONS, REVS, VALUES,
 };
 
 use crate::{Result, StorageError as Error};
@@ -81,6 +84,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub struct MvccStore {
     /// Locked for writing only by `defragment`, which needs the database to itself.
     db: Arc<RwLock<Database>>,
+    /// Which revisions hold each key's versions (see `index`); lock it before opening a read
+    /// transaction.
+    index: SharedIndex,
     path: PathBuf,
     /// The bound of redb's page cache (read cache and write buffer together), in bytes.
     cache_bytes: usize,
@@ -110,8 +116,11 @@ impl MvccStore {
             })?;
         }
         defragment::remove_stray_copy(path)?;
+        let db = create_database(path, cache_bytes)?;
+        let index = build_index(&db.begin_read()?)?;
         let store = MvccStore {
-            db: Arc::new(RwLock::new(create_database(path, cache_bytes)?)),
+            db: Arc::new(RwLock::new(db)),
+            index: SharedIndex::new(index),
             path: path.to_path_buf(),
             cache_bytes,
         };
@@ -141,21 +150,36 @@ impl MvccStore {
         Ok(())
     }
 
-    /// etcd's Range, read at the last committed batch.
+    /// Gives the file's unused tail back to the file system. redb grows a file by doubling
+    /// it, so a store written in one transaction (a restore) can be twice its data; the
+    /// tail is all free then, and trimming it moves nothing. Waits for open reads and batches.
+    pub fn trim(&self) -> Result<()> {
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        db.compact()
+            .map_err(|e| Error::Backend(format!("trimming the database file: {e}")))?;
+        Ok(())
+    }
+
+    /// etcd's Range, read at the last committed batch. The index is held only while the
+    /// versions to read are found; reading them needs only the read transaction.
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse> {
-        let txn = self.db().begin_read()?;
-        let latest = txn.open_table(LATEST)?;
-        let history = txn.open_table(HISTORY)?;
-        let values = txn.open_table(VALUES)?;
-        let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
-        KvView {
-            latest: &latest,
-            history: &history,
-            values: &values,
-            current,
-            compacted,
-        }
-        .range(req)
+        let (txn, current, found) = {
+            let index = self.index.read();
+            let txn = self.db().begin_read()?;
+            let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
+            let plan = RangePlan::new(req, current, compacted)?;
+            let found = find(&index, &plan.span, plan.revision, plan.collect);
+            (txn, current, found)
+        };
+        let kvs = fetch(
+            &txn.open_table(REVS)?,
+            &txn.open_table(VALUES)?,
+            found.versions,
+        )?;
+        Ok(finish_range(req, kvs, found.count, current))
     }
 
     /// The revision of the last change; 1 for an empty store, as in etcd.
@@ -193,7 +217,7 @@ impl MvccStore {
 
     /// Starts a batch. Only one batch is open at a time; this waits for the previous one.
     pub fn begin_write(&self) -> Result<MvccWrite> {
-        MvccWrite::begin(self.db().begin_write()?)
+        MvccWrite::begin(self.db().begin_write()?, self.index.clone())
     }
 
     /// Makes every commit so far durable (an empty durable commit).
@@ -206,15 +230,15 @@ impl MvccStore {
     /// now"), in revision order with `prev_kv` filled, for watchers that start in the past.
     /// `Compacted` if `from` is before the compaction point.
     pub fn events_between(&self, from: i64, to: i64) -> Result<Vec<PbEvent>> {
+        let index = self.index.read();
         let txn = self.db().begin_read()?;
         let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
         if from < compacted {
             return Err(Error::Compacted);
         }
-        let events = txn.open_table(EVENTS)?;
-        let history = txn.open_table(HISTORY)?;
+        let revs = txn.open_table(REVS)?;
         let values = txn.open_table(VALUES)?;
-        events::events_in(&events, &history, &values, from, to.min(current))
+        events::events_in(&index, &revs, &values, from, to.min(current))
     }
 
     /// The events from revision `from` up to now; see [`MvccStore::events_between`].
@@ -255,7 +279,9 @@ impl MvccStore {
     pub fn restore_contents(&self, contents: StoreContents) -> Result<()> {
         let txn = self.db().begin_write()?;
         snapshot::load(&txn, contents)?;
+        let mut index = self.index.write();
         txn.commit()?;
+        *index = build_index(&self.db().begin_read()?)?;
         Ok(())
     }
 
@@ -275,20 +301,23 @@ impl MvccStore {
     /// etcd's HashKV: the hash of the history up to `revision` (0 = current), with the
     /// compaction revision and the revision hashed. `FutureRev` / `Compacted` as for reads.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
-        let txn = self.db().begin_read()?;
-        let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
-        if revision > current {
-            return Err(Error::FutureRev);
-        }
-        if revision > 0 && revision < compacted {
-            return Err(Error::Compacted);
-        }
-        let revision = if revision <= 0 { current } else { revision };
-        let hash = hash::hash_history(
-            &txn.open_table(HISTORY)?,
-            &txn.open_table(VALUES)?,
-            revision,
-        )?;
+        // The versions are found with the index held; they are read from the transaction
+        // opened meanwhile, which keeps them whatever is compacted after.
+        let (txn, versions, compacted, revision) = {
+            let index = self.index.read();
+            let txn = self.db().begin_read()?;
+            let (current, compacted) = read_revisions(&txn.open_table(REVISIONS)?)?;
+            if revision > current {
+                return Err(Error::FutureRev);
+            }
+            if revision > 0 && revision < compacted {
+                return Err(Error::Compacted);
+            }
+            let revision = if revision <= 0 { current } else { revision };
+            let versions = hash::versions_to_hash(&index, revision);
+            (txn, versions, compacted, revision)
+        };
+        let hash = hash::hash_history(versions, &txn.open_table(REVS)?, &txn.open_table(VALUES)?)?;
         Ok((hash, compacted, revision))
     }
 
@@ -330,37 +359,67 @@ impl MvccStore {
 }
 
 /// Opens (or creates) the redb file at `path` with every table of the layout present, so read
-/// transactions can always open them.
+/// transactions can always open them, moving a store of an earlier release's layout into it.
 fn create_database(path: &Path, cache_bytes: usize) -> Result<Database> {
     let db = Database::builder()
         .set_cache_size(cache_bytes)
         .create(path)?;
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    let legacy = txn
+        .list_tables()?
+        .any(|table| table.name() == LEGACY_HISTORY.name());
     {
-        txn.open_table(LATEST)?;
-        txn.open_table(HISTORY)?;
+        txn.open_table(REVS)?;
         txn.open_table(VALUES)?;
-        txn.open_table(EVENTS)?;
         txn.open_table(LEASES)?;
         txn.open_table(LEASE_KEYS)?;
         txn.open_table(META)?;
         txn.open_table(REVISIONS)?;
     }
+    if legacy {
+        move_legacy_history(&txn)?;
+        txn.set_durability(redb::Durability::Immediate)?;
+    }
     txn.commit()?;
     Ok(db)
 }
 
-fn lease_keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>> {
-    let mut keys = Vec::new();
-    for entry in txn.open_table(LEASE_KEYS)?.range((id, &[][..])..)? {
-        let (k, _) = entry?;
-        let (lease, key) = k.value();
-        if lease != id {
-            break;
+/// Moves the versions of a store written by a release before the key index from `kv_history`
+/// (by key) into `kv_revs` (by revision), record for record, and drops the old tables; all in
+/// the caller's transaction, so a crash leaves the store in one layout or the other.
+fn move_legacy_history(txn: &redb::WriteTransaction) -> Result<()> {
+    {
+        let history = txn.open_table(LEGACY_HISTORY)?;
+        let mut revs = txn.open_table(REVS)?;
+        for entry in history.iter()? {
+            let (k, record) = entry?;
+            let (key, main, sub) = k.value();
+            revs.insert((main, sub), (key, record.value()))?;
         }
-        keys.push(key.to_vec());
     }
-    Ok(keys)
+    txn.delete_table(LEGACY_HISTORY)?;
+    txn.delete_table(LEGACY_LATEST)?;
+    txn.delete_table(LEGACY_EVENTS)?;
+    Ok(())
+}
+
+/// The key index of the store `txn` reads: every version in `kv_revs`, by key.
+fn build_index(txn: &ReadTransaction) -> Result<KeyIndex> {
+    let mut index = KeyIndex::default();
+    for entry in txn.open_table(REVS)?.iter()? {
+        let (rev, change) = entry?;
+        let (key, record) = change.value();
+        let version = Indexed {
+            rev: rev.value(),
+            tombstone: is_tombstone(record),
+        };
+        index.insert(key, version);
+    }
+    Ok(index)
+}
+
+fn lease_keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>> {
+    tables::keys_of_lease(&txn.open_table(LEASE_KEYS)?, id)
 }
 
 /// The (current, compacted) revisions, with etcd's values for a store never written.

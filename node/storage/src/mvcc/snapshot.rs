@@ -5,7 +5,7 @@
 //!
 //! Format: a bincode `SnapshotHeader` (magic string and format version), then the bincode body
 //! of that version. Only the source of truth is dumped; the derived tables (`kv_latest`,
-//! `kv_events`, `lease_keys`) are rebuilt on restore, so a snapshot cannot carry an index that
+//! `lease_keys`, and the key index in memory) are rebuilt on restore, so a snapshot cannot carry an index that
 //! disagrees with its history.
 
 use std::io::Cursor;
@@ -16,8 +16,8 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{
-    encode_latest, HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST,
-    LEASES, LEASE_KEYS, META, REVISIONS, VALUES,
+    HistoryRecord, COMPACT_REVISION, CURRENT_REVISION, LEASES, LEASE_KEYS, LEGACY_EVENTS,
+    LEGACY_HISTORY, LEGACY_LATEST, META, REVISIONS, REVS, VALUES,
 };
 use crate::{Result, StorageError as Error};
 
@@ -104,10 +104,11 @@ pub(super) fn contents(txn: &ReadTransaction) -> Result<StoreContents> {
     let (current_revision, compact_revision) = super::read_revisions(&revisions)?;
     let mut history = Vec::new();
     let values = txn.open_table(VALUES)?;
-    for entry in txn.open_table(HISTORY)?.iter()? {
-        let (k, record) = entry?;
-        let (key, main, sub) = k.value();
-        let put = HistoryRecord::load(key, main, sub, record.value(), &values)?
+    for entry in txn.open_table(REVS)?.iter()? {
+        let (rev, change) = entry?;
+        let (main, sub) = rev.value();
+        let (key, record) = change.value();
+        let put = HistoryRecord::load(key, main, sub, record, &values)?
             .into_kv()
             .map(|kv| Version {
                 create_revision: kv.create_revision,
@@ -122,6 +123,8 @@ pub(super) fn contents(txn: &ReadTransaction) -> Result<StoreContents> {
             put,
         });
     }
+    // Dumps list changes by key, as releases before the key index did.
+    history.sort_by(|a, b| (&a.key, a.main, a.sub).cmp(&(&b.key, b.main, b.sub)));
     let mut leases = Vec::new();
     for entry in txn.open_table(LEASES)?.iter()? {
         let (id, ttl) = entry?;
@@ -150,50 +153,55 @@ pub(super) fn load(txn: &WriteTransaction, mut body: StoreContents) -> Result<()
     body.history
         .sort_by(|a, b| (&a.key, a.main, a.sub).cmp(&(&b.key, b.main, b.sub)));
 
-    txn.delete_table(LATEST)?;
-    txn.delete_table(HISTORY)?;
+    txn.delete_table(LEGACY_LATEST)?;
+    txn.delete_table(LEGACY_HISTORY)?;
+    txn.delete_table(LEGACY_EVENTS)?;
+    txn.delete_table(REVS)?;
     txn.delete_table(VALUES)?;
-    txn.delete_table(EVENTS)?;
     txn.delete_table(LEASES)?;
     txn.delete_table(LEASE_KEYS)?;
     txn.delete_table(REVISIONS)?;
     txn.delete_table(META)?;
 
-    let mut latest = txn.open_table(LATEST)?;
-    let mut history = txn.open_table(HISTORY)?;
-    let mut values = txn.open_table(VALUES)?;
-    let mut events = txn.open_table(EVENTS)?;
-    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
     // `history` is in (key, main, sub) order, so a key's last change is its live state.
+    let mut lease_attachments = Vec::new();
     for (i, change) in body.history.iter().enumerate() {
-        let key = change.key.as_slice();
-        let record = match &change.put {
+        let is_last_of_key = body
+            .history
+            .get(i + 1)
+            .is_none_or(|next| next.key != change.key);
+        if let (true, Some(version)) = (is_last_of_key, &change.put) {
+            if version.lease != 0 {
+                lease_attachments.push((version.lease, change.key.clone()));
+            }
+        }
+    }
+    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
+    for (lease, key) in &lease_attachments {
+        lease_keys.insert((*lease, key.as_slice()), ())?;
+    }
+
+    // Written in revision order, the order of the tables' keys, so that their leaves fill up.
+    body.history.sort_by_key(|change| (change.main, change.sub));
+    let mut revs = txn.open_table(REVS)?;
+    let mut values = txn.open_table(VALUES)?;
+    for change in body.history {
+        let record = match change.put {
             Some(version) => HistoryRecord::Put(PbKeyValue {
                 key: change.key.clone(),
                 create_revision: version.create_revision,
                 mod_revision: change.main,
                 version: version.version,
-                value: version.value.clone(),
+                value: version.value,
                 lease: version.lease,
             }),
             None => HistoryRecord::Tombstone,
         };
         let stored = record.store(change.main, change.sub, &mut values)?;
-        history.insert((key, change.main, change.sub), stored.as_slice())?;
-        // Compaction drops the events before the compaction point; keep the same set.
-        if change.main >= body.compact_revision {
-            events.insert((change.main, change.sub), key)?;
-        }
-        let is_last_of_key = body
-            .history
-            .get(i + 1)
-            .is_none_or(|next| next.key != change.key);
-        if let (true, HistoryRecord::Put(kv)) = (is_last_of_key, &record) {
-            latest.insert(key, encode_latest(change.main, change.sub).as_slice())?;
-            if kv.lease != 0 {
-                lease_keys.insert((kv.lease, key), ())?;
-            }
-        }
+        revs.insert(
+            (change.main, change.sub),
+            (change.key.as_slice(), stored.as_slice()),
+        )?;
     }
     let mut leases = txn.open_table(LEASES)?;
     for lease in &body.leases {

@@ -4,21 +4,23 @@
 //! write transaction of a batch, so one redb commit moves all of them (and the Raft state
 //! machine's metadata) together:
 //!
-//! - `kv_latest`: key → the revision (main, sub) of the key's live version in `kv_history`
-//!   (absent once deleted): an index, so every value is stored once. Serves reads at the current
-//!   revision without scanning history.
-//! - `kv_history`: (key, main revision, sub revision) → every version and tombstone, kept until
-//!   compaction. Serves reads at older revisions and the `prev_kv` of replayed events.
+//! - `kv_revs`: (main revision, sub revision) → (key, record): every version and tombstone,
+//!   kept until compaction, in the order the changes happened — etcd's `key` bucket. New
+//!   versions append at the end of the table, so writes to random keys dirty few pages. Which
+//!   revisions hold a key's versions is the in-memory key index's business (`index`), rebuilt
+//!   from this table when the store opens. Serves reads, watch replay (`prev_kv` included) and
+//!   `HashKV`.
 //!   A version's value is kept in its record when small; a larger value is cut into chunks of
 //!   just under 256 KiB kept in `kv_values`, so that it fills whole runs of pages instead of one
 //!   run of 2^n pages (redb's allocation unit for anything larger than a page: a 1 MiB value
 //!   kept whole takes 2 MiB).
 //! - `kv_values`: (main revision, sub revision, chunk number) → a chunk of a large value.
-//! - `kv_events`: (main revision, sub revision) → key, the order in which changes happened.
-//!   Serves watch replay and tells compaction which keys changed before the compaction point.
 //! - `leases`: lease ID → granted TTL in seconds; `lease_keys`: (lease ID, key) → ().
 //! - `revisions`: the current and the compacted revision.
 //! - `meta`: opaque values of the Raft state machine (applied log ID, membership).
+//!
+//! Releases before the key index kept versions by key instead (`kv_history`, with `kv_latest`
+//! and `kv_events` beside it); a store in that layout is moved into `kv_revs` when it opens.
 
 use etcd_client::proto::PbKeyValue;
 use prost::Message;
@@ -26,7 +28,11 @@ use redb::{ReadableTable, Table, TableDefinition};
 
 use crate::{Result, StorageError as Error};
 
-/// A key of `kv_history`: the user key, then the main and sub revision of the change.
+/// A key of `kv_revs`: the main and sub revision of the change.
+pub(super) type RevKey = (i64, i64);
+/// A value of `kv_revs`: the key changed, and the record of the change.
+pub(super) type RevValue = (&'static [u8], &'static [u8]);
+/// A key of `kv_history`, the table of earlier releases: the user key, then the revision.
 pub(super) type HistoryKey = (&'static [u8], i64, i64);
 
 /// A key of `kv_values`: the main and sub revision of the version, and the chunk's number.
@@ -45,14 +51,17 @@ pub(super) const INLINE_VALUE_MAX: usize = 2048;
 /// 7 s before the chunks, 36–109 s with 4 KiB ones).
 pub(super) const VALUE_CHUNK: usize = 256 * 1024 - 256;
 
-/// `kv_latest` and `kv_history` opened for writing.
-pub(super) type LatestTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
-pub(super) type HistoryTable<'t> = Table<'t, HistoryKey, &'static [u8]>;
+/// `kv_revs` opened for writing.
+pub(super) type RevsTable<'t> = Table<'t, RevKey, RevValue>;
 
-pub(super) const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
-pub(super) const HISTORY: TableDefinition<HistoryKey, &[u8]> = TableDefinition::new("kv_history");
+pub(super) const REVS: TableDefinition<RevKey, RevValue> = TableDefinition::new("kv_revs");
 pub(super) const VALUES: TableDefinition<ValuesKey, &[u8]> = TableDefinition::new("kv_values");
-pub(super) const EVENTS: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("kv_events");
+/// The tables of earlier releases, read once to move a store into `kv_revs`, then deleted.
+pub(super) const LEGACY_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
+pub(super) const LEGACY_HISTORY: TableDefinition<HistoryKey, &[u8]> =
+    TableDefinition::new("kv_history");
+pub(super) const LEGACY_EVENTS: TableDefinition<(i64, i64), &[u8]> =
+    TableDefinition::new("kv_events");
 pub(super) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 pub(super) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 pub(super) const REVISIONS: TableDefinition<&str, i64> = TableDefinition::new("revisions");
@@ -68,7 +77,7 @@ pub const INITIAL_REVISION: i64 = 1;
 /// etcd reports -1 as the compacted revision of a store that was never compacted.
 pub const NEVER_COMPACTED: i64 = -1;
 
-/// One entry of `kv_history`: a version of a key, or the tombstone its deletion left.
+/// The record of one change: a version of a key, or the tombstone its deletion left.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum HistoryRecord {
     Put(PbKeyValue),
@@ -81,7 +90,7 @@ const TAG_TOMBSTONE: u8 = 0;
 /// wrote every version; still read, never written.
 const TAG_PUT_KEY_VALUE: u8 = 1;
 /// Varints create revision, version and lease, then the value. The key and mod revision are
-/// the record's key in `kv_history`.
+/// the record's place: the key beside it in `kv_revs`, the revision its key.
 const TAG_PUT: u8 = 2;
 /// Varints create revision, version, lease and the value's length; the value is in `kv_values`.
 const TAG_PUT_CHUNKED: u8 = 3;
@@ -109,7 +118,7 @@ impl<T: ReadableTable<ValuesKey, &'static [u8]>> ChunkSource for T {
 }
 
 impl HistoryRecord {
-    /// The record to store in `kv_history` for this version at (main, sub), writing the chunks
+    /// The record to store in `kv_revs` for this version at (main, sub), writing the chunks
     /// of a large value to `values`.
     pub(super) fn store(
         &self,
@@ -138,7 +147,7 @@ impl HistoryRecord {
         Ok(record)
     }
 
-    /// Reads the record stored in `kv_history` under (key, main, _).
+    /// Reads the record of `key` stored at revision (main, sub).
     pub(super) fn load(
         key: &[u8],
         main: i64,
@@ -195,6 +204,23 @@ impl HistoryRecord {
     }
 }
 
+/// The keys attached to lease `id`, in key order, as `lease_keys` holds them.
+pub(super) fn keys_of_lease<T>(lease_keys: &T, id: i64) -> Result<Vec<Vec<u8>>>
+where
+    T: ReadableTable<(i64, &'static [u8]), ()>,
+{
+    let mut keys = Vec::new();
+    for entry in lease_keys.range((id, &[][..])..)? {
+        let (k, _) = entry?;
+        let (lease, key) = k.value();
+        if lease != id {
+            break;
+        }
+        keys.push(key.to_vec());
+    }
+    Ok(keys)
+}
+
 /// Whether a stored record is a tombstone, without reading its value.
 pub(super) fn is_tombstone(record: &[u8]) -> bool {
     record == [TAG_TOMBSTONE]
@@ -211,27 +237,6 @@ pub(super) fn remove_chunks(
         values.retain_in((main, sub, 0)..=(main, sub, u32::MAX), |_, _| false)?;
     }
     Ok(())
-}
-
-/// Encodes a value of `kv_latest`: where in `kv_history` the live version is.
-pub(super) fn encode_latest(main: i64, sub: i64) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&main.to_be_bytes());
-    bytes[8..].copy_from_slice(&sub.to_be_bytes());
-    bytes
-}
-
-/// Decodes a value of `kv_latest`.
-pub(super) fn decode_latest(bytes: &[u8]) -> Result<(i64, i64)> {
-    let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
-        Error::MvccCorrupt(format!(
-            "kv_latest value of {} bytes, not a revision",
-            bytes.len()
-        ))
-    })?;
-    let main = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let sub = i64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
-    Ok((main, sub))
 }
 
 /// Decodes the body of a history record.

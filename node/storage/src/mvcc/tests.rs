@@ -7,7 +7,7 @@ use etcd_client::proto::{
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use tempfile::TempDir;
 
-use super::tables::{HISTORY, LATEST, VALUES};
+use super::tables::{LEGACY_HISTORY, LEGACY_LATEST, REVS, VALUES};
 use super::*;
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ fn history_len(store: &MvccStore) -> u64 {
         .db()
         .begin_read()
         .unwrap()
-        .open_table(HISTORY)
+        .open_table(REVS)
         .unwrap()
         .len()
         .unwrap()
@@ -1725,11 +1725,14 @@ fn defragment_leaves_a_store_of_large_values_the_size_of_the_values() {
     );
 }
 
-/// Releases before the lean layout stored each version as a whole `mvccpb.KeyValue`; a data dir
-/// they wrote is read as it is, and new versions are written beside the old records.
+/// Releases before the key index kept versions by key (`kv_history`, beside `kv_latest` and
+/// `kv_events`), and releases before the lean layout stored each version as a whole
+/// `mvccpb.KeyValue`; a data dir they wrote is moved into `kv_revs` when it opens, and reads,
+/// writes, watch replay and the KV hash go on from there.
 #[test]
-fn records_in_the_layout_of_earlier_releases_are_read() {
-    let (_dir, store) = open_store();
+fn a_store_in_the_layout_of_earlier_releases_is_moved_into_kv_revs_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
     let old = PbKeyValue {
         key: b"k".to_vec(),
         create_revision: 2,
@@ -1739,32 +1742,123 @@ fn records_in_the_layout_of_earlier_releases_are_read() {
         lease: 0,
     };
     {
-        let txn = store.db().begin_write().unwrap();
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
         {
-            let mut record = vec![1u8];
-            prost::Message::encode(&old, &mut record).unwrap();
-            let key: &[u8] = b"k";
-            txn.open_table(HISTORY)
-                .unwrap()
-                .insert((key, 2, 0), record.as_slice())
+            let mut whole = vec![1u8];
+            prost::Message::encode(&old, &mut whole).unwrap();
+            let mut history = txn.open_table(LEGACY_HISTORY).unwrap();
+            history.insert((&b"k"[..], 2, 0), whole.as_slice()).unwrap();
+            // The lean record of a version of "j" at revision 3: create revision 3, version 1,
+            // lease 0, then the value.
+            history
+                .insert((&b"j"[..], 3, 0), &[2u8, 3, 1, 0, b'v'][..])
                 .unwrap();
-            txn.open_table(LATEST)
-                .unwrap()
-                .insert(key, super::tables::encode_latest(2, 0).as_slice())
-                .unwrap();
+            let mut latest = txn.open_table(LEGACY_LATEST).unwrap();
+            latest.insert(&b"k"[..], &[0u8; 16][..]).unwrap();
             txn.open_table(super::tables::REVISIONS)
                 .unwrap()
-                .insert(super::tables::CURRENT_REVISION, 2)
+                .insert(super::tables::CURRENT_REVISION, 3)
                 .unwrap();
         }
         txn.commit().unwrap();
     }
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!(history_len(&store), 2);
+    {
+        let db = store.db();
+        let txn = db.begin_read().unwrap();
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "kv_history" || n == "kv_latest"),
+            "{names:?}"
+        );
+    }
     assert_eq!(get(&store, "k", 0), Some(old.clone()));
+    assert_eq!(get(&store, "j", 0).unwrap().value, b"v");
     put(&store, "k", "new");
     assert_eq!(get(&store, "k", 2), Some(old));
     let new = get(&store, "k", 0).unwrap();
     assert_eq!(
         (new.version, new.create_revision, new.mod_revision),
-        (2, 2, 3)
+        (2, 2, 4)
     );
+    let events = store.events_since(4).unwrap();
+    assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b"old");
+    drop(store);
+    // Opened again, it is in the new layout already and reads the same.
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!(get(&store, "k", 0).unwrap().mod_revision, 4);
+    assert_eq!(get(&store, "j", 3).unwrap().value, b"v");
+}
+
+/// The key index learns a batch's versions as they are written: readers must not see them
+/// before the batch commits, and a batch dropped without committing must leave no trace.
+#[test]
+fn a_batch_is_invisible_until_it_commits_and_leaves_nothing_when_dropped() {
+    let (_dir, store) = open_store();
+    put(&store, "a", "1");
+    let mut batch = store.begin_write().unwrap();
+    batch.put(&put_req("a", "2")).unwrap();
+    batch.put(&put_req("b", "1")).unwrap();
+    assert_eq!(value_at(&store, "a", 0).as_deref(), Some("1"));
+    assert_eq!(range(&store, range_req("a", "c")).count, 1);
+    drop(batch);
+    assert_eq!(range(&store, range_req("a", "c")).count, 1);
+    assert_eq!(put(&store, "b", "x"), 3);
+    let b = get(&store, "b", 0).unwrap();
+    assert_eq!((b.version, b.create_revision), (1, 3));
+    let a = get(&store, "a", 0).unwrap();
+    assert_eq!((a.version, a.mod_revision), (1, 2));
+    assert_eq!(store.events_since(2).unwrap().len(), 2);
+}
+
+/// A compaction's removals reach the index only when its batch commits: a reader meanwhile
+/// still reads the versions the compaction drops.
+#[test]
+fn a_compaction_reaches_readers_only_when_its_batch_commits() {
+    let (_dir, store) = open_store();
+    put(&store, "k", "1");
+    put(&store, "k", "2");
+    let current = put(&store, "k", "3");
+    let mut batch = store.begin_write().unwrap();
+    batch.compact(current).unwrap();
+    assert_eq!(value_at(&store, "k", 2).as_deref(), Some("1"));
+    batch.commit(false).unwrap();
+    let old = store.range(&PbRangeRequest {
+        revision: 2,
+        ..range_req("k", "")
+    });
+    assert!(matches!(old, Err(Error::Compacted)), "{old:?}");
+    assert_eq!(value_at(&store, "k", current).as_deref(), Some("3"));
+    assert_eq!(history_len(&store), 1);
+}
+
+/// A restore writes the whole store in one transaction, and redb grows the file by doubling as
+/// it fills: `trim` gives the free tail back, so a restored member's file is its data's size.
+#[test]
+fn a_restored_store_trimmed_is_the_size_of_its_pages() {
+    let (_dir, store) = open_store();
+    load_versions(&store, 20_000, 1, 256);
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = MvccStore::open(&restored_dir.path().join("kv.redb")).unwrap();
+    restored.restore(&store.snapshot().unwrap()).unwrap();
+    let before = restored.db_size_bytes();
+    restored.trim().unwrap();
+    let footprint = restored.footprint().unwrap();
+    let pages = footprint.allocated_pages * footprint.page_size;
+    println!(
+        "restored file {before} bytes, trimmed {}, pages {pages}",
+        footprint.file_bytes
+    );
+    assert!(
+        footprint.file_bytes as f64 <= 1.1 * pages as f64,
+        "a trimmed file of {} bytes for {pages} bytes of pages",
+        footprint.file_bytes
+    );
+    assert_eq!(restored.hash_kv(0).unwrap(), store.hash_kv(0).unwrap());
 }

@@ -6,7 +6,7 @@
 //! revisions 0, 1, 2... A request that changes nothing does not consume a revision. Requests are
 //! checked before they write anything, so a request that fails leaves the batch as it was.
 
-use std::collections::BTreeSet;
+use std::sync::RwLockWriteGuard;
 
 use etcd_client::proto::{
     PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue, PbPutRequest,
@@ -16,12 +16,12 @@ use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
 use super::compare::{branch, chosen_ops, txn_path};
 use super::events::event_type;
+use super::index::{Indexed, KeyIndex, Rev, SharedIndex, Undo};
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
-    encode_latest, is_tombstone, remove_chunks, HistoryRecord, HistoryTable, LatestTable,
-    ValuesTable, COMPACT_REVISION, CURRENT_REVISION, EVENTS, HISTORY, LATEST, LEASES, LEASE_KEYS,
-    META, REVISIONS, VALUES,
+    keys_of_lease, remove_chunks, HistoryRecord, RevsTable, ValuesTable, COMPACT_REVISION,
+    CURRENT_REVISION, LEASES, LEASE_KEYS, META, REVISIONS, REVS, VALUES,
 };
 use crate::{Result, StorageError as Error};
 
@@ -37,14 +37,32 @@ pub struct MvccWrite {
     revision: i64,
     compacted: i64,
     events: Vec<PbEvent>,
+    index: IndexChanges,
+}
+
+/// A batch's changes to the shared key index. The revisions the batch writes go into the index
+/// as they are written (readers do not look past their own revision) and come out again if the
+/// batch is dropped without committing; what its compactions remove comes out when it commits.
+struct IndexChanges {
+    shared: SharedIndex,
+    undo: Vec<Undo>,
+    /// Each key's versions that a compaction in this batch removed from `kv_revs`.
+    removed: Vec<(Vec<u8>, Vec<Rev>)>,
+}
+
+impl Drop for IndexChanges {
+    fn drop(&mut self) {
+        if !self.undo.is_empty() {
+            let steps = std::mem::take(&mut self.undo);
+            self.shared.write().undo(steps);
+        }
+    }
 }
 
 /// The tables a key-changing request touches, opened for the duration of one request.
 struct KvTables<'t> {
-    latest: LatestTable<'t>,
-    history: HistoryTable<'t>,
+    revs: RevsTable<'t>,
     values: ValuesTable<'t>,
-    events: Table<'t, (i64, i64), &'static [u8]>,
     leases: Table<'t, i64, i64>,
     lease_keys: Table<'t, (i64, &'static [u8]), ()>,
 }
@@ -52,10 +70,8 @@ struct KvTables<'t> {
 impl<'t> KvTables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<KvTables<'t>> {
         Ok(KvTables {
-            latest: txn.open_table(LATEST)?,
-            history: txn.open_table(HISTORY)?,
+            revs: txn.open_table(REVS)?,
             values: txn.open_table(VALUES)?,
-            events: txn.open_table(EVENTS)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
         })
@@ -63,7 +79,7 @@ impl<'t> KvTables<'t> {
 }
 
 impl MvccWrite {
-    pub(super) fn begin(txn: WriteTransaction) -> Result<MvccWrite> {
+    pub(super) fn begin(txn: WriteTransaction, index: SharedIndex) -> Result<MvccWrite> {
         let (revision, compacted) = {
             let revisions = txn.open_table(REVISIONS)?;
             super::read_revisions(&revisions)?
@@ -73,6 +89,11 @@ impl MvccWrite {
             revision,
             compacted,
             events: Vec::new(),
+            index: IndexChanges {
+                shared: index,
+                undo: Vec::new(),
+                removed: Vec::new(),
+            },
         })
     }
 
@@ -116,43 +137,29 @@ impl MvccWrite {
             return Err(Error::FutureRev);
         }
         let mut tables = KvTables::open(&self.txn)?;
-        let mut changed_keys = BTreeSet::new();
-        for entry in tables.events.range(..(revision, i64::MIN))? {
-            let (_, key) = entry?;
-            changed_keys.insert(key.value().to_vec());
-        }
-        for key in &changed_keys {
-            let key = key.as_slice();
-            let mut older: Vec<(i64, i64, bool)> = Vec::new();
-            for entry in tables
-                .history
-                .range((key, i64::MIN, i64::MIN)..(key, revision, i64::MIN))?
-            {
-                let (k, record) = entry?;
-                let (_, main, sub) = k.value();
-                older.push((main, sub, is_tombstone(record.value())));
-            }
-            let changed_at_revision = tables
-                .history
-                .range((key, revision, i64::MIN)..=(key, revision, i64::MAX))?
-                .next()
-                .is_some();
+        let index = self.index.shared.read();
+        for (key, versions) in index.iter() {
+            let older = versions.partition_point(|v| v.rev.0 < revision);
+            let changed_at_revision = versions.get(older).is_some_and(|v| v.rev.0 == revision);
             // The version live at `revision` is kept, unless it is a deletion or was replaced
             // at `revision` itself (which is kept as it is not older than `revision`).
-            if let Some(&(_, _, is_tombstone)) = older.last() {
-                if !is_tombstone && !changed_at_revision {
-                    older.pop();
+            let doomed = match versions[..older].last() {
+                Some(last) if !last.tombstone && !changed_at_revision => &versions[..older - 1],
+                _ => &versions[..older],
+            };
+            if doomed.is_empty() {
+                continue;
+            }
+            for version in doomed {
+                let (main, sub) = version.rev;
+                // A version an earlier compaction of this batch removed is gone already.
+                if let Some(entry) = tables.revs.remove(version.rev)? {
+                    remove_chunks(main, sub, entry.value().1, &mut tables.values)?;
                 }
             }
-            for (main, sub, _) in older {
-                if let Some(record) = tables.history.remove((key, main, sub))? {
-                    remove_chunks(main, sub, record.value(), &mut tables.values)?;
-                }
-            }
+            let revs = doomed.iter().map(|version| version.rev).collect();
+            self.index.removed.push((key.to_vec(), revs));
         }
-        tables
-            .events
-            .retain_in(..(revision, i64::MIN), |_, _| false)?;
         self.compacted = revision;
         Ok(PbCompactionResponse {
             header: header(self.revision),
@@ -177,16 +184,7 @@ impl MvccWrite {
             if request.tables.leases.get(id)?.is_none() {
                 return Err(Error::LeaseNotFound);
             }
-            let mut keys = Vec::new();
-            for entry in request.tables.lease_keys.range((id, &[][..])..)? {
-                let (k, _) = entry?;
-                let (lease, key) = k.value();
-                if lease != id {
-                    break;
-                }
-                keys.push(key.to_vec());
-            }
-            for key in keys {
+            for key in keys_of_lease(&request.tables.lease_keys, id)? {
                 request.delete_key(&key)?;
             }
             request.tables.leases.remove(id)?;
@@ -196,17 +194,7 @@ impl MvccWrite {
 
     /// The keys attached to lease `id`, as this transaction sees them.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
-        let table = self.txn.open_table(LEASE_KEYS)?;
-        let mut keys = Vec::new();
-        for entry in table.range((id, &[][..])..)? {
-            let (k, _) = entry?;
-            let (lease, key) = k.value();
-            if lease != id {
-                break;
-            }
-            keys.push(key.to_vec());
-        }
-        Ok(keys)
+        keys_of_lease(&self.txn.open_table(LEASE_KEYS)?, id)
     }
 
     /// Stores a value of the Raft state machine's own (applied log ID, membership) in the same
@@ -241,19 +229,42 @@ impl MvccWrite {
     /// Commits the batch and returns its watch events in revision order. A non-durable commit is
     /// visible to readers at once but reaches the disk only with the next durable commit: after
     /// a crash the store is at its last durable commit, and Raft replays the rest.
-    pub fn commit(mut self, durable: bool) -> Result<Vec<PbEvent>> {
+    pub fn commit(self, durable: bool) -> Result<Vec<PbEvent>> {
+        let MvccWrite {
+            mut txn,
+            revision,
+            compacted,
+            events,
+            mut index,
+        } = self;
         {
-            let mut revisions = self.txn.open_table(REVISIONS)?;
-            revisions.insert(CURRENT_REVISION, self.revision)?;
-            revisions.insert(COMPACT_REVISION, self.compacted)?;
+            let mut revisions = txn.open_table(REVISIONS)?;
+            revisions.insert(CURRENT_REVISION, revision)?;
+            revisions.insert(COMPACT_REVISION, compacted)?;
         }
-        self.txn.set_durability(if durable {
+        txn.set_durability(if durable {
             Durability::Immediate
         } else {
             Durability::None
         })?;
-        self.txn.commit()?;
-        Ok(self.events)
+        if index.removed.is_empty() {
+            txn.commit()?;
+        } else {
+            // Readers lock the index before they open their read transaction, so none sees the
+            // database after this compaction with the index before it, or the other way round.
+            let mut shared = index.shared.write();
+            let committed = txn.commit();
+            if committed.is_ok() {
+                for (key, revs) in index.removed.drain(..) {
+                    shared.remove(&key, &revs);
+                }
+            }
+            drop(shared);
+            committed?;
+        }
+        // Committed: the index keeps what the batch inserted.
+        index.undo.clear();
+        Ok(events)
     }
 
     /// Runs one request with the next main revision; the revision is consumed only if the request
@@ -262,8 +273,12 @@ impl MvccWrite {
         &mut self,
         body: impl FnOnce(&mut Request<'_, '_>) -> Result<T>,
     ) -> Result<T> {
+        let tables = KvTables::open(&self.txn)?;
+        let IndexChanges { shared, undo, .. } = &mut self.index;
         let mut request = Request {
-            tables: KvTables::open(&self.txn)?,
+            tables,
+            index: shared.write(),
+            undo,
             main: self.revision + 1,
             sub: 0,
             compacted: self.compacted,
@@ -282,6 +297,9 @@ impl MvccWrite {
 /// One request being applied: its main revision and the sub revisions it has used.
 struct Request<'t, 'e> {
     tables: KvTables<'t>,
+    /// Locked for the request, which reads it and inserts the versions it writes.
+    index: RwLockWriteGuard<'e, KeyIndex>,
+    undo: &'e mut Vec<Undo>,
     main: i64,
     sub: i64,
     compacted: i64,
@@ -304,10 +322,10 @@ impl Request<'_, '_> {
         }
     }
 
-    fn view(&self) -> KvView<'_, LatestTable<'_>, HistoryTable<'_>> {
+    fn view(&self) -> KvView<'_, RevsTable<'_>> {
         KvView {
-            latest: &self.tables.latest,
-            history: &self.tables.history,
+            index: &self.index,
+            revs: &self.tables.revs,
             values: &self.tables.values,
             current: self.revision(),
             compacted: self.compacted,
@@ -324,7 +342,7 @@ impl Request<'_, '_> {
                 Effect::Delete(span) => span.contains(&req.key).then_some(false),
             }) {
                 Some(exists) => exists,
-                None => self.tables.latest.get(req.key.as_slice())?.is_some(),
+                None => self.index.live_at(&req.key, self.revision()).is_some(),
             };
             if !exists {
                 return Err(Error::KeyNotFound);
@@ -452,9 +470,6 @@ impl Request<'_, '_> {
             value,
             lease,
         };
-        self.tables
-            .latest
-            .insert(key, encode_latest(self.main, self.sub).as_slice())?;
         self.record_change(key, &HistoryRecord::Put(kv.clone()))?;
         let prev_lease = prev.as_ref().map_or(0, |prev| prev.lease);
         if prev_lease != 0 && prev_lease != lease {
@@ -477,7 +492,6 @@ impl Request<'_, '_> {
             Some(prev) => prev,
             None => return Ok(()),
         };
-        self.tables.latest.remove(key)?;
         let main = self.main;
         self.record_change(key, &HistoryRecord::Tombstone)?;
         if prev.lease != 0 {
@@ -496,12 +510,12 @@ impl Request<'_, '_> {
     }
 
     fn record_change(&mut self, key: &[u8], record: &HistoryRecord) -> Result<()> {
-        let revision = (self.main, self.sub);
-        let stored = record.store(revision.0, revision.1, &mut self.tables.values)?;
-        self.tables
-            .history
-            .insert((key, revision.0, revision.1), stored.as_slice())?;
-        self.tables.events.insert(revision, key)?;
+        let rev = (self.main, self.sub);
+        let stored = record.store(rev.0, rev.1, &mut self.tables.values)?;
+        self.tables.revs.insert(rev, (key, stored.as_slice()))?;
+        let tombstone = matches!(record, HistoryRecord::Tombstone);
+        self.index.insert(key, Indexed { rev, tombstone });
+        self.undo.push(Undo::Inserted(key.to_vec()));
         self.sub += 1;
         Ok(())
     }
