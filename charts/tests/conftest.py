@@ -61,11 +61,10 @@ def operator_command() -> list[str]:
     return [cargo, "run", "--quiet", "-j", "2", "-p", "ferrokv-operator", "--"]
 
 
-@pytest.fixture(scope="session")
-def operator_built_objects() -> list[dict]:
-    """Every object the operator builds for the example cluster."""
+def render_operator(manifest: Path) -> list[dict]:
+    """Every object the operator builds for the KVCluster in `manifest`."""
     result = subprocess.run(
-        [*operator_command(), "render", str(EXAMPLES / "kvcluster.yaml")],
+        [*operator_command(), "render", str(manifest)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -73,3 +72,15 @@ def operator_built_objects() -> list[dict]:
     )
     assert result.returncode == 0, result.stderr
     return load_all(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def operator_built_objects() -> list[dict]:
+    """Every object the operator builds for the example cluster."""
+    return render_operator(EXAMPLES / "kvcluster.yaml")
+
+
+@pytest.fixture(scope="session")
+def operator_built_tls_objects() -> list[dict]:
+    """Every object the operator builds for the TLS example cluster."""
+    return render_operator(EXAMPLES / "kvcluster-tls.yaml")

@@ -164,3 +164,43 @@ def test_storage_cannot_change_after_creation(crd):
     (message,) = admit(crd, large, old=small)
     assert message.startswith(".spec.storage: storage cannot change")
     assert admit(crd, small, old=small) == []
+
+
+def test_tls_example_turns_on_both_sides_and_auth():
+    (example,) = [o for o in example_clusters() if o["metadata"]["name"] == "example-tls"]
+    assert set(example["spec"]["tls"]) == {"client", "peer"}
+    assert example["spec"]["auth"]["enabled"] is True
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{}, {"auto": {}, "secretRef": {"name": "s"}}, {"secretRef": {"name": "s"}, "certManager": {"issuerRef": {"name": "i"}}}],
+)
+def test_a_tls_side_names_exactly_one_source(crd, source):
+    (message,) = admit(crd, with_spec({"tls": {"client": source}}))
+    assert "exactly one of auto, secretRef and certManager" in message
+
+
+@pytest.mark.parametrize(
+    "source", [{"auto": {}}, {"secretRef": {"name": "s"}}, {"certManager": {"issuerRef": {"name": "i"}}}]
+)
+def test_each_tls_source_alone_is_accepted(crd, source):
+    assert admit(crd, with_spec({"tls": {"client": source, "peer": source}})) == []
+
+
+def test_tls_sides_cannot_be_turned_on_or_off_after_creation(crd):
+    plain = with_spec({})
+    client = with_spec({"tls": {"client": {"auto": {}}}})
+    (message,) = admit(crd, client, old=plain)
+    assert "cannot be added or removed" in message
+    (message,) = admit(crd, plain, old=client)
+    assert "cannot be added or removed" in message
+    switched = with_spec({"tls": {"client": {"secretRef": {"name": "mine"}}}})
+    assert admit(crd, switched, old=client) == []
+
+
+def test_auth_needs_the_root_password_secret(crd):
+    (message,) = admit(crd, with_spec({"auth": {"enabled": True}}))
+    assert "rootPasswordSecret" in message
+    secret = {"name": "root", "key": "password"}
+    assert admit(crd, with_spec({"auth": {"enabled": True, "rootPasswordSecret": secret}})) == []

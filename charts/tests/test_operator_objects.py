@@ -37,3 +37,27 @@ def test_statefulset_volumes_and_probes(operator_built_objects):
     (peer,) = [o for o in operator_built_objects if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None"]
     assert peer["spec"]["publishNotReadyAddresses"] is True
     assert spec["serviceName"] == peer["metadata"]["name"]
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_tls_example_objects_pass_the_kubernetes_schemas(operator_built_tls_objects, kube_version):
+    for obj in operator_built_tls_objects:
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+def test_tls_members_mount_their_certificates_and_probe_a_plain_port(operator_built_tls_objects):
+    (sts,) = [o for o in operator_built_tls_objects if o["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    secrets = [v["secret"]["secretName"] for v in pod["volumes"]]
+    assert secrets == ["example-tls-client-tls", "example-tls-peer-tls"]
+    container = pod["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["client-tls"]["readOnly"] is True
+    args = container["args"]
+    assert "--client-cert-auth" in args and "--peer-client-cert-auth" in args
+    assert f"--trusted-ca-file={mounts['client-tls']['mountPath']}/ca.crt" in args
+    assert any(a.startswith("--advertise-client-urls=https://") for a in args)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    assert ports["metrics"] == 2381
+    assert "--listen-metrics-urls=http://0.0.0.0:2381" in args

@@ -80,6 +80,7 @@ pub const PODS: Kind = Kind::namespaced("", "v1", "pods");
 pub const CLAIMS: Kind = Kind::namespaced("", "v1", "persistentvolumeclaims");
 pub const SERVICES: Kind = Kind::namespaced("", "v1", "services");
 pub const CONFIG_MAPS: Kind = Kind::namespaced("", "v1", "configmaps");
+pub const SECRETS: Kind = Kind::namespaced("", "v1", "secrets");
 pub const STATEFUL_SETS: Kind = Kind::namespaced("apps", "v1", "statefulsets");
 pub const DISRUPTION_BUDGETS: Kind = Kind::namespaced("policy", "v1", "poddisruptionbudgets");
 pub const KVCLUSTERS: Kind = Kind::namespaced("ferrokv.io", "v1alpha1", "kvclusters");
@@ -243,10 +244,14 @@ impl KubeEnv {
             object["spec"]["image"] = Value::String(image);
         }
         edit(&mut object);
-        let manifest = serde_json::to_string(&object)?;
+        self.apply(&object).await
+    }
+
+    /// `kubectl apply` of one object.
+    pub async fn apply(&self, object: &Value) -> anyhow::Result<()> {
         let applied = self
             .kubectl
-            .run_with_stdin(&["apply", "-f", "-"], Some(&manifest))
+            .run_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
             .await?;
         if !applied.success() {
             bail!("kubectl apply: {}", applied.stderr);
@@ -441,12 +446,32 @@ impl KubeEnv {
 
     /// etcdctl against the client Service of the KVCluster `cluster` of the test's namespace.
     pub async fn etcdctl_on(&self, cluster: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.etcdctl_with(cluster, "http", &[], args).await
+    }
+
+    /// etcdctl against the client Service of the KVCluster `cluster` at `scheme://` (`https`
+    /// on a cluster with client TLS), with `flags` (`--cacert=...`, `--user=...`) before `args`.
+    pub async fn etcdctl_with(
+        &self,
+        cluster: &str,
+        scheme: &str,
+        flags: &[String],
+        args: &[&str],
+    ) -> anyhow::Result<Output> {
         let endpoint = match &self.backend {
-            Backend::Hermetic(_) => format!("http://{cluster}-client.{}.svc:2379", self.namespace),
+            Backend::Hermetic(_) => {
+                format!("{scheme}://{cluster}-client.{}.svc:2379", self.namespace)
+            }
             Backend::Real(real) => {
                 let target = format!("svc/{cluster}-client");
-                real.forward(&self.kubectl, &self.namespace, &target)
-                    .await?
+                let forwarded = real
+                    .forward(&self.kubectl, &self.namespace, &target)
+                    .await?;
+                // Certificates name 127.0.0.1, where port-forwards listen.
+                match forwarded.strip_prefix("http://") {
+                    Some(address) => format!("{scheme}://{address}"),
+                    None => forwarded,
+                }
             }
         };
         let mut command = match &self.backend {
@@ -458,6 +483,7 @@ impl KubeEnv {
         command
             .arg(format!("--endpoints={endpoint}"))
             .arg("--command-timeout=5s")
+            .args(flags)
             .args(args)
             .env("ETCDCTL_API", "3")
             .kill_on_drop(true);

@@ -51,6 +51,9 @@ impl RunningOperator {
             .env("POD_NAME", "ferrokv-operator-e2e")
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
+            // The hermetic kubelet updates Secret volumes within a second, not a real one's
+            // minute or two: CA rotations need not wait as long.
+            .env("FERROKV_SECRET_PROPAGATION_SECONDS", "3")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -47,7 +47,9 @@ async fn start(test: &str) -> KubeEnv {
 
 /// The Secret the destinations name, with the keys the operator documents.
 async fn create_credentials(env: &KubeEnv) {
-    apply(env, credentials_secret(SECRET, &env.namespace)).await;
+    env.apply(&credentials_secret(SECRET, &env.namespace))
+        .await
+        .unwrap();
 }
 
 fn destination(s3: &S3Server) -> Value {
@@ -59,15 +61,6 @@ fn destination(s3: &S3Server) -> Value {
         "credentialsSecret": SECRET,
         "forcePathStyle": true,
     }})
-}
-
-async fn apply(env: &KubeEnv, object: Value) {
-    let applied = env
-        .kubectl
-        .run_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
-        .await
-        .unwrap();
-    assert!(applied.success(), "kubectl apply: {}", applied.stderr);
 }
 
 /// Puts `count` keys; answers the keyspace's revision after them.
@@ -345,7 +338,9 @@ async fn on_demand_backup_succeeds_and_refused_credentials_fail_it_with_the_reas
     };
 
     let started = Instant::now();
-    apply(&env, backup("now", Some(destination(&s3)))).await;
+    env.apply(&backup("now", Some(destination(&s3))))
+        .await
+        .unwrap();
     let status = finished("now").await;
     println!(
         "on-demand backup of 20 keys: {:.1}s",
@@ -361,7 +356,9 @@ async fn on_demand_backup_succeeds_and_refused_credentials_fail_it_with_the_reas
     assert_eq!(manifest["sha256"], status["sha256"], "{status}");
     assert_eq!(manifest["size"], status["size"], "{status}");
 
-    apply(&env, backup("refused", Some(destination(&locked)))).await;
+    env.apply(&backup("refused", Some(destination(&locked))))
+        .await
+        .unwrap();
     let status = finished("refused").await;
     assert_eq!(status["phase"], "Failed", "{status}");
     assert_eq!(status["reason"], "CredentialsRejected", "{status}");
@@ -371,7 +368,7 @@ async fn on_demand_backup_succeeds_and_refused_credentials_fail_it_with_the_reas
     );
 
     // The cluster declares no spec.backup, so a backup naming no destination has none.
-    apply(&env, backup("nowhere", None)).await;
+    env.apply(&backup("nowhere", None)).await.unwrap();
     let status = finished("nowhere").await;
     assert_eq!(status["phase"], "Failed", "{status}");
     assert_eq!(status["reason"], "NoDestination", "{status}");

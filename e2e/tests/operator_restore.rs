@@ -46,15 +46,6 @@ const EVENTS: Kind = Kind {
     namespaced: true,
 };
 
-async fn apply(env: &KubeEnv, object: Value) {
-    let applied = env
-        .kubectl
-        .run_with_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
-        .await
-        .unwrap();
-    assert!(applied.success(), "kubectl apply: {}", applied.stderr);
-}
-
 /// A KVCluster `name` of `replicas` members restored from `source`.
 fn restored_cluster(env: &KubeEnv, name: &str, replicas: u32, source: Value) -> Value {
     json!({
@@ -142,7 +133,9 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     };
     let s3 = S3Server::start_on(scratch.path(), host.into()).unwrap();
     s3.create_bucket(BUCKET).await.unwrap();
-    apply(&env, credentials_secret(SECRET, &env.namespace)).await;
+    env.apply(&credentials_secret(SECRET, &env.namespace))
+        .await
+        .unwrap();
     let destination = json!({"s3": {
         "bucket": BUCKET,
         "prefix": "e2e",
@@ -159,16 +152,14 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     write_history(&env).await;
     let (source_keys, source_revision) = keyspace(&env, "example").await;
 
-    apply(
-        &env,
-        json!({
-            "apiVersion": "ferrokv.io/v1alpha1",
-            "kind": "KVClusterBackup",
-            "metadata": {"name": "before-restore", "namespace": env.namespace},
-            "spec": {"clusterName": "example", "destination": destination},
-        }),
-    )
-    .await;
+    env.apply(&json!({
+        "apiVersion": "ferrokv.io/v1alpha1",
+        "kind": "KVClusterBackup",
+        "metadata": {"name": "before-restore", "namespace": env.namespace},
+        "spec": {"clusterName": "example", "destination": destination},
+    }))
+    .await
+    .unwrap();
     let backup = env
         .eventually("the backup to finish", Duration::from_secs(120), || async {
             let status = env.get(KVCLUSTERBACKUPS, "before-restore").await?["status"].clone();
@@ -195,12 +186,16 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         "forcePathStyle": true,
     }});
     let applied_broken = Instant::now();
-    apply(&env, restored_cluster(&env, "broken", 3, corrupt)).await;
+    env.apply(&restored_cluster(&env, "broken", 3, corrupt))
+        .await
+        .unwrap();
 
     // The good one: from the KVClusterBackup, by name.
     let started = Instant::now();
     let from_backup = json!({"backup": {"name": "before-restore"}});
-    apply(&env, restored_cluster(&env, "restored", 3, from_backup)).await;
+    env.apply(&restored_cluster(&env, "restored", 3, from_backup))
+        .await
+        .unwrap();
 
     let refused = env
         .eventually(

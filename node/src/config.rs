@@ -69,6 +69,12 @@ pub struct Config {
     )]
     pub listen_peer_urls: String,
 
+    /// List of additional plain-HTTP URLs to listen on that answer only `/health`, `/livez`,
+    /// `/readyz`, `/version` and `/metrics` (comma-separated): health checks and scrapers that
+    /// hold no client certificate reach them while the client port requires one.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// List of this member's peer URLs to advertise to the rest of the cluster.
     #[arg(
         long,
@@ -306,6 +312,8 @@ pub struct NodeConfig {
     pub listen_client_urls: Vec<HostPort>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<HostPort>,
+    /// `--listen-metrics-urls`: plain HTTP, the health and metrics endpoints only.
+    pub listen_metrics_urls: Vec<HostPort>,
     pub advertise_peer_urls: Vec<String>,
     /// name → peer URLs, from `--initial-cluster`.
     pub initial_cluster: BTreeMap<String, Vec<String>>,
@@ -411,6 +419,17 @@ impl NodeConfig {
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
         let listen_client_urls = parse_listen_urls("--listen-client-urls", &c.listen_client_urls)?;
         let listen_peer_urls = parse_listen_urls("--listen-peer-urls", &c.listen_peer_urls)?;
+        let listen_metrics_urls = if c.listen_metrics_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_listen_urls("--listen-metrics-urls", &c.listen_metrics_urls)?
+        };
+        if let Some(url) = listen_metrics_urls.iter().find(|u| u.tls) {
+            return Err(format!(
+                "--listen-metrics-urls: {} is https; ferrokv serves these endpoints as plain HTTP only",
+                url.url
+            ));
+        }
         let advertise_client_urls =
             parse_url_list("--advertise-client-urls", &c.advertise_client_urls)?;
         let advertise_peer_urls = parse_url_list(
@@ -496,6 +515,7 @@ impl NodeConfig {
             listen_client_urls,
             advertise_client_urls,
             listen_peer_urls,
+            listen_metrics_urls,
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state,
@@ -763,6 +783,15 @@ mod tests {
         let err =
             check(&["--peer-cert-allowed-cn=a", "--peer-cert-allowed-hostname=b"]).unwrap_err();
         assert!(err.contains("cannot be both set"), "{err}");
+    }
+
+    #[test]
+    fn metrics_urls_are_plain_http_only() {
+        assert!(check(&[]).unwrap().listen_metrics_urls.is_empty());
+        let c = check(&["--listen-metrics-urls=http://0.0.0.0:2381"]).unwrap();
+        assert_eq!(c.listen_metrics_urls[0].port, 2381);
+        let err = check(&["--listen-metrics-urls=https://0.0.0.0:2381"]).unwrap_err();
+        assert!(err.contains("--listen-metrics-urls"), "{err}");
     }
 
     #[test]

@@ -519,6 +519,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 .map_err(|e| Error::raft(format!("client server: {e}")))
         });
     }
+    for url in &config.listen_metrics_urls {
+        let listener = bind(url, "--listen-metrics-urls").await?;
+        let stop = stopped(stop_rx.clone());
+        let server = server.clone();
+        tasks.spawn(async move {
+            api::serve_metrics(server, listener, stop)
+                .await
+                .map_err(|e| Error::raft(format!("metrics server: {e}")))
+        });
+    }
     tracing::info!(
         clients = %config.advertise_client_urls.join(","),
         peers = %config.advertise_peer_urls.join(","),

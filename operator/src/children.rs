@@ -15,20 +15,21 @@ use k8s_openapi::api::core::v1::{
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 
 use crate::backup::destination::{ACCESS_KEY_ID_KEY, SECRET_ACCESS_KEY_KEY, SESSION_TOKEN_KEY};
 use crate::bootstrap::BootstrapConfig;
-use crate::crd::{KVCluster, RestoreStatus, VolumeSpec};
+use crate::crd::{CertManagerTls, KVCluster, RestoreStatus, TlsMode, TlsSource, VolumeSpec};
 use crate::names::{
-    ClusterNames, CLIENT_PORT, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
-    INITIAL_CLUSTER_STATE_KEY, PEER_PORT, WAL_DIR, WAL_VOLUME,
+    ClusterNames, TlsSide, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
+    INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR, WAL_DIR, WAL_VOLUME,
 };
 
 /// Name of the node's container in every member pod.
@@ -75,7 +76,10 @@ impl BuildDefaults {
 }
 
 pub fn names_of(kvc: &KVCluster) -> ClusterNames {
-    ClusterNames::new(kvc.name_any(), kvc.namespace().unwrap_or_default())
+    ClusterNames::new(kvc.name_any(), kvc.namespace().unwrap_or_default()).with_tls(
+        kvc.spec.client_tls().is_some(),
+        kvc.spec.peer_tls().is_some(),
+    )
 }
 
 fn metadata(kvc: &KVCluster, name: String) -> ObjectMeta {
@@ -224,18 +228,37 @@ pub fn member_args(kvc: &KVCluster) -> Vec<String> {
         Some(uid) => format!("{}-{}", names.cluster, uid),
         None => format!("{}-{}", names.namespace, names.cluster),
     };
+    let client = if names.client_tls() { "https" } else { "http" };
+    let peer = if names.peer_tls() { "https" } else { "http" };
     let mut args = vec![
         "--name=$(POD_NAME)".to_string(),
         format!("--data-dir={DATA_DIR}"),
         format!("--wal-dir={WAL_DIR}"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
-        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
-        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        format!("--listen-client-urls={client}://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={client}://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls={peer}://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls={peer}://{host}:{PEER_PORT}"),
         "--initial-cluster=$(INITIAL_CLUSTER)".to_string(),
         "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)".to_string(),
         format!("--initial-cluster-token={token}"),
     ];
+    if let Some(files) = member_tls_files(kvc, TlsSide::Client) {
+        args.extend([
+            format!("--cert-file={}", files.cert),
+            format!("--key-file={}", files.key),
+            format!("--trusted-ca-file={}", files.ca),
+            "--client-cert-auth".to_string(),
+            format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+        ]);
+    }
+    if let Some(files) = member_tls_files(kvc, TlsSide::Peer) {
+        args.extend([
+            format!("--peer-cert-file={}", files.cert),
+            format!("--peer-key-file={}", files.key),
+            format!("--peer-trusted-ca-file={}", files.ca),
+            "--peer-client-cert-auth".to_string(),
+        ]);
+    }
     let tuning = &kvc.spec.tuning;
     if let Some(ms) = tuning.heartbeat_interval_millis {
         args.push(format!("--heartbeat-interval={ms}"));
@@ -264,6 +287,159 @@ pub fn member_args(kvc: &KVCluster) -> Vec<String> {
         args.push(format!("--auto-compaction-retention={retention}"));
     }
     args
+}
+
+/// Where a member finds one side's certificate, key and trusted CA bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+/// The side's TLS settings of the cluster, when that side has TLS.
+pub fn tls_source(kvc: &KVCluster, side: TlsSide) -> Option<&TlsSource> {
+    match side {
+        TlsSide::Client => kvc.spec.client_tls(),
+        TlsSide::Peer => kvc.spec.peer_tls(),
+    }
+}
+
+/// The Secret member pods mount for a side: the operator's (`auto`, `certManager`) or the user's.
+pub fn member_tls_secret(kvc: &KVCluster, side: TlsSide) -> Option<String> {
+    Some(match tls_source(kvc, side)?.mode() {
+        TlsMode::SecretRef(secret) => secret.name.clone(),
+        TlsMode::Auto(_) | TlsMode::CertManager(_) => names_of(kvc).tls_secret(side),
+    })
+}
+
+/// The files of a side in the member's container. `auto` Secrets hold one certificate per
+/// member, named after it (`NAME-N.crt`, `NAME-N.key`); the others one for all members, in
+/// cert-manager's layout (`tls.crt`, `tls.key`). `ca.crt` is the trusted bundle either way.
+pub fn member_tls_files(kvc: &KVCluster, side: TlsSide) -> Option<TlsFiles> {
+    let dir = match side {
+        TlsSide::Client => CLIENT_TLS_DIR,
+        TlsSide::Peer => PEER_TLS_DIR,
+    };
+    let (cert, key) = match tls_source(kvc, side)?.mode() {
+        TlsMode::Auto(_) => (
+            format!("{dir}/$(POD_NAME).crt"),
+            format!("{dir}/$(POD_NAME).key"),
+        ),
+        TlsMode::SecretRef(_) | TlsMode::CertManager(_) => {
+            (format!("{dir}/tls.crt"), format!("{dir}/tls.key"))
+        }
+    };
+    Some(TlsFiles {
+        cert,
+        key,
+        ca: format!("{dir}/ca.crt"),
+    })
+}
+
+/// The certificate Secrets mounted read-only in member pods; the node re-reads the files when
+/// the kubelet updates them, so a renewal needs no restart.
+fn tls_volumes(kvc: &KVCluster) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (side, dir) in [
+        (TlsSide::Client, CLIENT_TLS_DIR),
+        (TlsSide::Peer, PEER_TLS_DIR),
+    ] {
+        let Some(secret) = member_tls_secret(kvc, side) else {
+            continue;
+        };
+        let name = format!("{}-tls", side.as_str());
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: dir.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    (volumes, mounts)
+}
+
+/// cert-manager's Certificate kind (cert-manager.io/v1).
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ))
+}
+
+/// The cert-manager Certificate of a side's member certificate: one for every member, naming
+/// them all, in the Secret the members mount; usable to serve and to authenticate, as peers
+/// and the operator need.
+pub fn member_certificate(
+    kvc: &KVCluster,
+    side: TlsSide,
+    cert_manager: &CertManagerTls,
+) -> DynamicObject {
+    let names = names_of(kvc);
+    let dns: Vec<String> = names
+        .shared_certificate_names()
+        .into_iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+        .collect();
+    certificate(
+        kvc,
+        names.certificate(side),
+        serde_json::json!({
+            "secretName": names.tls_secret(side),
+            "commonName": format!("{}-{}", names.cluster, side.as_str()),
+            "dnsNames": dns,
+            "ipAddresses": ["127.0.0.1"],
+            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+        }),
+        cert_manager,
+    )
+}
+
+/// The cert-manager Certificate the operator itself connects to members with.
+pub fn operator_certificate(kvc: &KVCluster, cert_manager: &CertManagerTls) -> DynamicObject {
+    let names = names_of(kvc);
+    certificate(
+        kvc,
+        names.operator_certificate(),
+        serde_json::json!({
+            "secretName": names.operator_tls_secret(),
+            "commonName": crate::tls::OPERATOR_COMMON_NAME,
+            "usages": ["digital signature", "key encipherment", "client auth"],
+        }),
+        cert_manager,
+    )
+}
+
+fn certificate(
+    kvc: &KVCluster,
+    name: String,
+    mut spec: serde_json::Value,
+    cert_manager: &CertManagerTls,
+) -> DynamicObject {
+    let issuer = &cert_manager.issuer_ref;
+    spec["issuerRef"] = serde_json::json!({
+        "name": issuer.name, "kind": issuer.kind, "group": issuer.group,
+    });
+    spec["privateKey"] =
+        serde_json::json!({"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"});
+    if let Some(duration) = &cert_manager.duration {
+        spec["duration"] = serde_json::json!(duration);
+    }
+    let mut object = DynamicObject::new(&name, &certificate_resource());
+    object.metadata = metadata(kvc, name);
+    object.data = serde_json::json!({ "spec": spec });
+    object
 }
 
 /// The flags of [`member_args`] that say who a member is and where its data goes: what
@@ -381,11 +557,11 @@ fn restore_container(kvc: &KVCluster, restore: &RestoreStatus, member: &Containe
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String("client".to_string()),
+            port: IntOrString::String(port.to_string()),
             scheme: Some("HTTP".to_string()),
             ..HTTPGetAction::default()
         }),
@@ -459,6 +635,46 @@ fn member_container_security() -> SecurityContext {
 pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet {
     let names = names_of(kvc);
     let spec = &kvc.spec;
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("client".to_string()),
+            container_port: CLIENT_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("peer".to_string()),
+            container_port: PEER_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        },
+    ];
+    // Probes hold no client certificate: with TLS on the client port they use the metrics port.
+    let probe_port = if names.client_tls() {
+        ports.push(ContainerPort {
+            name: Some("metrics".to_string()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        });
+        "metrics"
+    } else {
+        "client"
+    };
+    let (tls_volumes, tls_mounts) = tls_volumes(kvc);
+    let mut volume_mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: WAL_VOLUME.to_string(),
+            mount_path: WAL_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+    ];
+    volume_mounts.extend(tls_mounts);
     let container = Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(image.to_string()),
@@ -470,38 +686,14 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
             env_from_bootstrap(kvc, "INITIAL_CLUSTER", INITIAL_CLUSTER_KEY),
             env_from_bootstrap(kvc, "INITIAL_CLUSTER_STATE", INITIAL_CLUSTER_STATE_KEY),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("client".to_string()),
-                container_port: CLIENT_PORT,
-                protocol: Some("TCP".to_string()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("peer".to_string()),
-                container_port: PEER_PORT,
-                protocol: Some("TCP".to_string()),
-                ..ContainerPort::default()
-            },
-        ]),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.to_string(),
-                mount_path: DATA_DIR.to_string(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: WAL_VOLUME.to_string(),
-                mount_path: WAL_DIR.to_string(),
-                ..VolumeMount::default()
-            },
-        ]),
+        ports: Some(ports),
+        volume_mounts: Some(volume_mounts),
         resources: spec.resources.clone(),
         // A member replaying a long WAL is alive but not live-probe-ready; the startup probe
         // gives it up to ten minutes before liveness takes over.
-        startup_probe: Some(http_probe("/livez", 10, 60)),
-        liveness_probe: Some(http_probe("/livez", 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        startup_probe: Some(http_probe("/livez", probe_port, 10, 60)),
+        liveness_probe: Some(http_probe("/livez", probe_port, 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", probe_port, 5, 3)),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
         termination_message_policy: Some("File".to_string()),
         security_context: Some(member_container_security()),
@@ -510,19 +702,20 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
     // A restored cluster's members start from the snapshot the operator checked.
     let restore = kvc.status.as_ref().and_then(|s| s.restore.as_ref());
     let init_containers = restore.map(|r| vec![restore_container(kvc, r, &container)]);
-    let volumes = restore.and_then(|r| r.volume.as_ref()).map(|file| {
-        vec![Volume {
+    let mut volumes = tls_volumes;
+    if let Some(file) = restore.and_then(|r| r.volume.as_ref()) {
+        volumes.push(Volume {
             name: RESTORE_SOURCE_VOLUME.to_string(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: file.claim_name.clone(),
                 read_only: Some(true),
             }),
             ..Volume::default()
-        }]
-    });
+        });
+    }
     let pod = PodSpec {
         init_containers,
-        volumes,
+        volumes: (!volumes.is_empty()).then_some(volumes),
         containers: vec![container],
         affinity: Some(
             spec.affinity
@@ -955,5 +1148,114 @@ mod tests {
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert!(spec.min_available.is_none());
+    }
+
+    #[test]
+    fn tls_sides_become_https_urls_file_flags_secret_volumes_and_a_plain_probe_port() {
+        let kvc = cluster(serde_json::json!({"tls": {
+            "client": {"auto": {}},
+            "peer": {"secretRef": {"name": "mine"}},
+        }}));
+        let args = member_args(&kvc);
+        for flag in [
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--advertise-client-urls=https://$(POD_NAME).kv-peer.prod.svc:2379",
+            "--listen-peer-urls=https://0.0.0.0:2380",
+            "--initial-advertise-peer-urls=https://$(POD_NAME).kv-peer.prod.svc:2380",
+            "--cert-file=/etc/ferrokv/tls/client/$(POD_NAME).crt",
+            "--key-file=/etc/ferrokv/tls/client/$(POD_NAME).key",
+            "--trusted-ca-file=/etc/ferrokv/tls/client/ca.crt",
+            "--client-cert-auth",
+            "--listen-metrics-urls=http://0.0.0.0:2381",
+            "--peer-cert-file=/etc/ferrokv/tls/peer/tls.crt",
+            "--peer-key-file=/etc/ferrokv/tls/peer/tls.key",
+            "--peer-trusted-ca-file=/etc/ferrokv/tls/peer/ca.crt",
+            "--peer-client-cert-auth",
+        ] {
+            assert!(
+                args.contains(&flag.to_string()),
+                "missing {flag} in {args:?}"
+            );
+        }
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        let secrets: Vec<_> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(secrets, ["kv-client-tls", "mine"]);
+        let container = &pod.containers[0];
+        let mounts: Vec<_> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.read_only == Some(true))
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [CLIENT_TLS_DIR, PEER_TLS_DIR]);
+        let probe = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().port,
+            IntOrString::String("metrics".into())
+        );
+        assert!(container
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.container_port == METRICS_PORT));
+    }
+
+    #[test]
+    fn plain_clusters_mount_no_certificates_and_probe_the_client_port() {
+        let kvc = cluster(serde_json::json!({}));
+        assert!(!member_args(&kvc).iter().any(|a| a.contains("https")
+            || a.starts_with("--cert-file")
+            || a.starts_with("--listen-metrics-urls")));
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        assert!(pod.volumes.is_none());
+        let probe = pod.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().port,
+            IntOrString::String("client".into())
+        );
+    }
+
+    #[test]
+    fn cert_manager_certificates_name_every_member_and_the_issuer() {
+        let kvc = cluster(serde_json::json!({"tls": {"client": {"certManager": {
+            "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "duration": "720h"
+        }}}}));
+        let crate::crd::TlsMode::CertManager(cert_manager) = kvc.spec.client_tls().unwrap().mode()
+        else {
+            panic!("certManager expected");
+        };
+        let members = member_certificate(&kvc, TlsSide::Client, cert_manager);
+        let value = serde_json::to_value(&members).unwrap();
+        assert_eq!(value["apiVersion"], "cert-manager.io/v1");
+        assert_eq!(value["kind"], "Certificate");
+        assert_eq!(value["metadata"]["name"], "kv-client");
+        assert_eq!(value["metadata"]["ownerReferences"][0]["kind"], "KVCluster");
+        let spec = &value["spec"];
+        assert_eq!(spec["secretName"], "kv-client-tls");
+        assert_eq!(spec["duration"], "720h");
+        assert_eq!(
+            spec["issuerRef"],
+            serde_json::json!({"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+        );
+        let dns: Vec<&str> = spec["dnsNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(dns.contains(&"*.kv-peer.prod.svc") && dns.contains(&"kv-client.prod.svc"));
+        assert!(!dns.contains(&"127.0.0.1"), "an address is not a DNS name");
+        assert_eq!(spec["ipAddresses"], serde_json::json!(["127.0.0.1"]));
+        let operator = serde_json::to_value(operator_certificate(&kvc, cert_manager)).unwrap();
+        assert_eq!(operator["spec"]["secretName"], "kv-operator-tls");
+        assert_eq!(operator["spec"]["usages"][2], "client auth");
     }
 }

@@ -31,6 +31,7 @@ use crate::backup::BackupSlots;
 use crate::children::{self, BuildDefaults};
 use crate::crd::{KVCluster, KVClusterStatus, WhenDeleted};
 use crate::error::Error;
+use crate::etcd_access::{ensure_auth, AuthOutcome, EtcdAccess};
 use crate::membership::{self, Defragmented};
 use crate::metrics::Metrics;
 use crate::names::{ClusterNames, CLUSTER_LABEL, FIELD_MANAGER};
@@ -43,6 +44,7 @@ use crate::restore::{check_source, RestoreError};
 use crate::status::{
     build_status, describe_defragmented, describe_step, is_membership_step, step_reason,
 };
+use crate::tls::{self, TlsSettings};
 
 /// Finalizer that deletes the members' volumes when the KVCluster is deleted.
 pub const FINALIZER: &str = "ferrokv.io/volumes";
@@ -62,6 +64,7 @@ pub struct Context {
     pub defaults: BuildDefaults,
     /// The scheduled-backup tasks; its deps serve the KVClusterBackup controller too.
     pub backups: BackupScheduler,
+    pub tls: TlsSettings,
 }
 
 impl Context {
@@ -69,6 +72,7 @@ impl Context {
         client: Client,
         metrics: Metrics,
         defaults: BuildDefaults,
+        tls: TlsSettings,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -88,6 +92,7 @@ impl Context {
             metrics,
             defaults,
             backups,
+            tls,
         }
     }
 }
@@ -177,10 +182,16 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     apply_object(client, &ns, &children::client_service(kvc)).await?;
     apply_object(client, &ns, &children::pod_disruption_budget(kvc)).await?;
 
+    let certificates = tls::ensure(client, kvc, ctx.tls, Timestamp::now()).await?;
+    for (reason, note) in &certificates.events {
+        publish(ctx, kvc, EventType::Normal, reason, note.clone()).await;
+    }
+    let access = cluster_access(kvc, ctx, &names, certificates.identity.clone()).await?;
+
     let Observation {
         mut observed,
         cluster_id,
-    } = observe(client, kvc, &names, &ctx.defaults).await?;
+    } = observe(client, kvc, &names, &ctx.defaults, &access).await?;
     // Before the StatefulSet exists, a restore's snapshot is checked: a good one is recorded in
     // the status this pass writes, and the pod template's init step is built from it.
     let mut checked;
@@ -205,7 +216,7 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     }
 
     let members = observed.members.clone().unwrap_or_default();
-    let step_result = take_step(kvc, ctx, &names, &members, &action, &image.image).await;
+    let step_result = take_step(kvc, ctx, &access, &names, &members, &action, &image.image).await;
     let step_error = step_result.as_ref().err().map(ToString::to_string);
     let defragmented = step_result.as_ref().ok().copied().flatten();
     if is_membership_step(&action) {
@@ -275,13 +286,42 @@ async fn apply(kvc: &KVCluster, ctx: &Context) -> Result<Requeue, Error> {
     .await?;
 
     step_result?;
-    Ok(match action {
-        Action::Converged => Requeue::requeue(idle_requeue(&observed)),
-        Action::Wait(WaitReason::RestoreSourceInvalid(_)) => {
-            Requeue::requeue(REQUEUE_RESTORE_SOURCE)
-        }
-        _ => Requeue::requeue(REQUEUE_BUSY),
-    })
+    let requeue = match action {
+        Action::Converged => idle_requeue(&observed),
+        Action::Wait(WaitReason::RestoreSourceInvalid(_)) => REQUEUE_RESTORE_SOURCE,
+        _ => REQUEUE_BUSY,
+    };
+    // A certificate renewal or the next step of a CA rotation may fall due sooner.
+    let tls_due = certificates.next_check.map(|next| {
+        Duration::from_secs((next.as_second() - observed.now.as_second()).max(1) as u64)
+    });
+    Ok(Requeue::requeue(
+        tls_due.map_or(requeue, |due| due.min(requeue)),
+    ))
+}
+
+/// The access the operator's etcd clients use for this cluster: its TLS identity, and root's
+/// credentials once auth is on (turned on here when the spec asks for it).
+async fn cluster_access(
+    kvc: &KVCluster,
+    ctx: &Context,
+    names: &ClusterNames,
+    identity: Option<tls::ClientIdentity>,
+) -> Result<EtcdAccess, Error> {
+    let endpoints = membership::endpoints(names, kvc.spec.replicas.max(1) as u32);
+    let (access, outcome) = ensure_auth(
+        &ctx.client,
+        kvc,
+        &names.namespace,
+        &endpoints,
+        EtcdAccess::new(identity),
+    )
+    .await?;
+    if outcome == AuthOutcome::Enabled {
+        let note = "added user root with role root and enabled authentication".to_string();
+        publish(ctx, kvc, EventType::Normal, "AuthEnabled", note).await;
+    }
+    Ok(access)
 }
 
 /// Checks the snapshot `spec.bootstrap.restore` names while no member exists and it has not
@@ -447,6 +487,7 @@ async fn publish_about(
 async fn take_step(
     kvc: &KVCluster,
     ctx: &Context,
+    access: &EtcdAccess,
     names: &ClusterNames,
     members: &[Member],
     action: &Action,
@@ -458,9 +499,9 @@ async fn take_step(
             .find(|m| m.id == *id)
             .and_then(|m| m.client_url(names))
             .ok_or(Error::MemberUnreachable(*id))?;
-        return membership::defragment(&url).await.map(Some);
+        return membership::defragment(access, &url).await.map(Some);
     }
-    take_change_step(kvc, ctx, names, members, action, image)
+    take_change_step(kvc, ctx, access, names, members, action, image)
         .await
         .map(|()| None)
 }
@@ -469,6 +510,7 @@ async fn take_step(
 async fn take_change_step(
     kvc: &KVCluster,
     ctx: &Context,
+    access: &EtcdAccess,
     names: &ClusterNames,
     members: &[Member],
     action: &Action,
@@ -492,19 +534,19 @@ async fn take_change_step(
             apply_object(client, ns, &children::stateful_set(kvc, *replicas, image)).await
         }
         Action::AddLearner { ordinal } => {
-            membership::add_learner(&endpoints, &names.peer_url(*ordinal))
+            membership::add_learner(access, &endpoints, &names.peer_url(*ordinal))
                 .await
                 .map(drop)
         }
-        Action::PromoteLearner { id, .. } => membership::promote(&endpoints, *id).await,
-        Action::RemoveMember { id, .. } => membership::remove(&endpoints, *id).await,
+        Action::PromoteLearner { id, .. } => membership::promote(access, &endpoints, *id).await,
+        Action::RemoveMember { id, .. } => membership::remove(access, &endpoints, *id).await,
         Action::MoveLeader { from, to } => {
             let leader = members
                 .iter()
                 .find(|m| m.id == *from)
                 .and_then(|m| m.client_url(names))
                 .ok_or(Error::MemberUnreachable(*from))?;
-            membership::move_leader(&leader, *to).await
+            membership::move_leader(access, &leader, *to).await
         }
         Action::DeleteClaims { ordinal } => delete_claims(client, names, *ordinal).await,
         Action::DiscardMemberData { ordinal } => {

@@ -20,6 +20,12 @@ pub const ODD_REPLICAS_MESSAGE: &str = "replicas must be odd (1, 3, 5, 7 or 9): 
     2N members needs N+1 for quorum and so tolerates no more failures than one of 2N-1 members, \
     while it has one more member that can fail";
 
+/// The message the API server returns when TLS is turned on or off on one side of an existing
+/// cluster: members advertise their URLs with the scheme they were created with.
+pub const TLS_SIDES_IMMUTABLE_MESSAGE: &str = "tls.client and tls.peer cannot be added or \
+    removed after the cluster is created: members keep the http:// or https:// URLs they were \
+    created with (switching between auto, secretRef and certManager is allowed)";
+
 /// The message the API server returns when `spec.storage` is changed.
 pub const STORAGE_IMMUTABLE_MESSAGE: &str = "storage cannot change after the cluster is \
     created: the members' volume claim templates are fixed when their StatefulSet is made";
@@ -91,7 +97,10 @@ pub const MAX_REPLICAS: i32 = 9;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap)").message(BOOTSTRAP_IMMUTABLE_MESSAGE))]
+#[x_kube(
+    validation = Rule::new("has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || (has(self.tls.client) == has(oldSelf.tls.client) && has(self.tls.peer) == has(oldSelf.tls.peer)))").message(TLS_SIDES_IMMUTABLE_MESSAGE),
+    validation = Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap)").message(BOOTSTRAP_IMMUTABLE_MESSAGE)
+)]
 pub struct KVClusterSpec {
     /// Number of members: odd, from 1 to 9. Changed one member at a time.
     #[serde(default = "default_replicas")]
@@ -159,13 +168,195 @@ pub struct KVClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
+    /// TLS on the members' client and peer URLs (`https://`). Each side can be turned on only
+    /// when the cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// etcd's authentication: the operator creates the `root` user and turns auth on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
     /// What a new cluster starts from: empty, or a backup. Fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message(BOOTSTRAP_IMMUTABLE_MESSAGE))]
     pub bootstrap: Option<BootstrapSpec>,
 }
 
+/// TLS of the two ports of every member.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// The client port (2379): members serve `https://` and require a client certificate from
+    /// the same CA (`--client-cert-auth`). Health checks use a plain-HTTP port (2381) that
+    /// answers only `/livez`, `/readyz`, `/health`, `/version` and `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<TlsSource>,
+    /// The peer port (2380): members talk Raft over mutual TLS (`--peer-client-cert-auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<TlsSource>,
+}
+
+/// Where the certificates of one side come from: exactly one of `auto`, `secretRef` and
+/// `certManager`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.auto) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) + (has(self.certManager) ? 1 : 0) == 1").message("give exactly one of auto, secretRef and certManager")
+)]
+pub struct TlsSource {
+    /// The operator keeps a CA of its own (Secret `NAME-ca`), issues every member a
+    /// certificate for its DNS names (Secret `NAME-client-tls` / `NAME-peer-tls`), renews them
+    /// at two thirds of their lifetime and rotates the CA with an overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoTls>,
+    /// A Secret of yours with `tls.crt`, `tls.key` and `ca.crt`, as cert-manager writes them.
+    /// The certificate must name every member (`*.NAME-peer.NAMESPACE.svc`) and have both the
+    /// server and client usages; the operator uses it as its own client certificate too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<TlsSecretRef>,
+    /// cert-manager issues the certificates: the operator creates `Certificate` resources
+    /// (cert-manager.io/v1) for the members and, on the client side, for itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerTls>,
+}
+
+impl TlsSource {
+    /// Which of the three this is; `auto` when (against the schema) none is given.
+    pub fn mode(&self) -> TlsMode<'_> {
+        match (&self.secret_ref, &self.cert_manager, &self.auto) {
+            (Some(secret), _, _) => TlsMode::SecretRef(secret),
+            (None, Some(cert_manager), _) => TlsMode::CertManager(cert_manager),
+            (None, None, auto) => TlsMode::Auto(auto.clone().unwrap_or_default()),
+        }
+    }
+}
+
+/// A [`TlsSource`] resolved to the one it names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TlsMode<'a> {
+    Auto(AutoTls),
+    SecretRef(&'a TlsSecretRef),
+    CertManager(&'a CertManagerTls),
+}
+
+/// Lifetimes of the certificates the operator issues.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoTls {
+    /// Days a member certificate is valid; it is renewed after two thirds of them.
+    #[serde(default = "AutoTls::default_certificate_days")]
+    #[schemars(range(min = 1))]
+    pub certificate_lifetime_days: u32,
+    /// Days the CA is valid; it is rotated after two thirds of them (and whenever the
+    /// annotation `ferrokv.io/rotate-ca` of the KVCluster changes).
+    #[serde(default = "AutoTls::default_ca_days")]
+    #[schemars(range(min = 1))]
+    pub ca_lifetime_days: u32,
+}
+
+impl AutoTls {
+    fn default_certificate_days() -> u32 {
+        90
+    }
+
+    fn default_ca_days() -> u32 {
+        5 * 365
+    }
+}
+
+impl Default for AutoTls {
+    fn default() -> Self {
+        Self {
+            certificate_lifetime_days: Self::default_certificate_days(),
+            ca_lifetime_days: Self::default_ca_days(),
+        }
+    }
+}
+
+/// A Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSecretRef {
+    pub name: String,
+}
+
+/// Certificates issued by cert-manager.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerTls {
+    pub issuer_ref: IssuerRef,
+    /// Lifetime of the certificates, as cert-manager's `duration` (e.g. `2160h`); the issuer's
+    /// default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+/// cert-manager's issuer reference.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (the default) or `ClusterIssuer`.
+    #[serde(default = "IssuerRef::default_kind")]
+    pub kind: String,
+    #[serde(default = "IssuerRef::default_group")]
+    pub group: String,
+}
+
+impl IssuerRef {
+    fn default_kind() -> String {
+        "Issuer".to_string()
+    }
+
+    fn default_group() -> String {
+        "cert-manager.io".to_string()
+    }
+}
+
+/// etcd's authentication.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!self.enabled || has(self.rootPasswordSecret)").message("auth.enabled needs rootPasswordSecret")
+)]
+pub struct AuthSpec {
+    /// Turn auth on: the operator adds the user `root` with the role `root` and the password
+    /// from `rootPasswordSecret`, enables auth, and from then on uses those credentials itself.
+    /// Setting it back to false does not turn auth off (do that with `etcdctl auth disable`).
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_secret: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
 impl KVClusterSpec {
+    /// The client side's TLS, when on.
+    pub fn client_tls(&self) -> Option<&TlsSource> {
+        self.tls.as_ref().and_then(|t| t.client.as_ref())
+    }
+
+    /// The peer side's TLS, when on.
+    pub fn peer_tls(&self) -> Option<&TlsSource> {
+        self.tls.as_ref().and_then(|t| t.peer.as_ref())
+    }
+
+    /// Where the root password is, when auth is to be on.
+    pub fn root_password(&self) -> Option<&SecretKeyRef> {
+        self.auth
+            .as_ref()
+            .filter(|a| a.enabled)
+            .and_then(|a| a.root_password_secret.as_ref())
+    }
+
     /// The snapshot the cluster is restored from, when it is.
     pub fn restore_source(&self) -> Option<&RestoreSource> {
         self.bootstrap.as_ref()?.restore.as_ref()

@@ -21,6 +21,15 @@ pub enum Error {
 
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
+
+    #[error("TLS: {0}")]
+    Pki(#[from] crate::tls::pki::PkiError),
+
+    #[error("TLS: {0}")]
+    TlsSecret(String),
+
+    #[error("auth: {0}")]
+    AuthSecret(String),
 }
 
 impl Error {
@@ -33,6 +42,9 @@ impl Error {
             Self::NoNamespace => "no_namespace",
             Self::MemberUnreachable(_) => "member_unreachable",
             Self::Serialization(_) => "serialization",
+            Self::Pki(_) => "pki",
+            Self::TlsSecret(_) => "tls_secret",
+            Self::AuthSecret(_) => "auth_secret",
         }
     }
 }

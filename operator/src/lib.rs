@@ -5,7 +5,8 @@
 //! [`status`]. The objects the operator owns are built in [`children`], from names fixed in
 //! [`names`]; the bootstrap state members start from is [`bootstrap`]. Backups to object
 //! storage, scheduled and on demand, are [`backup`]'s; checking the snapshot a new cluster is
-//! restored from is [`restore`]'s.
+//! restored from is [`restore`]'s. Certificates of `spec.tls` are [`tls`]'s; every etcd client
+//! is made from an [`etcd_access::EtcdAccess`] (TLS identity, root credentials).
 
 pub mod backup;
 pub mod bootstrap;
@@ -13,6 +14,7 @@ pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod etcd_access;
 pub mod leader_election;
 pub mod membership;
 pub mod metrics;
@@ -21,4 +23,5 @@ pub mod observe;
 pub mod planner;
 pub mod restore;
 pub mod status;
+pub mod tls;
 pub mod upgrade;

@@ -21,9 +21,12 @@ use ferrokv_operator::backup::on_demand;
 use ferrokv_operator::bootstrap::BootstrapConfig;
 use ferrokv_operator::children::{self, BuildDefaults};
 use ferrokv_operator::controller::{self, Context};
+use ferrokv_operator::crd::TlsMode;
 use ferrokv_operator::crd::{self, KVCluster};
 use ferrokv_operator::leader_election::LeaseLock;
 use ferrokv_operator::metrics::Metrics;
+use ferrokv_operator::names::TlsSide;
+use ferrokv_operator::tls::TlsSettings;
 
 #[derive(Parser)]
 #[command(name = "ferrokv-operator", version, about)]
@@ -89,6 +92,14 @@ struct RunArgs {
     /// Seconds a leader may go without renewing before another replica takes over.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Seconds a changed Secret takes to reach the files of the pods that mount it (the
+    /// kubelet's sync period plus its cache): each step of a CA rotation waits this long.
+    #[arg(
+        long,
+        env = "FERROKV_SECRET_PROPAGATION_SECONDS",
+        default_value_t = 120
+    )]
+    secret_propagation_seconds: u64,
 }
 
 #[derive(Clone)]
@@ -189,7 +200,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         image_repository: args.image_repository,
         ..BuildDefaults::default()
     };
-    let ctx = Arc::new(Context::new(client, metrics, defaults, Some(identity)));
+    let tls = TlsSettings {
+        propagation: Duration::from_secs(args.secret_propagation_seconds),
+    };
+    let ctx = Arc::new(Context::new(client, metrics, defaults, tls, Some(identity)));
     let backup_deps = ctx.backups.deps.clone();
     tokio::select! {
         () = controller::run(ctx) => info!("controller stopped"),
@@ -217,7 +231,7 @@ fn render(manifest: &PathBuf, image_repository: String) -> anyhow::Result<String
         ..BuildDefaults::default()
     };
     let replicas = kvc.spec.replicas;
-    let documents = [
+    let mut documents = vec![
         serde_yaml::to_string(&children::peer_service(&kvc))?,
         serde_yaml::to_string(&children::client_service(&kvc))?,
         serde_yaml::to_string(&children::bootstrap_config_map(
@@ -231,6 +245,23 @@ fn render(manifest: &PathBuf, image_repository: String) -> anyhow::Result<String
             &defaults.image_for(&kvc),
         ))?,
     ];
+    for side in [TlsSide::Client, TlsSide::Peer] {
+        if let Some(TlsMode::CertManager(cert_manager)) =
+            children::tls_source(&kvc, side).map(|source| source.mode())
+        {
+            documents.push(serde_yaml::to_string(&children::member_certificate(
+                &kvc,
+                side,
+                cert_manager,
+            ))?);
+            if side == TlsSide::Client {
+                documents.push(serde_yaml::to_string(&children::operator_certificate(
+                    &kvc,
+                    cert_manager,
+                ))?);
+            }
+        }
+    }
     Ok(documents.iter().map(|d| format!("---\n{d}")).collect())
 }
 

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use etcd_client::{Client, MemberAddOptions};
 use futures::future::join_all;
 
 use crate::error::Error;
+use crate::etcd_access::EtcdAccess;
 use crate::names::ClusterNames;
 use crate::planner::Member;
 
@@ -25,11 +26,10 @@ pub struct MembershipView {
     pub cluster_id: u64,
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT);
-    Ok(Client::connect(endpoints, Some(options)).await?)
+async fn connect(access: &EtcdAccess, endpoints: &[String]) -> Result<Client, Error> {
+    Ok(access
+        .connect(endpoints, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+        .await?)
 }
 
 /// Client URLs of the members the operator may have created, to reach the cluster through.
@@ -53,8 +53,8 @@ struct Probed {
 /// leader (etcd's `/health` says the same): a cluster electing is not Available, and a member
 /// cut off from the others is not healthy. An alarm (the `errors` of its status) does not make
 /// a member unhealthy: it stops writes, not the member.
-async fn probe(url: String) -> Option<Probed> {
-    let mut client = connect(&[url]).await.ok()?;
+async fn probe(access: &EtcdAccess, url: String) -> Option<Probed> {
+    let mut client = connect(access, &[url]).await.ok()?;
     let status = client.status().await.ok()?;
     let probed = Probed {
         id: status.header()?.member_id(),
@@ -72,8 +72,12 @@ async fn probe(url: String) -> Option<Probed> {
 /// Each endpoint is asked on its own, and the list is the leader's: a member that was just
 /// removed keeps answering for a moment with the membership it was in, and a client balancing
 /// over all endpoints could ask it.
-pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<MembershipView> {
-    let probed = join_all(endpoints.iter().cloned().map(probe)).await;
+pub async fn observe(
+    access: &EtcdAccess,
+    names: &ClusterNames,
+    endpoints: &[String],
+) -> Option<MembershipView> {
+    let probed = join_all(endpoints.iter().cloned().map(|url| probe(access, url))).await;
     let answering: Vec<(&String, Probed)> = endpoints
         .iter()
         .zip(&probed)
@@ -92,7 +96,7 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
     };
     let mut response = None;
     for url in sources {
-        let Ok(mut client) = connect(&[url]).await else {
+        let Ok(mut client) = connect(access, &[url]).await else {
             continue;
         };
         if let Ok(listed) = client.member_list().await {
@@ -126,7 +130,7 @@ pub async fn observe(names: &ClusterNames, endpoints: &[String]) -> Option<Membe
         async move {
             match (known, url) {
                 (Some(status), _) => Some(status),
-                (None, Some(url)) if !asked_already => probe(url).await,
+                (None, Some(url)) if !asked_already => probe(access, url).await,
                 _ => None,
             }
         }
@@ -169,8 +173,12 @@ pub fn change_endpoints(names: &ClusterNames, members: &[Member], all: Vec<Strin
 }
 
 /// MemberAdd as a learner; returns the new member's ID.
-pub async fn add_learner(endpoints: &[String], peer_url: &str) -> Result<u64, Error> {
-    let mut client = connect(endpoints).await?;
+pub async fn add_learner(
+    access: &EtcdAccess,
+    endpoints: &[String],
+    peer_url: &str,
+) -> Result<u64, Error> {
+    let mut client = connect(access, endpoints).await?;
     let response = client
         .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
         .await?;
@@ -179,19 +187,23 @@ pub async fn add_learner(endpoints: &[String], peer_url: &str) -> Result<u64, Er
 
 /// MemberPromote. The cluster refuses while the learner has not caught up; that is an error
 /// the controller retries.
-pub async fn promote(endpoints: &[String], id: u64) -> Result<(), Error> {
-    connect(endpoints).await?.member_promote(id).await?;
+pub async fn promote(access: &EtcdAccess, endpoints: &[String], id: u64) -> Result<(), Error> {
+    connect(access, endpoints).await?.member_promote(id).await?;
     Ok(())
 }
 
-pub async fn remove(endpoints: &[String], id: u64) -> Result<(), Error> {
-    connect(endpoints).await?.member_remove(id).await?;
+pub async fn remove(access: &EtcdAccess, endpoints: &[String], id: u64) -> Result<(), Error> {
+    connect(access, endpoints).await?.member_remove(id).await?;
     Ok(())
 }
 
 /// MoveLeader must be sent to the leader itself.
-pub async fn move_leader(leader_client_url: &str, to: u64) -> Result<(), Error> {
-    connect(&[leader_client_url.to_string()])
+pub async fn move_leader(
+    access: &EtcdAccess,
+    leader_client_url: &str,
+    to: u64,
+) -> Result<(), Error> {
+    connect(access, &[leader_client_url.to_string()])
         .await?
         .move_leader(to)
         .await?;
@@ -215,8 +227,14 @@ impl Defragmented {
 
 /// Defragments the member at `client_url` (etcd's Defragment, which only that member does)
 /// and reads its database size before and after.
-pub async fn defragment(client_url: &str) -> Result<Defragmented, Error> {
-    let mut client = connect_patiently(client_url).await?;
+pub async fn defragment(access: &EtcdAccess, client_url: &str) -> Result<Defragmented, Error> {
+    let mut client = access
+        .connect(
+            &[client_url.to_string()],
+            CONNECT_TIMEOUT,
+            DEFRAGMENT_TIMEOUT,
+        )
+        .await?;
     let before = client.status().await?.db_size();
     let started = std::time::Instant::now();
     client.defragment().await?;
@@ -227,12 +245,4 @@ pub async fn defragment(client_url: &str) -> Result<Defragmented, Error> {
         db_size_after: after,
         took,
     })
-}
-
-/// A client for a call that may take long: a defragmentation rewrites the whole database.
-async fn connect_patiently(url: &str) -> Result<Client, Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(DEFRAGMENT_TIMEOUT);
-    Ok(Client::connect([url], Some(options)).await?)
 }

@@ -1,7 +1,8 @@
 //! Names and addresses of a cluster's children and members.
 //!
-//! Everything here is derived from the KVCluster's name and namespace alone, so the builders,
-//! the observer and the planner agree on them without talking to each other. A member is named
+//! Everything here is derived from the KVCluster's name and namespace (and, for the URLs' scheme,
+//! whether each side has TLS), so the builders, the observer and the planner agree on them
+//! without talking to each other. A member is named
 //! after its pod (`NAME-N`) and reached at its stable peer DNS name
 //! `NAME-N.NAME-peer.NAMESPACE.svc`.
 
@@ -11,6 +12,13 @@ use std::collections::BTreeMap;
 pub const CLIENT_PORT: i32 = 2379;
 /// Port members talk Raft to each other on.
 pub const PEER_PORT: i32 = 2380;
+/// Plain-HTTP port of `/livez`, `/readyz` and `/metrics` (`--listen-metrics-urls`) when the
+/// client port requires client certificates, which probes and scrapers do not hold.
+pub const METRICS_PORT: i32 = 2381;
+
+/// Where a side's certificate Secret is mounted in member pods.
+pub const CLIENT_TLS_DIR: &str = "/etc/ferrokv/tls/client";
+pub const PEER_TLS_DIR: &str = "/etc/ferrokv/tls/peer";
 
 /// Mount point of the `data` volume, passed as `--data-dir`.
 pub const DATA_DIR: &str = "/var/lib/ferrokv/data";
@@ -36,6 +44,26 @@ pub const FIELD_MANAGER: &str = "ferrokv-operator";
 pub struct ClusterNames {
     pub cluster: String,
     pub namespace: String,
+    /// `https` when the client port has TLS.
+    client_scheme: &'static str,
+    /// `https` when the peer port has TLS.
+    peer_scheme: &'static str,
+}
+
+/// The two ports of a member, each with TLS of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsSide {
+    Client,
+    Peer,
+}
+
+impl TlsSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Peer => "peer",
+        }
+    }
 }
 
 impl ClusterNames {
@@ -43,7 +71,79 @@ impl ClusterNames {
         Self {
             cluster: cluster.into(),
             namespace: namespace.into(),
+            client_scheme: "http",
+            peer_scheme: "http",
         }
+    }
+
+    /// The same names with `https://` URLs on the sides that have TLS.
+    pub fn with_tls(mut self, client: bool, peer: bool) -> Self {
+        self.client_scheme = if client { "https" } else { "http" };
+        self.peer_scheme = if peer { "https" } else { "http" };
+        self
+    }
+
+    pub fn client_tls(&self) -> bool {
+        self.client_scheme == "https"
+    }
+
+    pub fn peer_tls(&self) -> bool {
+        self.peer_scheme == "https"
+    }
+
+    /// The Secret holding the operator's own CA (`tls.*.auto`), and its client certificate.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+
+    /// The Secret member pods mount for one side's certificates.
+    pub fn tls_secret(&self, side: TlsSide) -> String {
+        format!("{}-{}-tls", self.cluster, side.as_str())
+    }
+
+    /// The cert-manager Certificate of one side's member certificates (`tls.*.certManager`).
+    pub fn certificate(&self, side: TlsSide) -> String {
+        format!("{}-{}", self.cluster, side.as_str())
+    }
+
+    /// The cert-manager Certificate of the operator's own client certificate, and its Secret.
+    pub fn operator_certificate(&self) -> String {
+        format!("{}-operator", self.cluster)
+    }
+
+    pub fn operator_tls_secret(&self) -> String {
+        format!("{}-operator-tls", self.cluster)
+    }
+
+    /// DNS names and addresses a member's certificate must hold: its peer DNS name (short and
+    /// fully qualified), the client Service's names, and the loopback names.
+    pub fn member_certificate_names(&self, ordinal: u32) -> Vec<String> {
+        let host = self.member_host(ordinal);
+        let mut names = vec![host.clone(), format!("{host}.cluster.local")];
+        names.extend(self.client_service_names());
+        names
+    }
+
+    /// The names of a certificate that every member shares (cert-manager's, a user's): the
+    /// members' peer DNS names by wildcard, the client Service's names, the loopback names.
+    pub fn shared_certificate_names(&self) -> Vec<String> {
+        let wildcard = format!("*.{}.{}.svc", self.peer_service(), self.namespace);
+        let mut names = vec![wildcard.clone(), format!("{wildcard}.cluster.local")];
+        names.extend(self.client_service_names());
+        names
+    }
+
+    fn client_service_names(&self) -> Vec<String> {
+        let service = self.client_service();
+        let ns = &self.namespace;
+        vec![
+            service.clone(),
+            format!("{service}.{ns}"),
+            format!("{service}.{ns}.svc"),
+            format!("{service}.{ns}.svc.cluster.local"),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ]
     }
 
     /// The StatefulSet; also the prefix of every member's pod name.
@@ -85,11 +185,19 @@ impl ClusterNames {
     }
 
     pub fn peer_url(&self, ordinal: u32) -> String {
-        format!("http://{}:{PEER_PORT}", self.member_host(ordinal))
+        format!(
+            "{}://{}:{PEER_PORT}",
+            self.peer_scheme,
+            self.member_host(ordinal)
+        )
     }
 
     pub fn client_url(&self, ordinal: u32) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.member_host(ordinal))
+        format!(
+            "{}://{}:{CLIENT_PORT}",
+            self.client_scheme,
+            self.member_host(ordinal)
+        )
     }
 
     /// The `--initial-cluster` value naming the given ordinals.
@@ -250,6 +358,38 @@ mod tests {
         assert_eq!(names().ordinal_of_claim(&data), Some((VolumeKind::Data, 3)));
         assert_eq!(names().ordinal_of_claim(&wal), Some((VolumeKind::Wal, 3)));
         assert_eq!(names().ordinal_of_claim("data-other-3"), None);
+    }
+
+    #[test]
+    fn urls_are_https_on_the_sides_with_tls() {
+        let names = names().with_tls(true, false);
+        assert_eq!(names.client_url(1), "https://kv-1.kv-peer.prod.svc:2379");
+        assert_eq!(names.peer_url(1), "http://kv-1.kv-peer.prod.svc:2380");
+        let names = names.with_tls(false, true);
+        assert_eq!(names.peer_url(0), "https://kv-0.kv-peer.prod.svc:2380");
+        assert_eq!(names.ordinal_of_peer_url(&names.peer_url(4)), Some(4));
+    }
+
+    #[test]
+    fn member_certificates_name_the_member_and_the_client_service() {
+        let sans = names().member_certificate_names(2);
+        for name in [
+            "kv-2.kv-peer.prod.svc",
+            "kv-2.kv-peer.prod.svc.cluster.local",
+            "kv-client",
+            "kv-client.prod.svc",
+            "kv-client.prod.svc.cluster.local",
+            "localhost",
+            "127.0.0.1",
+        ] {
+            assert!(
+                sans.contains(&name.to_string()),
+                "{name} missing in {sans:?}"
+            );
+        }
+        assert!(names()
+            .shared_certificate_names()
+            .contains(&"*.kv-peer.prod.svc".to_string()));
     }
 
     #[test]

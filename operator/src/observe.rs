@@ -14,6 +14,7 @@ use crate::bootstrap::BootstrapConfig;
 use crate::children::{BuildDefaults, CONTAINER_NAME, RESTORE_CONTAINER_NAME};
 use crate::crd::KVCluster;
 use crate::error::Error;
+use crate::etcd_access::EtcdAccess;
 use crate::membership::{self, MembershipView};
 use crate::names::ClusterNames;
 use crate::planner::{
@@ -32,6 +33,7 @@ pub async fn observe(
     kvc: &KVCluster,
     names: &ClusterNames,
     defaults: &BuildDefaults,
+    access: &EtcdAccess,
 ) -> Result<Observation, Error> {
     let ns = &names.namespace;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -96,7 +98,7 @@ pub async fn observe(
     let view: Option<MembershipView> = match &stateful_set {
         Some(sts) if sts.replicas > 0 => {
             let endpoints = membership::endpoints(names, sts.replicas as u32);
-            membership::observe(names, &endpoints).await
+            membership::observe(access, names, &endpoints).await
         }
         _ => None,
     };

@@ -17,6 +17,9 @@
 //!   `volumes/` (network storage: the same directory on every node), marking the claim Bound
 //!   (a claim made again under a deleted one's name gets a new volume), and rewrites the
 //!   container's mount paths in args and env to it; `emptyDir` lives on the node;
+//! - writes each `secret` volume's files from its Secret before the container starts, and
+//!   keeps them up to date while it runs (a changed key is replaced whole, as a real kubelet's
+//!   atomic writer does, within about a second rather than its sync period of a minute);
 //! - runs the readiness probe (`httpGet`; without one a running container is ready) and writes
 //!   the Ready condition and container status;
 //! - pulls the container's image from a registry that holds every image but the pool's
@@ -51,6 +54,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -422,6 +426,7 @@ impl NodeLoop {
         self.adopt(&ours);
         self.finish_terminating(&ours);
         self.reap_and_start(&ours);
+        self.sync_secret_volumes(&ours);
         self.probe().await;
         self.report(&ours);
         Ok(())
@@ -561,28 +566,13 @@ impl NodeLoop {
                 continue;
             }
             if let Some(running) = runtime.container.as_mut() {
-                let Ok(Some(exit)) = running.child.try_wait() else {
+                let Some(terminated) = terminated_state(running) else {
                     continue;
                 };
-                let code = exit.code().unwrap_or_else(|| {
-                    128 + std::os::unix::process::ExitStatusExt::signal(&exit).unwrap_or(0)
-                });
-                let message = fs::read_to_string(&running.termination_log).unwrap_or_default();
-                let mut terminated = json!({
-                    "exitCode": code,
-                    "reason": if code == 0 { "Completed" } else { "Error" },
-                    "startedAt": running.started_at,
-                    "finishedAt": meta::now(),
-                    "containerID": container_id(&running.child),
-                });
-                if !message.trim().is_empty() {
-                    terminated["message"] = json!(message.trim_end());
-                }
                 runtime.last_terminated = Some(terminated);
                 runtime.container = None;
                 runtime.restart_count += 1;
-                let backoff =
-                    Duration::from_secs(1 << runtime.restart_count.min(3)).min(MAX_BACKOFF);
+                let backoff = restart_backoff(runtime.restart_count);
                 runtime.next_start = Instant::now() + backoff;
                 runtime.waiting = json!({
                     "reason": "CrashLoopBackOff",
@@ -789,8 +779,13 @@ impl NodeLoop {
         let value = match secret {
             Some(secret) => match secret["data"][key].as_str() {
                 Some(encoded) => Some(
-                    decode_base64(encoded)
-                        .with_context(|| format!("secret {name:?} key {key:?} is not base64"))?,
+                    base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|bytes| Ok(String::from_utf8(bytes)?))
+                        .with_context(|| {
+                            format!("secret {name:?} key {key:?} is not base64 of UTF-8 text")
+                        })?,
                 ),
                 None => secret["stringData"][key].as_str().map(str::to_string),
             },
@@ -816,25 +811,11 @@ impl NodeLoop {
         let container = &containers[runtime.init.done];
         let name = container["name"].as_str().unwrap_or_default();
         if let Some(running) = runtime.init.running.as_mut() {
-            let Ok(Some(exit)) = running.child.try_wait() else {
+            let Some(terminated) = terminated_state(running) else {
                 return false;
             };
-            let code = exit.code().unwrap_or_else(|| {
-                128 + std::os::unix::process::ExitStatusExt::signal(&exit).unwrap_or(0)
-            });
-            let message = fs::read_to_string(&running.termination_log).unwrap_or_default();
-            let mut terminated = json!({
-                "exitCode": code,
-                "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": running.started_at,
-                "finishedAt": meta::now(),
-                "containerID": container_id(&running.child),
-            });
-            if !message.trim().is_empty() {
-                terminated["message"] = json!(message.trim_end());
-            }
             runtime.init.running = None;
-            if code == 0 {
+            if terminated["exitCode"] == 0 {
                 let init = &mut runtime.init;
                 init.completed.push(json!({
                     "name": name,
@@ -850,8 +831,7 @@ impl NodeLoop {
             let init = &mut runtime.init;
             init.restart_count += 1;
             init.last_terminated = Some(terminated);
-            let backoff = Duration::from_secs(1 << init.restart_count.min(3)).min(MAX_BACKOFF);
-            init.next_start = Some(Instant::now() + backoff);
+            init.next_start = Some(Instant::now() + restart_backoff(init.restart_count));
             return false;
         }
         if runtime
@@ -957,8 +937,10 @@ impl NodeLoop {
                 pod_dir(&self.config, meta::uid_of(pod))
                     .join("volumes")
                     .join(volume_name)
+            } else if volume["secret"].is_object() {
+                self.project_secret(pod, volume)?
             } else {
-                bail!("volume {volume_name:?}: only claims and emptyDir are supported");
+                bail!("volume {volume_name:?}: only claims, emptyDir and secret are supported");
             };
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             mounts.push((path, dir));
@@ -966,6 +948,100 @@ impl NodeLoop {
         // Longest first, so a mount inside another one wins.
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         Ok(mounts)
+    }
+
+    /// Brings the `secret` volumes of every running container up to date with their Secrets.
+    fn sync_secret_volumes(&self, ours: &BTreeMap<String, &Value>) {
+        let running: Vec<String> = {
+            let pods = lock(&self.shared);
+            if pods.off {
+                return;
+            }
+            pods.by_uid
+                .iter()
+                .filter(|(_, r)| r.container.is_some() && r.kill_at.is_none())
+                .map(|(uid, _)| uid.clone())
+                .collect()
+        };
+        for uid in running {
+            let Some(pod) = ours.get(&uid) else {
+                continue;
+            };
+            let volumes = pod["spec"]["volumes"].as_array().into_iter().flatten();
+            for volume in volumes.filter(|v| v["secret"].is_object()) {
+                if let Err(error) = self.project_secret(pod, volume) {
+                    eprintln!(
+                        "kubelet {}: pod {}: {error:#}",
+                        self.config.node_name,
+                        meta::name_of(pod)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes a `secret` volume's files in the pod's directory and returns it: each key of the
+    /// Secret's `data` a file (or the `items` named), with `defaultMode` (or an item's `mode`).
+    /// A file whose content changed is replaced whole (a new file renamed over it), so a reader
+    /// never sees half of one; files of keys gone from the Secret are removed. A missing Secret
+    /// keeps the container from starting, unless the volume is `optional`.
+    fn project_secret(&self, pod: &Value, volume: &Value) -> anyhow::Result<PathBuf> {
+        let source = &volume["secret"];
+        let volume_name = volume["name"].as_str().unwrap_or_default();
+        let secret_name = source["secretName"].as_str().unwrap_or_default();
+        let dir = pod_dir(&self.config, meta::uid_of(pod))
+            .join("volumes")
+            .join(volume_name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let data = match self
+            .store
+            .get(&self.types.secrets, meta::namespace_of(pod), secret_name)
+        {
+            Ok(secret) => secret["data"].as_object().cloned().unwrap_or_default(),
+            Err(_) if source["optional"].as_bool() == Some(true) => Default::default(),
+            Err(e) => bail!("volume {volume_name:?}: secret {secret_name:?}: {e}"),
+        };
+        let default_mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        let items: Vec<(String, String, u32)> = match source["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .map(|item| {
+                    let key = item["key"].as_str().unwrap_or_default().to_string();
+                    let path = item["path"].as_str().unwrap_or(&key).to_string();
+                    let mode = item["mode"].as_u64().map_or(default_mode, |m| m as u32);
+                    (key, path, mode)
+                })
+                .collect(),
+            None => data
+                .keys()
+                .map(|key| (key.clone(), key.clone(), default_mode))
+                .collect(),
+        };
+        let mut written = BTreeSet::new();
+        for (key, path, mode) in items {
+            let Some(encoded) = data.get(&key).and_then(Value::as_str) else {
+                bail!("volume {volume_name:?}: secret {secret_name:?} has no key {key:?}");
+            };
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .with_context(|| format!("secret {secret_name:?} key {key:?} is not base64"))?;
+            let file = dir.join(&path);
+            written.insert(file.clone());
+            if fs::read(&file).ok().as_deref() == Some(content.as_slice()) {
+                continue;
+            }
+            let next = dir.join(format!(".{path}.next"));
+            fs::write(&next, &content).with_context(|| format!("writing {}", next.display()))?;
+            fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            fs::rename(&next, &file).with_context(|| format!("replacing {}", file.display()))?;
+        }
+        for entry in fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.is_file() && !written.contains(&path) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(dir)
     }
 
     /// Binds a claim to its volume, provisioned on first use as a dynamic provisioner would:
@@ -1153,29 +1229,33 @@ impl NodeLoop {
     }
 }
 
-/// Standard base64 with padding, as a Secret's `data` holds values.
-fn decode_base64(text: &str) -> anyhow::Result<String> {
-    let mut bits = 0u32;
-    let mut count = 0;
-    let mut out = Vec::new();
-    for c in text.trim_end_matches('=').bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("{:?} is not a base64 character", c as char),
-        };
-        bits = bits << 6 | u32::from(value);
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-            bits &= (1 << count) - 1;
-        }
+/// `state.terminated` of a container whose process has exited (`None` while it runs): its exit
+/// code, or 128 plus the signal that ended it, and its termination log as the message.
+fn terminated_state(running: &mut Running) -> Option<Value> {
+    let Ok(Some(exit)) = running.child.try_wait() else {
+        return None;
+    };
+    let code = exit
+        .code()
+        .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&exit).unwrap_or(0));
+    let message = fs::read_to_string(&running.termination_log).unwrap_or_default();
+    let mut terminated = json!({
+        "exitCode": code,
+        "reason": if code == 0 { "Completed" } else { "Error" },
+        "startedAt": running.started_at,
+        "finishedAt": meta::now(),
+        "containerID": container_id(&running.child),
+    });
+    if !message.trim().is_empty() {
+        terminated["message"] = json!(message.trim_end());
     }
-    Ok(String::from_utf8(out)?)
+    Some(terminated)
+}
+
+/// How long a container that has failed `restarts` times waits before its next start: 2, 4,
+/// then 8 s, as a real kubelet's back-off doubles (from 10 s, to five minutes).
+fn restart_backoff(restarts: u32) -> Duration {
+    Duration::from_secs(1 << restarts.min(3)).min(MAX_BACKOFF)
 }
 
 /// The volume a claim is bound to, or will be: `pvc-UID`, as dynamic provisioners name them.
@@ -1301,14 +1381,6 @@ mod tests {
             expand("$(MISSING)-$$(POD_NAME)-$", &env),
             "$(MISSING)-$(POD_NAME)-$"
         );
-    }
-
-    #[test]
-    fn base64_decodes_secret_values_with_and_without_padding() {
-        assert_eq!(decode_base64("ZmVycm9rdi1lMmU=").unwrap(), "ferrokv-e2e");
-        assert_eq!(decode_base64("YWJj").unwrap(), "abc");
-        assert_eq!(decode_base64("YQ==").unwrap(), "a");
-        assert!(decode_base64("a*b").is_err());
     }
 
     #[test]

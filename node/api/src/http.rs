@@ -13,14 +13,23 @@ use prometheus::{Encoder, TextEncoder};
 use ferrokv_server::{Server, ETCD_API_VERSION};
 
 pub fn router(server: Server) -> Router {
+    endpoints()
+        .merge(super::v2keys::router())
+        .with_state(server)
+}
+
+/// What `--listen-metrics-urls` serve: the health and metrics endpoints, nothing of the keyspace.
+pub fn metrics_router(server: Server) -> Router {
+    endpoints().with_state(server)
+}
+
+fn endpoints() -> Router<Server> {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .merge(super::v2keys::router())
-        .with_state(server)
 }
 
 /// etcd's /health: healthy when a leader is known and a linearizable read completes.

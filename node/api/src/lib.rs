@@ -33,6 +33,18 @@ use ferrokv_server::Server;
 /// request is answered with etcd's "request is too large" rather than a transport error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// Serves `/health`, `/livez`, `/readyz`, `/version` and `/metrics` as plain HTTP on
+/// `listener` (a `--listen-metrics-urls` URL) until `shutdown`.
+pub async fn serve_metrics(
+    server: Server,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::metrics_router(server))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves clients on `listener` until `shutdown` resolves: through TLS with `tls` (an
 /// `https://` client URL), else in plain text. gRPC and plain HTTP share the port either way.
 pub async fn serve_clients(

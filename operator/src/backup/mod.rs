@@ -54,6 +54,8 @@ pub enum BackupError {
     Kube(#[from] kube::Error),
     #[error("manifest: {0}")]
     Manifest(#[from] serde_json::Error),
+    #[error("credentials of the cluster: {0}")]
+    ClusterAccess(String),
 }
 
 impl BackupError {
@@ -72,6 +74,7 @@ impl BackupError {
             Self::Upload(_) => "UploadFailed",
             Self::Kube(_) => "KubernetesAPIFailed",
             Self::Manifest(_) => "ManifestInvalid",
+            Self::ClusterAccess(_) => "ClusterAccessFailed",
         }
     }
 }

@@ -6,7 +6,6 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client as EtcdClient, ConnectOptions};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Client, ResourceExt};
@@ -19,6 +18,7 @@ use super::manifest::{manifest_key, BackupKind, BackupLayout, Manifest, MANIFEST
 use super::snapshot_file::SnapshotDigest;
 use super::BackupError;
 use crate::crd::{BackupRecord, KVCluster, MemberStatus, S3Destination};
+use crate::etcd_access::{self, EtcdAccess};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A snapshot of a large database streams for minutes.
@@ -71,8 +71,11 @@ pub async fn take_backup(
         .await
         .map_err(BackupError::Upload)?;
 
+    let access = etcd_access::current(client, kvc, &namespace)
+        .await
+        .map_err(|e| BackupError::ClusterAccess(e.to_string()))?;
     let temp = tempfile::NamedTempFile::new()?;
-    let saved = save_snapshot(&member.client_url, temp.path())
+    let saved = save_snapshot(&access, &member.client_url, temp.path())
         .await
         .map_err(|error| match error {
             BackupError::Etcd(source) => BackupError::Snapshot {
@@ -123,11 +126,14 @@ struct SavedSnapshot {
 }
 
 /// Streams Maintenance.Snapshot of the member at `url` into `file`, checking it as it goes.
-async fn save_snapshot(url: &str, file: &FsPath) -> Result<SavedSnapshot, BackupError> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(SNAPSHOT_TIMEOUT);
-    let mut etcd = EtcdClient::connect([url], Some(options)).await?;
+async fn save_snapshot(
+    access: &EtcdAccess,
+    url: &str,
+    file: &FsPath,
+) -> Result<SavedSnapshot, BackupError> {
+    let mut etcd = access
+        .connect(&[url.to_string()], CONNECT_TIMEOUT, SNAPSHOT_TIMEOUT)
+        .await?;
     // The snapshot holds at least this revision; its own header says exactly when it has one.
     let status = etcd.status().await?;
     let mut revision = status.header().map_or(0, |h| h.revision());

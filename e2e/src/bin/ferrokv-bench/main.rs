@@ -20,7 +20,7 @@
 //! ferrokv-bench --clients=64 --conns=8 --total=2000 watch-latency --watchers=1000 --put-rate=100
 //! ferrokv-bench --clients=64 --conns=8 --total=50000 lease
 //! ferrokv-bench --endpoints=https://127.0.0.1:2379 --cacert=ca.pem --cert=client.pem \
-//!     --key=client-key.pem --clients=64 --conns=8 put
+//!     --key=client-key.pem --user=root:PASSWORD --clients=64 --conns=8 put
 //! ```
 
 mod lease;
@@ -89,6 +89,10 @@ struct Cli {
     /// clap panics when two arguments share one.
     #[arg(long = "key", id = "client_key", global = true)]
     client_key: Option<std::path::PathBuf>,
+
+    /// Authenticate as `name:password` on a cluster with auth on (etcdctl's flag).
+    #[arg(long, global = true)]
+    user: Option<String>,
 
     /// Key length in bytes; keys are zero-padded decimal indices into the key space.
     #[arg(long, global = true, default_value_t = 8)]
@@ -192,6 +196,8 @@ struct RunPlan {
     request_timeout: Duration,
     /// `--cacert`, `--cert`, `--key`, read once; `None` for plain-text endpoints.
     tls: Option<etcd_client::TlsOptions>,
+    /// `--user`, as name and password.
+    user: Option<(String, String)>,
 }
 
 impl RunPlan {
@@ -211,6 +217,15 @@ impl RunPlan {
             (None, None) => DEFAULT_TOTAL,
         };
         let tls = tls_options(cli)?;
+        let user = match &cli.user {
+            Some(user) => match user.split_once(':') {
+                Some((name, password)) if !name.is_empty() => {
+                    Some((name.to_string(), password.to_string()))
+                }
+                _ => bail!("--user must be name:password"),
+            },
+            None => None,
+        };
         let started = Instant::now();
         Ok(RunPlan {
             endpoints: cli.endpoints.clone(),
@@ -222,6 +237,7 @@ impl RunPlan {
             deadline: cli.duration.map(|duration| started + duration),
             request_timeout: cli.request_timeout,
             tls,
+            user,
         })
     }
 
@@ -247,6 +263,9 @@ impl RunPlan {
         }
         if let Some(tls) = &self.tls {
             options = options.with_tls(tls.clone());
+        }
+        if let Some((name, password)) = &self.user {
+            options = options.with_user(name, password);
         }
         let mut connections = Vec::with_capacity(count);
         for j in 0..count {
