@@ -61,12 +61,6 @@ impl SharedIndex {
     }
 }
 
-/// What a batch did to the index, undone if the batch is dropped without committing.
-#[derive(Debug)]
-pub(super) enum Undo {
-    Inserted(Vec<u8>),
-}
-
 impl KeyIndex {
     /// Records a new version of `key`; its revision is later than every version's it has.
     pub(super) fn insert(&mut self, key: &[u8], version: Indexed) {
@@ -144,12 +138,11 @@ impl KeyIndex {
             .map(|(key, versions)| (key.as_slice(), versions.as_slice()))
     }
 
-    /// Undoes a batch's changes, newest first.
-    pub(super) fn undo(&mut self, steps: Vec<Undo>) {
-        for step in steps.into_iter().rev() {
-            match step {
-                Undo::Inserted(key) => self.remove_last(&key),
-            }
+    /// Takes back the versions a batch inserted (`inserted` names their keys, in the order
+    /// they were written), newest first.
+    pub(super) fn undo(&mut self, inserted: Vec<Vec<u8>>) {
+        for key in inserted.into_iter().rev() {
+            self.remove_last(&key);
         }
     }
 
@@ -196,7 +189,7 @@ mod tests {
         assert_eq!(index.before(b"a", (6, 0)).unwrap().rev, (4, 0));
         assert_eq!(index.before(b"a", (2, 0)), None);
 
-        index.undo(vec![Undo::Inserted(b"a".to_vec())]);
+        index.undo(vec![b"a".to_vec()]);
         assert_eq!(index.live_at(b"a", 9), None);
         index.remove(b"a", &[(2, 0), (4, 0)]);
         assert_eq!(index.len(), 0);

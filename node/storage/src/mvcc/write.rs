@@ -16,7 +16,7 @@ use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
 use super::compare::{branch, chosen_ops, txn_path};
 use super::events::event_type;
-use super::index::{Indexed, KeyIndex, Rev, SharedIndex, Undo};
+use super::index::{Indexed, KeyIndex, Rev, SharedIndex};
 use super::key_span::KeySpan;
 use super::read::{header, KvView};
 use super::tables::{
@@ -45,7 +45,8 @@ pub struct MvccWrite {
 /// batch is dropped without committing; what its compactions remove comes out when it commits.
 struct IndexChanges {
     shared: SharedIndex,
-    undo: Vec<Undo>,
+    /// The keys of the versions this batch inserted, in order: what to take back.
+    undo: Vec<Vec<u8>>,
     /// Each key's versions that a compaction in this batch removed from `kv_revs`.
     removed: Vec<(Vec<u8>, Vec<Rev>)>,
 }
@@ -299,7 +300,7 @@ struct Request<'t, 'e> {
     tables: KvTables<'t>,
     /// Locked for the request, which reads it and inserts the versions it writes.
     index: RwLockWriteGuard<'e, KeyIndex>,
-    undo: &'e mut Vec<Undo>,
+    undo: &'e mut Vec<Vec<u8>>,
     main: i64,
     sub: i64,
     compacted: i64,
@@ -515,7 +516,7 @@ impl Request<'_, '_> {
         self.tables.revs.insert(rev, (key, stored.as_slice()))?;
         let tombstone = matches!(record, HistoryRecord::Tombstone);
         self.index.insert(key, Indexed { rev, tombstone });
-        self.undo.push(Undo::Inserted(key.to_vec()));
+        self.undo.push(key.to_vec());
         self.sub += 1;
         Ok(())
     }
