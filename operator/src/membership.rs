@@ -216,6 +216,10 @@ pub struct Defragmented {
     pub db_size_before: i64,
     pub db_size_after: i64,
     pub took: Duration,
+    /// The member led the cluster when its defragmentation began: the planner keeps the
+    /// leader for last, and its Event says so, so that a person (or a test) can tell the
+    /// order apart from a leader change in between.
+    pub led: bool,
 }
 
 impl Defragmented {
@@ -235,7 +239,11 @@ pub async fn defragment(access: &EtcdAccess, client_url: &str) -> Result<Defragm
             DEFRAGMENT_TIMEOUT,
         )
         .await?;
-    let before = client.status().await?.db_size();
+    let status = client.status().await?;
+    let before = status.db_size();
+    let led = status
+        .header()
+        .is_some_and(|header| header.member_id() == status.leader());
     let started = std::time::Instant::now();
     client.defragment().await?;
     let took = started.elapsed();
@@ -244,5 +252,6 @@ pub async fn defragment(access: &EtcdAccess, client_url: &str) -> Result<Defragm
         db_size_before: before,
         db_size_after: after,
         took,
+        led,
     })
 }

@@ -100,11 +100,12 @@ pub fn describe_step(names: &ClusterNames, action: &Action) -> String {
 /// What a defragmentation did, for its Event.
 pub fn describe_defragmented(done: &Defragmented) -> String {
     format!(
-        "database {} → {} bytes, {} reclaimed, in {:.1}s",
+        "database {} → {} bytes, {} reclaimed, in {:.1}s{}",
         done.db_size_before,
         done.db_size_after,
         done.reclaimed(),
-        done.took.as_secs_f64()
+        done.took.as_secs_f64(),
+        if done.led { ", as the leader" } else { "" }
     )
 }
 
@@ -836,6 +837,21 @@ mod tests {
     }
 
     #[test]
+    fn a_defragmentation_of_the_leader_says_so() {
+        let done = |led| Defragmented {
+            db_size_before: 3000,
+            db_size_after: 1200,
+            took: std::time::Duration::from_millis(300),
+            led,
+        };
+        assert_eq!(
+            describe_defragmented(&done(false)),
+            "database 3000 → 1200 bytes, 1800 reclaimed, in 0.3s"
+        );
+        assert!(describe_defragmented(&done(true)).ends_with(", as the leader"));
+    }
+
+    #[test]
     fn a_defragmentation_is_recorded_on_its_member_and_kept_on_later_passes() {
         let o = observed(&[true, true, true]);
         let at = |second| Timestamp::from_second(second).unwrap();
@@ -848,6 +864,7 @@ mod tests {
             db_size_before: 3000,
             db_size_after: 1200,
             took: std::time::Duration::from_millis(300),
+            led: false,
         };
         let first = build_status(
             &kvc(None),
