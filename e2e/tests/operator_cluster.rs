@@ -556,6 +556,23 @@ async fn defrag_by_threshold_and_by_schedule_gives_space_back_followers_first_le
     let env = start("defrag", EnvOptions::default()).await;
     apply_example(&env, |_| {}).await;
     make_free_space(env.member_endpoint(0).await.unwrap(), "big-").await;
+    // Every member has applied the compaction and measured its free space: members over the
+    // threshold at the same time go followers first. (A member measures its space in use
+    // lazily; one that had not yet would become due only after the others.)
+    env.eventually("every member reports the free space", SCALING, || async {
+        let members = env.kvcluster().await["status"]["members"]
+            .as_array()
+            .cloned()?;
+        members
+            .iter()
+            .all(|m| {
+                let size = m["dbSize"].as_i64().unwrap_or(0);
+                let in_use = m["dbSizeInUse"].as_i64().unwrap_or(size);
+                size - in_use >= 8 << 20
+            })
+            .then_some(())
+    })
+    .await;
 
     let threshold = json!({"freeToInUseRatio": 1.0, "minFreeBytes": 8 << 20});
     let started = Instant::now();
