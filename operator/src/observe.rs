@@ -260,6 +260,75 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
     }
 }
 
+/// Whether a roll-out waits for a backup and, if so, the latest `KVClusterBackup` the operator
+/// made before rolling out `image`.
+async fn observe_pre_upgrade_backup(
+    client: &Client,
+    kvc: &KVCluster,
+    names: &ClusterNames,
+    image: &str,
+) -> Result<PreUpgradeBackup, Error> {
+    let wanted = kvc
+        .spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.destination.s3.is_some())
+        && !kvc.spec.upgrade.skip_backup;
+    if !wanted {
+        return Ok(PreUpgradeBackup::NotWanted);
+    }
+    let backups: Api<KVClusterBackup> = Api::namespaced(client.clone(), &names.namespace);
+    let selector = format!(
+        "{CLUSTER_LABEL}={},{BACKUP_PURPOSE_LABEL}={PRE_UPGRADE_PURPOSE}",
+        names.cluster
+    );
+    let list = backups
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let latest = list
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .filter(|b| {
+            b.annotations()
+                .get(ROLL_OUT_IMAGE_ANNOTATION)
+                .map(String::as_str)
+                == Some(image)
+        })
+        .filter_map(|b| {
+            let attempt = b
+                .annotations()
+                .get(BACKUP_ATTEMPT_ANNOTATION)?
+                .parse()
+                .ok()?;
+            Some((attempt, b))
+        })
+        .max_by_key(|(attempt, _)| *attempt)
+        .map(|(attempt, backup)| PreUpgradeBackupAttempt {
+            name: backup.name_any(),
+            attempt,
+            state: pre_upgrade_backup_state(backup),
+        });
+    Ok(PreUpgradeBackup::Wanted(latest))
+}
+
+fn pre_upgrade_backup_state(backup: &KVClusterBackup) -> PreUpgradeBackupState {
+    let status = backup.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(BackupPhase::Succeeded) => PreUpgradeBackupState::Succeeded,
+        Some(BackupPhase::Failed) => PreUpgradeBackupState::Failed {
+            reason: status.reason.unwrap_or_default(),
+            message: status.message.unwrap_or_default(),
+            finished: status
+                .completion_time
+                .or(backup.metadata.creation_timestamp.clone())
+                .map_or_else(Timestamp::now, |t| t.0),
+        },
+        Some(BackupPhase::Pending | BackupPhase::Running) | None => {
+            PreUpgradeBackupState::InProgress
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,74 +403,5 @@ mod tests {
             }
         );
         assert_eq!(node_state(None), NodeState::Missing);
-    }
-}
-
-/// Whether a roll-out waits for a backup and, if so, the latest `KVClusterBackup` the operator
-/// made before rolling out `image`.
-async fn observe_pre_upgrade_backup(
-    client: &Client,
-    kvc: &KVCluster,
-    names: &ClusterNames,
-    image: &str,
-) -> Result<PreUpgradeBackup, Error> {
-    let wanted = kvc
-        .spec
-        .backup
-        .as_ref()
-        .is_some_and(|b| b.destination.s3.is_some())
-        && !kvc.spec.upgrade.skip_backup;
-    if !wanted {
-        return Ok(PreUpgradeBackup::NotWanted);
-    }
-    let backups: Api<KVClusterBackup> = Api::namespaced(client.clone(), &names.namespace);
-    let selector = format!(
-        "{CLUSTER_LABEL}={},{BACKUP_PURPOSE_LABEL}={PRE_UPGRADE_PURPOSE}",
-        names.cluster
-    );
-    let list = backups
-        .list(&ListParams::default().labels(&selector))
-        .await?;
-    let latest = list
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .filter(|b| {
-            b.annotations()
-                .get(ROLL_OUT_IMAGE_ANNOTATION)
-                .map(String::as_str)
-                == Some(image)
-        })
-        .filter_map(|b| {
-            let attempt = b
-                .annotations()
-                .get(BACKUP_ATTEMPT_ANNOTATION)?
-                .parse()
-                .ok()?;
-            Some((attempt, b))
-        })
-        .max_by_key(|(attempt, _)| *attempt)
-        .map(|(attempt, backup)| PreUpgradeBackupAttempt {
-            name: backup.name_any(),
-            attempt,
-            state: pre_upgrade_backup_state(backup),
-        });
-    Ok(PreUpgradeBackup::Wanted(latest))
-}
-
-fn pre_upgrade_backup_state(backup: &KVClusterBackup) -> PreUpgradeBackupState {
-    let status = backup.status.clone().unwrap_or_default();
-    match status.phase {
-        Some(BackupPhase::Succeeded) => PreUpgradeBackupState::Succeeded,
-        Some(BackupPhase::Failed) => PreUpgradeBackupState::Failed {
-            reason: status.reason.unwrap_or_default(),
-            message: status.message.unwrap_or_default(),
-            finished: status
-                .completion_time
-                .or(backup.metadata.creation_timestamp.clone())
-                .map_or_else(Timestamp::now, |t| t.0),
-        },
-        Some(BackupPhase::Pending | BackupPhase::Running) | None => {
-            PreUpgradeBackupState::InProgress
-        }
     }
 }
