@@ -195,7 +195,7 @@ where
         match message {
             Message::Binary(bytes) if bytes.len() > 1 => {
                 let channel = bytes[0] as usize;
-                if channel % 2 != 0 {
+                if !channel.is_multiple_of(2) {
                     continue;
                 }
                 if let Some(Some(writer)) = writers.get_mut(channel / 2) {
