@@ -15,8 +15,9 @@ use k8s_openapi::api::core::v1::{
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,10 +27,15 @@ use kube::{Resource, ResourceExt};
 
 use crate::backup::destination::{ACCESS_KEY_ID_KEY, SECRET_ACCESS_KEY_KEY, SESSION_TOKEN_KEY};
 use crate::bootstrap::BootstrapConfig;
-use crate::crd::{CertManagerTls, KVCluster, RestoreStatus, TlsMode, TlsSource, VolumeSpec};
+use crate::crd::{
+    CertManagerTls, KVCluster, KVClusterBackup, KVClusterBackupSpec, RestoreStatus, TlsMode,
+    TlsSource, VolumeSpec,
+};
 use crate::names::{
-    ClusterNames, TlsSide, CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
-    INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR, WAL_DIR, WAL_VOLUME,
+    ClusterNames, TlsSide, BACKUP_ATTEMPT_ANNOTATION, BACKUP_PURPOSE_LABEL, CLIENT_PORT,
+    CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY, INITIAL_CLUSTER_STATE_KEY,
+    METRICS_PORT, PEER_PORT, PEER_TLS_DIR, PRE_UPGRADE_PURPOSE, ROLL_OUT_IMAGE_ANNOTATION, WAL_DIR,
+    WAL_VOLUME,
 };
 
 /// Name of the node's container in every member pod.
@@ -91,6 +97,32 @@ fn metadata(kvc: &KVCluster, name: String) -> ObjectMeta {
         owner_references: kvc.controller_owner_ref(&()).map(|owner| vec![owner]),
         ..ObjectMeta::default()
     }
+}
+
+/// The `KVClusterBackup` a roll-out of `image` waits for: taken by the on-demand backup
+/// controller to the cluster's `spec.backup.destination`. It is not owned by the KVCluster, so
+/// it outlives it like any backup, and a restore can name it.
+pub fn pre_upgrade_backup(kvc: &KVCluster, image: &str, attempt: u32) -> KVClusterBackup {
+    let names = names_of(kvc);
+    let mut labels = names.labels();
+    labels.insert(
+        BACKUP_PURPOSE_LABEL.to_string(),
+        PRE_UPGRADE_PURPOSE.to_string(),
+    );
+    let mut backup = KVClusterBackup::new(
+        &names.pre_upgrade_backup(image, attempt),
+        KVClusterBackupSpec {
+            cluster_name: names.cluster.clone(),
+            destination: None,
+        },
+    );
+    backup.metadata.namespace = Some(names.namespace.clone());
+    backup.metadata.labels = Some(labels);
+    backup.metadata.annotations = Some(BTreeMap::from([
+        (ROLL_OUT_IMAGE_ANNOTATION.to_string(), image.to_string()),
+        (BACKUP_ATTEMPT_ANNOTATION.to_string(), attempt.to_string()),
+    ]));
+    backup
 }
 
 fn port(name: &str, number: i32) -> ServicePort {
@@ -581,7 +613,7 @@ fn default_affinity(names: &ClusterNames) -> Affinity {
                 WeightedPodAffinityTerm {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
-                        topology_key: "kubernetes.io/hostname".to_string(),
+                        topology_key: HOSTNAME_TOPOLOGY_KEY.to_string(),
                         label_selector: Some(LabelSelector {
                             match_labels: Some(names.selector_labels()),
                             match_expressions: None,
@@ -594,6 +626,38 @@ fn default_affinity(names: &ClusterNames) -> Affinity {
         }),
         ..Affinity::default()
     }
+}
+
+/// The node label naming a node, and the well-known label of its zone.
+pub const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+pub const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
+
+/// Without spread constraints from the user, members spread over nodes and over zones, a skew
+/// of at most one member in each, and both only as a preference (`ScheduleAnyway`):
+/// - zones, because a cluster without zone labels, or with one zone, must still schedule;
+/// - nodes too, because a hard constraint counts every node the pod could use as a domain,
+///   full ones included, so a member that does not fit beside the others would stay Pending
+///   and leave the cluster a member short, which costs the same failure margin as two members
+///   on one node, and blocks every later step (scaling, replacing, rolling) besides.
+///   `nodeTaintsPolicy: Honor` keeps cordoned and unreachable nodes out of the count.
+///
+/// Those who want a hard guarantee give their own constraints (`DoNotSchedule`), which replace
+/// these.
+fn default_topology_spread(names: &ClusterNames) -> Vec<TopologySpreadConstraint> {
+    [HOSTNAME_TOPOLOGY_KEY, ZONE_TOPOLOGY_KEY]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_string(),
+            when_unsatisfiable: "ScheduleAnyway".to_string(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                match_expressions: None,
+            }),
+            node_taints_policy: Some("Honor".to_string()),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
 }
 
 /// Members run unprivileged. A freshly formatted volume belongs to root, so the kubelet hands
@@ -722,6 +786,11 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
                 .clone()
                 .unwrap_or_else(|| default_affinity(&names)),
         ),
+        topology_spread_constraints: Some(if spec.topology_spread_constraints.is_empty() {
+            default_topology_spread(&names)
+        } else {
+            spec.topology_spread_constraints.clone()
+        }),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         priority_class_name: spec.priority_class_name.clone(),
@@ -987,6 +1056,93 @@ mod tests {
             .unwrap()
             .pod_anti_affinity
             .is_some());
+    }
+
+    #[test]
+    fn members_spread_over_nodes_and_zones_without_ever_staying_pending_for_it() {
+        let sts = stateful_set(&cluster(serde_json::json!({})), 3, TEST_IMAGE);
+        let spread = pod_spec(&sts).topology_spread_constraints.clone().unwrap();
+        let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(keys, [HOSTNAME_TOPOLOGY_KEY, ZONE_TOPOLOGY_KEY]);
+        let selector = sts.spec.as_ref().unwrap().selector.match_labels.clone();
+        for constraint in &spread {
+            assert_eq!(constraint.max_skew, 1);
+            assert_eq!(constraint.when_unsatisfiable, "ScheduleAnyway");
+            assert_eq!(constraint.node_taints_policy.as_deref(), Some("Honor"));
+            // The members of this cluster, and only they, are counted.
+            assert_eq!(
+                constraint.label_selector.as_ref().unwrap().match_labels,
+                selector
+            );
+        }
+    }
+
+    #[test]
+    fn spread_resources_and_placement_from_the_spec_replace_the_defaults() {
+        let placed = cluster(serde_json::json!({
+            "topologySpreadConstraints": [{
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"ferrokv.io/cluster": "kv"}}
+            }],
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"ferrokv.io/cluster": "kv"}}
+            }]}},
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+            "priorityClassName": "kv-critical"
+        }));
+        let sts = stateful_set(&placed, 3, TEST_IMAGE);
+        let pod = pod_spec(&sts);
+        let spread = pod.topology_spread_constraints.as_ref().unwrap();
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].when_unsatisfiable, "DoNotSchedule");
+        let anti = pod.affinity.as_ref().unwrap().pod_anti_affinity.as_ref();
+        assert!(anti
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .is_some());
+        assert!(anti
+            .unwrap()
+            .preferred_during_scheduling_ignored_during_execution
+            .is_none());
+        let resources = pod.containers[0].resources.as_ref().unwrap();
+        assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "500m");
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "2Gi");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("kv-critical"));
+    }
+
+    #[test]
+    fn a_backup_before_a_roll_out_names_the_image_and_attempt_and_is_not_owned() {
+        let kvc = cluster(serde_json::json!({}));
+        let backup = pre_upgrade_backup(&kvc, "ghcr.io/ferrokv/ferrokv:v0.2.0", 2);
+        let name = backup.name_any();
+        assert!(
+            name.starts_with("kv-pre-upgrade-") && name.ends_with("-2"),
+            "{name}"
+        );
+        assert_eq!(
+            name,
+            names_of(&kvc).pre_upgrade_backup("ghcr.io/ferrokv/ferrokv:v0.2.0", 2)
+        );
+        assert_ne!(
+            name,
+            names_of(&kvc).pre_upgrade_backup("ghcr.io/ferrokv/ferrokv:v0.3.0", 2)
+        );
+        assert_eq!(backup.spec.cluster_name, "kv");
+        assert!(
+            backup.spec.destination.is_none(),
+            "the cluster's destination"
+        );
+        assert_eq!(backup.labels()[BACKUP_PURPOSE_LABEL], PRE_UPGRADE_PURPOSE);
+        assert_eq!(backup.labels()[crate::names::CLUSTER_LABEL], "kv");
+        assert_eq!(
+            backup.annotations()[ROLL_OUT_IMAGE_ANNOTATION],
+            "ghcr.io/ferrokv/ferrokv:v0.2.0"
+        );
+        assert_eq!(backup.annotations()[BACKUP_ATTEMPT_ANNOTATION], "2");
+        assert!(backup.metadata.owner_references.is_none());
     }
 
     #[test]

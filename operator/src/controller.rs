@@ -29,7 +29,7 @@ use crate::backup::metrics::BackupMetrics;
 use crate::backup::scheduled::{BackupDeps, BackupScheduler};
 use crate::backup::BackupSlots;
 use crate::children::{self, BuildDefaults};
-use crate::crd::{KVCluster, KVClusterStatus, WhenDeleted};
+use crate::crd::{KVCluster, KVClusterBackup, KVClusterStatus, WhenDeleted};
 use crate::error::Error;
 use crate::etcd_access::{ensure_auth, AuthOutcome, EtcdAccess};
 use crate::membership::{self, Defragmented};
@@ -431,7 +431,7 @@ fn idle_requeue(observed: &Observed) -> Duration {
 }
 
 /// Events for what `status` says about versions that the last status did not: a refused
-/// version, and a roll-out completed.
+/// version, a failed backup a roll-out waits for, and a roll-out completed.
 async fn publish_version_events(ctx: &Context, kvc: &KVCluster, status: &KVClusterStatus) {
     let previous = kvc.status.as_ref();
     let degraded = |s: &KVClusterStatus| {
@@ -445,6 +445,24 @@ async fn publish_version_events(ctx: &Context, kvc: &KVCluster, status: &KVClust
     if let Some((reason, message)) = refused {
         if previous.and_then(degraded).as_ref().map(|(_, m)| m) != Some(&message) {
             publish(ctx, kvc, EventType::Warning, &reason, message).await;
+        }
+    }
+    let backup_failed = |s: &KVClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing" && c.reason == "PreUpgradeBackupFailed")
+            .map(|c| c.message.clone())
+    };
+    if let Some(message) = backup_failed(status) {
+        if previous.and_then(backup_failed).is_none() {
+            publish(
+                ctx,
+                kvc,
+                EventType::Warning,
+                "PreUpgradeBackupFailed",
+                message,
+            )
+            .await;
         }
     }
     let before = previous.and_then(|p| p.image.as_deref());
@@ -562,6 +580,24 @@ async fn take_change_step(
         }
         Action::RestartPod { ordinal, .. } => {
             delete_pod(&pods, &names.member(*ordinal), DeleteParams::default()).await
+        }
+        Action::BackUpBeforeRollOut {
+            image,
+            attempt,
+            replaces,
+        } => {
+            let backup = children::pre_upgrade_backup(kvc, image, *attempt);
+            apply_object(client, ns, &backup).await?;
+            // The failed attempt goes once the next exists, so the attempts keep counting.
+            if let Some(failed) = replaces {
+                let backups: Api<KVClusterBackup> = Api::namespaced(client.clone(), ns);
+                match backups.delete(failed, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(())
         }
         Action::Defragment { .. } | Action::Wait(_) | Action::Converged => Ok(()),
     }

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::crd::CustomResourceExt;
@@ -130,6 +132,14 @@ pub struct KVClusterSpec {
     /// Pod affinity rules. Without them, members prefer to run on distinct nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+
+    /// How member pods spread over nodes and zones. Without them, members spread over
+    /// `kubernetes.io/hostname` and `topology.kubernetes.io/zone` with a skew of at most one,
+    /// both `ScheduleAnyway`: a member is never left Pending for the sake of spreading. Given
+    /// here, they replace those defaults (select the members with the label
+    /// `ferrokv.io/cluster: NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 
     /// Tolerations of the member pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -475,6 +485,12 @@ pub struct UpgradeSpec {
     #[serde(default = "UpgradeSpec::default_member_ready_timeout")]
     #[schemars(range(min = 1))]
     pub member_ready_timeout_seconds: u32,
+    /// Roll out without the backup otherwise taken first when `spec.backup` is set. With
+    /// backups configured, a change of `version` or `image` first makes a `KVClusterBackup`
+    /// named `NAME-pre-upgrade-...` and starts restarting members only once it succeeded; a
+    /// failed one is retried with backoff, and the roll-out waits meanwhile.
+    #[serde(default)]
+    pub skip_backup: bool,
 }
 
 impl UpgradeSpec {
@@ -488,6 +504,7 @@ impl Default for UpgradeSpec {
         Self {
             force: false,
             member_ready_timeout_seconds: Self::default_member_ready_timeout(),
+            skip_backup: false,
         }
     }
 }

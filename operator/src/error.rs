@@ -30,6 +30,32 @@ pub enum Error {
 
     #[error("auth: {0}")]
     AuthSecret(String),
+
+    #[error("KVCluster {namespace}/{name} not found")]
+    ClusterNotFound { namespace: String, name: String },
+
+    #[error("KVCluster {cluster} has no member pod {member} (its members: {})", known.join(", "))]
+    NoSuchMember {
+        cluster: String,
+        member: String,
+        known: Vec<String>,
+    },
+
+    #[error("no member of KVCluster {cluster} answers")]
+    NoMemberAnswers { cluster: String },
+
+    #[error("member {member} does not answer: {why}")]
+    MemberNotAnswering { member: String, why: String },
+
+    #[error("KVClusterBackup {name} failed: {reason}: {message}")]
+    BackupFailed {
+        name: String,
+        reason: String,
+        message: String,
+    },
+
+    #[error("local port: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl Error {
@@ -45,6 +71,12 @@ impl Error {
             Self::Pki(_) => "pki",
             Self::TlsSecret(_) => "tls_secret",
             Self::AuthSecret(_) => "auth_secret",
+            Self::ClusterNotFound { .. } => "cluster_not_found",
+            Self::NoSuchMember { .. } => "no_such_member",
+            Self::NoMemberAnswers { .. } => "no_member_answers",
+            Self::MemberNotAnswering { .. } => "member_not_answering",
+            Self::BackupFailed { .. } => "backup_failed",
+            Self::Io(_) => "io",
         }
     }
 }

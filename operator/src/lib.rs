@@ -6,7 +6,8 @@
 //! [`names`]; the bootstrap state members start from is [`bootstrap`]. Backups to object
 //! storage, scheduled and on demand, are [`backup`]'s; checking the snapshot a new cluster is
 //! restored from is [`restore`]'s. Certificates of `spec.tls` are [`tls`]'s; every etcd client
-//! is made from an [`etcd_access::EtcdAccess`] (TLS identity, root credentials).
+//! is made from an [`etcd_access::EtcdAccess`] (TLS identity, root credentials). The kubectl
+//! plugin `kubectl kvc` is [`plugin`].
 
 pub mod backup;
 pub mod bootstrap;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod planner;
+pub mod plugin;
 pub mod restore;
 pub mod status;
 pub mod tls;

@@ -36,6 +36,15 @@ pub const INITIAL_CLUSTER_STATE_KEY: &str = "initial-cluster-state";
 /// Label naming the KVCluster a child belongs to.
 pub const CLUSTER_LABEL: &str = "ferrokv.io/cluster";
 
+/// Label of the `KVClusterBackup`s the operator makes before a roll-out, with the value
+/// [`PRE_UPGRADE_PURPOSE`].
+pub const BACKUP_PURPOSE_LABEL: &str = "ferrokv.io/backup-purpose";
+pub const PRE_UPGRADE_PURPOSE: &str = "pre-upgrade";
+/// Annotations of such a backup: the image whose roll-out waits for it, and which attempt for
+/// that image it is (1, 2, ...).
+pub const ROLL_OUT_IMAGE_ANNOTATION: &str = "ferrokv.io/roll-out-image";
+pub const BACKUP_ATTEMPT_ANNOTATION: &str = "ferrokv.io/backup-attempt";
+
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "ferrokv-operator";
 
@@ -168,6 +177,16 @@ impl ClusterNames {
 
     pub fn pod_disruption_budget(&self) -> String {
         self.cluster.clone()
+    }
+
+    /// The `KVClusterBackup` taken before rolling out `image`, attempt `attempt`: the image
+    /// appears as the first 8 hex digits of its SHA-256, since a tag may hold characters a
+    /// name may not.
+    pub fn pre_upgrade_backup(&self, image: &str, attempt: u32) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(image.as_bytes());
+        let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-pre-upgrade-{short}-{attempt}", self.cluster)
     }
 
     /// Member name of the given ordinal: the name of its pod.

@@ -12,14 +12,18 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::bootstrap::BootstrapConfig;
 use crate::children::{BuildDefaults, CONTAINER_NAME, RESTORE_CONTAINER_NAME};
-use crate::crd::KVCluster;
+use crate::crd::{BackupPhase, KVCluster, KVClusterBackup};
 use crate::error::Error;
 use crate::etcd_access::EtcdAccess;
 use crate::membership::{self, MembershipView};
-use crate::names::ClusterNames;
+use crate::names::{
+    ClusterNames, BACKUP_ATTEMPT_ANNOTATION, BACKUP_PURPOSE_LABEL, CLUSTER_LABEL,
+    PRE_UPGRADE_PURPOSE, ROLL_OUT_IMAGE_ANNOTATION,
+};
 use crate::planner::{
-    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, RestoreSourceCheck,
-    StartRefusal, UpgradePolicy,
+    Claim, DefragPolicy, MemberPod, NodeState, Observed, ObservedStatefulSet, PreUpgradeBackup,
+    PreUpgradeBackupAttempt, PreUpgradeBackupState, RestoreSourceCheck, StartRefusal,
+    UpgradePolicy,
 };
 
 /// What one pass observed: the planner's input and the cluster ID for status.
@@ -94,6 +98,9 @@ pub async fn observe(
         })
         .collect();
 
+    let desired_image = defaults.image_for(kvc);
+    let pre_upgrade_backup = observe_pre_upgrade_backup(client, kvc, names, &desired_image).await?;
+
     // Only the StatefulSet's pods can answer; before it exists there is no cluster to ask.
     let view: Option<MembershipView> = match &stateful_set {
         Some(sts) if sts.replicas > 0 => {
@@ -128,7 +135,7 @@ pub async fn observe(
                 .creation_timestamp
                 .as_ref()
                 .map_or_else(Timestamp::now, |t| t.0),
-            desired_image: defaults.image_for(kvc),
+            desired_image,
             rolled_out_image: kvc.status.as_ref().and_then(|s| s.image.clone()),
             upgrade: UpgradePolicy {
                 force: kvc.spec.upgrade.force,
@@ -137,6 +144,7 @@ pub async fn observe(
                 ),
             },
             restore_source: restore_source_check(kvc),
+            pre_upgrade_backup,
         },
     })
 }
@@ -249,6 +257,75 @@ fn member_pod(pod: &Pod, ordinal: u32, node: NodeState) -> MemberPod {
             .spec
             .as_ref()
             .and_then(|s| container_image(&s.containers)),
+    }
+}
+
+/// Whether a roll-out waits for a backup and, if so, the latest `KVClusterBackup` the operator
+/// made before rolling out `image`.
+async fn observe_pre_upgrade_backup(
+    client: &Client,
+    kvc: &KVCluster,
+    names: &ClusterNames,
+    image: &str,
+) -> Result<PreUpgradeBackup, Error> {
+    let wanted = kvc
+        .spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.destination.s3.is_some())
+        && !kvc.spec.upgrade.skip_backup;
+    if !wanted {
+        return Ok(PreUpgradeBackup::NotWanted);
+    }
+    let backups: Api<KVClusterBackup> = Api::namespaced(client.clone(), &names.namespace);
+    let selector = format!(
+        "{CLUSTER_LABEL}={},{BACKUP_PURPOSE_LABEL}={PRE_UPGRADE_PURPOSE}",
+        names.cluster
+    );
+    let list = backups
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let latest = list
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .filter(|b| {
+            b.annotations()
+                .get(ROLL_OUT_IMAGE_ANNOTATION)
+                .map(String::as_str)
+                == Some(image)
+        })
+        .filter_map(|b| {
+            let attempt = b
+                .annotations()
+                .get(BACKUP_ATTEMPT_ANNOTATION)?
+                .parse()
+                .ok()?;
+            Some((attempt, b))
+        })
+        .max_by_key(|(attempt, _)| *attempt)
+        .map(|(attempt, backup)| PreUpgradeBackupAttempt {
+            name: backup.name_any(),
+            attempt,
+            state: pre_upgrade_backup_state(backup),
+        });
+    Ok(PreUpgradeBackup::Wanted(latest))
+}
+
+fn pre_upgrade_backup_state(backup: &KVClusterBackup) -> PreUpgradeBackupState {
+    let status = backup.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(BackupPhase::Succeeded) => PreUpgradeBackupState::Succeeded,
+        Some(BackupPhase::Failed) => PreUpgradeBackupState::Failed {
+            reason: status.reason.unwrap_or_default(),
+            message: status.message.unwrap_or_default(),
+            finished: status
+                .completion_time
+                .or(backup.metadata.creation_timestamp.clone())
+                .map_or_else(Timestamp::now, |t| t.0),
+        },
+        Some(BackupPhase::Pending | BackupPhase::Running) | None => {
+            PreUpgradeBackupState::InProgress
+        }
     }
 }
 

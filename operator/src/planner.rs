@@ -50,6 +50,49 @@ pub struct Observed {
     pub upgrade: UpgradePolicy,
     /// Whether the snapshot `spec.bootstrap.restore` names was checked, and what was found.
     pub restore_source: RestoreSourceCheck,
+    /// The backup a roll-out waits for, when backups are configured.
+    pub pre_upgrade_backup: PreUpgradeBackup,
+}
+
+/// The backup taken before a roll-out starts: wanted when `spec.backup` names a destination
+/// and `spec.upgrade.skipBackup` is not set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PreUpgradeBackup {
+    /// A roll-out starts without one.
+    #[default]
+    NotWanted,
+    /// A roll-out waits for one; this is the latest `KVClusterBackup` made for the image the
+    /// spec asks for, if any.
+    Wanted(Option<PreUpgradeBackupAttempt>),
+}
+
+/// One `KVClusterBackup` the operator made before rolling out an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreUpgradeBackupAttempt {
+    pub name: String,
+    /// 1 for the first try for this image, one more for each retry.
+    pub attempt: u32,
+    pub state: PreUpgradeBackupState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreUpgradeBackupState {
+    /// Waiting to be taken, or being taken.
+    InProgress,
+    Succeeded,
+    /// `reason` is the backup's stable code (`UploadFailed`...), `message` what happened.
+    Failed {
+        reason: String,
+        message: String,
+        finished: Timestamp,
+    },
+}
+
+/// How long after a failed backup before a roll-out the next attempt is made: 15 s, doubled
+/// for each attempt, at most 10 minutes.
+pub fn pre_upgrade_backup_retry_delay(attempt: u32) -> Duration {
+    let seconds = 15u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    Duration::from_secs(seconds.min(600))
 }
 
 /// The check of a restore's source, made once before the StatefulSet exists.
@@ -296,6 +339,13 @@ pub enum Action {
         ordinal: u32,
         reason: DefragReason,
     },
+    /// Make a `KVClusterBackup` of the cluster before rolling out `image`; `replaces` is the
+    /// failed attempt it follows, deleted once the new one exists.
+    BackUpBeforeRollOut {
+        image: String,
+        attempt: u32,
+        replaces: Option<String>,
+    },
     /// Nothing can be done until the cluster changes by itself.
     Wait(WaitReason),
     /// The cluster is what the spec asks for.
@@ -334,6 +384,7 @@ impl Action {
             | Self::Defragment { ordinal, .. } => Some(*ordinal),
             Self::WriteBootstrapConfig(_)
             | Self::ScaleStatefulSet { .. }
+            | Self::BackUpBeforeRollOut { .. }
             | Self::MoveLeader { .. }
             | Self::Wait(_)
             | Self::Converged => None,
@@ -388,6 +439,17 @@ pub enum WaitReason {
         member: String,
         image: String,
         seconds: i64,
+    },
+    /// The backup taken before rolling out `image` is waiting or under way; no member is
+    /// restarted until it succeeds.
+    PreUpgradeBackupRunning { backup: String, image: String },
+    /// That backup failed; the next attempt is made at `retry_at`.
+    PreUpgradeBackupFailed {
+        backup: String,
+        image: String,
+        reason: String,
+        message: String,
+        retry_at: Timestamp,
     },
 }
 
@@ -459,6 +521,23 @@ impl fmt::Display for WaitReason {
                 "roll-out of {image} paused: member {member} has not become ready in the {seconds}s \
                  since it was restarted onto it; no other member is touched until it is ready or \
                  spec.version (or spec.image) changes"
+            ),
+            Self::PreUpgradeBackupRunning { backup, image } => write!(
+                f,
+                "backing up to KVClusterBackup {backup} before rolling out {image}; no member is \
+                 restarted until it succeeds"
+            ),
+            Self::PreUpgradeBackupFailed {
+                backup,
+                image,
+                reason,
+                message,
+                retry_at,
+            } => write!(
+                f,
+                "the backup before rolling out {image} failed: KVClusterBackup {backup}: \
+                 {reason}: {message}; no member is restarted until a backup succeeds (next \
+                 attempt at {retry_at}, or set spec.upgrade.skipBackup: true)"
             ),
         }
     }
@@ -673,8 +752,59 @@ pub fn plan(observed: &Observed) -> Action {
     if desired.is_none() {
         return Action::Wait(WaitReason::InvalidReplicas(observed.spec_replicas));
     }
+    // A roll-out starts from a whole cluster, once its backup is taken.
+    if image_decision(observed).awaits_backup {
+        return backup_before_roll_out(observed);
+    }
     // Upkeep only on a cluster that is whole: every voter healthy, nothing else to do.
     defragmentation_due(observed, members).unwrap_or(Action::Converged)
+}
+
+/// The step towards the backup a roll-out of the spec's image waits for: make it, wait for it,
+/// or make it again once the delay after a failed attempt has passed.
+fn backup_before_roll_out(observed: &Observed) -> Action {
+    let image = observed.desired_image.clone();
+    let PreUpgradeBackup::Wanted(latest) = &observed.pre_upgrade_backup else {
+        return Action::Converged;
+    };
+    let Some(latest) = latest else {
+        return Action::BackUpBeforeRollOut {
+            image,
+            attempt: 1,
+            replaces: None,
+        };
+    };
+    match &latest.state {
+        PreUpgradeBackupState::InProgress | PreUpgradeBackupState::Succeeded => {
+            Action::Wait(WaitReason::PreUpgradeBackupRunning {
+                backup: latest.name.clone(),
+                image,
+            })
+        }
+        PreUpgradeBackupState::Failed {
+            reason,
+            message,
+            finished,
+        } => {
+            let delay = pre_upgrade_backup_retry_delay(latest.attempt);
+            let retry_at = finished.checked_add(delay).unwrap_or(*finished);
+            if observed.now >= retry_at {
+                Action::BackUpBeforeRollOut {
+                    image,
+                    attempt: latest.attempt + 1,
+                    replaces: Some(latest.name.clone()),
+                }
+            } else {
+                Action::Wait(WaitReason::PreUpgradeBackupFailed {
+                    backup: latest.name.clone(),
+                    image,
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    retry_at,
+                })
+            }
+        }
+    }
 }
 
 /// The member to defragment now, if any: one at a time, followers first and the leader last
@@ -1081,7 +1211,7 @@ fn stalled_rollout(observed: &Observed, members: &[Member]) -> Option<WaitReason
 }
 
 /// The image the StatefulSet's template gets this pass: the spec's, unless the version rules
-/// refuse it (see [`upgrade`]).
+/// refuse it (see [`upgrade`]) or the backup a roll-out waits for has not succeeded yet.
 pub fn image_decision(observed: &Observed) -> ImageDecision {
     let current = observed
         .stateful_set
@@ -1092,12 +1222,25 @@ pub fn image_decision(observed: &Observed) -> ImageDecision {
         .iter()
         .filter_map(|p| p.image.as_deref())
         .chain(observed.rolled_out_image.as_deref());
-    upgrade::decide(
+    let mut decision = upgrade::decide(
         &observed.desired_image,
         current,
         running,
         observed.upgrade.force,
-    )
+    );
+    let backed_up = match &observed.pre_upgrade_backup {
+        PreUpgradeBackup::NotWanted => true,
+        PreUpgradeBackup::Wanted(latest) => latest
+            .as_ref()
+            .is_some_and(|b| b.state == PreUpgradeBackupState::Succeeded),
+    };
+    if let Some(current) = current {
+        if decision.image != current && !backed_up {
+            decision.image = current.to_string();
+            decision.awaits_backup = true;
+        }
+    }
+    decision
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub fn step_reason(action: &Action) -> &'static str {
         Action::ForceDeletePod { .. } => "PodMovedOffLostNode",
         Action::RestartPod { .. } => "PodRestarted",
         Action::Defragment { .. } => "MemberDefragmented",
+        Action::BackUpBeforeRollOut { .. } => "PreUpgradeBackup",
         Action::Wait(_) => "Waiting",
         Action::Converged => "Converged",
     }
@@ -92,6 +93,21 @@ pub fn describe_step(names: &ClusterNames, action: &Action) -> String {
             };
             format!("defragmented member {} ({id:x}) {why}", names.member(*ordinal))
         }
+        Action::BackUpBeforeRollOut {
+            image,
+            attempt,
+            replaces,
+        } => {
+            let retry = match replaces {
+                Some(failed) => format!(", attempt {attempt} after {failed} failed"),
+                None => String::new(),
+            };
+            format!(
+                "created KVClusterBackup {} to back up the cluster before rolling out \
+                 {image}{retry}; members are restarted once it succeeds",
+                names.pre_upgrade_backup(image, *attempt)
+            )
+        }
         Action::Wait(reason) => reason.to_string(),
         Action::Converged => "cluster matches its spec".to_string(),
     }
@@ -127,6 +143,12 @@ fn phase(observed: &Observed, action: &Action) -> Phase {
             Phase::Degraded
         }
         Action::Converged | Action::Defragment { .. } => Phase::Running,
+        // The roll-out has not begun, and the backup it waits for is taken only from a
+        // cluster that is Running.
+        Action::BackUpBeforeRollOut { .. }
+        | Action::Wait(
+            WaitReason::PreUpgradeBackupRunning { .. } | WaitReason::PreUpgradeBackupFailed { .. },
+        ) => Phase::Running,
         Action::Wait(WaitReason::ClusterForming | WaitReason::RestoreSourceUnchecked) => {
             Phase::Bootstrapping
         }
@@ -242,6 +264,15 @@ pub fn build_status(
                 | WaitReason::MembersCatchingUp { .. }),
             ),
         ) => condition("Progressing", true, "Waiting", reason.to_string()),
+        (None, Action::Wait(reason @ WaitReason::PreUpgradeBackupRunning { .. })) => {
+            condition("Progressing", true, "PreUpgradeBackup", reason.to_string())
+        }
+        (None, Action::Wait(reason @ WaitReason::PreUpgradeBackupFailed { .. })) => condition(
+            "Progressing",
+            false,
+            "PreUpgradeBackupFailed",
+            reason.to_string(),
+        ),
         (None, Action::Wait(reason)) => {
             condition("Progressing", false, "Blocked", reason.to_string())
         }
@@ -542,6 +573,7 @@ mod tests {
                 member_ready_timeout: Duration::from_secs(300),
             },
             restore_source: RestoreSourceCheck::NotRequested,
+            pre_upgrade_backup: crate::planner::PreUpgradeBackup::NotWanted,
         }
     }
 

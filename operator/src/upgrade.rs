@@ -117,6 +117,9 @@ pub fn check(from: Version, to: Version) -> Result<(), Refusal> {
 pub struct ImageDecision {
     pub image: String,
     pub refused: Option<Refusal>,
+    /// The spec's image is allowed, but the backup taken before a roll-out has not succeeded
+    /// yet: `image` stays the template's until it has (see `planner::image_decision`).
+    pub awaits_backup: bool,
 }
 
 /// Decides between the `desired` image and the one the template has (`current`, `None`
@@ -130,6 +133,7 @@ pub fn decide<'a>(
     let allowed = ImageDecision {
         image: desired.to_string(),
         refused: None,
+        awaits_backup: false,
     };
     let Some(current) = current else {
         return allowed;
@@ -150,6 +154,7 @@ pub fn decide<'a>(
         Some(refusal) => ImageDecision {
             image: current.to_string(),
             refused: Some(refusal),
+            awaits_backup: false,
         },
     }
 }

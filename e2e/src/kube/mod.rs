@@ -17,6 +17,7 @@
 //! | `schema`, `cel` | custom resources' structural schemas and validation rules |
 //! | `fields` | managed fields and server-side apply |
 //! | `patch` | strategic merge patch |
+//! | `portforward` | the pods' `portforward` subresource, over a WebSocket |
 //! | `discovery`, `openapi`, `table` | discovery and OpenAPI documents, `kubectl get` tables |
 //! | `views` | kinds served under two APIs from one storage (Events) |
 //! | `selector`, `meta`, `error` | selectors, server-assigned metadata, Status errors |
@@ -37,6 +38,7 @@ mod node_lifecycle;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;
+pub mod portforward;
 pub mod resources;
 mod scheduler;
 pub mod schema;
@@ -101,6 +103,10 @@ impl ApiServer {
             bookmark_interval: config.bookmark_interval,
         });
         let app = axum::Router::new()
+            .route(
+                "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+                axum::routing::get(portforward::handle),
+            )
             .fallback(http::handle)
             .with_state(server);
         let (shutdown, stopped) = oneshot::channel::<()>();

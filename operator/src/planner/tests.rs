@@ -83,6 +83,7 @@ fn cluster(n: u32, spec: i32) -> Observed {
             member_ready_timeout: Duration::from_secs(TIMEOUT_SECS),
         },
         restore_source: RestoreSourceCheck::NotRequested,
+        pre_upgrade_backup: PreUpgradeBackup::NotWanted,
     }
 }
 
@@ -291,6 +292,14 @@ fn carry_out(o: &mut Observed, action: &Action) {
             m.db_size = m.db_size_in_use;
             let name = m.name.clone();
             o.last_defragmented.insert(name, now);
+        }
+        // The backup is made; the walks need it to have succeeded.
+        Action::BackUpBeforeRollOut { attempt, .. } => {
+            o.pre_upgrade_backup = PreUpgradeBackup::Wanted(Some(PreUpgradeBackupAttempt {
+                name: format!("kv-pre-upgrade-{attempt}"),
+                attempt: *attempt,
+                state: PreUpgradeBackupState::Succeeded,
+            }))
         }
         Action::Wait(_) | Action::Converged => {}
     }
@@ -1328,6 +1337,135 @@ fn a_refused_version_leaves_the_template_as_it_is() {
     o.upgrade.force = false;
     o.desired_image = IMAGE_V2.into();
     assert_eq!(image_decision(&o).refused, None);
+}
+
+/// A converged cluster on v1 whose spec asks for v2, with backups configured.
+fn asked_for_v2_with_backups() -> Observed {
+    let mut o = cluster(3, 3);
+    o.desired_image = IMAGE_V2.into();
+    o.pre_upgrade_backup = PreUpgradeBackup::Wanted(None);
+    o
+}
+
+fn backup_attempt(attempt: u32, state: PreUpgradeBackupState) -> PreUpgradeBackup {
+    PreUpgradeBackup::Wanted(Some(PreUpgradeBackupAttempt {
+        name: format!("kv-pre-upgrade-{attempt}"),
+        attempt,
+        state,
+    }))
+}
+
+#[test]
+fn with_backups_configured_a_roll_out_starts_only_after_its_backup_succeeded() {
+    let mut o = asked_for_v2_with_backups();
+    let held = image_decision(&o);
+    assert_eq!((held.image.as_str(), held.awaits_backup), (IMAGE_V1, true));
+    assert_eq!(
+        plan(&o),
+        Action::BackUpBeforeRollOut {
+            image: IMAGE_V2.into(),
+            attempt: 1,
+            replaces: None
+        }
+    );
+
+    o.pre_upgrade_backup = backup_attempt(1, PreUpgradeBackupState::InProgress);
+    assert_eq!(image_decision(&o).image, IMAGE_V1);
+    assert_eq!(
+        plan(&o),
+        Action::Wait(WaitReason::PreUpgradeBackupRunning {
+            backup: "kv-pre-upgrade-1".into(),
+            image: IMAGE_V2.into()
+        })
+    );
+
+    o.pre_upgrade_backup = backup_attempt(1, PreUpgradeBackupState::Succeeded);
+    let allowed = image_decision(&o);
+    assert_eq!(
+        (allowed.image.as_str(), allowed.awaits_backup),
+        (IMAGE_V2, false)
+    );
+}
+
+#[test]
+fn a_failed_backup_before_a_roll_out_is_retried_after_a_growing_delay() {
+    let mut o = asked_for_v2_with_backups();
+    let failed = |attempt, seconds_ago| {
+        backup_attempt(
+            attempt,
+            PreUpgradeBackupState::Failed {
+                reason: "UploadFailed".into(),
+                message: "connection refused".into(),
+                finished: at(NOW - seconds_ago),
+            },
+        )
+    };
+    o.pre_upgrade_backup = failed(1, 5);
+    let Action::Wait(reason @ WaitReason::PreUpgradeBackupFailed { retry_at, .. }) = plan(&o)
+    else {
+        panic!("{:?}", plan(&o));
+    };
+    assert_eq!(retry_at, at(NOW - 5 + 15));
+    let message = reason.to_string();
+    for says in [
+        "kv-pre-upgrade-1",
+        "UploadFailed",
+        "connection refused",
+        "skipBackup",
+    ] {
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(image_decision(&o).image, IMAGE_V1, "no member is touched");
+
+    o.pre_upgrade_backup = failed(1, 15);
+    assert_eq!(
+        plan(&o),
+        Action::BackUpBeforeRollOut {
+            image: IMAGE_V2.into(),
+            attempt: 2,
+            replaces: Some("kv-pre-upgrade-1".into())
+        }
+    );
+    // The third failure waits 60 s.
+    o.pre_upgrade_backup = failed(3, 59);
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::PreUpgradeBackupFailed { .. })
+    ));
+    o.pre_upgrade_backup = failed(3, 60);
+    assert!(matches!(
+        plan(&o),
+        Action::BackUpBeforeRollOut { attempt: 4, .. }
+    ));
+    assert_eq!(pre_upgrade_backup_retry_delay(30), Duration::from_secs(600));
+}
+
+#[test]
+fn without_backups_a_refused_version_or_an_unhealthy_cluster_no_backup_is_taken() {
+    // Not wanted (no spec.backup, or spec.upgrade.skipBackup): the template moves at once.
+    let mut o = asked_for_v2_with_backups();
+    o.pre_upgrade_backup = PreUpgradeBackup::NotWanted;
+    assert_eq!(image_decision(&o).image, IMAGE_V2);
+
+    // A refused version is refused; nothing is backed up for it.
+    let mut o = asked_for_v2_with_backups();
+    o.desired_image = "ghcr.io/ferrokv/ferrokv:v0.3.0".into();
+    assert!(image_decision(&o).refused.is_some());
+    assert_eq!(plan(&o), Action::Converged);
+
+    // An unhealthy member is waited for first.
+    let mut o = asked_for_v2_with_backups();
+    member_mut(&mut o, 2).healthy = false;
+    assert!(matches!(
+        plan(&o),
+        Action::Wait(WaitReason::MembersUnhealthy { .. })
+    ));
+
+    // A new cluster has no template yet, so nothing to roll out.
+    let mut o = asked_for_v2_with_backups();
+    o.stateful_set = None;
+    o.bootstrap = None;
+    assert_eq!(image_decision(&o).image, IMAGE_V2);
 }
 
 // ----- termination messages ----------------------------------------------------------------
