@@ -167,10 +167,13 @@ impl Server {
         self.check_admin(info)?;
         // etcd asks of an admin request only that its user have the root role when applied,
         // not that its token be of the current auth revision: a root JWT token stays good for
-        // the changes it makes itself.
+        // the changes it makes itself. The request is authorized at the revision of everything
+        // committed before it (a member that has not yet applied the last change catches up
+        // first); the root role is checked again when it is applied.
+        let current = self.auth_state_linearized().await?.revision;
         let admin = AuthInfo {
             user: info.user.clone(),
-            revision: info.revision.max(self.auth_state().revision),
+            revision: info.revision.max(current),
         };
         match self
             .propose(self.authorized(&admin, Request::Auth(change)))
