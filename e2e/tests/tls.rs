@@ -1,7 +1,8 @@
 //! TLS on the client and peer URLs, with etcd's flags: a mutual-TLS cluster serving every
 //! member through etcdctl, the `etcd-client` crate and curl; the handshakes it must refuse; the
 //! members that must refuse to start; members whose peer certificate must not let them in; and,
-//! beyond etcd, certificates and CA bundles rotated on disk under a running writer.
+//! beyond etcd, certificates and CA bundles rotated on disk under a running writer; and
+//! python-etcd3 (`e2e/python/etcd3_auth.py`) driving auth over mutual TLS.
 //!
 //! Certificates are made here with `rcgen`, in each test's temporary directory. Every test but
 //! the reload ones also runs against etcd (`FERROKV_E2E_SERVER=/usr/bin/etcd`); the reload tests
@@ -879,4 +880,67 @@ async fn with_client_cert_auth_the_certificate_common_name_is_the_user_without_a
     etcdctl_as(&cluster, &endpoint, &with_token, &["put", "app/x", "3"])
         .await
         .expect_stdout();
+}
+
+/// Runs `e2e/python/etcd3_auth.py <phase>` (python-etcd3) with the repository's venv against
+/// every member of `cluster`, with its client certificate; fails the test with the script's
+/// output when the script fails.
+async fn python_etcd3(cluster: &TestCluster, phase: &str) {
+    let root = ferrokv_e2e::kube_env::repo_root();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test once, or `python3 -m venv .venv && \
+         .venv/bin/pip install -r e2e/requirements.txt`",
+        python.display()
+    );
+    let credentials = cluster.client_credentials().expect("a TLS cluster");
+    let (cert, key) = credentials
+        .cert_and_key
+        .as_ref()
+        .expect("a client certificate");
+    let endpoints: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| e.trim_start_matches("https://").to_string())
+        .collect();
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(root.join("e2e/python/etcd3_auth.py"))
+        .arg(phase)
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg(format!("--ca={}", credentials.ca.display()))
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display()))
+        .kill_on_drop(true);
+    if cluster.server_is_etcd() {
+        command.arg("--etcd-3.4");
+    }
+    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("etcd3_auth.py {phase} took over 10 minutes"))
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "etcd3_auth.py {phase} failed ({}):\n{stdout}{stderr}",
+        output.status
+    );
+    print!("{stdout}");
+}
+
+#[tokio::test]
+async fn python_etcd3_with_auth_over_mutual_tls_on_every_member_and_across_a_restart() {
+    let pki = Pki::new();
+    let ca = Ca::new("e2e CA");
+    let mut cluster = mutual_tls_cluster(&pki, &ca).await.unwrap();
+    python_etcd3(&cluster, "setup").await;
+    python_etcd3(&cluster, "check").await;
+    cluster.kill_all().expect("kill every member");
+    for i in 0..cluster.len() {
+        cluster.restart(i).expect("restart");
+    }
+    cluster.wait_healthy().await.expect("healthy after restart");
+    python_etcd3(&cluster, "after-restart").await;
 }

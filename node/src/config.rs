@@ -8,13 +8,15 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::server::compactor::{parse_auto_compaction, AutoCompaction};
-use crate::server::config::ServerConfig;
 pub use crate::server::config::{parse_url, HostPort};
+use crate::server::config::{AuthToken, ServerConfig};
+use crate::server::jwt::{JwtOptions, JwtTokens};
 use crate::tls::{Side, TlsFiles, TlsOptions};
 
 /// etcd's default for `--quota-backend-bytes` when it is 0: 2 GiB.
@@ -143,7 +145,8 @@ pub struct Config {
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Specify auth token type: 'simple' (JWT tokens are not supported yet).
+    /// Specify auth token type and its options: 'simple', or
+    /// 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|ES256|...>,ttl=<duration>'.
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
 
@@ -331,6 +334,8 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     /// `--auth-token-ttl`: how long a simple token lives without use.
     pub auth_token_ttl: Duration,
+    /// `--auth-token`: simple tokens, or JWT tokens with their keys loaded.
+    pub auth_token: AuthToken,
     /// `--bcrypt-cost`.
     pub bcrypt_cost: u32,
     pub auto_compaction: Option<AutoCompaction>,
@@ -359,6 +364,7 @@ impl NodeConfig {
             max_txn_ops: self.max_txn_ops,
             bcrypt_cost: self.bcrypt_cost,
             client_cert_auth: self.client_tls.client_cert_auth,
+            auth_token: self.auth_token.clone(),
         }
     }
 
@@ -483,12 +489,7 @@ impl NodeConfig {
         if c.max_request_bytes == 0 {
             return Err("--max-request-bytes must be greater than 0".into());
         }
-        if c.auth_token.split(',').next() != Some("simple") {
-            return Err(format!(
-                "--auth-token: unsupported token type {:?} (ferrokv supports 'simple')",
-                c.auth_token
-            ));
-        }
+        let auth_token = parse_auth_token(&c.auth_token)?;
         if c.auth_token_ttl == 0 {
             return Err("--auth-token-ttl must be greater than 0".into());
         }
@@ -540,6 +541,7 @@ impl NodeConfig {
             max_request_bytes: c.max_request_bytes as usize,
             max_txn_ops: c.max_txn_ops as usize,
             auth_token_ttl: Duration::from_secs(c.auth_token_ttl),
+            auth_token,
             bcrypt_cost: c.bcrypt_cost,
             auto_compaction: parse_auto_compaction(
                 &c.auto_compaction_mode,
@@ -552,6 +554,69 @@ impl NodeConfig {
             tls_options,
             self_signed_cert_validity: c.tls.self_signed_cert_validity,
         })
+    }
+}
+
+/// Parses `--auth-token` as etcd does: a token type, then `name=value` options separated by
+/// commas; for `jwt`, reads and checks the key files, so that a member with unusable keys stops
+/// at startup naming the flag.
+fn parse_auth_token(text: &str) -> Result<AuthToken, String> {
+    let mut parts = text.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let mut options = BTreeMap::new();
+    for part in parts {
+        let (name, value) = match part.split('=').collect::<Vec<_>>()[..] {
+            [name, value] => (name, value),
+            _ => {
+                return Err(format!(
+                    "--auth-token: invalid option {part:?} (expected name=value)"
+                ))
+            }
+        };
+        if options.insert(name, value).is_some() {
+            return Err(format!("--auth-token: option {name:?} is given twice"));
+        }
+    }
+    match kind {
+        "simple" => Ok(AuthToken::Simple),
+        "jwt" => {
+            let unknown: Vec<&str> = options
+                .keys()
+                .filter(|name| !["sign-method", "pub-key", "priv-key", "ttl"].contains(name))
+                .copied()
+                .collect();
+            if !unknown.is_empty() {
+                // etcd warns and goes on.
+                eprintln!("ferrokv: warning: --auth-token: unknown JWT options {unknown:?}");
+            }
+            let ttl = match options.get("ttl").copied().unwrap_or_default() {
+                "" => crate::server::jwt::DEFAULT_TTL,
+                ttl => crate::discovery::parse_go_duration(ttl).ok_or_else(|| {
+                    format!("--auth-token: ttl {ttl:?} is not a duration like 5m or 30s")
+                })?,
+            };
+            let path = |name: &str| {
+                options
+                    .get(name)
+                    .filter(|value| !value.is_empty())
+                    .map(PathBuf::from)
+            };
+            let options = JwtOptions {
+                sign_method: options
+                    .get("sign-method")
+                    .copied()
+                    .unwrap_or_default()
+                    .into(),
+                pub_key: path("pub-key"),
+                priv_key: path("priv-key"),
+                ttl,
+            };
+            let tokens = JwtTokens::load(&options).map_err(|e| format!("--auth-token: {e}"))?;
+            Ok(AuthToken::Jwt(Arc::new(tokens)))
+        }
+        other => Err(format!(
+            "--auth-token: unknown token type {other:?} (expected 'simple' or 'jwt')"
+        )),
     }
 }
 
@@ -694,8 +759,37 @@ mod tests {
         );
         let err = check(&["--bcrypt-cost", "3"]).unwrap_err();
         assert!(err.contains("--bcrypt-cost"), "{err}");
-        let err = check(&["--auth-token", "jwt,pub-key=a.pem"]).unwrap_err();
-        assert!(err.contains("--auth-token"), "{err}");
+        for (flag, expected) in [
+            ("jwt,pub-key=a.pem", "sign-method"),
+            (
+                "jwt,pub-key=/nonexistent/a.pem,sign-method=RS256",
+                "pub-key",
+            ),
+            ("jwt,sign-method=RS256,ttl=5", "ttl"),
+            ("jwt,sign-method=RS256,ttl=1m,ttl=2m", "twice"),
+            ("jwt,sign-method", "name=value"),
+            ("jwt,priv-key=a=b", "name=value"),
+            ("paseto", "token type"),
+        ] {
+            let err = check(&["--auth-token", flag]).unwrap_err();
+            assert!(
+                err.starts_with("--auth-token") && err.contains(expected),
+                "{flag}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn jwt_auth_token_loads_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "shared secret").unwrap();
+        let flag = format!("jwt,priv-key={},sign-method=HS256,ttl=1m", secret.display());
+        let c = check(&["--auth-token", &flag]).unwrap();
+        match c.server_config().auth_token {
+            AuthToken::Jwt(tokens) => assert!(!tokens.verify_only()),
+            other => panic!("expected jwt tokens, got {other:?}"),
+        }
     }
 
     #[test]

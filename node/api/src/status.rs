@@ -32,6 +32,8 @@ pub fn to_status(e: Error) -> Status {
         Error::Raft(_) | Error::Backend(_) => Code::Unavailable,
         Error::Storage(e) => storage_code(e),
         Error::Auth(failure) => auth_code(failure),
+        // etcd has no gRPC error of its own for these: its auth store's error goes out as is.
+        Error::VerifyOnlyKey | Error::TokenSigning(_) => Code::Unknown,
     };
     let message = match &e {
         // etcd prefixes the mvcc errors on the wire.

@@ -1,7 +1,10 @@
 //! What the server needs of the member's configuration, and the peer and client URLs it
 //! checks. The flags themselves are parsed by the `ferrokv` binary.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::jwt::JwtTokens;
 
 /// The settings the server and the client API run with.
 #[derive(Debug, Clone)]
@@ -19,6 +22,17 @@ pub struct ServerConfig {
     /// `--client-cert-auth`: the CommonName of a verified client certificate names the user of
     /// a request without a token (not with `--trusted-ca-file` alone, as in etcd).
     pub client_cert_auth: bool,
+    /// `--auth-token`: the kind of token Authenticate issues.
+    pub auth_token: AuthToken,
+}
+
+/// etcd's token providers (`--auth-token`).
+#[derive(Debug, Clone)]
+pub enum AuthToken {
+    /// Random strings recorded on every member by the Authenticate that issues them.
+    Simple,
+    /// Signed tokens any member with the key verifies (`ferrokv_server::jwt`).
+    Jwt(Arc<JwtTokens>),
 }
 
 /// A `host:port` to listen on, from an `http://host:port` or `https://host:port` URL.

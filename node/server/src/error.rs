@@ -32,6 +32,12 @@ pub enum ServerError {
     /// Auth refused the request (etcd's auth errors, with their messages).
     #[error(transparent)]
     Auth(#[from] AuthFailure),
+    /// Authenticate on a member given only the JWT public key (etcd's ErrVerifyOnly).
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnlyKey,
+    /// Signing a JWT token failed.
+    #[error("auth: signing a token: {0}")]
+    TokenSigning(String),
 
     // ---- server ------------------------------------------------------------------------
     #[error("etcdserver: mvcc: database space exceeded")]

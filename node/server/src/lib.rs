@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod compactor;
 pub mod config;
+pub mod jwt;
 pub mod lease;
 pub mod maintenance;
 pub mod membership;
