@@ -38,6 +38,17 @@ fn failpoints_built_in(test: &str) -> bool {
     has
 }
 
+/// Runs a negative control, which must finish for its verdict to mean anything.
+async fn run_control(plan: Plan) -> ScheduleOutcome {
+    let outcome = run(plan).await;
+    assert!(
+        outcome.failure.is_none(),
+        "the control schedule did not finish:\n{}",
+        failure_report(&outcome)
+    );
+    outcome
+}
+
 fn assert_clean(outcome: &ScheduleOutcome) {
     assert_eq!(outcome.anomaly_count(), 0, "\n{}", failure_report(outcome));
 }
@@ -74,12 +85,7 @@ async fn leader_kills_and_isolated_leaders_find_no_anomalies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_reads_checked_as_linearizable_are_flagged() {
-    let outcome = run(Plan::stale_read_control(3, 3)).await;
-    assert!(
-        outcome.failure.is_none(),
-        "the control schedule did not finish:\n{}",
-        failure_report(&outcome)
-    );
+    let outcome = run_control(Plan::stale_read_control(3, 3)).await;
     let anomalies = &outcome.verdict.anomalies;
     assert!(
         !anomalies.is_empty(),
@@ -129,12 +135,7 @@ async fn writes_acknowledged_before_fsync_and_lost_are_flagged() {
     if !failpoints_built_in("writes_acknowledged_before_fsync_and_lost_are_flagged") {
         return;
     }
-    let outcome = run(Plan::ack_before_fsync_control(4, 3)).await;
-    assert!(
-        outcome.failure.is_none(),
-        "the control schedule did not finish:\n{}",
-        failure_report(&outcome)
-    );
+    let outcome = run_control(Plan::ack_before_fsync_control(4, 3)).await;
     let anomalies = &outcome.verdict.anomalies;
     assert!(
         anomalies.iter().any(|a| a.checker == Checker::Durability),

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::binaries::{server_binary, SERVER_ENV};
+use crate::binaries::{profile_dir, server_binary, SERVER_ENV};
 
 /// The member binary with failpoints, built into the same directory as `ferrokv`.
 pub const FAILPOINT_SERVER: &str = "ferrokv-failpoints";
@@ -126,15 +126,7 @@ pub fn failpoint_server() -> PathBuf {
     if std::env::var_os(SERVER_ENV).is_some() {
         return server_binary();
     }
-    let exe = std::env::current_exe().expect("path of the running executable");
-    let mut dir = exe
-        .parent()
-        .expect("executable has a parent directory")
-        .to_path_buf();
-    if dir.file_name().is_some_and(|name| name == "deps") {
-        dir.pop();
-    }
-    let path = dir.join(FAILPOINT_SERVER);
+    let path = profile_dir().join(FAILPOINT_SERVER);
     assert!(
         path.is_file(),
         "{} does not exist: run `cargo build -p ferrokv-node --features failpoints --bin \

@@ -141,6 +141,7 @@ impl Plan {
             hold: Duration::from_millis(hold_ms),
             quiet: Duration::from_millis(quiet_ms),
         };
+        let crash = |point, target| fault(Nemesis::Failpoint(point, target), 500, 1500);
         let faults = match name {
             "write-applied-once-after-leader-kills" => {
                 vec![fault(Nemesis::Kill(Target::Leader), 1000, 1500); 4]
@@ -162,43 +163,17 @@ impl Plan {
                 fault(Nemesis::Defragment(Target::Follower), 0, 1000),
             ],
             "crashes-in-the-write-path" => vec![
-                fault(
-                    Nemesis::Failpoint(CrashPoint::WalAfterSync, Target::Leader),
-                    500,
-                    1500,
-                ),
-                fault(
-                    Nemesis::Failpoint(CrashPoint::RaftAfterSave, Target::Follower),
-                    500,
-                    1500,
-                ),
-                fault(
-                    Nemesis::Failpoint(CrashPoint::ApplyBeforeCommit, Target::Leader),
-                    500,
-                    1500,
-                ),
-                fault(
-                    Nemesis::Failpoint(CrashPoint::ApplyAfterCommit, Target::Follower),
-                    500,
-                    1500,
-                ),
+                crash(CrashPoint::WalAfterSync, Target::Leader),
+                crash(CrashPoint::RaftAfterSave, Target::Follower),
+                crash(CrashPoint::ApplyBeforeCommit, Target::Leader),
+                crash(CrashPoint::ApplyAfterCommit, Target::Follower),
             ],
-            "crashes-in-snapshot-install" => vec![fault(
-                Nemesis::Failpoint(CrashPoint::RaftDuringApplySnap, Target::Follower),
-                500,
-                2000,
-            )],
+            "crashes-in-snapshot-install" => {
+                vec![crash(CrashPoint::RaftDuringApplySnap, Target::Follower)]
+            }
             "crashes-in-defragment" => vec![
-                fault(
-                    Nemesis::Failpoint(CrashPoint::DefragBeforeRename, Target::Leader),
-                    500,
-                    1500,
-                ),
-                fault(
-                    Nemesis::Failpoint(CrashPoint::DefragBeforeCopy, Target::Follower),
-                    500,
-                    1500,
-                ),
+                crash(CrashPoint::DefragBeforeRename, Target::Leader),
+                crash(CrashPoint::DefragBeforeCopy, Target::Follower),
             ],
             _ => return None,
         };
