@@ -106,7 +106,7 @@ impl Nemesis {
     /// A random crash point and target (a snapshot-install point always hits a follower).
     pub fn random_failpoint(rng: &mut StdRng) -> Nemesis {
         let point = CrashPoint::ALL[rng.gen_range(0..CrashPoint::ALL.len())];
-        let target = if rng.gen_bool(0.5) {
+        let target = if rng.gen_bool(0.5) && point.reached() != Reached::BySnapshotInstall {
             Target::Leader
         } else {
             Target::Follower
