@@ -86,7 +86,7 @@ pub fn kubectl_binary() -> PathBuf {
 
 /// `<target dir>/<profile>` of the running executable. Test executables live in
 /// `<target dir>/<profile>/deps/`, binaries directly in `<target dir>/<profile>/`.
-fn profile_dir() -> PathBuf {
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running executable");
     let mut dir = exe
         .parent()

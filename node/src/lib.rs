@@ -8,11 +8,14 @@
 //! This package is the `ferrokv` binary around them: `config` parses the flags, `run` wires the
 //! layers together, `restore` builds a data dir from a snapshot file
 //! (`snapshot_source` fetches and checks it), `discovery` bootstraps a
-//! cluster through a discovery service, `tls_setup` builds the member's TLS from its flags.
+//! cluster through a discovery service, `tls_setup` builds the member's TLS from its flags;
+//! `failpoints` (failpoint builds only) arms the crash points of the robustness suite.
 
 pub mod config;
 pub mod discovery;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod restore;
 pub mod run;
 pub mod snapshot_source;

@@ -7,7 +7,7 @@ use clap::Parser;
 use ferrokv_node::config::{etcd_style_args, token_given, NodeConfig};
 use ferrokv_node::restore::{run_restore, RestoreArgs, Restored};
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = etcd_style_args(std::env::args_os());
     let is_restore =
         args.get(1).is_some_and(|a| a == "snapshot") && args.get(2).is_some_and(|a| a == "restore");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use ferrokv_e2e::binaries::server_binary;
+use ferrokv_e2e::robustness::failpoints::failpoint_server;
 use ferrokv_e2e::robustness::report::{failure_report, full_history, result_line};
 use ferrokv_e2e::robustness::schedule::{self, Plan};
 
@@ -22,8 +22,9 @@ struct Options {
     /// Seed of the first schedule; a schedule's seed replays it. Default: from the clock.
     #[arg(long)]
     seed: Option<u64>,
-    /// The member server: default this workspace's ferrokv (or $FERROKV_E2E_SERVER);
-    /// `/usr/bin/etcd` works too.
+    /// The member server: default this workspace's ferrokv-failpoints (the member with
+    /// failpoints; or $FERROKV_E2E_SERVER); `/usr/bin/etcd` works too, without the failpoint
+    /// nemeses.
     #[arg(long)]
     server: Option<PathBuf>,
     /// Members per cluster.
@@ -47,7 +48,7 @@ async fn main() -> ExitCode {
         eprintln!("robustness: members run in network namespaces; run as root");
         return ExitCode::from(2);
     }
-    let server = options.server.unwrap_or_else(server_binary);
+    let server = options.server.unwrap_or_else(failpoint_server);
     let first_seed = options.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

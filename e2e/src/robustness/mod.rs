@@ -3,7 +3,8 @@
 //!
 //! - [`schedule`] plans a schedule from its seed (traffic mix, nemesis timeline) and runs it;
 //! - [`traffic`] are the clients, recording each request in a [`history::History`];
-//! - [`nemesis`] are the faults and how each is undone;
+//! - [`nemesis`] are the faults and how each is undone; [`failpoints`] arms the crash points
+//!   inside the node (the `ferrokv-failpoints` build only);
 //! - [`checker`] are pure functions from a history to anomalies;
 //! - [`report`] prints a failing schedule: seed, timeline, the smallest part of the history.
 //!
@@ -11,6 +12,7 @@
 //! needs root.
 
 pub mod checker;
+pub mod failpoints;
 pub mod history;
 pub mod nemesis;
 pub mod report;

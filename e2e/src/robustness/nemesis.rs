@@ -6,9 +6,10 @@
 //! schedule's timeline. [`Faults::recover`] heals the network, resumes paused members and
 //! restarts killed ones. Membership changes use the cluster's one spare host.
 //!
-//! Crashes at chosen points inside the node (tikv's `fail` crate behind a cargo feature) are
-//! not here yet; they will be one more variant, `Failpoint`, injected by starting a member with
-//! the failpoint's environment and undone by restarting it without.
+//! Crashes at chosen points inside the node (`Failpoint`: tikv's `fail` crate, in the
+//! `ferrokv-failpoints` build only) arm the point on a running member through its failpoint
+//! endpoint, make the member reach it, and are undone by restarting the member, which starts
+//! with no point armed. Against a server without failpoints they are skipped and say so.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::failpoints::{self, has_failpoints, CrashPoint, Reached, ACK_BEFORE_FSYNC, CRASH};
 use super::history::{Operation, Time};
 use super::traffic::{self, Clock, TrafficContext};
 use crate::host_cluster::{HostCluster, PEER_PORT};
@@ -36,6 +38,8 @@ const REMOVED_EXIT_WAIT: Duration = Duration::from_secs(10);
 const CATCH_UP_GAP: u64 = 5000 + SNAPSHOT_COUNT + 500;
 /// `--snapshot-count` of schedules that crash a member while it installs a snapshot.
 pub const SNAPSHOT_COUNT: u64 = 1000;
+/// How long a member armed with a crash point gets to reach it before it is disarmed.
+const FAILPOINT_PATIENCE: Duration = Duration::from_secs(30);
 /// Bulk writes of the snapshot nemesis go here, outside the checked keys.
 const BULK_PREFIX: &str = "bulk/";
 /// Values of the large-put burst (issue 11: 64 concurrent 1.5 MiB puts; etcd's default
@@ -82,6 +86,14 @@ pub enum Nemesis {
     /// Kill a follower, write past its log so it must install a snapshot, restart it and kill
     /// it again while it installs.
     CrashWhileInstallingSnapshot,
+    /// Arm a crash point in one member (for the snapshot-install points: a follower made to
+    /// fall behind), make it reach the point, and restart it without the point once it died;
+    /// disarmed if not reached within [`FAILPOINT_PATIENCE`]. Failpoint builds only.
+    Failpoint(CrashPoint, Target),
+    /// The negative control's broken model on every member: acknowledge WAL writes before
+    /// making them, and keep store commits from being durable ([`ACK_BEFORE_FSYNC`]). Undone
+    /// only by restarting the members. Failpoint builds only.
+    AcknowledgeBeforeFsync,
 }
 
 impl fmt::Display for Nemesis {
@@ -91,6 +103,34 @@ impl fmt::Display for Nemesis {
 }
 
 impl Nemesis {
+    /// A random crash point and target (a snapshot-install point always hits a follower).
+    pub fn random_failpoint(rng: &mut StdRng) -> Nemesis {
+        let point = CrashPoint::ALL[rng.gen_range(0..CrashPoint::ALL.len())];
+        let target = if rng.gen_bool(0.5) && point.reached() != Reached::BySnapshotInstall {
+            Target::Leader
+        } else {
+            Target::Follower
+        };
+        Nemesis::Failpoint(point, target)
+    }
+
+    /// Whether the nemesis needs members that snapshot often (`--snapshot-count`).
+    pub fn needs_snapshots(&self) -> bool {
+        match self {
+            Nemesis::CrashWhileInstallingSnapshot => true,
+            Nemesis::Failpoint(point, _) => point.reached() == Reached::BySnapshotInstall,
+            _ => false,
+        }
+    }
+
+    /// Whether the nemesis needs the failpoint build.
+    pub fn needs_failpoints(&self) -> bool {
+        matches!(
+            self,
+            Nemesis::Failpoint(..) | Nemesis::AcknowledgeBeforeFsync
+        )
+    }
+
     /// A random nemesis for a cluster of `members` members.
     pub fn random(rng: &mut StdRng, members: usize) -> Nemesis {
         let target = |rng: &mut StdRng| {
@@ -220,6 +260,13 @@ impl Faults {
         rng: &mut StdRng,
         context: &TrafficContext,
     ) -> anyhow::Result<Vec<Operation>> {
+        if nemesis.needs_failpoints() && !has_failpoints(self.cluster.server()) {
+            self.note(format!(
+                "skipped {nemesis}: {} has no failpoints",
+                self.cluster.server().display()
+            ));
+            return Ok(Vec::new());
+        }
         match nemesis {
             Nemesis::Kill(target) => {
                 let member = self.resolve(*target, rng).await?;
@@ -368,14 +415,7 @@ impl Faults {
                 return Ok(operations);
             }
             Nemesis::CrashWhileInstallingSnapshot => {
-                let member = self.resolve(Target::Follower, rng).await?;
-                let leader = self.leader().await?;
-                let stopped_at = self.cluster.status(member).await?.raft_index;
-                self.cluster.kill(member)?;
-                self.note(format!("SIGKILL {} to make it lag", self.name(member)));
-                let written = bulk_write(&self.cluster, leader, stopped_at + CATCH_UP_GAP).await?;
-                self.note(format!("wrote {written} bulk keys past its log"));
-                self.cluster.restart(member)?;
+                let member = self.fall_behind_and_restart(rng).await?;
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1500))).await;
                 self.cluster.kill(member)?;
                 self.killed.push(member);
@@ -384,8 +424,117 @@ impl Faults {
                     self.name(member)
                 ));
             }
+            Nemesis::Failpoint(point, target) => self.crash_at(*point, *target, rng).await?,
+            Nemesis::AcknowledgeBeforeFsync => {
+                for &member in &self.voters.clone() {
+                    for (point, actions) in ACK_BEFORE_FSYNC {
+                        self.arm(member, point, actions).await?;
+                    }
+                }
+                self.note(format!(
+                    "every member acknowledges before fsync: {}",
+                    ACK_BEFORE_FSYNC.map(|(p, a)| format!("{p}={a}")).join(", ")
+                ));
+            }
         }
         Ok(Vec::new())
+    }
+
+    /// Kills a follower, writes past its log so it must install a snapshot, and restarts it;
+    /// returns it.
+    async fn fall_behind_and_restart(&mut self, rng: &mut StdRng) -> anyhow::Result<usize> {
+        let member = self.resolve(Target::Follower, rng).await?;
+        let leader = self.leader().await?;
+        let stopped_at = self.cluster.status(member).await?.raft_index;
+        self.cluster.kill(member)?;
+        self.note(format!("SIGKILL {} to make it lag", self.name(member)));
+        let written = bulk_write(&self.cluster, leader, stopped_at + CATCH_UP_GAP).await?;
+        self.note(format!("wrote {written} bulk keys past its log"));
+        self.cluster.restart(member)?;
+        Ok(member)
+    }
+
+    /// Arms `point` with `actions` on `member`, retrying while its endpoint is not up yet (a
+    /// member just started).
+    async fn arm(&self, member: usize, point: &str, actions: &str) -> anyhow::Result<()> {
+        let host = self.cluster.network().address(member);
+        let started = Instant::now();
+        loop {
+            match failpoints::arm(host, point, actions).await {
+                Ok(()) => return Ok(()),
+                Err(error) if started.elapsed() > Duration::from_secs(10) => {
+                    return Err(error)
+                        .with_context(|| format!("arming {point} on {}", self.name(member)))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// The `Failpoint` nemesis: arms `point` to crash a member, makes the member reach it and
+    /// waits for its death (it joins the killed members, restarted by `recover`), or disarms
+    /// the point after [`FAILPOINT_PATIENCE`].
+    async fn crash_at(
+        &mut self,
+        point: CrashPoint,
+        target: Target,
+        rng: &mut StdRng,
+    ) -> anyhow::Result<()> {
+        let member = match point.reached() {
+            Reached::BySnapshotInstall => self.fall_behind_and_restart(rng).await?,
+            Reached::ByWrites | Reached::ByDefragment => self.resolve(target, rng).await?,
+        };
+        self.arm(member, point.name(), CRASH).await?;
+        self.note(format!(
+            "armed {} on {} ({target:?}) to crash",
+            point.name(),
+            self.name(member)
+        ));
+        if point.reached() == Reached::ByDefragment {
+            // The call fails when the member dies in it; its death is what is checked.
+            let endpoint = self.cluster.endpoint(member);
+            tokio::spawn(async move {
+                let options = ConnectOptions::new().with_timeout(FAILPOINT_PATIENCE);
+                if let Ok(mut client) = Client::connect([endpoint], Some(options)).await {
+                    let _ = client.defragment().await;
+                }
+            });
+        }
+        let started = Instant::now();
+        while started.elapsed() < FAILPOINT_PATIENCE {
+            if let Err(exit) = self.cluster.check_alive(member) {
+                let exit = format!("{exit:#}");
+                self.killed.push(member);
+                if exit.contains(&point.crash_line()) {
+                    self.note(format!(
+                        "{} crashed at {} after {:?}",
+                        self.name(member),
+                        point.name(),
+                        started.elapsed()
+                    ));
+                } else {
+                    self.note(format!(
+                        "{} exited, not at {}: {exit}",
+                        self.name(member),
+                        point.name()
+                    ));
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let disarmed = failpoints::disarm(self.cluster.network().address(member), point.name())
+            .await
+            .map_or_else(
+                |e| format!("disarming failed: {e:#}"),
+                |()| "disarmed".into(),
+            );
+        self.note(format!(
+            "{} not reached on {} within {FAILPOINT_PATIENCE:?}; {disarmed}",
+            point.name(),
+            self.name(member)
+        ));
+        Ok(())
     }
 
     fn names(&self, members: &[usize]) -> String {

@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::checker::{self, CheckOptions, Verdict};
+use super::failpoints::CrashPoint;
 use super::history::{FinalState, History, Operation, Request, Response};
 use super::nemesis::{Faults, Nemesis, Target, TimelineEntry, ELECTION_TIMEOUT_MS, SNAPSHOT_COUNT};
 use super::traffic::{self, Clock, KvMix, Recorder, TrafficContext, FENCE_KEY, PREFIX};
@@ -26,14 +27,23 @@ use crate::host_cluster::HostCluster;
 pub const REGRESSION_EVERY: u64 = 5;
 
 /// Names of the regression cases, in the order seeds pick them.
-pub const REGRESSIONS: [&str; 6] = [
+pub const REGRESSIONS: [&str; 9] = [
     "write-applied-once-after-leader-kills",
     "isolated-leader-renews-no-lease",
     "replace-member-and-promote-learner",
     "crash-while-installing-snapshot",
     "64-concurrent-large-puts",
     "defragment-under-load",
+    "crashes-in-the-write-path",
+    "crashes-in-snapshot-install",
+    "crashes-in-defragment",
 ];
+
+/// One random plan in this many (by a draw of its own, so the rest of the plan is what the
+/// seed made before failpoints existed) ends with a crash at a failpoint.
+const FAILPOINT_ONE_IN: u32 = 3;
+/// Salt of that draw's generator.
+const FAILPOINT_SALT: u64 = 0xfa11_9017;
 
 /// Client ids of the operations the schedule itself records.
 const FENCE_CLIENT: usize = 901;
@@ -56,7 +66,7 @@ pub struct PlannedFault {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub seed: u64,
-    /// "random", a regression case's name, or "stale-read-control".
+    /// "random", a regression case's name, "stale-read-control" or "ack-before-fsync-control".
     pub name: String,
     pub members: usize,
     pub keys: usize,
@@ -80,7 +90,7 @@ impl Plan {
                 .expect("every listed regression has a plan");
         }
         let mut rng = StdRng::seed_from_u64(seed);
-        let faults = (0..rng.gen_range(2..=4))
+        let mut faults: Vec<PlannedFault> = (0..rng.gen_range(2..=4))
             .map(|_| PlannedFault {
                 nemesis: Nemesis::random(&mut rng, members),
                 // Longer than an election timeout, so pauses and partitions make elections.
@@ -88,6 +98,14 @@ impl Plan {
                 quiet: Duration::from_millis(rng.gen_range(1000..2500)),
             })
             .collect();
+        let mut crash_rng = StdRng::seed_from_u64(seed ^ FAILPOINT_SALT);
+        if crash_rng.gen_ratio(1, FAILPOINT_ONE_IN) {
+            faults.push(PlannedFault {
+                nemesis: Nemesis::random_failpoint(&mut crash_rng),
+                hold: Duration::from_millis(crash_rng.gen_range(500..2000)),
+                quiet: Duration::from_millis(crash_rng.gen_range(1000..2500)),
+            });
+        }
         Plan::with_faults("random", seed, members, &mut rng, faults)
     }
 
@@ -98,9 +116,7 @@ impl Plan {
         rng: &mut StdRng,
         faults: Vec<PlannedFault>,
     ) -> Plan {
-        let needs_snapshots = faults
-            .iter()
-            .any(|f| f.nemesis == Nemesis::CrashWhileInstallingSnapshot);
+        let needs_snapshots = faults.iter().any(|f| f.nemesis.needs_snapshots());
         Plan {
             seed,
             name: name.to_string(),
@@ -125,6 +141,7 @@ impl Plan {
             hold: Duration::from_millis(hold_ms),
             quiet: Duration::from_millis(quiet_ms),
         };
+        let crash = |point, target| fault(Nemesis::Failpoint(point, target), 500, 1500);
         let faults = match name {
             "write-applied-once-after-leader-kills" => {
                 vec![fault(Nemesis::Kill(Target::Leader), 1000, 1500); 4]
@@ -144,6 +161,19 @@ impl Plan {
             "defragment-under-load" => vec![
                 fault(Nemesis::Defragment(Target::Leader), 0, 1000),
                 fault(Nemesis::Defragment(Target::Follower), 0, 1000),
+            ],
+            "crashes-in-the-write-path" => vec![
+                crash(CrashPoint::WalAfterSync, Target::Leader),
+                crash(CrashPoint::RaftAfterSave, Target::Follower),
+                crash(CrashPoint::ApplyBeforeCommit, Target::Leader),
+                crash(CrashPoint::ApplyAfterCommit, Target::Follower),
+            ],
+            "crashes-in-snapshot-install" => {
+                vec![crash(CrashPoint::RaftDuringApplySnap, Target::Follower)]
+            }
+            "crashes-in-defragment" => vec![
+                crash(CrashPoint::DefragBeforeRename, Target::Leader),
+                crash(CrashPoint::DefragBeforeCopy, Target::Follower),
             ],
             _ => return None,
         };
@@ -171,6 +201,31 @@ impl Plan {
         plan.mix.get_serializable = 20;
         plan.kv_clients = 2 * members;
         plan.check.serializable_as_linearizable = true;
+        plan
+    }
+
+    /// The second negative control: every member acknowledges WAL writes before making them
+    /// and keeps its store commits from being durable, then every member is killed under
+    /// traffic. Acknowledged writes are lost; a durability checker that passes this schedule
+    /// cannot see lost writes. Needs the failpoint build.
+    pub fn ack_before_fsync_control(seed: u64, members: usize) -> Plan {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let faults = vec![
+            PlannedFault {
+                nemesis: Nemesis::AcknowledgeBeforeFsync,
+                hold: Duration::from_secs(3),
+                quiet: Duration::ZERO,
+            },
+            PlannedFault {
+                nemesis: Nemesis::KillAll,
+                hold: Duration::from_secs(1),
+                quiet: Duration::from_secs(2),
+            },
+        ];
+        let mut plan =
+            Plan::with_faults("ack-before-fsync-control", seed, members, &mut rng, faults);
+        plan.mix.put = 20;
+        plan.kv_clients = 2 * members;
         plan
     }
 
@@ -495,6 +550,31 @@ mod tests {
             assert_eq!(Plan::from_seed(seed, 3), Plan::from_seed(seed, 3));
         }
         assert_ne!(Plan::from_seed(1, 3), Plan::from_seed(2, 3));
+    }
+
+    #[test]
+    fn some_random_plans_crash_at_failpoints_with_snapshots_when_they_need_them() {
+        let plans: Vec<Plan> = (1..200)
+            .filter(|seed| seed % REGRESSION_EVERY != 0)
+            .map(|seed| Plan::from_seed(seed, 3))
+            .collect();
+        let crashing = plans
+            .iter()
+            .filter(|p| {
+                p.faults
+                    .iter()
+                    .any(|f| matches!(f.nemesis, Nemesis::Failpoint(..)))
+            })
+            .count();
+        assert!(
+            crashing > 30 && crashing < 100,
+            "{crashing} of {}",
+            plans.len()
+        );
+        for plan in &plans {
+            let needs = plan.faults.iter().any(|f| f.nemesis.needs_snapshots());
+            assert_eq!(plan.snapshot_count.is_some(), needs, "{}", plan.summary());
+        }
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! entry — and one a second, and every `--snapshot-count` entries, is made durable; after such a
 //! commit the log before it may be compacted. Snapshots are built (a consistent dump, off this
 //! thread) for members too far behind, and installed here when this member receives one.
+//!
+//! Failpoints (failpoint builds only; docs/robustness.md): `applyBeforeCommit` and
+//! `applyAfterCommit` around a batch's store commit (after it, before its proposers are
+//! answered); `raftBeforeApplySnap` and `raftDuringApplySnap` before and after a received
+//! snapshot replaces the store, before its state is recorded; `applySkipDurableCommit`, part of
+//! the suite's negative control, keeps every commit but a snapshot's from being durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -626,9 +632,15 @@ impl Applier {
         if self.size_stale && Instant::now() >= self.next_size_measure {
             self.measure_size(&write);
         }
+        // The robustness suite's negative control: no commit is durable but a snapshot's.
+        #[cfg(feature = "failpoints")]
+        let durable =
+            snapshot_due || (durable && fail::eval("applySkipDurableCommit", |_| ()).is_none());
+        fail::fail_point!("applyBeforeCommit");
         let timer = self.commit_duration.start_timer();
         let events = write.commit(durable)?;
         timer.observe_duration();
+        fail::fail_point!("applyAfterCommit");
         if durable {
             self.last_durable = Instant::now();
             self.undurable_bytes = 0;
@@ -675,7 +687,9 @@ impl Applier {
             bytes = snapshot.data.len(),
             "installing a snapshot from the leader"
         );
+        fail::fail_point!("raftBeforeApplySnap");
         self.store.restore(&snapshot.data)?;
+        fail::fail_point!("raftDuringApplySnap");
         // The snapshot's own metadata describes its data; record it as this member's state.
         let mut write = self.store.begin_write()?;
         write.set_meta(APPLIED_KEY, &codec::encode(&(meta.index, meta.term)))?;

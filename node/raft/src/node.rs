@@ -15,6 +15,10 @@
 //!
 //! The loop never blocks on the WAL or on applying (only a snapshot install waits), so
 //! heartbeats keep their rhythm while storage is busy.
+//!
+//! Failpoints (failpoint builds only; docs/robustness.md): `raftAfterSave` when the WAL reports
+//! a Ready durable, before its held messages (a follower's acknowledgements) are sent;
+//! `raftAfterApplySnap` after the apply stage installed a snapshot, before the log records it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -344,6 +348,7 @@ impl ReadyLoop {
                 );
             }
             Command::Persisted(number) => {
+                fail::fail_point!("raftAfterSave");
                 while let Some((_, since)) =
                     self.writing.front().filter(|(n, _)| *n <= number).copied()
                 {
@@ -378,6 +383,7 @@ impl ReadyLoop {
             installed
                 .recv()
                 .unwrap_or_else(|_| Err(Error::Raft("the apply stage stopped".into())))?;
+            fail::fail_point!("raftAfterApplySnap");
             let meta = snapshot.get_metadata();
             self.log.set_conf_state(meta.get_conf_state().clone());
             self.log.record_snapshot_blocking(meta.index, meta.term)?;

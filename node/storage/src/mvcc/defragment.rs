@@ -12,7 +12,8 @@
 //! Crash safety: the copy is made durable under a temporary name and renamed over the database
 //! (atomic on POSIX), then the directory is synced. A crash before the rename leaves the old file
 //! and a stray copy, which [`remove_stray_copy`] deletes when the store is next opened; a crash
-//! after it leaves the complete copy.
+//! after it leaves the complete copy. The failpoints `defragBeforeCopy` and `defragBeforeRename`
+//! (failpoint builds only; docs/robustness.md) crash a member at those two moments.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ pub(super) fn rewrite(
     remove_stray_copy(path)?;
     let result = (|| {
         let mut fresh = create(&copy)?;
+        fail::fail_point!("defragBeforeCopy");
         let source = db.begin_read()?;
         let txn = fresh.begin_write()?;
         copy_table(&source, &txn, REVS)?;
@@ -68,6 +70,7 @@ pub(super) fn rewrite(
             .compact()
             .map_err(|e| Error::Backend(format!("defragment: trimming the copy: {e}")))?;
         drop(fresh);
+        fail::fail_point!("defragBeforeRename");
         std::fs::rename(&copy, path)
             .map_err(|e| Error::Backend(format!("defragment: replacing the database: {e}")))?;
         sync_dir(path)

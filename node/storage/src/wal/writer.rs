@@ -10,6 +10,11 @@
 //!
 //! After a failed write or sync the writer refuses everything that follows: the page cache may
 //! have dropped the failed pages, so a retry could report durability that is not there.
+//!
+//! Failpoints (failpoint builds only; docs/robustness.md): `walBeforeWrite` before a batch's
+//! frame is written, `walAfterSync` once it is durable and before its callbacks run, and
+//! `walAckBeforeWrite`, the broken model of the robustness suite's negative control, which
+//! runs the callbacks before the frame is written.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
@@ -217,6 +222,9 @@ impl Writer {
         // Requests that added no record (an empty append) are durable as soon as everything
         // before them is, which it already is.
         if !frame.is_empty() {
+            #[cfg(feature = "failpoints")]
+            acknowledge_before_write(&mut accepted);
+            fail::fail_point!("walBeforeWrite");
             self.push_pending_committed(&mut frame);
             if let Err(e) = self.write_frame(frame, &before) {
                 let reason = e.to_string();
@@ -236,6 +244,7 @@ impl Writer {
                     .expect("the active segment is listed");
                 active.lowest_appended = Some(active.lowest_appended.map_or(low, |l| l.min(low)));
             }
+            fail::fail_point!("walAfterSync");
         }
         if purged {
             self.delete_purged_segments();
@@ -344,6 +353,15 @@ impl Writer {
             tracing::warn!(error = %e, "wal: could not sync the directory after deleting purged segments");
         }
     }
+}
+
+/// Failpoint `walAckBeforeWrite`: reports the batch durable before it is written, so what a
+/// crash loses was acknowledged — the durability bug the robustness suite must catch.
+#[cfg(feature = "failpoints")]
+fn acknowledge_before_write(accepted: &mut Vec<Completion>) {
+    fail::fail_point!("walAckBeforeWrite", |_| accepted
+        .drain(..)
+        .for_each(|done| done(Ok(()))));
 }
 
 /// How many of the oldest `segments` (never the active, last one) hold no entry above the purge
