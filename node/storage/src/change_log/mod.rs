@@ -7,7 +7,7 @@
 //! in the order of the watch, which is the order of the changes' sub revisions. It also holds
 //! the granted TTL of every lease its changes attach keys to, as far as the writer could learn
 //! them, and the wall-clock time at which the writer saw revisions (for a restore to a time).
-//! Segments are written by continuous backup's streamer and read by `ferrokv snapshot restore
+//! Segments are written by the operator's streamer and read by `ferrokv snapshot restore
 //! --segments`; [`format`] owns their bytes, [`replay`] their application.
 //!
 //! Not here: where segments live in object storage and when they are cut (the operator), the
