@@ -14,6 +14,11 @@
 //! `--member-init` the command is a member's init step: it restores only into the empty data
 //! dir of a member founding the cluster, so that a restarted member keeps its data and member ID
 //! and a member joining a running cluster gets its data from the leader.
+//!
+//! With `--segments DIR --to-revision N` the snapshot is followed by the change log of
+//! continuous backup: the changes after the snapshot's revision up to N are written at the
+//! revisions they had (`storage::change_log`), so the new cluster is the old one as it was at
+//! revision N. Segments that leave a revision out are refused before anything is written.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +27,7 @@ use clap::Parser;
 use crate::config::{ClusterState, Config, NodeConfig};
 use crate::run::{founding_identity, DB_FILE};
 use crate::snapshot_source::{self, S3Source};
+use crate::storage::change_log::{self, Segment};
 use crate::storage::identity::{self, Identity};
 use crate::storage::mvcc::MvccStore;
 use crate::storage::snapshot_file::{self, HashCheck};
@@ -51,6 +57,19 @@ pub struct RestoreArgs {
     /// `existing` (a member joining a running cluster gets its data from the leader).
     #[arg(long)]
     pub member_init: bool,
+    /// A directory of change-log segments (continuous backup) to replay after the snapshot, up
+    /// to --to-revision: every file in it is read as a segment.
+    #[arg(long, requires = "to_revision", conflicts_with = "segments_s3_prefix")]
+    pub segments: Option<PathBuf>,
+    /// The key prefix of the change-log segments in the bucket of --s3-bucket, instead of
+    /// --segments: those up to --to-revision are downloaded (into --data-dir, removed after).
+    #[arg(long, requires_all = ["to_revision", "s3_bucket"])]
+    pub segments_s3_prefix: Option<String>,
+    /// The revision to restore: the snapshot's, plus the changes of the segments up to this
+    /// one, at the revisions they had. Refused unless the segments hold every revision in
+    /// between.
+    #[arg(long)]
+    pub to_revision: Option<i64>,
     /// Restore a file without etcd's SHA-256 trailer (a database file copied out of a data dir),
     /// or without checking it.
     #[arg(long)]
@@ -94,6 +113,8 @@ pub fn run_restore(args: &RestoreArgs, config: &NodeConfig) -> Result<Restored> 
             })?;
         }
     }
+    // Damaged segments are refused before the snapshot is fetched.
+    let replay_to = replay_target(args, config)?;
     match args.s3.object() {
         Some((bucket, key)) => {
             let source = format!("s3://{bucket}/{key}");
@@ -103,7 +124,7 @@ pub fn run_restore(args: &RestoreArgs, config: &NodeConfig) -> Result<Restored> 
                 .unwrap_or_else(|| snapshot_source::download_path(&config.data_dir));
             let sha256 = snapshot_source::download(&args.s3, &file)?;
             let restored = snapshot_source::check_sha256(&source, &sha256, args.sha256.as_deref())
-                .and_then(|()| restore(&file, config, hash_check));
+                .and_then(|()| restore(&file, config, hash_check, &replay_to));
             let _ = std::fs::remove_file(&file);
             Ok(Restored::Member {
                 source,
@@ -119,10 +140,72 @@ pub fn run_restore(args: &RestoreArgs, config: &NodeConfig) -> Result<Restored> 
                 let sha256 = snapshot_source::file_sha256(file)?;
                 snapshot_source::check_sha256(&source, &sha256, args.sha256.as_deref())?;
             }
-            let identity = restore(file, config, hash_check)?;
+            let identity = restore(file, config, hash_check, &replay_to)?;
             Ok(Restored::Member { source, identity })
         }
     }
+}
+
+/// The change log to replay after the snapshot, and up to which revision.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayTarget {
+    pub segments: Vec<Segment>,
+    pub to_revision: Option<i64>,
+}
+
+/// Reads the segments `--segments` or `--segments-s3-prefix` names, each checked whole before
+/// anything is written.
+fn replay_target(args: &RestoreArgs, config: &NodeConfig) -> Result<ReplayTarget> {
+    let Some(to_revision) = args.to_revision else {
+        return Ok(ReplayTarget::default());
+    };
+    let segments = match (&args.segments, &args.segments_s3_prefix) {
+        (Some(dir), _) => read_segments(dir)?,
+        (None, Some(prefix)) => {
+            let dir = config.data_dir.join("restore-segments");
+            let read = snapshot_source::download_segments(&args.s3, prefix, to_revision, &dir)
+                .and_then(|_| read_segments(&dir));
+            let _ = std::fs::remove_dir_all(&dir);
+            read?
+        }
+        (None, None) => {
+            return Err(Error::Config(
+                "--to-revision needs the change log: --segments or --segments-s3-prefix"
+                    .to_string(),
+            ))
+        }
+    };
+    Ok(ReplayTarget {
+        segments,
+        to_revision: Some(to_revision),
+    })
+}
+
+/// Every file in `dir`, decoded as a change-log segment, in name order.
+pub fn read_segments(dir: &Path) -> Result<Vec<Segment>> {
+    let unreadable = |e: std::io::Error| {
+        Error::SnapshotSource(format!(
+            "cannot read the segments in {}: {e}",
+            dir.display()
+        ))
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).map_err(unreadable)?;
+            let segment = change_log::decode_segment(&bytes)
+                .map_err(|e| Error::SnapshotSource(format!("segment {}: {e}", path.display())))?;
+            Ok(segment)
+        })
+        .collect()
 }
 
 /// Why the member's data dir counts as initialised, if it does: it holds a member identity,
@@ -147,7 +230,12 @@ fn missing_or_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none())
 }
 
-pub fn restore(file: &Path, config: &NodeConfig, hash_check: HashCheck) -> Result<Identity> {
+pub fn restore(
+    file: &Path,
+    config: &NodeConfig,
+    hash_check: HashCheck,
+    replay_to: &ReplayTarget,
+) -> Result<Identity> {
     let member_dir = identity::member_dir(&config.data_dir);
     if member_dir.exists() || !missing_or_empty(&config.wal_dir) {
         return Err(Error::DataDir(format!(
@@ -165,6 +253,14 @@ pub fn restore(file: &Path, config: &NodeConfig, hash_check: HashCheck) -> Resul
     contents
         .meta
         .retain(|(key, _)| !FOREIGN_META_PREFIXES.iter().any(|p| key.starts_with(p)));
+    let replayed = match replay_to.to_revision {
+        Some(to_revision) => Some(change_log::replay(
+            &mut contents,
+            &replay_to.segments,
+            to_revision,
+        )?),
+        None => None,
+    };
 
     let store = MvccStore::open(&member_dir.join(DB_FILE))?;
     store.restore_contents(contents)?;
@@ -188,6 +284,7 @@ pub fn restore(file: &Path, config: &NodeConfig, hash_check: HashCheck) -> Resul
         data_dir = %config.data_dir.display(),
         revision,
         format = ?snapshot.format,
+        replayed = ?replayed,
         member_id = format!("{:x}", identity.member_id),
         cluster_id = format!("{:x}", identity.cluster_id),
         "restored snapshot"

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 
+use crate::storage::change_log;
 use crate::{Error, Result};
 
 /// A snapshot object in an S3-compatible bucket.
@@ -47,34 +48,42 @@ impl S3Source {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::SnapshotSource(format!("cannot start the download: {e}")))
+}
+
+/// A client of the bucket `source` names.
+fn open_bucket(source: &S3Source, bucket: &str) -> Result<impl ObjectStore> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&source.s3_region)
+        .with_virtual_hosted_style_request(!source.s3_force_path_style)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(60),
+        })
+        .with_client_options(ClientOptions::new().with_connect_timeout(Duration::from_secs(5)));
+    if let Some(endpoint) = &source.s3_endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    builder
+        .build()
+        .map_err(|e| Error::SnapshotSource(format!("bucket {bucket}: {e}")))
+}
+
 /// Downloads the object `S3Source` names into `file`; answers its SHA-256 (lower-case hex).
 pub fn download(source: &S3Source, file: &Path) -> Result<String> {
     let (bucket, key) = source
         .object()
         .ok_or_else(|| Error::Config("--s3-bucket and --s3-key name the object".to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::SnapshotSource(format!("cannot start the download: {e}")))?;
-    runtime.block_on(async {
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(&source.s3_region)
-            .with_virtual_hosted_style_request(!source.s3_force_path_style)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(60),
-            })
-            .with_client_options(ClientOptions::new().with_connect_timeout(Duration::from_secs(5)));
-        if let Some(endpoint) = &source.s3_endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
-        let store = builder
-            .build()
-            .map_err(|e| Error::SnapshotSource(format!("bucket {bucket}: {e}")))?;
+    runtime()?.block_on(async {
+        let store = open_bucket(source, bucket)?;
         let where_ = format!("s3://{bucket}/{key}");
         let object = store
             .get(&ObjectPath::from(key))
@@ -97,6 +106,59 @@ pub fn download(source: &S3Source, file: &Path) -> Result<String> {
             .await
             .map_err(|e| Error::DataDir(format!("cannot write {}: {e}", file.display())))?;
         Ok(hex(&hash.finalize()))
+    })
+}
+
+/// Downloads the change-log segments under `prefix` in the bucket of `source` that hold
+/// revisions up to `to_revision` into `dir`; answers how many.
+pub fn download_segments(
+    source: &S3Source,
+    prefix: &str,
+    to_revision: i64,
+    dir: &Path,
+) -> Result<usize> {
+    let bucket = source
+        .s3_bucket
+        .as_deref()
+        .ok_or_else(|| Error::Config("--segments-s3-prefix needs --s3-bucket".to_string()))?;
+    let where_ = format!("s3://{bucket}/{prefix}");
+    let failed = |e: object_store::Error| {
+        Error::SnapshotSource(format!("downloading the segments under {where_}: {e}"))
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::DataDir(format!("cannot create {}: {e}", dir.display())))?;
+    runtime()?.block_on(async {
+        let store = open_bucket(source, bucket)?;
+        let listed: Vec<_> = store
+            .list(Some(&ObjectPath::from(prefix)))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(failed)?;
+        let mut count = 0;
+        for meta in listed {
+            let key = meta.location.to_string();
+            let Some((first, _)) = change_log::segment_file_revisions(&key) else {
+                continue;
+            };
+            if first > to_revision {
+                continue;
+            }
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .map_err(failed)?
+                .bytes()
+                .await
+                .map_err(failed)?;
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            let file = dir.join(name);
+            std::fs::write(&file, &bytes)
+                .map_err(|e| Error::DataDir(format!("cannot write {}: {e}", file.display())))?;
+            count += 1;
+        }
+        Ok(count)
     })
 }
 

@@ -516,6 +516,10 @@ pub fn restore_args(kvc: &KVCluster, restore: &RestoreStatus) -> Vec<String> {
     if let Some(sha256) = &restore.sha256 {
         args.push(format!("--sha256={sha256}"));
     }
+    if let (Some(prefix), Some(revision)) = (&restore.segments_prefix, restore.to_revision) {
+        args.push(format!("--segments-s3-prefix={prefix}"));
+        args.push(format!("--to-revision={revision}"));
+    }
     if let Some(file) = &restore.volume {
         args.push(format!("{RESTORE_SOURCE_DIR}/{}", file.path));
     }
@@ -1188,6 +1192,27 @@ mod tests {
             ..Default::default()
         });
         kvc
+    }
+
+    #[test]
+    fn restore_to_a_revision_replays_the_change_log_in_the_init_step() {
+        let kvc = restored(serde_json::json!({
+            "s3": {"bucket": "b", "key": "p/ns/a/scheduled/x-r10.db"},
+            "toRevision": 42,
+            "segmentsPrefix": "p/ns/a/segments",
+        }));
+        let sts = stateful_set(&kvc, 3, TEST_IMAGE);
+        let args = pod_spec(&sts).init_containers.as_ref().unwrap()[0]
+            .args
+            .clone()
+            .unwrap();
+        for arg in [
+            "--s3-key=p/ns/a/scheduled/x-r10.db",
+            "--segments-s3-prefix=p/ns/a/segments",
+            "--to-revision=42",
+        ] {
+            assert!(args.contains(&arg.to_string()), "missing {arg} in {args:?}");
+        }
     }
 
     #[test]

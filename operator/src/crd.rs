@@ -383,10 +383,11 @@ pub struct BootstrapSpec {
     pub restore: Option<RestoreSource>,
 }
 
-/// The snapshot a new cluster is restored from: exactly one of `backup`, `s3` or `volume`.
+/// The snapshot a new cluster is restored from: exactly one of `backup`, `s3`, `volume` or
+/// `pointInTime`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.backup) ? 1 : 0) + (has(self.s3) ? 1 : 0) + (has(self.volume) ? 1 : 0) == 1").message("a restore names exactly one of backup, s3 or volume"))]
+#[x_kube(validation = Rule::new("(has(self.backup) ? 1 : 0) + (has(self.s3) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.pointInTime) ? 1 : 0) == 1").message("a restore names exactly one of backup, s3, volume or pointInTime"))]
 pub struct RestoreSource {
     /// A `KVClusterBackup` in this namespace that has `Succeeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,6 +398,31 @@ pub struct RestoreSource {
     /// A snapshot file on a PersistentVolumeClaim of this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeFile>,
+    /// A cluster with continuous backup, as it was at a revision or a time: the newest full
+    /// backup at or before it, and the change log from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<PointInTimeSource>,
+}
+
+/// A revision (or time) of a cluster whose backups and change log are in `destination`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.revision) ? 1 : 0) + (has(self.time) ? 1 : 0) == 1").message("a point in time is exactly one of revision or time"))]
+pub struct PointInTimeSource {
+    /// Name of the backed-up KVCluster (it need not exist any more).
+    pub cluster: String,
+    /// Its namespace; this one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Where its backups went: its `spec.backup.destination.s3`.
+    pub destination: S3Destination,
+    /// The revision to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2))]
+    pub revision: Option<i64>,
+    /// Restore the last revision the change log saw made at or before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
 }
 
 /// A `KVClusterBackup`, by name.
@@ -522,6 +548,27 @@ pub struct BackupSpec {
     pub retention: BackupRetention,
     /// Where backups go.
     pub destination: BackupDestination,
+    /// Continuous backup: every change after the last full backup, uploaded in segments next
+    /// to the snapshots, so that a new cluster can be restored to any revision since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<ContinuousBackupSpec>,
+}
+
+/// How the change log of continuous backup is written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinuousBackupSpec {
+    /// Seconds between segments: at most this much time of changes (plus the upload) is lost
+    /// when every member and its disk is lost at once.
+    #[serde(default = "ContinuousBackupSpec::default_segment_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub segment_seconds: u32,
+}
+
+impl ContinuousBackupSpec {
+    fn default_segment_seconds() -> u32 {
+        5
+    }
 }
 
 /// Which scheduled backups are kept: a backup is deleted when it is beyond `count` newest or
@@ -861,6 +908,16 @@ pub struct RestoreStatus {
     /// When the cluster was first Available with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_time: Option<Time>,
+    /// A point-in-time restore: the revision the members restore, replaying the change log
+    /// after the snapshot up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_revision: Option<i64>,
+    /// The key prefix of the change log's segments, in the snapshot's bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments_prefix: Option<String>,
+    /// How many segments the operator checked between the snapshot and `toRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<i64>,
 }
 
 /// What scheduled backups have done and will do.
@@ -877,6 +934,32 @@ pub struct BackupStatus {
     pub last_skipped: Option<BackupAttempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_scheduled_backup: Option<Time>,
+    /// Continuous backup: the newest state a restore can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<RecoveryPoint>,
+    /// Why continuous backup last stopped (`WaitingForFullBackup`, `ChangeLogGap`,
+    /// `UploadFailed`...); cleared by the next upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_failure: Option<BackupAttempt>,
+}
+
+/// The end of the change log in object storage, as of its last upload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryPoint {
+    /// The last revision a restore can reach.
+    pub revision: i64,
+    /// When the segment ending at it was uploaded.
+    pub time: Time,
+    /// The leader's revision just after the upload.
+    pub leader_revision: i64,
+    /// How many revisions the leader was ahead.
+    pub lag_revisions: i64,
+    /// How old the segment's oldest change was when it was uploaded, in seconds: how much
+    /// time of changes the loss of every member at once could have cost.
+    pub lag_seconds: f64,
+    /// Key of the last segment.
+    pub segment: String,
 }
 
 /// One backup in object storage.

@@ -10,9 +10,17 @@
 //! the claim is checked to exist, and each member's init step checks the file's trailer before
 //! it writes anything.
 //!
+//! A point in time (`pointInTime`) is the newest full backup of the source cluster at or before
+//! the revision (a time is first turned into the last revision the change log saw made by
+//! then), and the change-log segments from it to the revision: they must hold every revision in
+//! between, and each is read and checked whole (SHA-256 trailer, every revision present) here,
+//! before any member exists. The members download the snapshot and the segments and replay
+//! them (`ferrokv snapshot restore --segments-s3-prefix --to-revision`).
+//!
 //! Not here: taking backups ([`crate::backup`]).
 
-use futures::StreamExt;
+use ferrokv_storage::change_log::{decode_segment, revision_at_time, Segment};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -21,12 +29,16 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use thiserror::Error;
 
+use crate::backup::continuous::stream::snapshot_revisions;
 use crate::backup::destination::open_bucket;
-use crate::backup::manifest::{manifest_key, Manifest, MANIFEST_FORMAT};
+use crate::backup::manifest::{
+    manifest_key, segment_revisions, BackupLayout, Manifest, MANIFEST_FORMAT,
+};
 use crate::backup::snapshot_file::{SnapshotDigest, SnapshotFileError};
 use crate::backup::BackupError;
 use crate::crd::{
-    BackupPhase, KVCluster, KVClusterBackup, RestoreSource, RestoreStatus, S3Object, VolumeFile,
+    BackupPhase, KVCluster, KVClusterBackup, PointInTimeSource, RestoreSource, RestoreStatus,
+    S3Object, VolumeFile,
 };
 
 /// Why the snapshot to restore cannot be used. Every variant names the source and the problem;
@@ -70,6 +82,23 @@ pub enum RestoreError {
     },
     #[error("PersistentVolumeClaim {0} does not exist")]
     ClaimNotFound(String),
+    #[error("{object}: no full backup at or before revision {revision}")]
+    NoSnapshotBefore { object: String, revision: i64 },
+    #[error("{object}: the change log saw no revision made at or before {time}")]
+    NoRevisionAtTime { object: String, time: String },
+    #[error("{object}: the change log cannot take the backup of revision {snapshot} to revision {revision}: {problem}")]
+    ChangeLogIncomplete {
+        object: String,
+        snapshot: i64,
+        revision: i64,
+        problem: String,
+    },
+    #[error("{object}: segment {key}: {problem}")]
+    SegmentInvalid {
+        object: String,
+        key: String,
+        problem: String,
+    },
     /// The API server did not answer: not the source's fault; the reconcile fails and is
     /// retried.
     #[error("Kubernetes API: {0}")]
@@ -105,11 +134,169 @@ pub async fn check_source(
     if let Some(object) = &source.s3 {
         return check_object(client, &namespace, object, &object.url()).await;
     }
+    if let Some(point) = &source.point_in_time {
+        return check_point_in_time(client, &namespace, point).await;
+    }
     let Some(file) = &source.volume else {
         // The CRD's rule requires one of the three; an API server without CEL lets it by.
         return Err(RestoreError::NoSource);
     };
     check_claim(client, &namespace, file).await
+}
+
+/// The newest full backup at or before the point, and every segment of the change log from it
+/// to the point, each read and checked whole.
+async fn check_point_in_time(
+    client: &Client,
+    namespace: &str,
+    point: &PointInTimeSource,
+) -> Result<RestoreStatus, RestoreError> {
+    let cluster_namespace = point.namespace.as_deref().unwrap_or(namespace);
+    let layout = BackupLayout::new(
+        point.destination.prefix.as_deref(),
+        cluster_namespace,
+        &point.cluster,
+    );
+    let described = format!(
+        "KVCluster {cluster_namespace}/{} at {} (s3://{}/{})",
+        point.cluster,
+        match (&point.revision, &point.time) {
+            (Some(revision), _) => format!("revision {revision}"),
+            (None, Some(time)) => format!("time {}", time.0),
+            (None, None) => "no revision".to_string(),
+        },
+        point.destination.bucket,
+        layout.segments_directory()
+    );
+    let bucket_error = |error: BackupError| match error {
+        BackupError::Kube(error) => RestoreError::Kube(error),
+        other => RestoreError::Bucket {
+            object: described.clone(),
+            problem: other.to_string(),
+        },
+    };
+    let store = open_bucket(client, namespace, &point.destination)
+        .await
+        .map_err(bucket_error)?;
+    let snapshots = snapshot_revisions(&store, &layout)
+        .await
+        .map_err(bucket_error)?;
+    let listed: Vec<_> = store
+        .list(Some(&Path::from(layout.segments_directory())))
+        .try_collect()
+        .await
+        .map_err(|error| RestoreError::Download {
+            object: described.clone(),
+            error,
+        })?;
+    let mut segments: Vec<(i64, i64, String)> = listed
+        .iter()
+        .filter_map(|meta| {
+            let key = meta.location.to_string();
+            segment_revisions(&key).map(|(first, last)| (first, last, key))
+        })
+        .collect();
+    segments.sort();
+
+    let revision = match (point.revision, &point.time) {
+        (Some(revision), _) => revision,
+        (None, Some(time)) => {
+            // The times revisions were seen are inside the segments after the oldest backup.
+            let oldest = snapshots
+                .first()
+                .map_or(i64::MAX, |(revision, _)| *revision);
+            let mut read = Vec::new();
+            for (_, _, key) in segments.iter().filter(|(_, last, _)| *last > oldest) {
+                read.push(read_segment(store.as_ref(), key, &described).await?);
+            }
+            revision_at_time(&read, time.0.as_millisecond()).ok_or_else(|| {
+                RestoreError::NoRevisionAtTime {
+                    object: described.clone(),
+                    time: time.0.to_string(),
+                }
+            })?
+        }
+        (None, None) => return Err(RestoreError::NoSource),
+    };
+    let (snapshot, snapshot_key) = snapshots
+        .iter()
+        .rev()
+        .find(|(snapshot, _)| *snapshot <= revision)
+        .cloned()
+        .ok_or_else(|| RestoreError::NoSnapshotBefore {
+            object: described.clone(),
+            revision,
+        })?;
+    let chain = segment_chain(&segments, snapshot, revision).map_err(|problem| {
+        RestoreError::ChangeLogIncomplete {
+            object: described.clone(),
+            snapshot,
+            revision,
+            problem,
+        }
+    })?;
+    for key in &chain {
+        read_segment(store.as_ref(), key, &described).await?;
+    }
+    let object = S3Object::in_destination(&point.destination, &snapshot_key);
+    let mut status = check_object(client, namespace, &object, &described).await?;
+    status.to_revision = Some(revision);
+    status.segments_prefix = Some(layout.segments_directory());
+    status.segments = Some(chain.len() as i64);
+    Ok(status)
+}
+
+/// The segment at `key`, read and checked whole.
+async fn read_segment(
+    store: &dyn ObjectStore,
+    key: &str,
+    source: &str,
+) -> Result<Segment, RestoreError> {
+    let bytes = match store.get(&Path::from(key)).await {
+        Ok(found) => found.bytes().await,
+        Err(error) => Err(error),
+    }
+    .map_err(|error| RestoreError::Download {
+        object: format!("{source}: segment {key}"),
+        error,
+    })?;
+    decode_segment(&bytes).map_err(|problem| RestoreError::SegmentInvalid {
+        object: source.to_string(),
+        key: key.to_string(),
+        problem: problem.to_string(),
+    })
+}
+
+/// The keys of the segments that take a snapshot of revision `snapshot` to `revision`, from
+/// `(first, last, key)` in order; or which revisions none holds.
+fn segment_chain(
+    segments: &[(i64, i64, String)],
+    snapshot: i64,
+    revision: i64,
+) -> Result<Vec<String>, String> {
+    let mut covered = snapshot;
+    let mut chain = Vec::new();
+    for (first, last, key) in segments {
+        if covered >= revision {
+            break;
+        }
+        if *last <= covered {
+            continue;
+        }
+        if *first > covered + 1 {
+            return Err(format!(
+                "no segment holds revisions {} to {}",
+                covered + 1,
+                first - 1
+            ));
+        }
+        chain.push(key.clone());
+        covered = *last;
+    }
+    if covered < revision {
+        return Err(format!("the change log ends at revision {covered}",));
+    }
+    Ok(chain)
 }
 
 /// The object a succeeded `KVClusterBackup` uploaded, and the SHA-256 its status recorded.
@@ -220,6 +407,9 @@ async fn check_object(
         sha256: Some(checked.sha256),
         verified_time: Time(Timestamp::now()),
         restored_time: None,
+        to_revision: None,
+        segments_prefix: None,
+        segments: None,
     })
 }
 
@@ -312,12 +502,39 @@ async fn check_claim(
         sha256: None,
         verified_time: Time(Timestamp::now()),
         restored_time: None,
+        to_revision: None,
+        segments_prefix: None,
+        segments: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn segments(ranges: &[(i64, i64)]) -> Vec<(i64, i64, String)> {
+        ranges
+            .iter()
+            .map(|&(first, last)| (first, last, format!("{first}-{last}")))
+            .collect()
+    }
+
+    #[test]
+    fn restore_to_a_revision_takes_the_segments_from_the_snapshot_on() {
+        let log = segments(&[(5, 9), (10, 14), (15, 20), (21, 30)]);
+        assert_eq!(segment_chain(&log, 12, 18).unwrap(), ["10-14", "15-20"]);
+        assert_eq!(segment_chain(&log, 14, 15).unwrap(), ["15-20"]);
+        assert!(segment_chain(&log, 20, 20).unwrap().is_empty());
+        assert_eq!(
+            segment_chain(&log, 12, 31).unwrap_err(),
+            "the change log ends at revision 30"
+        );
+        let holed = segments(&[(5, 9), (12, 14)]);
+        assert_eq!(
+            segment_chain(&holed, 6, 13).unwrap_err(),
+            "no segment holds revisions 10 to 11"
+        );
+    }
 
     #[test]
     fn comparison_names_the_source_and_both_values() {

@@ -88,7 +88,9 @@ fn storage_code(e: &StorageError) -> Code {
         | StorageError::MvccCorrupt(_)
         | StorageError::SnapshotInvalid(_)
         | StorageError::SnapshotFile(_)
-        | StorageError::SnapshotDb(_) => Code::Unknown,
+        | StorageError::SnapshotDb(_)
+        | StorageError::SegmentInvalid(_)
+        | StorageError::SegmentsIncomplete(_) => Code::Unknown,
         StorageError::Auth(failure) => auth_code(failure),
     }
 }

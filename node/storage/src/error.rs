@@ -73,6 +73,15 @@ pub enum StorageError {
     #[error("snapshot file: {0}")]
     SnapshotDb(#[from] ferrokv_bbolt::BboltError),
 
+    // ---- storage: change-log segments of continuous backup ------------------------------------
+    /// A change-log segment is damaged, of an unknown format, or does not fit the history it is
+    /// replayed onto.
+    #[error("change log: {0}")]
+    SegmentInvalid(String),
+    /// The change log does not cover every revision between the snapshot and the target.
+    #[error("change log: {0}")]
+    SegmentsIncomplete(String),
+
     /// The data dir or WAL dir cannot be used: unreadable, of another cluster, of a removed member.
     #[error("data dir: {0}")]
     DataDir(String),

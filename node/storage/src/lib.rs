@@ -1,7 +1,9 @@
 //! ferrokv-storage: everything ferrokv keeps on disk: the Raft log (`wal`), the key-value state
-//! machine (`mvcc`), the member's identity and snapshot files.
+//! machine (`mvcc`), the member's identity, snapshot files, and the change log of continuous
+//! backup (`change_log`).
 
 pub mod auth;
+pub mod change_log;
 pub mod identity;
 pub mod mvcc;
 pub mod snapshot_file;

@@ -4,6 +4,8 @@
 //! Objects of a cluster live under `PREFIX/NAMESPACE/CLUSTER/`: scheduled backups under
 //! `scheduled/` (the only ones retention deletes), those of a `KVClusterBackup` under
 //! `on-demand/`. A snapshot is `TIME-rREVISION.db` and its manifest the same name with `.json`.
+//! The change log of continuous backup lives under `segments/`, one object per segment named
+//! `FIRST-LAST.seg` after its revisions, zero-padded so that names sort as revisions do.
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -69,6 +71,20 @@ impl BackupLayout {
         }
     }
 
+    /// Where the change log's segments go.
+    pub fn segments_directory(&self) -> String {
+        format!("{}/segments", self.base)
+    }
+
+    /// Key of the segment of revisions `first..=last`.
+    pub fn segment_key(&self, first: i64, last: i64) -> String {
+        format!(
+            "{}/{}",
+            self.segments_directory(),
+            ferrokv_storage::change_log::segment_file_name(first, last)
+        )
+    }
+
     /// Key of a snapshot taken at `time` at `revision`.
     pub fn snapshot_key(&self, kind: BackupKind, time: Timestamp, revision: i64) -> String {
         let stamp = time.strftime("%Y%m%dT%H%M%SZ");
@@ -80,6 +96,14 @@ impl BackupLayout {
 pub fn manifest_key(snapshot_key: &str) -> String {
     let stem = snapshot_key.strip_suffix(".db").unwrap_or(snapshot_key);
     format!("{stem}.json")
+}
+
+pub use ferrokv_storage::change_log::segment_file_revisions as segment_revisions;
+
+/// The revision in the name of the snapshot at `key` (`TIME-rREVISION.db`).
+pub fn snapshot_revision(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?.strip_suffix(".db")?;
+    name.rsplit_once("-r")?.1.parse().ok()
 }
 
 /// Key of the snapshot a manifest describes, when `key` is a manifest's.
@@ -126,7 +150,18 @@ mod tests {
             manifest_key(&key),
             "backups/prod/example/scheduled/20261205T230405Z-r1234.json"
         );
-        assert_eq!(snapshot_key_of_manifest(&manifest_key(&key)), Some(key));
+        assert_eq!(snapshot_revision(&key), Some(1234));
+        assert_eq!(
+            snapshot_key_of_manifest(&manifest_key(&key)),
+            Some(key.clone())
+        );
+        let segment = layout.segment_key(1235, 1300);
+        assert_eq!(
+            segment,
+            "backups/prod/example/segments/00000000000000001235-00000000000000001300.seg"
+        );
+        assert_eq!(segment_revisions(&segment), Some((1235, 1300)));
+        assert_eq!(segment_revisions(&key), None);
         let bare = BackupLayout::new(None, "prod", "example");
         assert_eq!(
             bare.directory(BackupKind::OnDemand),

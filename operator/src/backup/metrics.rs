@@ -3,6 +3,8 @@
 
 use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry};
 
+use crate::crd::RecoveryPoint;
+
 #[derive(Clone)]
 pub struct BackupMetrics {
     /// Unix time of the last successful backup.
@@ -16,9 +18,25 @@ pub struct BackupMetrics {
     pub last_duration_seconds: GaugeVec,
     /// Backups by outcome: `succeeded`, `failed`, `skipped`.
     pub backups: IntCounterVec,
+    /// Continuous backup: the last revision in the change log, how far the leader was ahead of
+    /// it, and how old its oldest change was when it was uploaded.
+    pub recovery_point_revision: GaugeVec,
+    pub recovery_point_lag_revisions: GaugeVec,
+    pub recovery_point_lag_seconds: GaugeVec,
+    /// Segments and their bytes uploaded.
+    pub segments: IntCounterVec,
+    pub segment_bytes: IntCounterVec,
 }
 
 const LABELS: [&str; 2] = ["namespace", "cluster"];
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
+    let counter = IntCounterVec::new(Opts::new(name, help), &LABELS).expect("valid metric");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("metric registered once");
+    counter
+}
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> GaugeVec {
     let gauge = GaugeVec::new(Opts::new(name, help), &LABELS).expect("valid metric");
@@ -65,7 +83,38 @@ impl BackupMetrics {
                 "Seconds the last successful backup took, snapshot and upload",
             ),
             backups,
+            recovery_point_revision: gauge(
+                registry,
+                "backup_recovery_point_revision",
+                "Last revision of the continuous-backup change log in object storage",
+            ),
+            recovery_point_lag_revisions: gauge(
+                registry,
+                "backup_recovery_point_lag_revisions",
+                "Revisions the leader was ahead of the change log when its last segment was uploaded",
+            ),
+            recovery_point_lag_seconds: gauge(
+                registry,
+                "backup_recovery_point_lag_seconds",
+                "Age of the oldest change of the last segment when it was uploaded: how much time of changes a loss of every member could have cost",
+            ),
+            segments: counter(registry, "backup_segments_total", "Change-log segments uploaded"),
+            segment_bytes: counter(
+                registry,
+                "backup_segment_bytes_total",
+                "Bytes of change-log segments uploaded",
+            ),
         }
+    }
+
+    pub fn recovery_point(&self, labels: [&str; 2], point: &RecoveryPoint, bytes: usize) {
+        Self::of(&self.recovery_point_revision, labels).set(point.revision as f64);
+        Self::of(&self.recovery_point_lag_revisions, labels).set(point.lag_revisions as f64);
+        Self::of(&self.recovery_point_lag_seconds, labels).set(point.lag_seconds);
+        self.segments.with_label_values(&labels).inc();
+        self.segment_bytes
+            .with_label_values(&labels)
+            .inc_by(bytes as u64);
     }
 
     fn of(vec: &GaugeVec, labels: [&str; 2]) -> Gauge {

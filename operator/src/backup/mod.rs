@@ -1,12 +1,13 @@
 //! Backups of a cluster's keyspace to object storage: scheduled ones declared in
 //! `spec.backup` ([`scheduled`]) and on-demand ones as `KVClusterBackup` resources
-//! ([`on_demand`]).
+//! ([`on_demand`]); between them, the change log of continuous backup ([`continuous`]).
 //!
 //! A backup is a snapshot from a healthy member, checked against its SHA-256 trailer, uploaded
 //! with a JSON manifest ([`manifest`]) to an S3-compatible bucket ([`destination`]). It runs in
 //! a task of its own, never inside a reconcile, and at most one runs per cluster
 //! ([`BackupSlots`]). Restoring is not here: see [`crate::restore`].
 
+pub mod continuous;
 pub mod destination;
 pub mod manifest;
 pub mod metrics;
@@ -56,6 +57,14 @@ pub enum BackupError {
     Manifest(#[from] serde_json::Error),
     #[error("credentials of the cluster: {0}")]
     ClusterAccess(String),
+    #[error("continuous backup waits for a first full backup (a schedule or a KVClusterBackup) to go on from")]
+    NoFullBackup,
+    #[error("the change log has a gap: revisions from {from} were compacted (compaction at {compacted}) before the follower's watch delivered them; restores to revisions from {from} up to the next full backup are not possible")]
+    ChangeLogGap { from: i64, compacted: i64 },
+    #[error("the follower's watch ended")]
+    WatchEnded,
+    #[error("segment: {0}")]
+    Segment(#[from] ferrokv_storage::StorageError),
 }
 
 impl BackupError {
@@ -75,6 +84,10 @@ impl BackupError {
             Self::Kube(_) => "KubernetesAPIFailed",
             Self::Manifest(_) => "ManifestInvalid",
             Self::ClusterAccess(_) => "ClusterAccessFailed",
+            Self::NoFullBackup => "WaitingForFullBackup",
+            Self::ChangeLogGap { .. } => "ChangeLogGap",
+            Self::WatchEnded => "WatchEnded",
+            Self::Segment(_) => "SegmentInvalid",
         }
     }
 }

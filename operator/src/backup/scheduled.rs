@@ -20,8 +20,11 @@ use object_store::ObjectStore;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
+use super::continuous::ContinuousBackups;
 use super::destination::open_bucket;
-use super::manifest::{manifest_key, BackupKind, BackupLayout};
+use super::manifest::{
+    manifest_key, segment_revisions, snapshot_revision, BackupKind, BackupLayout,
+};
 use super::metrics::BackupMetrics;
 use super::retention::{expired, parse_max_age, StoredBackup};
 use super::schedule::{next_backup_after, parse_schedule};
@@ -42,6 +45,8 @@ pub struct BackupDeps {
 pub struct BackupScheduler {
     pub deps: BackupDeps,
     tasks: Mutex<HashMap<String, (BackupSpec, AbortHandle)>>,
+    /// The continuous-backup tasks, kept in step with the specs alongside.
+    continuous: ContinuousBackups,
 }
 
 fn cluster_key(kvc: &KVCluster) -> String {
@@ -53,11 +58,13 @@ impl BackupScheduler {
         Self {
             deps,
             tasks: Mutex::default(),
+            continuous: ContinuousBackups::default(),
         }
     }
 
     /// Starts, restarts (its spec changed) or stops the task of `kvc`.
     pub fn ensure(&self, kvc: &KVCluster) {
+        self.continuous.ensure(&self.deps, kvc);
         let key = cluster_key(kvc);
         let wanted = kvc
             .spec
@@ -88,6 +95,7 @@ impl BackupScheduler {
 
     /// Stops the task of a KVCluster being deleted.
     pub fn stop(&self, kvc: &KVCluster) {
+        self.continuous.stop(kvc);
         if let Some((_, handle)) = self
             .tasks
             .lock()
@@ -315,13 +323,35 @@ async fn prune(
         })
         .collect();
     let doomed = expired(&stored, spec.retention.count, max_age, Timestamp::now());
+    let mut deleted = Vec::new();
     for backup in &doomed {
         // The manifest first: a snapshot without one is never taken for a whole backup.
-        for key in [manifest_key(&backup.key), backup.key.clone()] {
-            match store.delete(&Path::from(key)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(error) => return Err(BackupError::Upload(error)),
-            }
+        deleted.push(manifest_key(&backup.key));
+        deleted.push(backup.key.clone());
+    }
+    // The change log before the oldest scheduled backup kept serves no restore of theirs.
+    let oldest_kept = stored
+        .iter()
+        .filter(|backup| !doomed.contains(backup))
+        .filter_map(|backup| snapshot_revision(&backup.key))
+        .min();
+    if let (Some(oldest_kept), true) = (oldest_kept, spec.continuous.is_some()) {
+        let segments: Vec<_> = store
+            .list(Some(&Path::from(layout.segments_directory())))
+            .try_collect()
+            .await
+            .map_err(BackupError::Upload)?;
+        deleted.extend(
+            segments
+                .iter()
+                .map(|meta| meta.location.to_string())
+                .filter(|key| segment_revisions(key).is_some_and(|(_, last)| last <= oldest_kept)),
+        );
+    }
+    for key in deleted {
+        match store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(BackupError::Upload(error)),
         }
     }
     Ok(doomed.len())
@@ -329,7 +359,11 @@ async fn prune(
 
 /// Changes `status.backup` of the named KVCluster with `change`, under the backup field
 /// manager. A failed write is logged: the next one carries the whole backup status again.
-async fn update_status(api: &Api<KVCluster>, name: &str, change: impl FnOnce(&mut BackupStatus)) {
+pub(crate) async fn update_status(
+    api: &Api<KVCluster>,
+    name: &str,
+    change: impl FnOnce(&mut BackupStatus),
+) {
     let current = match api.get_status(name).await {
         Ok(kvc) => kvc,
         Err(error) => {
