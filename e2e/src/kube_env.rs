@@ -84,6 +84,8 @@ pub const SECRETS: Kind = Kind::namespaced("", "v1", "secrets");
 pub const STATEFUL_SETS: Kind = Kind::namespaced("apps", "v1", "statefulsets");
 pub const DISRUPTION_BUDGETS: Kind = Kind::namespaced("policy", "v1", "poddisruptionbudgets");
 pub const KVCLUSTERS: Kind = Kind::namespaced("ferrokv.io", "v1alpha1", "kvclusters");
+pub const KVCLUSTERBACKUPS: Kind = Kind::namespaced("ferrokv.io", "v1alpha1", "kvclusterbackups");
+pub const EVENTS: Kind = Kind::namespaced("", "v1", "events");
 pub const NODES: Kind = Kind {
     group: "",
     version: "v1",

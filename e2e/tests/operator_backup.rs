@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{EnvOptions, Kind, KubeEnv};
+use ferrokv_e2e::kube_env::{EnvOptions, KubeEnv, EVENTS, KVCLUSTERBACKUPS};
 use ferrokv_e2e::s3::{credentials_secret, S3Server, StoredObject};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
@@ -25,19 +25,6 @@ const PREFIX: &str = "e2e";
 const SECRET: &str = "s3-credentials";
 const SCHEDULED_DIR: &str = "e2e/default/example/scheduled/";
 const ON_DEMAND_DIR: &str = "e2e/default/example/on-demand/";
-
-const KVCLUSTERBACKUPS: Kind = Kind {
-    group: "ferrokv.io",
-    version: "v1alpha1",
-    plural: "kvclusterbackups",
-    namespaced: true,
-};
-const EVENTS: Kind = Kind {
-    group: "",
-    version: "v1",
-    plural: "events",
-    namespaced: true,
-};
 
 async fn start(test: &str) -> KubeEnv {
     KubeEnv::start(test, EnvOptions::default())

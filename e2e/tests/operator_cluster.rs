@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use ferrokv_e2e::kube_env::{
     conditions_say, member_name, EnvOptions, Kind, KubeEnv, CLAIMS, CONFIG_MAPS,
-    DISRUPTION_BUDGETS, KVCLUSTERS, PODS, SERVICES, STATEFUL_SETS,
+    DISRUPTION_BUDGETS, EVENTS, KVCLUSTERS, PODS, SERVICES, STATEFUL_SETS,
 };
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
@@ -26,12 +26,6 @@ const FORMING: Duration = Duration::from_secs(120);
 const SCALING: Duration = Duration::from_secs(180);
 
 /// Events, where the operator records every step it takes.
-const EVENTS: Kind = Kind {
-    group: "",
-    version: "v1",
-    plural: "events",
-    namespaced: true,
-};
 
 async fn start(test: &str, options: EnvOptions) -> KubeEnv {
     KubeEnv::start(test, options)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{conditions_say, EnvOptions, Kind, KubeEnv};
+use ferrokv_e2e::kube_env::{conditions_say, EnvOptions, KubeEnv, KVCLUSTERBACKUPS, STATEFUL_SETS};
 use ferrokv_e2e::s3::{credentials_secret, S3Server};
 
 const FORMING: Duration = Duration::from_secs(120);
@@ -22,19 +22,6 @@ const BUCKET: &str = "ferrokv-continuous";
 const SECRET: &str = "s3-credentials";
 /// Seconds between segments, as the spec asks.
 const SEGMENT_SECONDS: u64 = 2;
-
-const KVCLUSTERBACKUPS: Kind = Kind {
-    group: "ferrokv.io",
-    version: "v1alpha1",
-    plural: "kvclusterbackups",
-    namespaced: true,
-};
-const STATEFULSETS: Kind = Kind {
-    group: "apps",
-    version: "v1",
-    plural: "statefulsets",
-    namespaced: true,
-};
 
 fn stdout(output: &std::process::Output) -> Value {
     assert!(
@@ -307,7 +294,7 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
     .await[0]["HashKV"]["hash"]
         .clone();
     assert_eq!(restored_hash, source_hash, "HashKV at {target}");
-    assert!(env.get(STATEFULSETS, "too-far").await.is_none());
+    assert!(env.get(STATEFUL_SETS, "too-far").await.is_none());
 
     // The recovery point under a steady writer, as fast as this machine lets it write.
     let endpoint = env.member_endpoint(0).await.unwrap();

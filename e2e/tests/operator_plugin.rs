@@ -12,19 +12,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use ferrokv_e2e::binaries::kubectl_binary;
-use ferrokv_e2e::kube_env::{EnvOptions, Kind, KubeEnv};
+use ferrokv_e2e::kube_env::{EnvOptions, KubeEnv, KVCLUSTERBACKUPS};
 use ferrokv_e2e::s3::{credentials_secret, S3Server};
 
 const FORMING: Duration = Duration::from_secs(120);
 const BUCKET: &str = "ferrokv-backups";
 const SECRET: &str = "s3-credentials";
-
-const KVCLUSTERBACKUPS: Kind = Kind {
-    group: "ferrokv.io",
-    version: "v1alpha1",
-    plural: "kvclusterbackups",
-    namespaced: true,
-};
 
 /// The directory `kubectl-kvc` was built into: the test executable's profile directory.
 fn plugin_dir() -> PathBuf {

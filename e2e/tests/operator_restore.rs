@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{conditions_say, EnvOptions, Kind, KubeEnv};
+use ferrokv_e2e::kube_env::{
+    conditions_say, EnvOptions, KubeEnv, EVENTS, KVCLUSTERBACKUPS, PODS, STATEFUL_SETS,
+};
 use ferrokv_e2e::s3::{credentials_secret, S3Server};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
@@ -20,31 +22,6 @@ const FORMING: Duration = Duration::from_secs(120);
 const BUCKET: &str = "ferrokv-restores";
 const SECRET: &str = "s3-credentials";
 const CORRUPT_KEY: &str = "uploaded/corrupt.db";
-
-const KVCLUSTERBACKUPS: Kind = Kind {
-    group: "ferrokv.io",
-    version: "v1alpha1",
-    plural: "kvclusterbackups",
-    namespaced: true,
-};
-const STATEFULSETS: Kind = Kind {
-    group: "apps",
-    version: "v1",
-    plural: "statefulsets",
-    namespaced: true,
-};
-const PODS: Kind = Kind {
-    group: "",
-    version: "v1",
-    plural: "pods",
-    namespaced: true,
-};
-const EVENTS: Kind = Kind {
-    group: "",
-    version: "v1",
-    plural: "events",
-    namespaced: true,
-};
 
 /// A KVCluster `name` of `replicas` members restored from `source`.
 fn restored_cluster(env: &KubeEnv, name: &str, replicas: u32, source: Value) -> Value {
@@ -314,7 +291,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     );
 
     // Nothing was made for the refused one.
-    assert!(env.get(STATEFULSETS, "broken").await.is_none());
+    assert!(env.get(STATEFUL_SETS, "broken").await.is_none());
     assert!(
         !env.names(PODS)
             .await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{EnvOptions, Kind, KubeEnv, PODS};
+use ferrokv_e2e::kube_env::{EnvOptions, KubeEnv, EVENTS, KVCLUSTERBACKUPS, PODS};
 use ferrokv_e2e::s3::{credentials_secret, S3Server};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
@@ -24,19 +24,6 @@ const BACKUP_FAILS: Duration = Duration::from_secs(90);
 const BUCKET: &str = "ferrokv-backups";
 const SECRET: &str = "s3-credentials";
 const ON_DEMAND_DIR: &str = "e2e/default/example/on-demand/";
-
-const KVCLUSTERBACKUPS: Kind = Kind {
-    group: "ferrokv.io",
-    version: "v1alpha1",
-    plural: "kvclusterbackups",
-    namespaced: true,
-};
-const EVENTS: Kind = Kind {
-    group: "",
-    version: "v1",
-    plural: "events",
-    namespaced: true,
-};
 
 fn member_image(version: &str) -> String {
     format!("ghcr.io/ferrokv/ferrokv:v{version}")

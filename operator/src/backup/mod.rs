@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod scheduled;
 pub mod snapshot_file;
 pub mod take;
+pub mod tasks;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -5,8 +5,6 @@
 //! The reconcile only keeps the set of tasks in step with the specs ([`BackupScheduler::ensure`]);
 //! it never waits for a backup.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -17,7 +15,6 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use object_store::path::Path;
 use object_store::ObjectStore;
-use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use super::continuous::ContinuousBackups;
@@ -29,6 +26,7 @@ use super::metrics::BackupMetrics;
 use super::retention::{expired, parse_max_age, StoredBackup};
 use super::schedule::{next_backup_after, parse_schedule};
 use super::take::take_backup;
+use super::tasks::{cluster_key, ClusterTasks};
 use super::{BackupError, BackupSlots, BACKUP_FIELD_MANAGER};
 use crate::crd::{BackupAttempt, BackupSpec, BackupStatus, KVCluster, Phase, S3Destination};
 
@@ -44,20 +42,16 @@ pub struct BackupDeps {
 /// The scheduled-backup task of every KVCluster that has one.
 pub struct BackupScheduler {
     pub deps: BackupDeps,
-    tasks: Mutex<HashMap<String, (BackupSpec, AbortHandle)>>,
+    tasks: ClusterTasks,
     /// The continuous-backup tasks, kept in step with the specs alongside.
     continuous: ContinuousBackups,
-}
-
-fn cluster_key(kvc: &KVCluster) -> String {
-    format!("{}/{}", kvc.namespace().unwrap_or_default(), kvc.name_any())
 }
 
 impl BackupScheduler {
     pub fn new(deps: BackupDeps) -> Self {
         Self {
             deps,
-            tasks: Mutex::default(),
+            tasks: ClusterTasks::default(),
             continuous: ContinuousBackups::default(),
         }
     }
@@ -65,45 +59,20 @@ impl BackupScheduler {
     /// Starts, restarts (its spec changed) or stops the task of `kvc`.
     pub fn ensure(&self, kvc: &KVCluster) {
         self.continuous.ensure(&self.deps, kvc);
-        let key = cluster_key(kvc);
         let wanted = kvc
             .spec
             .backup
             .clone()
             .filter(|b| b.schedule.is_some() && kvc.meta().deletion_timestamp.is_none());
-        let mut tasks = self.tasks.lock().expect("tasks lock");
-        // A task that ended by itself (its spec is invalid) stays ended until the spec changes.
-        if let (Some(spec), Some((running, _))) = (&wanted, tasks.get(&key)) {
-            if spec == running {
-                return;
-            }
-        }
-        if let Some((_, handle)) = tasks.remove(&key) {
-            handle.abort();
-        }
-        if let Some(spec) = wanted {
-            let namespace = kvc.namespace().unwrap_or_default();
-            let task = tokio::spawn(run_schedule(
-                self.deps.clone(),
-                namespace,
-                kvc.name_any(),
-                spec.clone(),
-            ));
-            tasks.insert(key, (spec, task.abort_handle()));
-        }
+        self.tasks.ensure(kvc, wanted, |namespace, name, spec| {
+            run_schedule(self.deps.clone(), namespace, name, spec)
+        });
     }
 
     /// Stops the task of a KVCluster being deleted.
     pub fn stop(&self, kvc: &KVCluster) {
         self.continuous.stop(kvc);
-        if let Some((_, handle)) = self
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .remove(&cluster_key(kvc))
-        {
-            handle.abort();
-        }
+        self.tasks.stop(kvc);
     }
 }
 

@@ -17,55 +17,33 @@
 pub mod buffer;
 pub mod stream;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use kube::{Resource, ResourceExt};
-use tokio::task::AbortHandle;
+use kube::Resource;
 
 use super::scheduled::BackupDeps;
-use crate::crd::{BackupSpec, KVCluster};
+use super::tasks::ClusterTasks;
+use crate::crd::KVCluster;
 
 /// The continuous-backup task of every KVCluster that has one.
 #[derive(Default)]
 pub struct ContinuousBackups {
-    tasks: Mutex<HashMap<String, (BackupSpec, AbortHandle)>>,
+    tasks: ClusterTasks,
 }
 
 impl ContinuousBackups {
     /// Starts, restarts (its spec changed) or stops the task of `kvc`.
     pub fn ensure(&self, deps: &BackupDeps, kvc: &KVCluster) {
-        let key = format!("{}/{}", kvc.namespace().unwrap_or_default(), kvc.name_any());
         let wanted = kvc
             .spec
             .backup
             .clone()
             .filter(|b| b.continuous.is_some() && kvc.meta().deletion_timestamp.is_none());
-        let mut tasks = self.tasks.lock().expect("tasks lock");
-        if let (Some(spec), Some((running, _))) = (&wanted, tasks.get(&key)) {
-            if spec == running {
-                return;
-            }
-        }
-        if let Some((_, handle)) = tasks.remove(&key) {
-            handle.abort();
-        }
-        if let Some(spec) = wanted {
-            let task = tokio::spawn(stream::run(
-                deps.clone(),
-                kvc.namespace().unwrap_or_default(),
-                kvc.name_any(),
-                spec.clone(),
-            ));
-            tasks.insert(key, (spec, task.abort_handle()));
-        }
+        self.tasks.ensure(kvc, wanted, |namespace, name, spec| {
+            stream::run(deps.clone(), namespace, name, spec)
+        });
     }
 
     /// Stops the task of a KVCluster being deleted.
     pub fn stop(&self, kvc: &KVCluster) {
-        let key = format!("{}/{}", kvc.namespace().unwrap_or_default(), kvc.name_any());
-        if let Some((_, handle)) = self.tasks.lock().expect("tasks lock").remove(&key) {
-            handle.abort();
-        }
+        self.tasks.stop(kvc);
     }
 }

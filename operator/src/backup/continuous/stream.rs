@@ -26,6 +26,7 @@ use crate::backup::manifest::{
 };
 use crate::backup::scheduled::{publish, update_status, BackupDeps};
 use crate::backup::take::{snapshot_source, take_backup};
+use crate::backup::tasks::cluster_key;
 use crate::backup::BackupError;
 use crate::crd::{BackupAttempt, BackupSpec, KVCluster, RecoveryPoint};
 use crate::etcd_access;
@@ -96,8 +97,7 @@ async fn full_backup_after_gap(
     let Some(s3) = &spec.destination.s3 else {
         return;
     };
-    let key = format!("{}/{}", kvc.namespace().unwrap_or_default(), kvc.name_any());
-    let Some(_slot) = deps.slots.claim(&key) else {
+    let Some(_slot) = deps.slots.claim(&cluster_key(kvc)) else {
         return;
     };
     match take_backup(&deps.client, kvc, s3, BackupKind::Scheduled).await {
