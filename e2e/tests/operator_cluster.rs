@@ -25,8 +25,6 @@ const FORMING: Duration = Duration::from_secs(120);
 /// One scaling step of the operator (learner added and promoted, or member removed) each.
 const SCALING: Duration = Duration::from_secs(180);
 
-/// Events, where the operator records every step it takes.
-
 async fn start(test: &str, options: EnvOptions) -> KubeEnv {
     KubeEnv::start(test, options)
         .await
