@@ -925,9 +925,13 @@ async fn version_upgrade_of_five_members_restarts_one_at_a_time_and_the_leader_l
     let most_down = std::sync::atomic::AtomicUsize::new(0);
     let started = Instant::now();
     let roll = async {
-        env.apply_example(|kvc| kvc["spec"]["version"] = json!("0.2.0"))
-            .await
-            .unwrap();
+        // (The example is applied whole: it says 3 replicas.)
+        env.apply_example(|kvc| {
+            kvc["spec"]["replicas"] = json!(5);
+            kvc["spec"]["version"] = json!("0.2.0");
+        })
+        .await
+        .unwrap();
         wait_rolled_out(&env, "0.2.0", 5).await;
         stop.store(true, Ordering::Relaxed);
     };
