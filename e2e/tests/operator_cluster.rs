@@ -730,10 +730,6 @@ async fn version_upgrade_rolls_followers_first_refuses_skips_and_downgrades_and_
     apply_example(&env, |kvc| kvc["spec"]["version"] = json!("0.1.0")).await;
     wait_rolled_out(&env, "0.1.0", 3).await;
     let ids = env.member_ids().await;
-    let leader = env.kvcluster().await["status"]["leader"]
-        .as_str()
-        .expect("a leader")
-        .to_string();
 
     // 0.1.0 -> 0.2.0 under a writer: followers first, the leader last after handing off.
     let stop = AtomicBool::new(false);
@@ -761,37 +757,9 @@ async fn version_upgrade_rolls_followers_first_refuses_skips_and_downgrades_and_
             .all(|(image, _)| *image == member_image("0.2.0")),
         "{images:?}"
     );
-    let restarts: Vec<String> = cluster_events(&env)
-        .await
-        .iter()
-        .filter(|e| matches!(e["reason"].as_str(), Some("PodRestarted" | "LeaderMoved")))
-        .filter_map(|e| {
-            e["note"]
-                .as_str()
-                .or(e["message"].as_str())
-                .map(str::to_string)
-        })
-        .collect();
-    let order: Vec<&str> = restarts
-        .iter()
-        .map(|note| match note.strip_prefix("restarted pod ") {
-            Some(rest) => rest.split(' ').next().unwrap(),
-            None => "leader moved",
-        })
-        .collect();
-    assert_eq!(order.len(), 4, "{restarts:?}");
-    assert_eq!(order[2], "leader moved", "{restarts:?}");
     // The member restarted last is the one that handed off (the leader when the roll-out
     // began, unless an election came between).
-    let moved_from = restarts[2]
-        .strip_prefix("moved leadership from ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap();
-    assert_eq!(
-        ids[order[3]].trim_start_matches('0'),
-        moved_from.trim_start_matches('0'),
-        "the leader last (it led from the start: {leader}): {restarts:?}"
-    );
+    assert_followers_then_the_leader(&ids, &roll_out_steps(&env).await, 3);
     let table = env
         .kubectl_in_namespace(&["get", "kvc", "example"])
         .await
@@ -887,6 +855,52 @@ async fn assert_none_lost_through_service(env: &KubeEnv, acknowledged: &[String]
     assert!(lost.is_empty(), "acknowledged puts lost: {lost:?}");
 }
 
+/// The notes of the roll-out's steps, oldest first: pod restarts and leader hand-offs.
+async fn roll_out_steps(env: &KubeEnv) -> Vec<String> {
+    cluster_events(env)
+        .await
+        .iter()
+        .filter(|e| matches!(e["reason"].as_str(), Some("PodRestarted" | "LeaderMoved")))
+        .filter_map(|e| {
+            e["note"]
+                .as_str()
+                .or(e["message"].as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A roll-out of `members` restarted each member once, followers first, then handed off
+/// leadership, then restarted the member it moved leadership from (`ids`: name to member ID).
+fn assert_followers_then_the_leader(
+    ids: &BTreeMap<String, String>,
+    steps: &[String],
+    members: usize,
+) {
+    assert_eq!(steps.len(), members + 1, "{steps:?}");
+    let moved_from = steps[members - 1]
+        .strip_prefix("moved leadership from ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("the hand-off before the last restart: {steps:?}"));
+    let restarted: Vec<&str> = steps
+        .iter()
+        .filter_map(|note| note.strip_prefix("restarted pod "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let last = *restarted.last().expect("restarts");
+    assert_eq!(
+        ids[last].trim_start_matches('0'),
+        moved_from.trim_start_matches('0'),
+        "the member that led is restarted last: {steps:?}"
+    );
+    let distinct: BTreeSet<&str> = restarted.iter().copied().collect();
+    assert_eq!(
+        (restarted.len(), distinct.len()),
+        (members, members),
+        "each member once: {steps:?}"
+    );
+}
+
 /// Member pods that are not ready (or missing) out of `members`.
 async fn members_down(env: &KubeEnv, members: usize) -> usize {
     let ready = env
@@ -960,36 +974,5 @@ async fn version_upgrade_of_five_members_restarts_one_at_a_time_and_the_leader_l
     );
 
     // Four followers, then the hand-off, then the member that led before it.
-    let steps: Vec<String> = cluster_events(&env)
-        .await
-        .iter()
-        .filter(|e| matches!(e["reason"].as_str(), Some("PodRestarted" | "LeaderMoved")))
-        .filter_map(|e| {
-            e["note"]
-                .as_str()
-                .or(e["message"].as_str())
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(steps.len(), 6, "{steps:?}");
-    let moved_from = steps[4]
-        .strip_prefix("moved leadership from ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("the hand-off fifth: {steps:?}"));
-    let last = steps[5]
-        .strip_prefix("restarted pod ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("a restart last: {steps:?}"));
-    let last_id = ids[last].trim_start_matches('0');
-    assert_eq!(
-        last_id,
-        moved_from.trim_start_matches('0'),
-        "the member that led is restarted last: {steps:?}"
-    );
-    let restarted: BTreeSet<&str> = steps
-        .iter()
-        .filter_map(|note| note.strip_prefix("restarted pod "))
-        .filter_map(|rest| rest.split(' ').next())
-        .collect();
-    assert_eq!(restarted.len(), 5, "each member once: {steps:?}");
+    assert_followers_then_the_leader(&ids, &roll_out_steps(&env).await, 5);
 }
