@@ -7,6 +7,9 @@ use clap::Parser;
 use ferrokv_node::config::{etcd_style_args, token_given, NodeConfig};
 use ferrokv_node::restore::{run_restore, RestoreArgs, Restored};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub fn main() -> ExitCode {
     let args = etcd_style_args(std::env::args_os());
     let is_restore =

@@ -36,7 +36,7 @@ use super::tokens::SimpleTokens;
 use super::types::{codec, ApplyError, ConfChangeContext, MemberNode, Proposal, Request, Response};
 use crate::{RaftError as Error, Result};
 use ferrokv_storage::auth::{Access, AuthFailure, AuthState};
-use ferrokv_storage::mvcc::{MvccStore, MvccWrite};
+use ferrokv_storage::mvcc::{MvccStore, MvccWrite, Requests};
 use ferrokv_storage::StorageError as Store;
 
 const APPLIED_KEY: &str = "raft/applied";
@@ -555,6 +555,8 @@ impl Applier {
             changed: false,
             tokens: &self.tokens,
         };
+        // The batch's requests and metadata go through one opening of the store's tables.
+        let mut requests = write.requests()?;
         for committed in &batch {
             let entry = &committed.entry;
             match entry.get_entry_type() {
@@ -568,7 +570,7 @@ impl Applier {
                     if matches!(proposal.request, Request::UpdateMember { .. }) {
                         members_changed = true;
                     }
-                    let response = apply_request(&mut write, &mut auth, &proposal.request)?;
+                    let response = apply_request(&mut requests, &mut auth, &proposal.request)?;
                     if proposal.proposer == self.member_id {
                         answers.push((proposal.id, Ok(response)));
                     }
@@ -585,16 +587,16 @@ impl Applier {
                         match single.get_change_type() {
                             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                                 if let Some(node) = &context.member {
-                                    write.set_meta(
+                                    requests.set_meta(
                                         &format!("{MEMBER_NODE_PREFIX}{id:016x}"),
                                         &codec::encode(node),
                                     )?;
                                 }
                             }
                             ConfChangeType::RemoveNode => {
-                                write.delete_meta(&format!("{MEMBER_NODE_PREFIX}{id:016x}"))?;
-                                write.delete_meta(&format!("{MEMBER_ATTRIBUTES_PREFIX}{id}"))?;
-                                write.set_meta(&format!("{REMOVED_PREFIX}{id:016x}"), &[])?;
+                                requests.delete_meta(&format!("{MEMBER_NODE_PREFIX}{id:016x}"))?;
+                                requests.delete_meta(&format!("{MEMBER_ATTRIBUTES_PREFIX}{id}"))?;
+                                requests.set_meta(&format!("{REMOVED_PREFIX}{id:016x}"), &[])?;
                                 if id == self.member_id {
                                     removed_self = true;
                                 }
@@ -602,20 +604,21 @@ impl Applier {
                         }
                     }
                     if let Some(conf_state) = &committed.conf_state {
-                        write.set_meta(CONF_STATE_KEY, &conf_state.encode_to_vec())?;
+                        requests.set_meta(CONF_STATE_KEY, &conf_state.encode_to_vec())?;
                     }
                     members_changed = true;
                     if context.proposer == self.member_id && context.id != 0 {
                         answers.push((
                             context.id,
                             Ok(Response::Done {
-                                revision: write.revision(),
+                                revision: requests.revision(),
                             }),
                         ));
                     }
                 }
             }
         }
+        drop(requests);
         let auth_changed = auth.changed;
         write.set_meta(APPLIED_KEY, &codec::encode(&last))?;
         let snapshot_due = last.0 >= self.last_snapshot + self.snapshot_count;
@@ -780,7 +783,7 @@ struct AuthApply<'a> {
 /// `Request::Authorized`). Write permissions are checked here, where every member sees the same
 /// state, so a permission revoked concurrently is honoured by all.
 fn authorize(
-    write: &MvccWrite,
+    write: &Requests<'_>,
     state: &AuthState,
     user: Option<&str>,
     auth_revision: u64,
@@ -831,7 +834,7 @@ fn authorize(
 /// etcd's checkLeasePuts: a Put attaching a key to `lease` needs write permission on every key
 /// the lease already holds (root may do anything).
 fn check_lease_puts(
-    write: &MvccWrite,
+    write: &Requests<'_>,
     state: &AuthState,
     user: Option<&str>,
     lease: i64,
@@ -847,7 +850,7 @@ fn check_lease_puts(
 
 /// The lease check of every Put in a Txn, nested transactions included, whichever branch runs.
 fn check_txn_lease_puts(
-    write: &MvccWrite,
+    write: &Requests<'_>,
     state: &AuthState,
     user: Option<&str>,
     req: &PbTxnRequest,
@@ -864,7 +867,7 @@ fn check_txn_lease_puts(
 
 /// Applies one request inside the batch's write transaction.
 fn apply_request(
-    write: &mut MvccWrite,
+    write: &mut Requests<'_>,
     auth: &mut AuthApply<'_>,
     req: &Request,
 ) -> ferrokv_storage::Result<Response> {
@@ -1051,7 +1054,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
         let state = alice_writes_a();
-        let mut write = store.begin_write().unwrap();
+        let mut batch = store.begin_write().unwrap();
+        let mut write = batch.requests().unwrap();
         write.lease_grant(7, 60).unwrap();
         write.lease_grant(8, 60).unwrap();
         write.put(&put(b"secret", 7)).unwrap();

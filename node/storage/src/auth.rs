@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use etcd_client::proto::{PbDeleteRequest, PbPutRequest, PbTxnOpRequest, PbTxnRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::mvcc::{KeySpan, MvccStore, MvccWrite};
+use crate::mvcc::{KeySpan, MvccStore, MvccWrite, Requests};
 use crate::{Result, StorageError};
 
 /// The metadata key the auth state is stored under.
@@ -198,8 +198,8 @@ impl AuthState {
         decode(write.meta(AUTH_STATE_KEY)?)
     }
 
-    /// Writes the state into `write`'s transaction.
-    pub fn save(&self, write: &mut MvccWrite) -> Result<()> {
+    /// Writes the state into the transaction of `write`'s batch.
+    pub fn save(&self, write: &mut Requests<'_>) -> Result<()> {
         write.set_meta(AUTH_STATE_KEY, &self.to_meta())
     }
 

@@ -250,7 +250,7 @@ fn the_state_survives_a_store_commit() {
     let store = MvccStore::open(&dir.path().join("db.redb")).unwrap();
     let state = enabled_with_alice();
     let mut write = store.begin_write().unwrap();
-    state.save(&mut write).unwrap();
+    state.save(&mut write.requests().unwrap()).unwrap();
     write.commit(true).unwrap();
     assert_eq!(AuthState::load(&store).unwrap(), state);
 }

@@ -52,7 +52,7 @@ pub use key_span::KeySpan;
 pub use read::{sort_order, sort_target};
 pub use snapshot::{Change, Lease, StoreContents, Version};
 pub use tables::{INITIAL_REVISION, NEVER_COMPACTED};
-pub use write::MvccWrite;
+pub use write::{MvccWrite, Requests};
 
 use index::{Indexed, KeyIndex, SharedIndex};
 use read::{fetch, find, finish_range, RangePlan};
