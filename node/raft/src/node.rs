@@ -178,6 +178,17 @@ pub(super) async fn failure(mut failed: watch::Receiver<Option<String>>) -> Stri
     }
 }
 
+/// The context of this member's `number`th read-index request. The leader keeps its pending
+/// reads by context and ignores a request whose context is already pending, so contexts must
+/// differ across members, not only within one: with a bare counter, two members' reads of the
+/// same number met at the leader and one of them went unanswered until its 500 ms retry.
+fn read_context(member: u64, number: u64) -> Vec<u8> {
+    let mut context = Vec::with_capacity(16);
+    context.extend_from_slice(&member.to_be_bytes());
+    context.extend_from_slice(&number.to_be_bytes());
+    context
+}
+
 /// Messages held until the writes of their Ready (and of every earlier one) are durable.
 struct HeldMessages {
     number: u64,
@@ -327,7 +338,7 @@ impl ReadyLoop {
             }
             Command::ReadIndex(done) => {
                 self.next_read += 1;
-                let context = self.next_read.to_be_bytes().to_vec();
+                let context = read_context(self.node.raft.id, self.next_read);
                 self.reads.insert(context.clone(), done);
                 self.node.read_index(context);
             }
@@ -539,5 +550,18 @@ impl ReadyLoop {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_context;
+
+    #[test]
+    fn read_index_contexts_of_different_members_never_collide() {
+        for number in [1, 2, 1000] {
+            assert_ne!(read_context(1, number), read_context(2, number));
+        }
+        assert_ne!(read_context(1, 1), read_context(1, 2));
     }
 }
