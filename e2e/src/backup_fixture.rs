@@ -127,6 +127,23 @@ impl S3Backups {
         }})
     }
 
+    /// Makes `example` a 3-member KVCluster with continuous backup to the bucket (segments every
+    /// `segment_seconds`, no schedule) and waits for it to be Available.
+    pub async fn start_continuous_source(&self, segment_seconds: u64, forming: Duration) {
+        let destination = self.destination();
+        self.env
+            .apply_example(|kvc| {
+                kvc["spec"]["replicas"] = json!(3);
+                kvc["spec"]["backup"] = json!({
+                    "destination": destination,
+                    "continuous": {"segmentSeconds": segment_seconds},
+                });
+            })
+            .await
+            .unwrap();
+        self.env.wait_available(3, forming).await;
+    }
+
     /// A directory of the test's own.
     pub fn scratch(&self) -> &Path {
         self.scratch.path()

@@ -68,17 +68,9 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
     };
     let (env, s3) = (&backups.env, &backups.s3);
     let destination = backups.destination();
-
-    env.apply_example(|kvc| {
-        kvc["spec"]["replicas"] = json!(3);
-        kvc["spec"]["backup"] = json!({
-            "destination": destination,
-            "continuous": {"segmentSeconds": SEGMENT_SECONDS},
-        });
-    })
-    .await
-    .unwrap();
-    env.wait_available(3, FORMING).await;
+    backups
+        .start_continuous_source(SEGMENT_SECONDS, FORMING)
+        .await;
     write_history(env, "before").await;
     let waiting = env
         .eventually(

@@ -109,15 +109,9 @@ async fn continuous_backup_resumes_after_an_operator_restart_without_gap_or_dupl
     };
     let (env, s3) = (&backups.env, &backups.s3);
     let destination = backups.destination();
-    env.apply_example(|kvc| {
-        kvc["spec"]["backup"] = json!({
-            "destination": destination,
-            "continuous": {"segmentSeconds": SEGMENT_SECONDS},
-        });
-    })
-    .await
-    .unwrap();
-    env.wait_available(3, FORMING).await;
+    backups
+        .start_continuous_source(SEGMENT_SECONDS, FORMING)
+        .await;
     let first = full_backup(env, "first", &destination).await;
 
     // A point in time: the change log has seen it a while before that time, and nothing after
