@@ -230,6 +230,16 @@ impl KubeEnv {
         }
     }
 
+    /// The directory holding the data of the claim `claim` of the test's namespace, which the
+    /// test reads as a pod mounting it would; `None` on a real cluster, whose volumes the test
+    /// cannot reach.
+    pub fn claim_dir(&self, claim: &str) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Hermetic(h) => h.nodes.claim_dir(&self.namespace, claim).ok(),
+            Backend::Real(_) => None,
+        }
+    }
+
     /// Whether this runs against a real cluster.
     pub fn is_real(&self) -> bool {
         matches!(self.backend, Backend::Real(_))
@@ -600,7 +610,19 @@ impl KubeEnv {
         }
     }
 
-    fn start_operator(&self) -> anyhow::Result<()> {
+    /// Stops the operator until [`KubeEnv::start_operator`]; hermetic clusters only (a real
+    /// cluster's Deployment brings it back at once).
+    pub fn stop_operator(&self) -> anyhow::Result<()> {
+        let Backend::Hermetic(h) = &self.backend else {
+            bail!("stopping the operator of a real cluster is not supported");
+        };
+        let old = h.operator.lock().unwrap().take();
+        drop(old);
+        Ok(())
+    }
+
+    /// Starts the operator on the hermetic cluster (a real cluster runs its own).
+    pub fn start_operator(&self) -> anyhow::Result<()> {
         let Backend::Hermetic(h) = &self.backend else {
             return Ok(());
         };

@@ -20,6 +20,7 @@
 //! The `ferrokv-bench` load generator lives in this package too (`src/bin/ferrokv-bench/`); its
 //! latency statistics are in [`latency`].
 
+pub mod backup_fixture;
 pub mod binaries;
 pub mod cluster;
 pub mod etcdctl;

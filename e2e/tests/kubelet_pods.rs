@@ -3,7 +3,8 @@
 //! start and says why; a killed container restarted; and a node that fails — its processes gone
 //! at once, the node marked unreachable after the grace period, and its pod made again on
 //! another node, with its claim, once force-deleted; init containers run in order before the
-//! main container, a failing one retried until it succeeds.
+//! main container, a failing one retried until it succeeds; one-off pods (`restartPolicy:
+//! Never`) end `Succeeded` or `Failed` with their termination message.
 //!
 //! Most containers are `sh` writing to their claim and sleeping; `ferrokv` serves where a pod
 //! must answer on the network.
@@ -737,4 +738,71 @@ async fn a_pod_force_deleted_from_a_failed_node_comes_back_elsewhere_with_its_cl
     .await;
     let log = cluster.pool.container_log("default", "web-1");
     assert_eq!(log.matches("--- start 0 on ").count(), 2, "{log}");
+}
+
+/// Two one-off pods (`restartPolicy: Never`): one ends well, the other fails; each leaves a
+/// termination message.
+const ONE_OFF_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: done
+  namespace: default
+spec:
+  restartPolicy: Never
+  containers:
+  - name: job
+    image: sh
+    command: [sh, -c, 'echo "{\"wrote\": 1}" > "$FERROKV_TERMINATION_LOG"']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: broken
+  namespace: default
+spec:
+  restartPolicy: Never
+  containers:
+  - name: job
+    image: sh
+    command: [sh, -c, 'echo "disk full" > "$FERROKV_TERMINATION_LOG"; exit 3']
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_pod_ends_succeeded_or_failed_with_its_message_and_is_not_restarted() {
+    let cluster = Cluster::start(1, 3).await;
+    cluster.server.create_from_yaml(ONE_OFF_PODS).unwrap();
+    for (name, phase, code, message) in [
+        ("done", "Succeeded", 0, "{\"wrote\": 1}"),
+        ("broken", "Failed", 3, "disk full"),
+    ] {
+        let pod = eventually(&format!("{name} to end"), || {
+            let pod = cluster.pod(name)?;
+            matches!(
+                pod["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            )
+            .then_some(pod)
+        })
+        .await;
+        let container = &pod["status"]["containerStatuses"][0];
+        assert_eq!(pod["status"]["phase"], phase, "{pod}");
+        assert_eq!(
+            container["state"]["terminated"]["exitCode"], code,
+            "{container}"
+        );
+        assert_eq!(
+            container["state"]["terminated"]["message"], message,
+            "{container}"
+        );
+        assert_eq!(container["ready"], false, "{container}");
+    }
+    // Longer than the first restart back-off: neither ran again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for name in ["done", "broken"] {
+        let pod = cluster.pod(name).unwrap();
+        let container = &pod["status"]["containerStatuses"][0];
+        assert_eq!(container["restartCount"], 0, "{container}");
+        assert!(container["state"]["terminated"].is_object(), "{container}");
+    }
 }

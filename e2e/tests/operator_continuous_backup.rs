@@ -14,65 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{conditions_say, EnvOptions, KubeEnv, KVCLUSTERBACKUPS, STATEFUL_SETS};
-use ferrokv_e2e::s3::{credentials_secret, S3Server};
+use ferrokv_e2e::backup_fixture::{
+    etcdctl_json, etcdctl_ok, full_backup, keys_at, put, recovery_point, refused_restore, S3Backups,
+};
+use ferrokv_e2e::kube_env::{KubeEnv, STATEFUL_SETS};
 
 const FORMING: Duration = Duration::from_secs(120);
 const BUCKET: &str = "ferrokv-continuous";
-const SECRET: &str = "s3-credentials";
 /// Seconds between segments, as the spec asks.
 const SEGMENT_SECONDS: u64 = 2;
-
-fn stdout(output: &std::process::Output) -> Value {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
-}
-
-async fn etcdctl_json(env: &KubeEnv, cluster: &str, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["-w", "json"]);
-    stdout(&env.etcdctl_on(cluster, &args).await.unwrap())
-}
-
-/// Every key at `revision`, as `get -w json` shows them.
-async fn keys_at(env: &KubeEnv, cluster: &str, revision: i64) -> Value {
-    let rev = format!("--rev={revision}");
-    etcdctl_json(env, cluster, &["get", "", "--prefix", &rev]).await["kvs"].clone()
-}
-
-async fn put(env: &KubeEnv, key: &str, value: &str) -> i64 {
-    etcdctl_json(env, "example", &["put", key, value]).await["header"]["revision"]
-        .as_i64()
-        .unwrap()
-}
-
-/// Takes a full backup with a `KVClusterBackup`; answers its revision.
-async fn full_backup(env: &KubeEnv, name: &str, destination: &Value) -> i64 {
-    env.apply(&json!({
-        "apiVersion": "ferrokv.io/v1alpha1",
-        "kind": "KVClusterBackup",
-        "metadata": {"name": name, "namespace": env.namespace},
-        "spec": {"clusterName": "example", "destination": destination},
-    }))
-    .await
-    .unwrap();
-    let status = env
-        .eventually("the backup to finish", Duration::from_secs(120), || async {
-            let status = env.get(KVCLUSTERBACKUPS, name).await?["status"].clone();
-            matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(status)
-        })
-        .await;
-    assert_eq!(status["phase"], "Succeeded", "{status}");
-    status["revision"].as_i64().unwrap()
-}
-
-async fn recovery_point(env: &KubeEnv) -> Value {
-    env.kvcluster_named("example").await["status"]["backup"]["recoveryPoint"].clone()
-}
 
 /// A history with every kind of change: overwrites, deletions, a transaction of several
 /// changes, a lease with keys.
@@ -81,13 +31,10 @@ async fn write_history(env: &KubeEnv, round: &str) {
         put(env, &format!("/pitr/{round}/{i}"), &format!("v1-{i}")).await;
     }
     put(env, &format!("/pitr/{round}/0"), "v2").await;
-    stdout(
-        &env.etcdctl_on(
-            "example",
-            &["del", &format!("/pitr/{round}/1"), "-w", "json"],
-        )
-        .await
-        .unwrap(),
+    etcdctl_ok(
+        &env.etcdctl_on("example", &["del", &format!("/pitr/{round}/1")])
+            .await
+            .unwrap(),
     );
     // A transaction of several changes in one revision (sub revisions 0, 1, 2).
     let mut client = etcd_client::Client::connect([env.member_endpoint(0).await.unwrap()], None)
@@ -103,18 +50,10 @@ async fn write_history(env: &KubeEnv, round: &str) {
         .as_i64()
         .unwrap();
     let id = format!("{lease:x}");
-    stdout(
+    etcdctl_ok(
         &env.etcdctl_on(
             "example",
-            &[
-                "put",
-                &format!("/pitr/{round}/leased"),
-                "l",
-                "--lease",
-                &id,
-                "-w",
-                "json",
-            ],
+            &["put", &format!("/pitr/{round}/leased"), "l", "--lease", &id],
         )
         .await
         .unwrap(),
@@ -124,38 +63,15 @@ async fn write_history(env: &KubeEnv, round: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
     let whole = Instant::now();
-    let scratch = tempfile::tempdir().unwrap();
-    let env = KubeEnv::start("continuous", EnvOptions::default())
-        .await
-        .expect("the test's cluster starts");
-    let Some(host) = env.host_address_for_pods() else {
-        println!("skipped: the pods of a real cluster cannot reach the test's S3 server");
+    let Some(backups) = S3Backups::start("continuous", BUCKET).await else {
         return;
     };
-    let s3 = S3Server::start_on(scratch.path(), host.into()).unwrap();
-    s3.create_bucket(BUCKET).await.unwrap();
-    env.apply(&credentials_secret(SECRET, &env.namespace))
-        .await
-        .unwrap();
-    let destination = json!({"s3": {
-        "bucket": BUCKET,
-        "prefix": "e2e",
-        "endpoint": s3.endpoint(),
-        "credentialsSecret": SECRET,
-        "forcePathStyle": true,
-    }});
-
-    env.apply_example(|kvc| {
-        kvc["spec"]["replicas"] = json!(3);
-        kvc["spec"]["backup"] = json!({
-            "destination": destination,
-            "continuous": {"segmentSeconds": SEGMENT_SECONDS},
-        });
-    })
-    .await
-    .unwrap();
-    env.wait_available(3, FORMING).await;
-    write_history(&env, "before").await;
+    let (env, s3) = (&backups.env, &backups.s3);
+    let destination = backups.destination();
+    backups
+        .start_continuous_source(SEGMENT_SECONDS, FORMING)
+        .await;
+    write_history(env, "before").await;
     let waiting = env
         .eventually(
             "continuous backup to wait for a full backup",
@@ -168,24 +84,24 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
         .await;
     println!("before any full backup: {waiting}");
 
-    let first = full_backup(&env, "first", &destination).await;
-    write_history(&env, "between").await;
-    let target = put(&env, "/pitr/target", "here").await;
-    let source_at_target = keys_at(&env, "example", target).await;
-    write_history(&env, "later").await;
-    let second = full_backup(&env, "second", &destination).await;
+    let first = full_backup(env, "first", &destination).await;
+    write_history(env, "between").await;
+    let target = put(env, "/pitr/target", "here").await;
+    let source_at_target = keys_at(env, "example", target).await;
+    write_history(env, "later").await;
+    let second = full_backup(env, "second", &destination).await;
     assert!(
         first < target && target < second,
         "{first} < {target} < {second}"
     );
-    let end = put(&env, "/pitr/end", "x").await;
+    let end = put(env, "/pitr/end", "x").await;
 
     let point = env
         .eventually(
             "the change log to reach the last write",
             Duration::from_secs(60),
             || async {
-                let point = recovery_point(&env).await;
+                let point = recovery_point(env).await;
                 (point["revision"].as_i64()? >= end).then_some(point)
             },
         )
@@ -197,7 +113,7 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
         "segments next to the snapshots: {segments:?}"
     );
     let source_hash = etcdctl_json(
-        &env,
+        env,
         "example",
         &["endpoint", "hashkv", &format!("--rev={target}")],
     )
@@ -231,24 +147,7 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
     }))
     .await
     .unwrap();
-    let refused = env
-        .eventually(
-            "the unreachable point to be refused",
-            Duration::from_secs(60),
-            || async {
-                let status = env.kvcluster_named("too-far").await["status"].clone();
-                conditions_say(&status, "Degraded", "True").then_some(status)
-            },
-        )
-        .await;
-    let degraded = refused["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap()
-        .clone();
-    assert_eq!(degraded["reason"], "RestoreSourceInvalid", "{refused}");
+    let (_, degraded) = refused_restore(env, "too-far").await;
     assert!(
         degraded["message"]
             .as_str()
@@ -270,7 +169,7 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
         "the newest backup before the target: {restore}"
     );
     assert_eq!(restore["toRevision"], target, "{restore}");
-    let now = etcdctl_json(&env, "restored", &["get", "", "--prefix"]).await;
+    let now = etcdctl_json(env, "restored", &["get", "", "--prefix"]).await;
     assert_eq!(
         now["header"]["revision"], target,
         "the restored cluster is at the target"
@@ -281,13 +180,13 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
     );
     for revision in [first, (first + target) / 2, target] {
         assert_eq!(
-            keys_at(&env, "restored", revision).await,
-            keys_at(&env, "example", revision).await,
+            keys_at(env, "restored", revision).await,
+            keys_at(env, "example", revision).await,
             "reads at revision {revision}"
         );
     }
     let restored_hash = etcdctl_json(
-        &env,
+        env,
         "restored",
         &["endpoint", "hashkv", &format!("--rev={target}")],
     )
@@ -324,7 +223,7 @@ async fn continuous_backup_restores_a_revision_between_two_backups_exactly() {
     let mut last_seen = None;
     while load_started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let point = recovery_point(&env).await;
+        let point = recovery_point(env).await;
         if point["segment"] != Value::Null && last_seen.as_ref() != Some(&point["segment"]) {
             last_seen = Some(point["segment"].clone());
             if load_started.elapsed() > Duration::from_secs(5) {

@@ -11,79 +11,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use ferrokv_e2e::kube_env::{
-    conditions_say, EnvOptions, KubeEnv, EVENTS, KVCLUSTERBACKUPS, PODS, STATEFUL_SETS,
+use ferrokv_e2e::backup_fixture::{
+    etcdctl_ok, keyspace, refused_restore, restored_cluster, write_history, S3Backups,
+    CREDENTIALS_SECRET,
 };
-use ferrokv_e2e::s3::{credentials_secret, S3Server};
+use ferrokv_e2e::kube_env::{KubeEnv, EVENTS, KVCLUSTERBACKUPS, PODS, STATEFUL_SETS};
 
 /// From `kubectl apply` to Available, on a loaded 2-core machine.
 const FORMING: Duration = Duration::from_secs(120);
 
 const BUCKET: &str = "ferrokv-restores";
-const SECRET: &str = "s3-credentials";
 const CORRUPT_KEY: &str = "uploaded/corrupt.db";
-
-/// A KVCluster `name` of `replicas` members restored from `source`.
-fn restored_cluster(env: &KubeEnv, name: &str, replicas: u32, source: Value) -> Value {
-    json!({
-        "apiVersion": "ferrokv.io/v1alpha1",
-        "kind": "KVCluster",
-        "metadata": {"name": name, "namespace": env.namespace},
-        "spec": {
-            "replicas": replicas,
-            "bootstrap": {"restore": source},
-        },
-    })
-}
-
-fn etcdctl_ok(output: &std::process::Output) -> &[u8] {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    &output.stdout
-}
-
-/// Every key of `cluster` with its value and revisions (`etcdctl get "" --prefix -w json`),
-/// and the revision of the keyspace.
-async fn keyspace(env: &KubeEnv, cluster: &str) -> (Value, i64) {
-    let get = env
-        .etcdctl_on(cluster, &["get", "", "--prefix", "-w", "json"])
-        .await
-        .unwrap();
-    let answer: Value = serde_json::from_slice(etcdctl_ok(&get)).unwrap();
-    let revision = answer["header"]["revision"].as_i64().unwrap();
-    (answer["kvs"].clone(), revision)
-}
-
-/// Keys with history: puts, overwrites, a delete and a put after it, so that create and mod
-/// revisions and versions differ from key to key.
-async fn write_history(env: &KubeEnv) {
-    let mut steps: Vec<Vec<String>> = Vec::new();
-    for i in 0..12 {
-        steps.push(vec![
-            "put".into(),
-            format!("/restore/key-{i:02}"),
-            format!("v1-{i}"),
-        ]);
-    }
-    for i in (0..12).step_by(3) {
-        steps.push(vec![
-            "put".into(),
-            format!("/restore/key-{i:02}"),
-            format!("v2-{i}"),
-        ]);
-    }
-    steps.push(vec!["put".into(), "/restore/key-00".into(), "v3-0".into()]);
-    steps.push(vec!["del".into(), "/restore/key-05".into()]);
-    steps.push(vec!["put".into(), "/restore/key-05".into(), "again".into()]);
-    steps.push(vec!["put".into(), "/other/outside".into(), "x".into()]);
-    for step in steps {
-        let args: Vec<&str> = step.iter().map(String::as_str).collect();
-        etcdctl_ok(&env.etcdctl(&args).await.unwrap());
-    }
-}
 
 async fn events_of(env: &KubeEnv, cluster: &str) -> Vec<Value> {
     env.list(EVENTS)
@@ -100,34 +38,19 @@ fn has_event(events: &[Value], reason: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_makes_nothing() {
     let whole = Instant::now();
-    let scratch = tempfile::tempdir().unwrap();
-    let env = KubeEnv::start("restore", EnvOptions::default())
-        .await
-        .expect("the test's cluster starts");
-    let Some(host) = env.host_address_for_pods() else {
-        println!("skipped: the pods of a real cluster cannot reach the test's S3 server");
+    let Some(backups) = S3Backups::start("restore", BUCKET).await else {
         return;
     };
-    let s3 = S3Server::start_on(scratch.path(), host.into()).unwrap();
-    s3.create_bucket(BUCKET).await.unwrap();
-    env.apply(&credentials_secret(SECRET, &env.namespace))
-        .await
-        .unwrap();
-    let destination = json!({"s3": {
-        "bucket": BUCKET,
-        "prefix": "e2e",
-        "endpoint": s3.endpoint(),
-        "credentialsSecret": SECRET,
-        "forcePathStyle": true,
-    }});
+    let (env, s3) = (&backups.env, &backups.s3);
+    let destination = backups.destination();
 
     // The source: one member is enough to back up from.
     env.apply_example(|kvc| kvc["spec"]["replicas"] = json!(1))
         .await
         .unwrap();
     env.wait_available(1, FORMING).await;
-    write_history(&env).await;
-    let (source_keys, source_revision) = keyspace(&env, "example").await;
+    write_history(env, "/restore/").await;
+    let (source_keys, source_revision) = keyspace(env, "example").await;
 
     env.apply(&json!({
         "apiVersion": "ferrokv.io/v1alpha1",
@@ -148,7 +71,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     let key = backup["key"].as_str().unwrap().to_string();
 
     // A damaged copy of it, uploaded by hand: refused before anything is made.
-    let file = scratch.path().join("snapshot.db");
+    let file = backups.scratch().join("snapshot.db");
     s3.get_file(BUCKET, &key, &file).await.unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     let middle = bytes.len() / 2;
@@ -159,43 +82,26 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         "bucket": BUCKET,
         "key": CORRUPT_KEY,
         "endpoint": s3.endpoint(),
-        "credentialsSecret": SECRET,
+        "credentialsSecret": CREDENTIALS_SECRET,
         "forcePathStyle": true,
     }});
     let applied_broken = Instant::now();
-    env.apply(&restored_cluster(&env, "broken", 3, corrupt))
+    env.apply(&restored_cluster(env, "broken", 3, corrupt))
         .await
         .unwrap();
 
     // The good one: from the KVClusterBackup, by name.
     let started = Instant::now();
     let from_backup = json!({"backup": {"name": "before-restore"}});
-    env.apply(&restored_cluster(&env, "restored", 3, from_backup))
+    env.apply(&restored_cluster(env, "restored", 3, from_backup))
         .await
         .unwrap();
 
-    let refused = env
-        .eventually(
-            "the corrupt object to be refused",
-            Duration::from_secs(60),
-            || async {
-                let status = env.kvcluster_named("broken").await["status"].clone();
-                conditions_say(&status, "Degraded", "True").then_some(status)
-            },
-        )
-        .await;
-    let degraded = refused["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap()
-        .clone();
+    let (refused, degraded) = refused_restore(env, "broken").await;
     println!(
         "corrupt object refused {:.1}s after kubectl apply",
         applied_broken.elapsed().as_secs_f64()
     );
-    assert_eq!(degraded["reason"], "RestoreSourceInvalid", "{refused}");
     let message = degraded["message"].as_str().unwrap();
     assert!(
         message.contains(CORRUPT_KEY) && message.contains("SHA-256"),
@@ -207,7 +113,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         .eventually(
             "a RestoreSourceInvalid Event",
             Duration::from_secs(30),
-            || async { has_event(&events_of(&env, "broken").await, "RestoreSourceInvalid") },
+            || async { has_event(&events_of(env, "broken").await, "RestoreSourceInvalid") },
         )
         .await;
     assert_eq!(warning["type"], "Warning", "{warning}");
@@ -220,7 +126,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         "restored 3 members from a backup of revision {source_revision}: Available {:.1}s after kubectl apply",
         took.as_secs_f64()
     );
-    let (restored_keys, restored_revision) = keyspace(&env, "restored").await;
+    let (restored_keys, restored_revision) = keyspace(env, "restored").await;
     assert_eq!(restored_revision, source_revision);
     assert_eq!(
         restored_keys, source_keys,
@@ -239,7 +145,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     assert!(restore["restoredTime"].is_string(), "{restore}");
     let events = env
         .eventually("a Restored Event", Duration::from_secs(30), || async {
-            let events = events_of(&env, "restored").await;
+            let events = events_of(env, "restored").await;
             has_event(&events, "Restored").map(|_| events)
         })
         .await;
@@ -284,7 +190,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     );
     let after = env.kvcluster_named("restored").await["status"].clone();
     assert_eq!(ids(&after), before, "every member keeps its ID");
-    let (keys, _) = keyspace(&env, "restored").await;
+    let (keys, _) = keyspace(env, "restored").await;
     assert_eq!(
         keys.as_array().unwrap().len(),
         source_keys.as_array().unwrap().len() + 1

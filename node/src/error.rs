@@ -53,6 +53,10 @@ pub enum Error {
     /// storage refused it, or its SHA-256 is not the one given.
     #[error("snapshot source: {0}")]
     SnapshotSource(String),
+    /// `ferrokv snapshot save` could not take, check or write the snapshot; the message says
+    /// which step failed.
+    #[error("snapshot save: {0}")]
+    SnapshotSave(String),
 }
 
 impl From<StorageError> for Error {

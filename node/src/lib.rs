@@ -7,7 +7,8 @@
 //! stage, peer transport) → `ferrokv-storage` (WAL, MVCC store, member identity).
 //! This package is the `ferrokv` binary around them: `config` parses the flags, `run` wires the
 //! layers together, `restore` builds a data dir from a snapshot file
-//! (`snapshot_source` fetches and checks it), `discovery` bootstraps a
+//! (`snapshot_source` fetches and checks it), `snapshot_save` takes one from a running member
+//! (into a file, or as a backup into a directory), `discovery` bootstraps a
 //! cluster through a discovery service, `tls_setup` builds the member's TLS from its flags;
 //! `failpoints` (failpoint builds only) arms the crash points of the robustness suite.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod failpoints;
 pub mod restore;
 pub mod run;
+pub mod snapshot_save;
 pub mod snapshot_source;
 pub mod tls_setup;
 

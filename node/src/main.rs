@@ -1,11 +1,13 @@
 //! The `ferrokv` binary: parses etcd's flags and runs one member; `ferrokv snapshot restore`
-//! builds a data dir from a snapshot file.
+//! builds a data dir from a snapshot file; `ferrokv snapshot save` takes one from a running
+//! member.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use ferrokv_node::config::{etcd_style_args, token_given, NodeConfig};
 use ferrokv_node::restore::{run_restore, RestoreArgs, Restored};
+use ferrokv_node::snapshot_save::{run_save, SaveArgs, Saved};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,6 +44,32 @@ pub fn main() -> ExitCode {
             Err(e) => fail("ferrokv snapshot restore", &e.to_string()),
         };
     }
+    let is_save =
+        args.get(1).is_some_and(|a| a == "snapshot") && args.get(2).is_some_and(|a| a == "save");
+    if is_save {
+        let rest = std::iter::once(args[0].clone()).chain(args[3..].iter().cloned());
+        init_logging("info");
+        return match run_save(&SaveArgs::parse_from(rest)) {
+            Ok(Saved::File {
+                path,
+                revision,
+                size,
+            }) => {
+                println!(
+                    "Snapshot saved at {} (revision {revision}, {size} bytes)",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(Saved::Backup(saved)) => {
+                let json = serde_json::to_string(&saved).expect("a saved backup serializes");
+                println!("{json}");
+                write_termination_message(&json);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("ferrokv snapshot save", &e.to_string()),
+        };
+    }
     let config = match NodeConfig::from_args() {
         Ok(c) => c,
         Err(message) => return fail("ferrokv", &message),
@@ -76,11 +104,17 @@ const TERMINATION_LOG_ENV: &str = "FERROKV_TERMINATION_LOG";
 /// its first words ("data dir empty but member ...").
 fn fail(program: &str, message: &str) -> ExitCode {
     eprintln!("{program}: {message}");
+    write_termination_message(message);
+    ExitCode::FAILURE
+}
+
+/// Leaves `message` where Kubernetes reads a container's termination message, when there is
+/// such a place.
+fn write_termination_message(message: &str) {
     let termination_log = std::env::var_os(TERMINATION_LOG_ENV)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/dev/termination-log".into());
     if termination_log.exists() {
         let _ = std::fs::write(&termination_log, message);
     }
-    ExitCode::FAILURE
 }

@@ -13,9 +13,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
@@ -32,10 +32,10 @@ use crate::crd::{
     TlsSource, VolumeSpec,
 };
 use crate::names::{
-    ClusterNames, TlsSide, BACKUP_ATTEMPT_ANNOTATION, BACKUP_PURPOSE_LABEL, CLIENT_PORT,
-    CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY, INITIAL_CLUSTER_STATE_KEY,
-    METRICS_PORT, PEER_PORT, PEER_TLS_DIR, PRE_UPGRADE_PURPOSE, ROLL_OUT_IMAGE_ANNOTATION, WAL_DIR,
-    WAL_VOLUME,
+    ClusterNames, TlsSide, BACKUP_ATTEMPT_ANNOTATION, BACKUP_OF_LABEL, BACKUP_PURPOSE_LABEL,
+    CLIENT_PORT, CLIENT_TLS_DIR, DATA_DIR, DATA_VOLUME, INITIAL_CLUSTER_KEY,
+    INITIAL_CLUSTER_STATE_KEY, METRICS_PORT, PEER_PORT, PEER_TLS_DIR, PRE_UPGRADE_PURPOSE,
+    ROLL_OUT_IMAGE_ANNOTATION, WAL_DIR, WAL_VOLUME,
 };
 
 /// Name of the node's container in every member pod.
@@ -842,6 +842,190 @@ pub fn stateful_set(kvc: &KVCluster, replicas: i32, image: &str) -> StatefulSet 
     }
 }
 
+/// The claim of `spec.backup.destination.volume` in a backup pod, and where it is mounted.
+pub const BACKUP_VOLUME: &str = "backup";
+pub const BACKUP_DIR: &str = "/var/lib/ferrokv/backup";
+/// The Secret a backup pod reaches the member with (TLS identity, root password), and where it
+/// is mounted.
+pub const BACKUP_ACCESS_VOLUME: &str = "backup-access";
+pub const BACKUP_ACCESS_DIR: &str = "/etc/ferrokv/backup-access";
+/// Keys of that Secret.
+pub const BACKUP_ACCESS_CA: &str = "ca.crt";
+pub const BACKUP_ACCESS_CERT: &str = "tls.crt";
+pub const BACKUP_ACCESS_KEY: &str = "tls.key";
+pub const BACKUP_ACCESS_PASSWORD: &str = "password";
+/// Name of the container of a backup pod.
+pub const BACKUP_CONTAINER_NAME: &str = "backup";
+
+/// One backup to a volume, as its pod takes it (`ferrokv snapshot save --backup-dir`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeBackupPlan {
+    /// Name of the pod, and of its access Secret when it has one.
+    pub name: String,
+    pub claim_name: String,
+    /// The backups' directory from the claim's root, e.g. `default/example/scheduled`.
+    pub directory: String,
+    /// Time of the backup, UTC to the second: it names the files.
+    pub time: String,
+    /// The member the snapshot is taken from.
+    pub member: String,
+    pub member_url: String,
+    pub cluster_id: String,
+    /// The access Secret holds a TLS identity.
+    pub tls: bool,
+    /// The user the pod authenticates as, with the password of the access Secret.
+    pub user: Option<String>,
+    /// Retention, applied in the directory after the backup.
+    pub keep: Option<u32>,
+    pub delete_before: Option<String>,
+}
+
+impl VolumeBackupPlan {
+    /// Whether the pod needs an access Secret.
+    pub fn needs_access(&self) -> bool {
+        self.tls || self.user.is_some()
+    }
+}
+
+/// The labels of a cluster's backup pods (not its selector labels: they are no members).
+pub fn backup_pod_labels(kvc: &KVCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            crate::names::FIELD_MANAGER.to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "backup".to_string(),
+        ),
+        (BACKUP_OF_LABEL.to_string(), kvc.name_any()),
+    ])
+}
+
+/// The Secret a backup pod reaches its member with: the operator's own TLS identity and the
+/// root password, copied for the one backup and owned by its `pod`, so that it goes with it.
+pub fn volume_backup_secret(
+    kvc: &KVCluster,
+    plan: &VolumeBackupPlan,
+    pod: &Pod,
+    identity: Option<(&str, &str, &str)>,
+    password: Option<&str>,
+) -> Secret {
+    let mut data = BTreeMap::new();
+    if let Some((ca, cert, key)) = identity {
+        data.insert(BACKUP_ACCESS_CA.to_string(), ca.to_string());
+        data.insert(BACKUP_ACCESS_CERT.to_string(), cert.to_string());
+        data.insert(BACKUP_ACCESS_KEY.to_string(), key.to_string());
+    }
+    if let Some(password) = password {
+        data.insert(BACKUP_ACCESS_PASSWORD.to_string(), password.to_string());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            labels: Some(backup_pod_labels(kvc)),
+            owner_references: pod.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..metadata(kvc, plan.name.clone())
+        },
+        string_data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// The pod that takes one backup to a volume: the members' image running `ferrokv snapshot
+/// save --backup-dir` against one member, with the claim mounted, once (`restartPolicy:
+/// Never`). What it wrote is its termination message.
+pub fn volume_backup_pod(kvc: &KVCluster, image: &str, plan: &VolumeBackupPlan) -> Pod {
+    let names = names_of(kvc);
+    let mut args = vec![
+        "snapshot".to_string(),
+        "save".to_string(),
+        format!("--endpoint={}", plan.member_url),
+        format!("--backup-dir={BACKUP_DIR}/{}", plan.directory),
+        format!("--key-prefix={}", plan.directory),
+        format!("--time={}", plan.time),
+        format!("--cluster={}/{}", names.namespace, names.cluster),
+        format!("--cluster-id={}", plan.cluster_id),
+        format!("--member={}", plan.member),
+    ];
+    if plan.tls {
+        args.push(format!("--cacert={BACKUP_ACCESS_DIR}/{BACKUP_ACCESS_CA}"));
+        args.push(format!("--cert={BACKUP_ACCESS_DIR}/{BACKUP_ACCESS_CERT}"));
+        args.push(format!("--key={BACKUP_ACCESS_DIR}/{BACKUP_ACCESS_KEY}"));
+    }
+    let mut env = Vec::new();
+    if let Some(user) = &plan.user {
+        args.push(format!("--user={user}"));
+        env.push(env_from_secret(
+            crate::names::SNAPSHOT_PASSWORD_ENV,
+            &plan.name,
+            BACKUP_ACCESS_PASSWORD,
+            false,
+        ));
+    }
+    if let Some(keep) = plan.keep {
+        args.push(format!("--keep={keep}"));
+    }
+    if let Some(before) = &plan.delete_before {
+        args.push(format!("--delete-before={before}"));
+    }
+    let mut mounts = vec![VolumeMount {
+        name: BACKUP_VOLUME.to_string(),
+        mount_path: BACKUP_DIR.to_string(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: BACKUP_VOLUME.to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: plan.claim_name.clone(),
+            read_only: Some(false),
+        }),
+        ..Volume::default()
+    }];
+    if plan.tls {
+        mounts.push(VolumeMount {
+            name: BACKUP_ACCESS_VOLUME.to_string(),
+            mount_path: BACKUP_ACCESS_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: BACKUP_ACCESS_VOLUME.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(plan.name.clone()),
+                // Group-readable: the files belong to the pod's fsGroup, the member user's group.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    Pod {
+        metadata: ObjectMeta {
+            labels: Some(backup_pod_labels(kvc)),
+            ..metadata(kvc, plan.name.clone())
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_string()),
+            containers: vec![Container {
+                name: BACKUP_CONTAINER_NAME.to_string(),
+                image: Some(image.to_string()),
+                command: Some(vec!["ferrokv".to_string()]),
+                args: Some(args),
+                env: (!env.is_empty()).then_some(env),
+                volume_mounts: Some(mounts),
+                termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
+                termination_message_policy: Some("File".to_string()),
+                security_context: Some(member_container_security()),
+                ..Container::default()
+            }],
+            volumes: Some(volumes),
+            security_context: Some(member_pod_security()),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,6 +1043,117 @@ mod tests {
 
     fn pod_spec(sts: &StatefulSet) -> &PodSpec {
         sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn volume_backup_plan(tls: bool, user: Option<&str>) -> VolumeBackupPlan {
+        VolumeBackupPlan {
+            name: "kv-backup-scheduled-20261206t140000z".to_string(),
+            claim_name: "backups".to_string(),
+            directory: "prod/kv/scheduled".to_string(),
+            time: "2026-12-06T14:00:00Z".to_string(),
+            member: "kv-1".to_string(),
+            member_url: "http://kv-1.kv.prod.svc:2379".to_string(),
+            cluster_id: "c0ffee".to_string(),
+            tls,
+            user: user.map(str::to_string),
+            keep: Some(3),
+            delete_before: Some("2026-11-29T14:00:00Z".to_string()),
+        }
+    }
+
+    #[test]
+    fn volume_backup_pod_saves_once_into_the_mounted_claim_and_is_no_member() {
+        let kvc = cluster(serde_json::json!({"replicas": 3}));
+        let plan = volume_backup_plan(false, None);
+        let pod = volume_backup_pod(&kvc, TEST_IMAGE, &plan);
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        // Not selected by the cluster's Services or budget.
+        for (key, value) in names_of(&kvc).selector_labels() {
+            assert_ne!(labels.get(&key), Some(&value), "{key}");
+        }
+        assert_eq!(labels[BACKUP_OF_LABEL], "kv");
+        assert_eq!(
+            pod.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "KVCluster"
+        );
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let container = &spec.containers[0];
+        assert_eq!(container.image.as_deref(), Some(TEST_IMAGE));
+        let args = container.args.as_ref().unwrap();
+        assert_eq!(args[..2], ["snapshot", "save"]);
+        for expected in [
+            "--endpoint=http://kv-1.kv.prod.svc:2379",
+            "--backup-dir=/var/lib/ferrokv/backup/prod/kv/scheduled",
+            "--key-prefix=prod/kv/scheduled",
+            "--time=2026-12-06T14:00:00Z",
+            "--cluster=prod/kv",
+            "--member=kv-1",
+            "--keep=3",
+            "--delete-before=2026-11-29T14:00:00Z",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        assert!(!args
+            .iter()
+            .any(|a| a.starts_with("--cacert") || a.starts_with("--user")));
+        let volume = &spec.volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            volume.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "backups"
+        );
+        assert_eq!(
+            container.volume_mounts.as_ref().unwrap()[0].mount_path,
+            BACKUP_DIR
+        );
+        assert!(!plan.needs_access());
+    }
+
+    #[test]
+    fn volume_backup_pod_reaches_a_tls_cluster_with_auth_through_its_own_secret() {
+        let kvc = cluster(serde_json::json!({"replicas": 3}));
+        let plan = volume_backup_plan(true, Some("root"));
+        let pod = volume_backup_pod(&kvc, TEST_IMAGE, &plan);
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let args = container.args.as_ref().unwrap();
+        for expected in [
+            "--cacert=/etc/ferrokv/backup-access/ca.crt",
+            "--cert=/etc/ferrokv/backup-access/tls.crt",
+            "--key=/etc/ferrokv/backup-access/tls.key",
+            "--user=root",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        let env = &container.env.as_ref().unwrap()[0];
+        assert_eq!(env.name, crate::names::SNAPSHOT_PASSWORD_ENV);
+        let key_ref = env
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (key_ref.name.as_str(), key_ref.key.as_str()),
+            (plan.name.as_str(), "password")
+        );
+        let mut created = pod.clone();
+        created.metadata.uid = Some("pod-uid".to_string());
+        let secret = volume_backup_secret(
+            &kvc,
+            &plan,
+            &created,
+            Some(("CA", "CERT", "KEY")),
+            Some("pw"),
+        );
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Pod", "pod-uid")
+        );
+        let data = secret.string_data.unwrap();
+        assert_eq!(data["ca.crt"], "CA");
+        assert_eq!(data["password"], "pw");
     }
 
     #[test]

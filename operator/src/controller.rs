@@ -85,6 +85,7 @@ impl Context {
             recorder: recorder.clone(),
             metrics: BackupMetrics::register(&metrics.registry),
             slots: BackupSlots::default(),
+            defaults: defaults.clone(),
         });
         Self {
             recorder,

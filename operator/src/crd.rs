@@ -536,8 +536,9 @@ impl Default for UpgradeSpec {
 }
 
 /// Scheduled backups: a snapshot from a healthy member, checked, uploaded with its manifest.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.continuous) || has(self.destination.s3)").message("continuous backup needs an s3 destination"))]
 pub struct BackupSpec {
     /// A cron schedule of five fields in UTC, e.g. `0 */6 * * *`: a backup is taken at each
     /// time it names. Without it, backups are only taken by `KVClusterBackup` resources.
@@ -586,14 +587,41 @@ pub struct BackupRetention {
     pub max_age: Option<String>,
 }
 
-/// Object storage backups are written to.
+/// Where backups are written: exactly one of an S3-compatible bucket or a PersistentVolumeClaim.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.s3)").message("a backup destination needs s3"))]
+#[x_kube(validation = Rule::new("(has(self.s3) ? 1 : 0) + (has(self.volume) ? 1 : 0) == 1").message("a backup destination names exactly one of s3 or volume"))]
 pub struct BackupDestination {
     /// An S3-compatible bucket (AWS S3, MinIO, Ceph, Garage...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Destination>,
+    /// A PersistentVolumeClaim of the cluster's namespace. Each backup is taken by a pod that
+    /// mounts it (the members' image running `ferrokv snapshot save`), and is laid out as in a
+    /// bucket: `NAMESPACE/CLUSTER/scheduled/TIME-rREVISION.db` and its `.json` manifest from
+    /// the claim's root. Continuous backup needs `s3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeDestination>,
+}
+
+impl BackupDestination {
+    /// Where the backup at `key` is, for a person: `s3://BUCKET/KEY` or `PersistentVolumeClaim
+    /// NAME, file KEY`.
+    pub fn describe(&self, key: &str) -> String {
+        match (&self.s3, &self.volume) {
+            (Some(s3), _) => format!("s3://{}/{key}", s3.bucket),
+            (None, Some(volume)) => {
+                format!("PersistentVolumeClaim {}, file {key}", volume.claim_name)
+            }
+            (None, None) => key.to_string(),
+        }
+    }
+}
+
+/// A PersistentVolumeClaim backups are written to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDestination {
+    pub claim_name: String,
 }
 
 /// An S3-compatible bucket.

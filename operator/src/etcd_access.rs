@@ -47,6 +47,16 @@ impl EtcdAccess {
         self.user.is_some()
     }
 
+    /// The TLS identity presented on the client port, when it has TLS.
+    pub fn identity(&self) -> Option<&ClientIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// The user and password requests authenticate with.
+    pub fn user(&self) -> Option<(&str, &str)> {
+        self.user.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
     /// Connects to `endpoints`, each request limited to `timeout`.
     pub async fn connect(
         &self,

@@ -39,6 +39,11 @@ pub const CLUSTER_LABEL: &str = "ferrokv.io/cluster";
 /// Label of the `KVClusterBackup`s the operator makes before a roll-out, with the value
 /// [`PRE_UPGRADE_PURPOSE`].
 pub const BACKUP_PURPOSE_LABEL: &str = "ferrokv.io/backup-purpose";
+/// Label of the pods that write backups to a volume: the KVCluster they back up. (Not the
+/// cluster's selector labels: a backup pod is no member, for Services and budgets alike.)
+pub const BACKUP_OF_LABEL: &str = "ferrokv.io/backup-of";
+/// The environment variable `ferrokv snapshot save --user` reads the password from.
+pub const SNAPSHOT_PASSWORD_ENV: &str = "FERROKV_SNAPSHOT_PASSWORD";
 pub const PRE_UPGRADE_PURPOSE: &str = "pre-upgrade";
 /// Annotations of such a backup: the image whose roll-out waits for it, and which attempt for
 /// that image it is (1, 2, ...).

@@ -8,7 +8,8 @@
 //! fetch the snapshot themselves, in the init step the pod template gets from
 //! [`crate::children`], and check its SHA-256 again. A file on a claim cannot be read from here:
 //! the claim is checked to exist, and each member's init step checks the file's trailer before
-//! it writes anything.
+//! it writes anything — and, for a `KVClusterBackup` written to a volume, its SHA-256 against
+//! the one the backup recorded.
 //!
 //! A point in time (`pointInTime`) is the newest full backup of the source cluster at or before
 //! the revision (a time is first turned into the last revision the change log saw made by
@@ -34,12 +35,12 @@ use crate::backup::destination::open_bucket;
 use crate::backup::manifest::{
     manifest_key, segment_revisions, BackupLayout, Manifest, MANIFEST_FORMAT,
 };
-use crate::backup::snapshot_file::{SnapshotDigest, SnapshotFileError};
 use crate::backup::BackupError;
 use crate::crd::{
     BackupPhase, KVCluster, KVClusterBackup, PointInTimeSource, RestoreSource, RestoreStatus,
     S3Object, VolumeFile,
 };
+use ferrokv_storage::backup_file::{SnapshotDigest, SnapshotFileError};
 
 /// Why the snapshot to restore cannot be used. Every variant names the source and the problem;
 /// the status carries them under the reason `RestoreSourceInvalid`.
@@ -113,7 +114,26 @@ pub async fn check_source(
 ) -> Result<RestoreStatus, RestoreError> {
     let namespace = kvc.namespace().unwrap_or_default();
     if let Some(reference) = &source.backup {
-        let (object, recorded_sha256) = backup_object(client, &namespace, &reference.name).await?;
+        let (object, recorded_sha256) =
+            match backup_location(client, &namespace, &reference.name).await? {
+                BackupLocation::Bucket { object, sha256 } => (object, sha256),
+                BackupLocation::Volume {
+                    file,
+                    revision,
+                    size,
+                    sha256,
+                } => {
+                    let mut restore = check_claim(client, &namespace, &file).await?;
+                    restore.source = format!(
+                        "KVClusterBackup {namespace}/{} ({})",
+                        reference.name, restore.source
+                    );
+                    restore.revision = revision;
+                    restore.size = size;
+                    restore.sha256 = sha256;
+                    return Ok(restore);
+                }
+            };
         let described = format!(
             "KVClusterBackup {namespace}/{} ({})",
             reference.name,
@@ -299,12 +319,28 @@ fn segment_chain(
     Ok(chain)
 }
 
-/// The object a succeeded `KVClusterBackup` uploaded, and the SHA-256 its status recorded.
-async fn backup_object(
+/// Where a succeeded `KVClusterBackup` put its snapshot.
+enum BackupLocation {
+    /// The object it uploaded, and the SHA-256 its status recorded.
+    Bucket {
+        object: S3Object,
+        sha256: Option<String>,
+    },
+    /// The file it wrote on a claim, and the revision, size and SHA-256 its status recorded.
+    Volume {
+        file: VolumeFile,
+        revision: Option<i64>,
+        size: Option<i64>,
+        sha256: Option<String>,
+    },
+}
+
+/// Where the snapshot of a succeeded `KVClusterBackup` is.
+async fn backup_location(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<(S3Object, Option<String>), RestoreError> {
+) -> Result<BackupLocation, RestoreError> {
     let full_name = format!("{namespace}/{name}");
     let backups: Api<KVClusterBackup> = Api::namespaced(client.clone(), namespace);
     let backup = backups
@@ -327,22 +363,36 @@ async fn backup_object(
         .destination
         .clone()
         .or(backup.spec.destination.clone());
-    let destination = match recorded.and_then(|d| d.s3) {
-        Some(s3) => Some(s3),
+    let destination = match recorded {
+        Some(destination) => Some(destination),
         None => {
             let clusters: Api<KVCluster> = Api::namespaced(client.clone(), namespace);
             clusters
                 .get_opt(&backup.spec.cluster_name)
                 .await?
                 .and_then(|c| c.spec.backup)
-                .and_then(|b| b.destination.s3)
+                .map(|b| b.destination)
         }
     };
-    let destination = destination.ok_or_else(|| RestoreError::BackupWithoutDestination {
-        name: full_name,
-        cluster: backup.spec.cluster_name.clone(),
-    })?;
-    Ok((S3Object::in_destination(&destination, &key), status.sha256))
+    match destination.map(|d| (d.s3, d.volume)) {
+        Some((Some(s3), _)) => Ok(BackupLocation::Bucket {
+            object: S3Object::in_destination(&s3, &key),
+            sha256: status.sha256,
+        }),
+        Some((None, Some(volume))) => Ok(BackupLocation::Volume {
+            file: VolumeFile {
+                claim_name: volume.claim_name,
+                path: key,
+            },
+            revision: status.revision,
+            size: status.size,
+            sha256: status.sha256,
+        }),
+        _ => Err(RestoreError::BackupWithoutDestination {
+            name: full_name,
+            cluster: backup.spec.cluster_name.clone(),
+        }),
+    }
 }
 
 /// Reads the object once through the snapshot checks and compares it with its manifest.

@@ -27,7 +27,9 @@
 //!   `ImagePullBackOff` and is never ready, as with a mistyped tag;
 //! - restarts exited containers after a short back-off (`restartPolicy: Always`), keeping the last
 //!   termination with its exit code and message, read from the file `FERROKV_TERMINATION_LOG`
-//!   names;
+//!   names; under `restartPolicy: Never` (or `OnFailure` once it exits 0) the container stays
+//!   terminated with that message and the pod ends `Succeeded` or `Failed`, as a one-off pod
+//!   of a real cluster does;
 //! - ends a deleted pod's process with SIGTERM, SIGKILL after the grace period, then removes the
 //!   pod.
 //!
@@ -147,6 +149,8 @@ struct PodRuntime {
     /// The status last written, to write only changes.
     written: Option<Value>,
     init: InitProgress,
+    /// `state.terminated` of a container its restart policy does not restart: the pod is done.
+    finished: Option<Value>,
 }
 
 /// Where a pod's init containers are: those before `done` have completed, the next one runs or
@@ -479,6 +483,7 @@ impl NodeLoop {
                     kill_at: None,
                     written: None,
                     init: InitProgress::default(),
+                    finished: None,
                 },
             );
         }
@@ -562,15 +567,26 @@ impl NodeLoop {
             let Some(pod) = ours.get(uid).filter(|p| !meta::is_terminating(p)) else {
                 continue;
             };
-            if !self.run_init_containers(pod, runtime) {
+            if runtime.finished.is_some() || !self.run_init_containers(pod, runtime) {
                 continue;
             }
             if let Some(running) = runtime.container.as_mut() {
                 let Some(terminated) = terminated_state(running) else {
                     continue;
                 };
-                runtime.last_terminated = Some(terminated);
+                let done = match pod["spec"]["restartPolicy"].as_str() {
+                    Some("Never") => true,
+                    Some("OnFailure") => terminated["exitCode"] == 0,
+                    _ => false,
+                };
                 runtime.container = None;
+                runtime.ready = false;
+                runtime.ready_since = meta::now();
+                if done {
+                    runtime.finished = Some(terminated);
+                    continue;
+                }
+                runtime.last_terminated = Some(terminated);
                 runtime.restart_count += 1;
                 let backoff = restart_backoff(runtime.restart_count);
                 runtime.next_start = Instant::now() + backoff;
@@ -581,8 +597,6 @@ impl NodeLoop {
                         backoff.as_secs()
                     ),
                 });
-                runtime.ready = false;
-                runtime.ready_since = meta::now();
             }
             if runtime.container.is_none() && Instant::now() >= runtime.next_start {
                 let image = pod["spec"]["containers"][0]["image"].as_str().unwrap_or("");
@@ -1167,9 +1181,10 @@ impl NodeLoop {
     fn status_of(&self, pod: &Value, runtime: &PodRuntime) -> Value {
         let container = &pod["spec"]["containers"][0];
         let ready = runtime.ready && runtime.container.is_some();
-        let state = match &runtime.container {
-            Some(running) => json!({"running": {"startedAt": running.started_at}}),
-            None => json!({ "waiting": runtime.waiting }),
+        let state = match (&runtime.container, &runtime.finished) {
+            (Some(running), _) => json!({"running": {"startedAt": running.started_at}}),
+            (None, Some(terminated)) => json!({ "terminated": terminated }),
+            (None, None) => json!({ "waiting": runtime.waiting }),
         };
         let mut container_status = json!({
             "name": container["name"],
@@ -1204,7 +1219,12 @@ impl NodeLoop {
         };
         let address = self.config.slots[runtime.slot].address.to_string();
         let started = runtime.container.is_some() || runtime.restart_count > 0;
-        let phase = if started { "Running" } else { "Pending" };
+        let phase = match &runtime.finished {
+            Some(terminated) if terminated["exitCode"] == 0 => "Succeeded",
+            Some(_) => "Failed",
+            None if started => "Running",
+            None => "Pending",
+        };
         let (init_statuses, initialized) = self.init_statuses(pod, runtime);
         let mut status = json!({
             "phase": phase,

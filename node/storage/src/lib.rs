@@ -3,6 +3,7 @@
 //! backup (`change_log`).
 
 pub mod auth;
+pub mod backup_file;
 pub mod change_log;
 pub mod identity;
 pub mod mvcc;

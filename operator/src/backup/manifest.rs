@@ -8,35 +8,6 @@
 //! `FIRST-LAST.seg` after its revisions, zero-padded so that names sort as revisions do.
 
 use k8s_openapi::jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-
-/// The manifest's `format`: a restore refuses manifests of another format.
-pub const MANIFEST_FORMAT: &str = "ferrokv.io/backup-manifest/v1";
-
-/// The JSON object uploaded next to each snapshot.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub format: String,
-    /// `NAMESPACE/NAME` of the KVCluster.
-    pub cluster: String,
-    /// Cluster ID as etcd prints it (hex).
-    pub cluster_id: String,
-    /// Name of the member the snapshot was taken from.
-    pub member: String,
-    /// Revision of the keyspace the snapshot holds.
-    pub revision: i64,
-    /// When the snapshot was taken (RFC 3339).
-    pub time: String,
-    /// Bytes of the snapshot object.
-    pub size: u64,
-    /// SHA-256 of the snapshot object, lower-case hex.
-    pub sha256: String,
-    /// The version the member reported.
-    pub ferrokv_version: String,
-    /// Key of the snapshot object.
-    pub snapshot_key: String,
-}
 
 /// Which backups a key belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,12 +63,7 @@ impl BackupLayout {
     }
 }
 
-/// Key of the manifest of the snapshot at `snapshot_key`.
-pub fn manifest_key(snapshot_key: &str) -> String {
-    let stem = snapshot_key.strip_suffix(".db").unwrap_or(snapshot_key);
-    format!("{stem}.json")
-}
-
+pub use ferrokv_storage::backup_file::{manifest_key, Manifest, MANIFEST_FORMAT};
 pub use ferrokv_storage::change_log::segment_file_revisions as segment_revisions;
 
 /// The revision in the name of the snapshot at `key` (`TIME-rREVISION.db`).
@@ -114,28 +80,6 @@ pub fn snapshot_key_of_manifest(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn manifest_serializes_with_camel_case_fields_and_round_trips() {
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT.to_string(),
-            cluster: "default/example".to_string(),
-            cluster_id: "c0ffee".to_string(),
-            member: "example-1".to_string(),
-            revision: 42,
-            time: "2026-12-05T23:00:00Z".to_string(),
-            size: 20480,
-            sha256: "ab".repeat(32),
-            ferrokv_version: "3.5.0".to_string(),
-            snapshot_key: "p/default/example/scheduled/20261205T230000Z-r42.db".to_string(),
-        };
-        let json = serde_json::to_value(&manifest).unwrap();
-        assert_eq!(json["ferrokvVersion"], "3.5.0");
-        assert_eq!(json["snapshotKey"], manifest.snapshot_key);
-        assert_eq!(json["revision"], 42);
-        let back: Manifest = serde_json::from_value(json).unwrap();
-        assert_eq!(back, manifest);
-    }
 
     #[test]
     fn backup_keys_sort_by_time_under_the_cluster_directory() {

@@ -1,9 +1,10 @@
-//! Backups of a cluster's keyspace to object storage: scheduled ones declared in
+//! Backups of a cluster's keyspace to object storage or a volume: scheduled ones declared in
 //! `spec.backup` ([`scheduled`]) and on-demand ones as `KVClusterBackup` resources
 //! ([`on_demand`]); between them, the change log of continuous backup ([`continuous`]).
 //!
 //! A backup is a snapshot from a healthy member, checked against its SHA-256 trailer, uploaded
-//! with a JSON manifest ([`manifest`]) to an S3-compatible bucket ([`destination`]). It runs in
+//! with a JSON manifest ([`manifest`]) to an S3-compatible bucket ([`destination`], [`take`]),
+//! or written with it to a PersistentVolumeClaim by a pod that mounts it ([`volume`]). It runs in
 //! a task of its own, never inside a reconcile, and at most one runs per cluster
 //! ([`BackupSlots`]). Restoring is not here: see [`crate::restore`].
 
@@ -15,16 +16,16 @@ pub mod on_demand;
 pub mod retention;
 pub mod schedule;
 pub mod scheduled;
-pub mod snapshot_file;
 pub mod take;
 pub mod tasks;
+pub mod volume;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use snapshot_file::SnapshotFileError;
+use ferrokv_storage::backup_file::SnapshotFileError;
 
 /// The field manager of the operator's backup status writes, apart from the reconcile's so
 /// that neither removes the other's fields.
@@ -66,6 +67,8 @@ pub enum BackupError {
     WatchEnded,
     #[error("segment: {0}")]
     Segment(#[from] ferrokv_storage::StorageError),
+    #[error("backup pod {pod} {problem}")]
+    BackupPod { pod: String, problem: String },
 }
 
 impl BackupError {
@@ -89,6 +92,7 @@ impl BackupError {
             Self::ChangeLogGap { .. } => "ChangeLogGap",
             Self::WatchEnded => "WatchEnded",
             Self::Segment(_) => "SegmentInvalid",
+            Self::BackupPod { .. } => "BackupPodFailed",
         }
     }
 }

@@ -18,10 +18,8 @@ use tracing::warn;
 
 use super::manifest::BackupKind;
 use super::scheduled::{publish, BackupDeps};
-use super::take::take_backup;
-use crate::crd::{
-    BackupDestination, BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupStatus, Phase,
-};
+use super::take::take_backup_to;
+use crate::crd::{BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupStatus, Phase};
 use crate::error::Error;
 use crate::names::FIELD_MANAGER;
 
@@ -93,7 +91,7 @@ async fn reconcile(backup: Arc<KVClusterBackup>, ctx: Arc<OnDemand>) -> Result<R
         .destination
         .clone()
         .or_else(|| kvc.spec.backup.as_ref().map(|b| b.destination.clone()));
-    let Some(s3) = destination.and_then(|d| d.s3) else {
+    let Some(destination) = destination.filter(|d| d.s3.is_some() || d.volume.is_some()) else {
         let status = KVClusterBackupStatus {
             phase: Some(BackupPhase::Failed),
             reason: Some("NoDestination".to_string()),
@@ -143,18 +141,18 @@ async fn reconcile(backup: Arc<KVClusterBackup>, ctx: Arc<OnDemand>) -> Result<R
         let deps = &task_ctx.deps;
         let name = kvc.name_any();
         let labels = [ns.as_str(), name.as_str()];
-        let result = take_backup(&deps.client, &kvc, &s3, BackupKind::OnDemand).await;
+        let result = take_backup_to(deps, &kvc, &destination, BackupKind::OnDemand, None).await;
         drop(slot);
         let done = Some(Time(Timestamp::now()));
         let (status, event) = match result {
             Ok(taken) => {
                 deps.metrics.succeeded(labels, &taken);
                 let message = format!(
-                    "backup of revision {} ({} bytes) from {} uploaded to {}",
+                    "backup of revision {} ({} bytes) from {} written to {}",
                     taken.record.revision,
                     taken.record.size,
                     taken.manifest.member,
-                    taken.record.key
+                    destination.describe(&taken.record.key)
                 );
                 let status = KVClusterBackupStatus {
                     phase: Some(BackupPhase::Succeeded),
@@ -165,7 +163,7 @@ async fn reconcile(backup: Arc<KVClusterBackup>, ctx: Arc<OnDemand>) -> Result<R
                     size: Some(taken.record.size),
                     sha256: Some(taken.manifest.sha256),
                     member: Some(taken.manifest.member),
-                    destination: Some(BackupDestination { s3: Some(s3) }),
+                    destination: Some(destination),
                     start_time: Some(started),
                     completion_time: done,
                 };

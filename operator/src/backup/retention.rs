@@ -4,6 +4,13 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+/// Which scheduled backups to keep, as `spec.backup.retention` says once parsed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub count: Option<u32>,
+    pub max_age: Option<Duration>,
+}
+
 /// One backup the bucket holds: its snapshot key and when it was taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredBackup {

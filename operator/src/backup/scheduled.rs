@@ -23,11 +23,12 @@ use super::manifest::{
     manifest_key, segment_revisions, snapshot_revision, BackupKind, BackupLayout,
 };
 use super::metrics::BackupMetrics;
-use super::retention::{expired, parse_max_age, StoredBackup};
+use super::retention::{expired, parse_max_age, Retention, StoredBackup};
 use super::schedule::{next_backup_after, parse_schedule};
-use super::take::take_backup;
+use super::take::take_backup_to;
 use super::tasks::{cluster_key, ClusterTasks};
 use super::{BackupError, BackupSlots, BACKUP_FIELD_MANAGER};
+use crate::children::BuildDefaults;
 use crate::crd::{BackupAttempt, BackupSpec, BackupStatus, KVCluster, Phase, S3Destination};
 
 /// What backup tasks need, cloned into each.
@@ -37,6 +38,8 @@ pub struct BackupDeps {
     pub recorder: Recorder,
     pub metrics: BackupMetrics,
     pub slots: BackupSlots,
+    /// The image of a volume backup's pod: the members'.
+    pub defaults: BuildDefaults,
 }
 
 /// The scheduled-backup task of every KVCluster that has one.
@@ -144,9 +147,6 @@ async fn backup_once(
     let namespace = kvc.namespace().unwrap_or_default();
     let name = kvc.name_any();
     let labels = [namespace.as_str(), name.as_str()];
-    let Some(s3) = &spec.destination.s3 else {
-        return;
-    };
     let phase = kvc.status.as_ref().and_then(|s| s.phase);
     let skip = if phase != Some(Phase::Running) {
         Some((
@@ -191,7 +191,19 @@ async fn backup_once(
         return;
     }
 
-    match take_backup(&deps.client, kvc, s3, BackupKind::Scheduled).await {
+    let retention = Retention {
+        count: spec.retention.count,
+        max_age,
+    };
+    let taken = take_backup_to(
+        deps,
+        kvc,
+        &spec.destination,
+        BackupKind::Scheduled,
+        Some(&retention),
+    )
+    .await;
+    match taken {
         Ok(taken) => {
             deps.metrics.succeeded(labels, &taken);
             let record = taken.record.clone();
@@ -200,14 +212,19 @@ async fn backup_once(
             })
             .await;
             let mut note = format!(
-                "backup of revision {} ({} bytes) from {} uploaded to {} in {:.1}s",
+                "backup of revision {} ({} bytes) from {} written to {} in {:.1}s",
                 taken.record.revision,
                 taken.record.size,
                 taken.manifest.member,
-                taken.record.key,
+                spec.destination.describe(&taken.record.key),
                 taken.took.as_secs_f64()
             );
-            match prune(&deps.client, kvc, s3, spec, max_age).await {
+            let pruned = match (taken.retention_deleted, &spec.destination.s3) {
+                (Some(deleted), _) => Ok(deleted),
+                (None, Some(s3)) => prune(&deps.client, kvc, s3, spec, max_age).await,
+                (None, None) => Ok(0),
+            };
+            match pruned {
                 Ok(0) => {}
                 Ok(deleted) => note.push_str(&format!("; retention deleted {deleted}")),
                 Err(error) => {

@@ -15,10 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::destination::open_bucket;
 use super::manifest::{manifest_key, BackupKind, BackupLayout, Manifest, MANIFEST_FORMAT};
-use super::snapshot_file::SnapshotDigest;
+use super::retention::Retention;
+use super::scheduled::BackupDeps;
+use super::volume::take_volume_backup;
 use super::BackupError;
-use crate::crd::{BackupRecord, KVCluster, MemberStatus, S3Destination};
+use crate::crd::{BackupDestination, BackupRecord, KVCluster, MemberStatus, S3Destination};
 use crate::etcd_access::{self, EtcdAccess};
+use ferrokv_storage::backup_file::SnapshotDigest;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A snapshot of a large database streams for minutes.
@@ -27,12 +30,33 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const UPLOAD_CHUNK: usize = 8 << 20;
 const UPLOAD_CONCURRENCY: usize = 2;
 
-/// A backup that is in the bucket.
+/// A backup that is in its destination.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TakenBackup {
     pub record: BackupRecord,
     pub manifest: Manifest,
     pub took: Duration,
+    /// How many older backups retention deleted with it, when it was applied there (on a
+    /// volume); a bucket's retention is applied after.
+    pub retention_deleted: Option<usize>,
+}
+
+/// Takes a backup of `kvc` to `destination`, a bucket or a volume; `retention` is applied with
+/// it on a volume.
+pub async fn take_backup_to(
+    deps: &BackupDeps,
+    kvc: &KVCluster,
+    destination: &BackupDestination,
+    kind: BackupKind,
+    retention: Option<&Retention>,
+) -> Result<TakenBackup, BackupError> {
+    match (&destination.s3, &destination.volume) {
+        (Some(s3), _) => take_backup(&deps.client, kvc, s3, kind).await,
+        (None, Some(volume)) => take_volume_backup(deps, kvc, volume, kind, retention).await,
+        (None, None) => Err(BackupError::Destination(
+            "the destination names neither s3 nor volume".to_string(),
+        )),
+    }
 }
 
 /// The member to take a snapshot from: a healthy follower when there is one (a snapshot
@@ -114,6 +138,7 @@ pub async fn take_backup(
         },
         manifest,
         took: started.elapsed(),
+        retention_deleted: None,
     })
 }
 

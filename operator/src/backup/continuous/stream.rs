@@ -189,7 +189,9 @@ async fn stream(
         return Ok(Ended::ClusterGone);
     };
     let Some(s3) = spec.destination.s3.clone() else {
-        return Err(BackupError::Destination("no s3 destination".to_string()));
+        return Err(BackupError::Destination(
+            "continuous backup needs an s3 destination".to_string(),
+        ));
     };
     let period = Duration::from_secs(
         spec.continuous

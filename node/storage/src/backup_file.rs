@@ -1,10 +1,13 @@
-//! The checks a snapshot file must pass before it is uploaded or restored: etcd's format is a
-//! bbolt database followed by a 32-byte trailer, the SHA-256 of everything before it.
+//! What a backup is on disk and in object storage, for the operator that takes and restores
+//! backups and for `ferrokv snapshot save`, which writes them to a volume: the checks a snapshot
+//! file passes ([`SnapshotDigest`]) and the JSON manifest beside it ([`Manifest`]).
 //!
-//! [`SnapshotDigest`] is fed the file in pieces as they arrive, so that a snapshot of any size
-//! is checked without being held in memory. It also hashes the whole file, trailer included:
-//! that is the `sha256` the manifest records and a restore compares.
+//! etcd's snapshot format is a bbolt database followed by a 32-byte trailer, the SHA-256 of
+//! everything before it. [`SnapshotDigest`] is fed the file in pieces as they arrive, so that a
+//! snapshot of any size is checked without being held in memory. It also hashes the whole file,
+//! trailer included: that is the `sha256` the manifest records and a restore compares.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bytes of the trailer.
@@ -99,6 +102,50 @@ impl SnapshotDigest {
     }
 }
 
+/// The manifest's `format`: a restore refuses manifests of another format.
+pub const MANIFEST_FORMAT: &str = "ferrokv.io/backup-manifest/v1";
+
+/// The JSON object uploaded next to each snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub format: String,
+    /// `NAMESPACE/NAME` of the KVCluster.
+    pub cluster: String,
+    /// Cluster ID as etcd prints it (hex).
+    pub cluster_id: String,
+    /// Name of the member the snapshot was taken from.
+    pub member: String,
+    /// Revision of the keyspace the snapshot holds.
+    pub revision: i64,
+    /// When the snapshot was taken (RFC 3339).
+    pub time: String,
+    /// Bytes of the snapshot object.
+    pub size: u64,
+    /// SHA-256 of the snapshot object, lower-case hex.
+    pub sha256: String,
+    /// The version the member reported.
+    pub ferrokv_version: String,
+    /// Key of the snapshot object.
+    pub snapshot_key: String,
+}
+
+/// What `ferrokv snapshot save --backup-dir` wrote, as it prints it and leaves it in its
+/// container's termination message for the operator: the manifest of the new backup, and how
+/// many older backups retention deleted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedBackup {
+    pub manifest: Manifest,
+    pub deleted: usize,
+}
+
+/// Key of the manifest of the snapshot at `snapshot_key`.
+pub fn manifest_key(snapshot_key: &str) -> String {
+    let stem = snapshot_key.strip_suffix(".db").unwrap_or(snapshot_key);
+    format!("{stem}.json")
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -106,6 +153,28 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_serializes_with_camel_case_fields_and_round_trips() {
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            cluster: "default/example".to_string(),
+            cluster_id: "c0ffee".to_string(),
+            member: "example-1".to_string(),
+            revision: 42,
+            time: "2026-12-05T23:00:00Z".to_string(),
+            size: 20480,
+            sha256: "ab".repeat(32),
+            ferrokv_version: "3.5.0".to_string(),
+            snapshot_key: "p/default/example/scheduled/20261205T230000Z-r42.db".to_string(),
+        };
+        let json = serde_json::to_value(&manifest).unwrap();
+        assert_eq!(json["ferrokvVersion"], "3.5.0");
+        assert_eq!(json["snapshotKey"], manifest.snapshot_key);
+        assert_eq!(json["revision"], 42);
+        let back: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(back, manifest);
+    }
 
     /// A file that passes: a page with bbolt's magic, some body, the body's SHA-256.
     fn snapshot(body_len: usize) -> Vec<u8> {
