@@ -166,11 +166,6 @@ impl MvccWrite {
         self.requests()?.lease_revoke(id)
     }
 
-    /// The keys attached to lease `id`, as this transaction sees them.
-    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
-        keys_of_lease(&self.txn.open_table(LEASE_KEYS)?, id)
-    }
-
     /// Stores a value of the Raft state machine's own (applied log ID, membership) in the same
     /// transaction as the data it describes.
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
