@@ -765,10 +765,14 @@ async fn ca_rotation_under_a_running_writer_loses_no_acknowledged_write() {
     }
     cluster.set_client_credentials(new_only.clone());
 
-    // Peers: member 2 restarted now must be let in by the others, which dial it and verify it
-    // with their reloaded material alone.
-    cluster.stop(2).await.unwrap();
-    cluster.restart(2).unwrap();
+    // Peers: a member restarted now must be let in by the others, which dial it and verify it
+    // with their reloaded material alone. It is a follower the writer does not use: a put in
+    // flight when the leader stops has an unknown outcome and rightly times out, as in etcd,
+    // which is not what this test is about.
+    let leader = cluster.leader().await.unwrap();
+    let restarted = if leader == 2 { 1 } else { 2 };
+    cluster.stop(restarted).await.unwrap();
+    cluster.restart(restarted).unwrap();
     cluster.wait_healthy().await.unwrap();
 
     let _ = stop_tx.send(true);
@@ -782,7 +786,7 @@ async fn ca_rotation_under_a_running_writer_loses_no_acknowledged_write() {
         errors.is_empty(),
         "the established connection saw errors: {errors:?}"
     );
-    let mut reader = cluster.member_client(2).await.unwrap();
+    let mut reader = cluster.member_client(restarted).await.unwrap();
     let all = reader
         .get(
             "rotation/",
