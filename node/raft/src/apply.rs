@@ -123,11 +123,16 @@ pub struct StateMachine {
     /// Set when applying failed: the member cannot go on.
     failed: watch::Receiver<Option<String>>,
     auth: AuthView,
+    alarms: AlarmView,
     tokens: SimpleTokens,
 }
 
 /// The auth store as of the last applied batch, for the checks made outside the apply stage.
 type AuthView = Arc<RwLock<Arc<AuthState>>>;
+
+/// The active alarms as of the last applied batch, as (member ID, alarm type) pairs: every
+/// write checks the NOSPACE alarm, which must not cost it a read transaction.
+type AlarmView = Arc<RwLock<Arc<Vec<(u64, i32)>>>>;
 
 /// Everything the apply thread owns.
 struct Applier {
@@ -161,6 +166,8 @@ struct Applier {
     /// The auth store as applying changes it; published to `auth_view` after each commit.
     auth: AuthState,
     auth_view: AuthView,
+    /// The alarms the store holds; refreshed after a batch that raised or cleared one.
+    alarm_view: AlarmView,
     tokens: SimpleTokens,
 }
 
@@ -212,6 +219,22 @@ fn read_members(store: &MvccStore) -> Result<(BTreeMap<u64, MemberNode>, BTreeSe
     Ok((nodes, removed))
 }
 
+/// The alarms the store records, as (member ID, alarm type) pairs.
+fn read_alarms(store: &MvccStore) -> Result<Vec<(u64, i32)>> {
+    let mut out = Vec::new();
+    for (key, _) in store.meta_with_prefix(ALARM_PREFIX)? {
+        let rest = &key[ALARM_PREFIX.len()..];
+        let parsed = rest.split_once('/').and_then(|(member, alarm)| {
+            Some((u64::from_str_radix(member, 16).ok()?, alarm.parse().ok()?))
+        });
+        match parsed {
+            Some(pair) => out.push(pair),
+            None => return Err(Store::Backend(format!("bad alarm key {key}")).into()),
+        }
+    }
+    Ok(out)
+}
+
 fn parse_id(text: &str, key: &str) -> Result<u64> {
     u64::from_str_radix(text, 16)
         .map_err(|e| Store::MvccCorrupt(format!("bad key {key}: {e}")).into())
@@ -250,6 +273,7 @@ impl StateMachine {
         } = parts;
         let auth = AuthState::load(&store)?;
         let auth_view: AuthView = Arc::new(RwLock::new(Arc::new(auth.clone())));
+        let alarm_view: AlarmView = Arc::new(RwLock::new(Arc::new(read_alarms(&store)?)));
         let tokens = SimpleTokens::new(token_ttl);
         let applied_now = applied_state(&store)?;
         let (nodes, removed_ids) = read_members(&store)?;
@@ -268,6 +292,7 @@ impl StateMachine {
             size_in_use: size_in_use.clone(),
             failed,
             auth: auth_view.clone(),
+            alarms: alarm_view.clone(),
             tokens: tokens.clone(),
         };
         machine.measure_size_in_use()?;
@@ -294,6 +319,7 @@ impl StateMachine {
             removed,
             auth,
             auth_view,
+            alarm_view,
             tokens,
         };
         std::thread::Builder::new()
@@ -368,20 +394,12 @@ impl StateMachine {
         &self.tokens
     }
 
-    /// The active alarms, as (member ID, alarm type) pairs.
-    pub fn alarms(&self) -> Result<Vec<(u64, i32)>> {
-        let mut out = Vec::new();
-        for (key, _) in self.store.meta_with_prefix(ALARM_PREFIX)? {
-            let rest = &key[ALARM_PREFIX.len()..];
-            let parsed = rest.split_once('/').and_then(|(member, alarm)| {
-                Some((u64::from_str_radix(member, 16).ok()?, alarm.parse().ok()?))
-            });
-            match parsed {
-                Some(pair) => out.push(pair),
-                None => return Err(Store::Backend(format!("bad alarm key {key}")).into()),
-            }
-        }
-        Ok(out)
+    /// The active alarms as of the last applied batch, as (member ID, alarm type) pairs.
+    pub fn alarms(&self) -> Arc<Vec<(u64, i32)>> {
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The bytes the store's data occupies, as of the last durable commit (at most about a
@@ -549,6 +567,7 @@ impl Applier {
         let compacted_before = write.compact_revision();
         let mut answers: Vec<(u64, Result<Response>)> = Vec::new();
         let mut members_changed = false;
+        let mut alarms_changed = false;
         let mut removed_self = false;
         let mut auth = AuthApply {
             state: &mut self.auth,
@@ -567,8 +586,10 @@ impl Applier {
                     }
                     let proposal: Proposal =
                         codec::decode(&entry.data).map_err(Store::MvccCorrupt)?;
-                    if matches!(proposal.request, Request::UpdateMember { .. }) {
-                        members_changed = true;
+                    match proposal.request {
+                        Request::UpdateMember { .. } => members_changed = true,
+                        Request::Alarm { .. } => alarms_changed = true,
+                        _ => {}
                     }
                     let response = apply_request(&mut requests, &mut auth, &proposal.request)?;
                     if proposal.proposer == self.member_id {
@@ -655,6 +676,9 @@ impl Applier {
         if auth_changed {
             self.publish_auth();
         }
+        if alarms_changed {
+            self.publish_alarms()?;
+        }
         if !events.is_empty() {
             // No receiver is fine: nobody is watching.
             let _ = self.events.send(Arc::new(events));
@@ -709,12 +733,19 @@ impl Applier {
         // members that did apply that history, so none survives.
         self.tokens.clear();
         self.publish_auth();
+        self.publish_alarms()?;
         self.applied.send_replace(meta.index);
         Ok(())
     }
 
     fn publish_auth(&self) {
         *self.auth_view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(self.auth.clone());
+    }
+
+    fn publish_alarms(&self) -> Result<()> {
+        let alarms = Arc::new(read_alarms(&self.store)?);
+        *self.alarm_view.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+        Ok(())
     }
 
     /// Dumps the store on a thread of its own (a read transaction is a consistent cut, and

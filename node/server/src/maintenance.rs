@@ -19,10 +19,10 @@ impl Server {
     pub fn alarms(&self, only: i32) -> Result<Vec<PbAlarmMember>> {
         Ok(self
             .state_machine()
-            .alarms()?
-            .into_iter()
+            .alarms()
+            .iter()
             .filter(|(_, alarm)| only == ALARM_NONE || *alarm == only)
-            .map(|(member_id, alarm)| PbAlarmMember { member_id, alarm })
+            .map(|&(member_id, alarm)| PbAlarmMember { member_id, alarm })
             .collect())
     }
 
