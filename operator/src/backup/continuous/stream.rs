@@ -37,6 +37,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SEGMENT_BYTES: usize = 16 << 20;
 /// How long a task waits after a failure, or for a first full backup, before it tries again.
 const RETRY: Duration = Duration::from_secs(5);
+/// How often a failure that persists is told again as an Event: the task retries every
+/// [`RETRY`], and an Event each time would bury every other Event of the cluster.
+const REPEAT_EVENT_AFTER: Duration = Duration::from_secs(300);
 
 /// Why one run of the stream ended without an error.
 enum Ended {
@@ -47,6 +50,7 @@ enum Ended {
 /// The task: streams until the KVCluster is gone, starting over after each failure.
 pub async fn run(deps: BackupDeps, namespace: String, name: String, spec: BackupSpec) {
     let api: Api<KVCluster> = Api::namespaced(deps.client.clone(), &namespace);
+    let mut told = FailureEvents::default();
     loop {
         let error = match stream(&deps, &api, &name, &spec).await {
             Ok(Ended::ClusterGone) => return,
@@ -70,7 +74,8 @@ pub async fn run(deps: BackupDeps, namespace: String, name: String, spec: Backup
                 continue;
             }
         };
-        if !matches!(error, BackupError::NoFullBackup) {
+        if !matches!(error, BackupError::NoFullBackup) && told.due(&attempt.reason, Instant::now())
+        {
             publish(
                 &deps.recorder,
                 &kvc,
@@ -84,6 +89,28 @@ pub async fn run(deps: BackupDeps, namespace: String, name: String, spec: Backup
             full_backup_after_gap(&deps, &api, &kvc, &spec).await;
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// The failures told as Events: one that persists is told once per [`REPEAT_EVENT_AFTER`],
+/// not at every retry. The status and the log record every attempt.
+#[derive(Debug, Default)]
+struct FailureEvents {
+    /// The reason last told, and when.
+    last: Option<(String, Instant)>,
+}
+
+impl FailureEvents {
+    /// Whether a failure for `reason` at `now` is to be told; if so, it counts as told.
+    fn due(&mut self, reason: &str, now: Instant) -> bool {
+        let due = match &self.last {
+            Some((last, at)) => last != reason || now.duration_since(*at) >= REPEAT_EVENT_AFTER,
+            None => true,
+        };
+        if due {
+            self.last = Some((reason.to_string(), now));
+        }
+        due
     }
 }
 
@@ -380,6 +407,21 @@ async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_that_persists_is_told_once_per_period_and_a_new_one_at_once() {
+        let mut told = FailureEvents::default();
+        let start = Instant::now();
+        assert!(told.due("Upload", start));
+        // Retries of the same failure stay quiet until the period has passed.
+        assert!(!told.due("Upload", start + RETRY));
+        assert!(!told.due("Upload", start + REPEAT_EVENT_AFTER - RETRY));
+        assert!(told.due("Upload", start + REPEAT_EVENT_AFTER));
+        // Another reason is told at once, and so is the first one when it comes back.
+        let later = start + REPEAT_EVENT_AFTER + RETRY;
+        assert!(told.due("ChangeLogGap", later));
+        assert!(told.due("Upload", later + RETRY));
+    }
 
     #[test]
     fn change_log_goes_on_after_its_last_segment_or_the_oldest_backup_in_history() {
