@@ -159,6 +159,12 @@ async fn plugin_status_matches_the_cluster_and_defrag_move_leader_and_backup_act
             [role, "healthy", &revision.to_string()],
             "{screen}"
         );
+        // The ferrokv release the member's pod runs, not the etcd API version of Status.
+        assert_eq!(
+            cells.last().copied(),
+            status["version"].as_str(),
+            "{screen}"
+        );
     }
     let available = row(&screen, "Available");
     assert_eq!(available[1..3], ["True", "QuorumHealthy"], "{screen}");

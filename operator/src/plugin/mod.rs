@@ -21,13 +21,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::children::names_of;
+use crate::children::{names_of, CONTAINER_NAME};
 use crate::crd::{BackupPhase, KVCluster, KVClusterBackup, KVClusterBackupSpec};
 use crate::error::Error;
 use crate::etcd_access::{self, EtcdAccess};
 use crate::membership;
 use crate::names::{ClusterNames, CLIENT_PORT, CLUSTER_LABEL};
-use crate::status::describe_defragmented;
+use crate::status::{describe_defragmented, version_of};
 use report::{LastBackup, MemberAnswer, MemberReport, StatusReport};
 use tunnel::Tunnel;
 
@@ -38,6 +38,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 struct MemberPod {
     name: String,
     ordinal: u32,
+    /// The ferrokv release the pod runs, from its container's image.
+    version: String,
     /// The client URL through the tunnel, or why there is none.
     url: Result<String, String>,
     _tunnel: Option<Tunnel>,
@@ -47,6 +49,7 @@ struct MemberPod {
 struct Probe {
     pod: String,
     ordinal: u32,
+    version: String,
     url: Option<String>,
     status: Result<StatusResponse, String>,
 }
@@ -91,6 +94,14 @@ impl Session {
             let Some(ordinal) = names.ordinal_of_member(&pod_name) else {
                 continue;
             };
+            // Status answers with the etcd API version; the release is the image's.
+            let version = pod
+                .spec
+                .iter()
+                .flat_map(|spec| &spec.containers)
+                .find(|c| c.name == CONTAINER_NAME)
+                .and_then(|c| c.image.as_deref())
+                .map_or_else(|| "unknown".to_string(), version_of);
             let phase = pod
                 .status
                 .as_ref()
@@ -107,6 +118,7 @@ impl Session {
             pods.push(MemberPod {
                 name: pod_name,
                 ordinal,
+                version,
                 url,
                 _tunnel: tunnel,
             });
@@ -142,6 +154,7 @@ impl Session {
             probes.push(Probe {
                 pod: pod.name.clone(),
                 ordinal: pod.ordinal,
+                version: pod.version.clone(),
                 url: pod.url.clone().ok(),
                 status,
             });
@@ -198,7 +211,7 @@ impl Session {
                 return Err("no leader".to_string());
             }
             Ok(MemberAnswer {
-                version: status.version().to_string(),
+                version: probe.version.clone(),
                 revision: status.header().map_or(0, |h| h.revision()),
                 raft_term: status.raft_term(),
                 raft_index: status.raft_index(),

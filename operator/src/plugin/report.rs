@@ -21,6 +21,8 @@ pub struct MemberReport {
 /// What a member said about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemberAnswer {
+    /// The ferrokv release of the member's pod (its image), not the etcd API version Status
+    /// reports.
     pub version: String,
     pub revision: i64,
     pub raft_term: u64,
