@@ -2,7 +2,8 @@
 //! S3-compatible server the test starts (moto, see `ferrokv_e2e::s3`), then new KVClusters are
 //! declared with `spec.bootstrap.restore`: one from a damaged object, which the operator refuses
 //! before making anything, and one from the backup, whose members each restore it in their init
-//! step and serve the same keys with the same revisions.
+//! step and serve the same keys with the same revisions; and one from a snapshot Debian's etcd
+//! saved, the way an etcd cluster moves into a KVCluster.
 //!
 //! The S3 server listens on the pod network's host address, which the operator and every pod
 //! reach. Every name here contains `restore`, so `cargo test -p ferrokv-e2e restore` runs them.
@@ -206,4 +207,104 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
         "no pod of the refused cluster"
     );
     println!("whole restore test: {:.1}s", whole.elapsed().as_secs_f64());
+}
+
+/// Debian's etcd 3.4, for a snapshot of its own to restore from.
+const ETCD: &str = "/usr/bin/etcd";
+const ETCD_SNAPSHOT_KEY: &str = "from-etcd/snapshot.db";
+
+/// `etcdctl get "" --prefix -w json` on `cluster`: its keys as a client sees them, and the
+/// revision.
+async fn etcd_keyspace(cluster: &ferrokv_e2e::TestCluster) -> (Value, i64) {
+    let get = cluster
+        .etcdctl(&["get", "", "--prefix", "-w", "json"])
+        .await;
+    let answer: Value = serde_json::from_str(get.expect_stdout()).unwrap();
+    (
+        answer["kvs"].clone(),
+        answer["header"]["revision"].as_i64().unwrap(),
+    )
+}
+
+/// How a team moves an etcd cluster into a KVCluster: `etcdctl snapshot save` on etcd, the file
+/// uploaded to the bucket, a KVCluster restored from the object. Its members serve etcd's keys
+/// with etcd's revisions and versions, and writes go on from etcd's revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_from_a_snapshot_etcd_saved_keeps_its_keys_and_revisions() {
+    if ferrokv_e2e::binaries::server_is_etcd() {
+        eprintln!("skipped against etcd: the KVCluster's members are ferrokv's");
+        return;
+    }
+    let Some(backups) = S3Backups::start("restore-etcd", BUCKET).await else {
+        return;
+    };
+    let (env, s3) = (&backups.env, &backups.s3);
+
+    let etcd = ferrokv_e2e::TestCluster::builder(1)
+        .server(ETCD)
+        .start()
+        .await
+        .expect("start etcd");
+    let history: &[&[&str]] = &[
+        &["put", "/etcd/a", "a1"],
+        &["put", "/etcd/b", "b1"],
+        &["put", "/etcd/a", "a2"],
+        &["del", "/etcd/b"],
+        &["put", "/etcd/b", "b2"],
+        &["put", "/etcd/c", "c1"],
+        &["put", "/etcd/a", "a3"],
+    ];
+    for args in history {
+        etcd.etcdctl(args).await.expect_stdout();
+    }
+    let (etcd_keys, etcd_revision) = etcd_keyspace(&etcd).await;
+    let file = backups.scratch().join("etcd.db");
+    let path = file.to_str().unwrap();
+    let saved = etcd.etcdctl(&["snapshot", "save", path]).await;
+    assert_eq!(saved.expect_stdout(), format!("Snapshot saved at {path}\n"));
+    s3.put_file(BUCKET, ETCD_SNAPSHOT_KEY, &file).await.unwrap();
+
+    let started = Instant::now();
+    let source = json!({"s3": {
+        "bucket": BUCKET,
+        "key": ETCD_SNAPSHOT_KEY,
+        "endpoint": s3.endpoint(),
+        "credentialsSecret": CREDENTIALS_SECRET,
+        "forcePathStyle": true,
+    }});
+    env.apply(&restored_cluster(env, "from-etcd", 3, source))
+        .await
+        .unwrap();
+    let took = env
+        .wait_cluster_available("from-etcd", 3, FORMING)
+        .await
+        .max(started.elapsed());
+    println!(
+        "3 members restored from etcd's snapshot of revision {etcd_revision}: Available {:.1}s after kubectl apply",
+        took.as_secs_f64()
+    );
+    let status = env.kvcluster_named("from-etcd").await["status"].clone();
+    // Checked like any object: etcd's SHA-256 trailer; no manifest, so no revision recorded.
+    assert_eq!(
+        status["restore"]["source"],
+        format!("s3://{BUCKET}/{ETCD_SNAPSHOT_KEY}"),
+        "{status}"
+    );
+    assert!(status["restore"]["sha256"].is_string(), "{status}");
+    let (keys, revision) = keyspace(env, "from-etcd").await;
+    assert_eq!(revision, etcd_revision);
+    assert_eq!(
+        keys, etcd_keys,
+        "etcd's keys, values, create and mod revisions and versions"
+    );
+    let put = env
+        .etcdctl_on("from-etcd", &["put", "/etcd/after", "z", "-w", "json"])
+        .await
+        .unwrap();
+    let put: Value = serde_json::from_slice(etcdctl_ok(&put)).unwrap();
+    assert_eq!(
+        put["header"]["revision"],
+        etcd_revision + 1,
+        "writes go on from etcd's revision"
+    );
 }
