@@ -586,11 +586,9 @@ impl Applier {
                     }
                     let proposal: Proposal =
                         codec::decode(&entry.data).map_err(Store::MvccCorrupt)?;
-                    match proposal.request {
-                        Request::UpdateMember { .. } => members_changed = true,
-                        Request::Alarm { .. } => alarms_changed = true,
-                        _ => {}
-                    }
+                    let request = &proposal.request;
+                    members_changed |= request.any(&|r| matches!(r, Request::UpdateMember { .. }));
+                    alarms_changed |= request.any(&|r| matches!(r, Request::Alarm { .. }));
                     let response = apply_request(&mut requests, &mut auth, &proposal.request)?;
                     if proposal.proposer == self.member_id {
                         answers.push((proposal.id, Ok(response)));
@@ -1203,6 +1201,50 @@ mod tests {
             "batch 1 alone, then 2 and 3 together"
         );
         assert_eq!(applied_state(&store).unwrap().index, 3);
+    }
+
+    #[test]
+    fn an_alarm_raised_inside_a_batch_of_writes_is_seen_by_the_quota_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (machine, _store, _stages) = start_machine(dir.path());
+        assert!(machine.alarms().is_empty());
+        // The proposer batches an alarm with whatever writes were queued beside it.
+        let put = PbPutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let request = Request::Batch(vec![
+            Request::Put(put),
+            Request::Alarm {
+                activate: true,
+                member_id: 7,
+                alarm: 1,
+            },
+        ]);
+        let entry = Entry {
+            index: 1,
+            term: 1,
+            data: codec::encode(&Proposal {
+                proposer: 2,
+                id: 1,
+                request,
+            }),
+            ..Default::default()
+        };
+        machine.submit(ApplyTask::Entries {
+            batch: vec![Committed {
+                entry,
+                conf_state: None,
+            }],
+            committed_at: Instant::now(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while machine.applied_index() < 1 {
+            assert!(Instant::now() < deadline, "entry 1 was never applied");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*machine.alarms(), [(7, 1)]);
     }
 
     #[test]

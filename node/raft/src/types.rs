@@ -105,6 +105,17 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether this request, or one it carries (a batch's, an authorized request's), is one
+    /// `is` picks out: the proposer batches any request with others.
+    pub fn any(&self, is: &dyn Fn(&Request) -> bool) -> bool {
+        is(self)
+            || match self {
+                Request::Batch(requests) => requests.iter().any(|r| r.any(is)),
+                Request::Authorized { request, .. } => request.any(is),
+                _ => false,
+            }
+    }
+
     /// About the bytes the request takes in a log entry, to bound batches.
     pub fn approximate_size(&self) -> usize {
         use prost::Message as _;
