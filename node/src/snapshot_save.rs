@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use ferrokv_storage::backup_file::{
-    manifest_key, Manifest, SavedBackup, SnapshotDigest, MANIFEST_FORMAT,
+    self, manifest_key, Manifest, SavedBackup, SnapshotDigest, MANIFEST_FORMAT,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -307,18 +307,15 @@ fn apply_retention(dir: &Path, keep: Option<u32>, delete_before: Option<&str>) -
     Ok(doomed.len())
 }
 
-/// The names of `newest_first` that retention deletes.
+/// The names of `newest_first` that retention deletes; names begin with their time stamp, so
+/// one taken before `delete_before` sorts before it.
 fn expired(newest_first: &[String], keep: Option<u32>, delete_before: Option<&str>) -> Vec<String> {
-    newest_first
-        .iter()
-        .enumerate()
-        .skip(1)
-        .filter(|(index, name)| {
-            keep.is_some_and(|keep| *index >= keep as usize)
-                || delete_before.is_some_and(|before| name.as_str() < before)
-        })
-        .map(|(_, name)| name.clone())
-        .collect()
+    backup_file::expired(newest_first, keep, |name| {
+        delete_before.is_some_and(|before| name.as_str() < before)
+    })
+    .into_iter()
+    .cloned()
+    .collect()
 }
 
 /// `20261206T140000Z` for `2026-12-06T14:00:00Z`: the time as backup names begin with it.

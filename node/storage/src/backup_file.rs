@@ -146,6 +146,21 @@ pub fn manifest_key(snapshot_key: &str) -> String {
     format!("{stem}.json")
 }
 
+/// Retention's rule, for backups in a bucket and in a directory alike: of `newest_first`, those
+/// beyond the `keep` newest and those `too_old` picks out, but never the newest, so that
+/// retention never leaves nothing.
+pub fn expired<T>(newest_first: &[T], keep: Option<u32>, too_old: impl Fn(&T) -> bool) -> Vec<&T> {
+    newest_first
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(index, backup)| {
+            keep.is_some_and(|keep| *index >= keep as usize) || too_old(backup)
+        })
+        .map(|(_, backup)| backup)
+        .collect()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ferrokv_storage::backup_file;
 use k8s_openapi::jiff::Timestamp;
 
 /// Which scheduled backups to keep, as `spec.backup.retention` says once parsed.
@@ -19,7 +20,8 @@ pub struct StoredBackup {
 }
 
 /// The backups to delete: those beyond the `count` newest, and those older than `max_age` at
-/// `now`. The newest backup is always kept, so that retention never leaves nothing.
+/// `now`. The newest backup is always kept, so that retention never leaves nothing
+/// (`backup_file::expired`, the rule a backup to a volume follows too).
 pub fn expired(
     backups: &[StoredBackup],
     count: Option<u32>,
@@ -28,19 +30,14 @@ pub fn expired(
 ) -> Vec<StoredBackup> {
     let mut newest_first = backups.to_vec();
     newest_first.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.key.cmp(&a.key)));
-    newest_first
-        .into_iter()
-        .enumerate()
-        .skip(1)
-        .filter(|(index, backup)| {
-            let beyond_count = count.is_some_and(|count| *index >= count as usize);
-            let too_old = max_age.is_some_and(|max_age| {
-                now.as_second() - backup.time.as_second() > max_age.as_secs() as i64
-            });
-            beyond_count || too_old
+    backup_file::expired(&newest_first, count, |backup| {
+        max_age.is_some_and(|max_age| {
+            now.as_second() - backup.time.as_second() > max_age.as_secs() as i64
         })
-        .map(|(_, backup)| backup)
-        .collect()
+    })
+    .into_iter()
+    .cloned()
+    .collect()
 }
 
 /// `retention.maxAge`, e.g. `7d`, `36h` or `90m`, as a duration (days of 24 hours).
