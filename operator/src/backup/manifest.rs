@@ -16,6 +16,16 @@ pub enum BackupKind {
     OnDemand,
 }
 
+impl BackupKind {
+    /// The kind as keys and names spell it: `scheduled`, `on-demand`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Scheduled => "scheduled",
+            BackupKind::OnDemand => "on-demand",
+        }
+    }
+}
+
 /// The object keys of a cluster's backups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupLayout {
@@ -36,10 +46,7 @@ impl BackupLayout {
 
     /// Where backups of `kind` go.
     pub fn directory(&self, kind: BackupKind) -> String {
-        match kind {
-            BackupKind::Scheduled => format!("{}/scheduled", self.base),
-            BackupKind::OnDemand => format!("{}/on-demand", self.base),
-        }
+        format!("{}/{}", self.base, kind.as_str())
     }
 
     /// Where the change log's segments go.

@@ -212,12 +212,8 @@ async fn delete_quietly(pods: &Api<Pod>, name: &str) {
 
 /// `CLUSTER-backup-scheduled-20261206t140000z`: one pod per backup, named for it.
 fn pod_name(cluster: &str, kind: BackupKind, time: Timestamp) -> String {
-    let kind = match kind {
-        BackupKind::Scheduled => "scheduled",
-        BackupKind::OnDemand => "on-demand",
-    };
     let stamp = time.strftime("%Y%m%dt%H%M%Sz");
-    format!("{cluster}-backup-{kind}-{stamp}")
+    format!("{cluster}-backup-{}-{stamp}", kind.as_str())
 }
 
 /// `2026-12-06T14:00:00Z`.
