@@ -127,6 +127,17 @@ impl S3Backups {
         }})
     }
 
+    /// A `spec.bootstrap.restore` source naming the object at `key` of the bucket.
+    pub fn object_source(&self, key: &str) -> Value {
+        json!({"s3": {
+            "bucket": self.bucket,
+            "key": key,
+            "endpoint": self.s3.endpoint(),
+            "credentialsSecret": CREDENTIALS_SECRET,
+            "forcePathStyle": true,
+        }})
+    }
+
     /// Makes `example` a 3-member KVCluster with continuous backup to the bucket (segments every
     /// `segment_seconds`, no schedule) and waits for it to be Available.
     pub async fn start_continuous_source(&self, segment_seconds: u64, forming: Duration) {

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use ferrokv_e2e::backup_fixture::{
     etcdctl_ok, keyspace, refused_restore, restored_cluster, write_history, S3Backups,
-    CREDENTIALS_SECRET,
 };
 use ferrokv_e2e::kube_env::{KubeEnv, EVENTS, KVCLUSTERBACKUPS, PODS, STATEFUL_SETS};
 
@@ -79,13 +78,7 @@ async fn restore_from_a_backup_keeps_keys_and_revisions_and_a_corrupt_object_mak
     bytes[middle] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
     s3.put_file(BUCKET, CORRUPT_KEY, &file).await.unwrap();
-    let corrupt = json!({"s3": {
-        "bucket": BUCKET,
-        "key": CORRUPT_KEY,
-        "endpoint": s3.endpoint(),
-        "credentialsSecret": CREDENTIALS_SECRET,
-        "forcePathStyle": true,
-    }});
+    let corrupt = backups.object_source(CORRUPT_KEY);
     let applied_broken = Instant::now();
     env.apply(&restored_cluster(env, "broken", 3, corrupt))
         .await
@@ -265,13 +258,7 @@ async fn restore_from_a_snapshot_etcd_saved_keeps_its_keys_and_revisions() {
     s3.put_file(BUCKET, ETCD_SNAPSHOT_KEY, &file).await.unwrap();
 
     let started = Instant::now();
-    let source = json!({"s3": {
-        "bucket": BUCKET,
-        "key": ETCD_SNAPSHOT_KEY,
-        "endpoint": s3.endpoint(),
-        "credentialsSecret": CREDENTIALS_SECRET,
-        "forcePathStyle": true,
-    }});
+    let source = backups.object_source(ETCD_SNAPSHOT_KEY);
     env.apply(&restored_cluster(env, "from-etcd", 3, source))
         .await
         .unwrap();
