@@ -1032,10 +1032,32 @@ async fn reconfigure(cluster: &TestCluster, via: usize, args: &[&str]) -> String
 /// Adds stopped member `joiner` to the cluster through member `via` and starts it with an empty
 /// data dir and `--initial-cluster-state existing`, the cluster then being members `0..size`.
 async fn add_and_start(cluster: &mut TestCluster, via: usize, joiner: usize, size: usize) {
-    let peer_urls = format!("--peer-urls={}", cluster.peer_url(joiner));
+    let peer_url = cluster.peer_url(joiner);
+    let peer_urls = format!("--peer-urls={peer_url}");
     let name = cluster.name(joiner).to_string();
-    let added = reconfigure(cluster, via, &["member", "add", &name, &peer_urls]).await;
-    assert!(added.contains("added to cluster"), "{added}");
+    let started = Instant::now();
+    loop {
+        let output = cluster
+            .member_etcdctl(via, &["member", "add", &name, &peer_urls])
+            .await;
+        if output.success() {
+            assert!(output.stdout.contains("added to cluster"), "{output:?}");
+            break;
+        }
+        // An earlier attempt whose answer was lost (a timeout under load) may have added it:
+        // its outcome was unknown, and the member list tells.
+        if output.stderr.contains("Peer URLs already exists") {
+            let list = reconfigure(cluster, via, &["member", "list"]).await;
+            if list.lines().any(|l| l.contains(&peer_url)) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < RECONFIGURE_TIMEOUT,
+            "etcdctl member add {name} refused for {RECONFIGURE_TIMEOUT:?}: {output:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     match std::fs::remove_dir_all(cluster.data_dir(joiner)) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
             panic!("emptying {}: {error}", cluster.data_dir(joiner).display())
