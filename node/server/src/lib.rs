@@ -323,7 +323,11 @@ impl Server {
         let metrics = &self.inner.metrics;
         metrics.proposals_pending.inc();
         let started = std::time::Instant::now();
-        let result = self.inner.proposer.propose(req).await;
+        let result = match self.inner.proposer.try_direct() {
+            // The slot is held until the write is answered, as a batch's would be.
+            Some(_slot) => self.propose_direct(req, &[started]).await,
+            None => self.inner.proposer.propose(req).await,
+        };
         metrics
             .stages
             .proposal

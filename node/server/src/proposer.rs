@@ -1,6 +1,12 @@
 //! Batching of proposals: client writes that arrive while others are in flight travel to the
 //! leader and through Raft together, as one log entry.
 //!
+//! A write that finds nothing queued and a batch slot free is proposed by its caller's own task
+//! ([`Proposer::try_direct`]): a lone client's put then skips the hand-offs to the batching
+//! task and to a batch task and back, each a wake-up of another task. Under load the slots are
+//! taken and writes queue and batch as before; a slot freed goes to the batching task first,
+//! since the semaphore serves its waiters before any `try_acquire`.
+//!
 //! Every entry costs Raft, the WAL and the apply stage a fixed amount of work, so under
 //! concurrent load one entry per write caps throughput before the disk or the network does. A
 //! batch is still applied request by request — each write gets its own revision — and each
@@ -10,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::Server;
 use crate::{Result, ServerError as Error};
@@ -33,19 +39,41 @@ type Queued = (Request, Waiter, Instant);
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<Queued>,
+    /// Batches (or direct proposals) in flight, shared with the batching task.
+    in_flight: Arc<Semaphore>,
 }
 
 /// The receiving end, run by [`Server::run_proposer`].
 pub struct ProposerQueue {
     queue: mpsc::Receiver<Queued>,
+    in_flight: Arc<Semaphore>,
 }
 
 pub fn proposer() -> (Proposer, ProposerQueue) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    (Proposer { queue: tx }, ProposerQueue { queue: rx })
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    (
+        Proposer {
+            queue: tx,
+            in_flight: in_flight.clone(),
+        },
+        ProposerQueue {
+            queue: rx,
+            in_flight,
+        },
+    )
 }
 
 impl Proposer {
+    /// A batch slot for proposing one write directly, when no write is queued and a slot is
+    /// free; `None` means the write should queue.
+    pub fn try_direct(&self) -> Option<OwnedSemaphorePermit> {
+        if self.queue.capacity() < self.queue.max_capacity() {
+            return None;
+        }
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+
     pub async fn propose(&self, req: Request) -> Result<Response> {
         let (tx, rx) = oneshot::channel();
         self.queue
@@ -60,7 +88,7 @@ impl Proposer {
 impl Server {
     /// Takes queued requests, as many as are waiting, and proposes them as one entry.
     pub async fn run_proposer(self, mut queue: ProposerQueue) {
-        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        let in_flight = queue.in_flight.clone();
         // A request that would have made the last batch too large starts the next one.
         let mut carried = None;
         loop {
@@ -133,5 +161,50 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued() -> Queued {
+        let (waiter, _) = oneshot::channel();
+        (Request::Compact(Default::default()), waiter, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn a_write_goes_direct_only_with_nothing_queued_and_a_slot_free() {
+        let (proposer, mut queue) = proposer();
+
+        let slots: Vec<_> = (0..MAX_BATCHES_IN_FLIGHT)
+            .map(|_| proposer.try_direct().expect("a free slot"))
+            .collect();
+        assert!(proposer.try_direct().is_none(), "every slot is taken");
+        drop(slots);
+
+        proposer.queue.send(queued()).await.unwrap();
+        assert!(
+            proposer.try_direct().is_none(),
+            "a queued write is not overtaken"
+        );
+        queue.queue.recv().await.unwrap();
+        assert!(proposer.try_direct().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_waiting_batcher_first() {
+        let (proposer, queue) = proposer();
+        let mut slots: Vec<_> = (0..MAX_BATCHES_IN_FLIGHT)
+            .map(|_| proposer.try_direct().unwrap())
+            .collect();
+        let waiting = tokio::spawn(queue.in_flight.clone().acquire_owned());
+        tokio::task::yield_now().await;
+        slots.pop();
+        assert!(
+            proposer.try_direct().is_none(),
+            "the slot went to the batcher"
+        );
+        let _batcher = waiting.await.unwrap().unwrap();
     }
 }
