@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, StatusResponse, Txn, TxnOp,
 };
-use ferrokv_e2e::{HostCluster, TestCluster};
+use ferrokv_e2e::{EtcdctlOutput, HostCluster, TestCluster};
 
 /// `--election-timeout` of every cluster here (etcd's default), in milliseconds.
 const ELECTION_TIMEOUT_MS: u64 = 1000;
@@ -1013,11 +1013,25 @@ fn initial_cluster(cluster: &TestCluster, n: usize) -> String {
 /// `etcdctl member <args>` through member `via`, retried while refused (see
 /// [`RECONFIGURE_TIMEOUT`]); returns what it printed.
 async fn reconfigure(cluster: &TestCluster, via: usize, args: &[&str]) -> String {
+    reconfigure_unless_made(cluster, via, args, async |_| false)
+        .await
+        .stdout
+}
+
+/// As [`reconfigure`], except that a refusal `made` says an earlier attempt caused (that
+/// attempt made the change, but its answer was lost: its outcome was unknown) ends the retries;
+/// returns the output that ended them.
+async fn reconfigure_unless_made(
+    cluster: &TestCluster,
+    via: usize,
+    args: &[&str],
+    made: impl AsyncFn(&EtcdctlOutput) -> bool,
+) -> EtcdctlOutput {
     let started = Instant::now();
     loop {
         let output = cluster.member_etcdctl(via, args).await;
-        if output.success() {
-            return output.stdout;
+        if output.success() || made(&output).await {
+            return output;
         }
         assert!(
             started.elapsed() < RECONFIGURE_TIMEOUT,
@@ -1035,28 +1049,23 @@ async fn add_and_start(cluster: &mut TestCluster, via: usize, joiner: usize, siz
     let peer_url = cluster.peer_url(joiner);
     let peer_urls = format!("--peer-urls={peer_url}");
     let name = cluster.name(joiner).to_string();
-    let started = Instant::now();
-    loop {
-        let output = cluster
-            .member_etcdctl(via, &["member", "add", &name, &peer_urls])
-            .await;
-        if output.success() {
-            assert!(output.stdout.contains("added to cluster"), "{output:?}");
-            break;
-        }
-        // An earlier attempt whose answer was lost (a timeout under load) may have added it:
-        // its outcome was unknown, and the member list tells.
-        if output.stderr.contains("Peer URLs already exists") {
-            let list = reconfigure(cluster, via, &["member", "list"]).await;
-            if list.lines().any(|l| l.contains(&peer_url)) {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < RECONFIGURE_TIMEOUT,
-            "etcdctl member add {name} refused for {RECONFIGURE_TIMEOUT:?}: {output:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let shared: &TestCluster = cluster;
+    let added = reconfigure_unless_made(
+        shared,
+        via,
+        &["member", "add", &name, &peer_urls],
+        // The member list tells whether a lost attempt added it.
+        async |refused| {
+            refused.stderr.contains("Peer URLs already exists")
+                && reconfigure(shared, via, &["member", "list"])
+                    .await
+                    .lines()
+                    .any(|l| l.contains(&peer_url))
+        },
+    )
+    .await;
+    if added.success() {
+        assert!(added.stdout.contains("added to cluster"), "{added:?}");
     }
     match std::fs::remove_dir_all(cluster.data_dir(joiner)) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
