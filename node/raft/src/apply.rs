@@ -15,7 +15,7 @@
 //! the suite's negative control, keeps every commit but a snapshot's from being durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -31,12 +31,13 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::log::RaftLog;
 use super::members::Members;
 use super::node::Command;
+use super::size::{SizeInUse, SizeMeter};
 use super::stages::Stages;
 use super::tokens::SimpleTokens;
 use super::types::{codec, ApplyError, ConfChangeContext, MemberNode, Proposal, Request, Response};
 use crate::{RaftError as Error, Result};
 use ferrokv_storage::auth::{Access, AuthFailure, AuthState};
-use ferrokv_storage::mvcc::{MvccStore, MvccWrite, Requests};
+use ferrokv_storage::mvcc::{MvccStore, Requests};
 use ferrokv_storage::StorageError as Store;
 
 const APPLIED_KEY: &str = "raft/applied";
@@ -58,13 +59,6 @@ const DURABLE_COMMIT_BYTES: usize = 256 * 1024;
 /// from the log rather than a snapshot (etcd's SnapshotCatchUpEntries); never more than
 /// `--snapshot-count`.
 const CATCH_UP_ENTRIES: u64 = 5000;
-/// The store's size in use is measured by walking every page of the store (redb keeps no
-/// running count), which takes longer the larger the store: it is measured at most once per
-/// this interval, or per this many times its last measurement took, whichever is longer, so
-/// that the walk costs applying a bounded share of its time. A measurement falls due after a
-/// durable commit or a compaction, and is made at once when the apply stage is idle.
-const SIZE_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
-const SIZE_MEASURE_SPACING: u32 = 50;
 /// Batches of committed entries that queued up while the apply stage was busy are applied
 /// together, in one store transaction, up to these limits: a transaction's commit costs far
 /// more than one more entry in it, so under load this is what keeps applying ahead of Raft.
@@ -119,7 +113,7 @@ pub struct StateMachine {
     tasks: std_mpsc::Sender<ApplyTask>,
     events: broadcast::Sender<Arc<Vec<PbEvent>>>,
     applied: watch::Receiver<u64>,
-    size_in_use: Arc<AtomicU64>,
+    size_in_use: SizeInUse,
     /// Set when applying failed: the member cannot go on.
     failed: watch::Receiver<Option<String>>,
     auth: AuthView,
@@ -144,13 +138,11 @@ struct Applier {
     commands: std_mpsc::Sender<Command>,
     events: broadcast::Sender<Arc<Vec<PbEvent>>>,
     applied: watch::Sender<u64>,
-    size_in_use: Arc<AtomicU64>,
+    size_in_use: SizeInUse,
+    /// Measures the size in use, off this thread, when told it may have changed.
+    size_meter: SizeMeter,
     /// A task taken from the queue while coalescing batches of entries, to run next.
     held_task: Option<ApplyTask>,
-    /// Set when the store's size may have changed since it was last measured.
-    size_stale: bool,
-    /// The earliest time of the next measurement.
-    next_size_measure: Instant,
     commit_duration: prometheus::Histogram,
     stages: Stages,
     snapshot_count: u64,
@@ -283,7 +275,7 @@ impl StateMachine {
         let (applied, applied_rx) = watch::channel(applied_now.index);
         let (failed_tx, failed) = watch::channel(None);
         let (removed, removed_rx) = watch::channel(false);
-        let size_in_use = Arc::new(AtomicU64::new(0));
+        let size_in_use = SizeInUse::default();
         let machine = StateMachine {
             store: store.clone(),
             tasks,
@@ -295,7 +287,12 @@ impl StateMachine {
             alarms: alarm_view.clone(),
             tokens: tokens.clone(),
         };
-        machine.measure_size_in_use()?;
+        size_in_use.measure(&machine.store)?;
+        let size_meter = SizeMeter::start(
+            store.clone(),
+            size_in_use.clone(),
+            stages.size_measure.clone(),
+        )?;
         let mut applier = Applier {
             store,
             member_id,
@@ -306,9 +303,8 @@ impl StateMachine {
             events,
             applied,
             size_in_use,
+            size_meter,
             held_task: None,
-            size_stale: false,
-            next_size_measure: Instant::now(),
             commit_duration,
             stages,
             snapshot_count: snapshot_count.max(1),
@@ -405,13 +401,7 @@ impl StateMachine {
     /// The bytes the store's data occupies, as of the last durable commit (at most about a
     /// second old); what `--quota-backend-bytes` limits.
     pub fn size_in_use(&self) -> u64 {
-        self.size_in_use.load(Ordering::Relaxed)
-    }
-
-    fn measure_size_in_use(&self) -> Result<()> {
-        let write = self.store.begin_write()?;
-        record_size_in_use(&self.size_in_use, &write);
-        Ok(())
+        self.size_in_use.get()
     }
 
     /// Defragments the store between two applied batches, on the apply thread.
@@ -420,13 +410,6 @@ impl StateMachine {
         self.submit(ApplyTask::Defragment(tx));
         rx.await
             .map_err(|_| Error::Raft("the apply stage stopped".into()))?
-    }
-}
-
-fn record_size_in_use(size: &AtomicU64, write: &MvccWrite) {
-    match write.size_in_use() {
-        Ok(bytes) => size.store(bytes, Ordering::Relaxed),
-        Err(e) => tracing::warn!(error = %e, "measuring the store's size failed"),
     }
 }
 
@@ -457,7 +440,7 @@ impl Applier {
     fn next_task(&mut self, queue: &std_mpsc::Receiver<ApplyTask>) -> Option<ApplyTask> {
         let task = match self.held_task.take() {
             Some(task) => task,
-            None => self.wait_for_task(queue)?,
+            None => queue.recv().ok()?,
         };
         let ApplyTask::Entries {
             mut batch,
@@ -486,38 +469,13 @@ impl Applier {
         })
     }
 
-    /// Waits for a task; while waiting, measures the store's size if that is due.
-    fn wait_for_task(&mut self, queue: &std_mpsc::Receiver<ApplyTask>) -> Option<ApplyTask> {
-        loop {
-            if !self.size_stale {
-                return queue.recv().ok();
-            }
-            let wait = self
-                .next_size_measure
-                .saturating_duration_since(Instant::now());
-            match queue.recv_timeout(wait) {
-                Ok(task) => return Some(task),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => match self.store.begin_write() {
-                    Ok(write) => self.measure_size(&write),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "measuring the store's size failed");
-                        self.size_stale = false;
-                    }
-                },
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
-            }
+    /// Measures the size in use on this thread, for the rare changes (a defragment, an
+    /// installed snapshot) whose effect Status should show as soon as they are done.
+    fn measure_size_now(&self) {
+        match self.size_in_use.measure(&self.store) {
+            Ok(took) => self.stages.size_measure.observe(took.as_secs_f64()),
+            Err(e) => tracing::warn!(error = %e, "measuring the store's size failed"),
         }
-    }
-
-    /// Measures the store's size in use as `write` sees it, and when to measure it next.
-    fn measure_size(&mut self, write: &MvccWrite) {
-        let started = Instant::now();
-        record_size_in_use(&self.size_in_use, write);
-        let took = started.elapsed();
-        self.stages.size_measure.observe(took.as_secs_f64());
-        self.size_stale = false;
-        self.next_size_measure =
-            Instant::now() + SIZE_MEASURE_INTERVAL.max(took * SIZE_MEASURE_SPACING);
     }
 
     fn run(&mut self, task: ApplyTask) -> Result<()> {
@@ -550,9 +508,7 @@ impl Applier {
             ApplyTask::Defragment(done) => {
                 let result = self.store.defragment().map_err(Error::from);
                 self.last_durable = Instant::now();
-                if let Ok(write) = self.store.begin_write() {
-                    record_size_in_use(&self.size_in_use, &write);
-                }
+                self.measure_size_now();
                 let _ = done.send(result);
                 Ok(())
             }
@@ -645,15 +601,10 @@ impl Applier {
         let durable = snapshot_due
             || self.undurable_bytes >= DURABLE_COMMIT_BYTES
             || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
-        // Due after durable commits, and after a compaction, which is what frees space: the
+        // Stale after durable commits, and after a compaction, which is what frees space: the
         // size in use (Status, the quota, an operator's defragmentation threshold) must show it
-        // even when no write follows (`next_task` measures an idle store).
-        if durable || write.compact_revision() != compacted_before {
-            self.size_stale = true;
-        }
-        if self.size_stale && Instant::now() >= self.next_size_measure {
-            self.measure_size(&write);
-        }
+        // even when no write follows.
+        let size_stale = durable || write.compact_revision() != compacted_before;
         // The robustness suite's negative control: no commit is durable but a snapshot's.
         #[cfg(feature = "failpoints")]
         let durable =
@@ -666,6 +617,9 @@ impl Applier {
         if durable {
             self.last_durable = Instant::now();
             self.undurable_bytes = 0;
+        }
+        if size_stale {
+            self.size_meter.stale();
         }
         if members_changed {
             let (nodes, removed) = read_members(&self.store)?;
@@ -722,7 +676,7 @@ impl Applier {
         write.commit(true)?;
         self.last_durable = Instant::now();
         self.last_snapshot = meta.index;
-        record_size_in_use(&self.size_in_use, &self.store.begin_write()?);
+        self.measure_size_now();
         let (nodes, removed) = read_members(&self.store)?;
         self.members.reset(nodes, removed);
         self.auth = AuthState::load(&self.store)?;

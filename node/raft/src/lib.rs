@@ -10,6 +10,7 @@
 //! - `transport`: streams of Raft messages and snapshot chunks between members, and the unary
 //!   calls only a leader answers.
 //! - `members`: names and peer URLs of the members, from applied configuration changes.
+//! - `size`: the store's size in use, measured on a thread of its own.
 //! - `stages`: the write path's per-stage latency histograms.
 //! - `types`: what entries carry, what applying them yields, and the payloads of the calls a
 //!   follower makes to the leader.
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod log;
 pub mod members;
 pub mod node;
+pub mod size;
 pub mod stages;
 pub mod tokens;
 pub mod transport;

@@ -1707,6 +1707,47 @@ fn large_values_read_back_whole_at_every_revision_in_events_and_snapshots() {
     assert_eq!(get(&store, "big", 0).unwrap().value, second);
 }
 
+/// The size in use counts the data the tables hold, as of the last commit, durable or not: it
+/// grows with the values written and falls when a compaction removes old versions.
+#[test]
+fn size_in_use_follows_the_live_data_through_writes_and_compaction() {
+    const KEYS: usize = 500;
+    const VALUE: usize = 1_000;
+    let (_dir, store) = open_store();
+    let empty = store.size_in_use().unwrap();
+    load_versions(&store, KEYS, 4, VALUE);
+    let loaded = store.size_in_use().unwrap();
+    let written = (KEYS * 4 * VALUE) as u64;
+    assert!(
+        loaded >= empty + written && loaded <= empty + 2 * written,
+        "{written} bytes of values written; size in use went from {empty} to {loaded}"
+    );
+
+    // A commit that is not durable is counted too: the size follows the store, not the disk.
+    apply(&store, |w| {
+        w.put(&PbPutRequest {
+            key: b"one-more".to_vec(),
+            value: vec![b'z'; 100 * VALUE],
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    let grown = store.size_in_use().unwrap();
+    assert!(
+        grown >= loaded + (100 * VALUE) as u64,
+        "{loaded} -> {grown}"
+    );
+
+    let current = store.current_revision().unwrap();
+    apply(&store, |w| w.compact(current)).unwrap();
+    let compacted = store.size_in_use().unwrap();
+    let live = (KEYS * VALUE + 100 * VALUE) as u64;
+    assert!(
+        compacted >= live && compacted < grown - written / 2,
+        "{live} bytes live after compaction; size in use went from {grown} to {compacted}"
+    );
+}
+
 #[test]
 fn defragment_leaves_a_store_of_large_values_the_size_of_the_values() {
     const KEYS: usize = 16;

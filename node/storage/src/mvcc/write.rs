@@ -181,15 +181,6 @@ impl MvccWrite {
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         delete_meta(&self.txn, key)
     }
-
-    /// The bytes the store's data occupies (keys, values, index and metadata), which is what
-    /// the backend quota counts — not the file's length, which redb grows ahead of use, nor the
-    /// free and not yet reusable pages inside it, which redb reuses after its next durable
-    /// commit and defragment returns to the file system.
-    pub fn size_in_use(&self) -> Result<u64> {
-        let stats = self.txn.stats()?;
-        Ok(stats.stored_bytes() + stats.metadata_bytes())
-    }
 }
 
 fn set_meta(txn: &WriteTransaction, key: &str, value: &[u8]) -> Result<()> {
