@@ -398,8 +398,9 @@ impl StateMachine {
             .clone()
     }
 
-    /// The bytes the store's data occupies, as of the last durable commit (at most about a
-    /// second old); what `--quota-backend-bytes` limits.
+    /// The bytes the store's data occupies, as of the last measurement (one a second while
+    /// the store changes, less often for a store so large that the walk takes over 50 ms; see
+    /// `size`); what `--quota-backend-bytes` limits.
     pub fn size_in_use(&self) -> u64 {
         self.size_in_use.get()
     }

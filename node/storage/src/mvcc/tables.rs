@@ -45,10 +45,10 @@ pub(super) type ValuesTable<'t> = Table<'t, ValuesKey, &'static [u8]>;
 pub(super) const INLINE_VALUE_MAX: usize = 2048;
 /// The size of a chunk in `kv_values`: one chunk, its key and redb's leaf header fill a run of
 /// 64 pages (256 KiB, an allocation unit of redb's) alone, so a large value takes about its own
-/// size. Not smaller: every durable commit measures the size in use by walking every page of
-/// the store (redb's `stats`), and 4 KiB chunks made a 1.5 MB value 375 pages to walk, which
-/// slowed puts of large values five to fifteen times (the consensus e2e's 128 puts of 1.5 MB:
-/// 7 s before the chunks, 36–109 s with 4 KiB ones).
+/// size. Not smaller: the size in use is measured by walking every page of the store, and
+/// 4 KiB chunks made a 1.5 MB value 375 pages to walk; when the walk still ran inside the apply
+/// stage that slowed puts of large values five to fifteen times (the consensus e2e's 128 puts
+/// of 1.5 MB: 7 s before the chunks, 36–109 s with 4 KiB ones).
 pub(super) const VALUE_CHUNK: usize = 256 * 1024 - 256;
 
 /// `kv_revs` opened for writing.
