@@ -473,10 +473,8 @@ impl Applier {
     /// Measures the size in use on this thread, for the rare changes (a defragment, an
     /// installed snapshot) whose effect Status should show as soon as they are done.
     fn measure_size_now(&self) {
-        match self.size_in_use.measure(&self.store) {
-            Ok(took) => self.stages.size_measure.observe(took.as_secs_f64()),
-            Err(e) => tracing::warn!(error = %e, "measuring the store's size failed"),
-        }
+        self.size_in_use
+            .refresh(&self.store, &self.stages.size_measure);
     }
 
     fn run(&mut self, task: ApplyTask) -> Result<()> {

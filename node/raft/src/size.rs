@@ -47,6 +47,21 @@ impl SizeInUse {
         self.bytes.store(bytes, Ordering::Relaxed);
         Ok(started.elapsed())
     }
+
+    /// Measures as `measure` does, recording the walk's duration in `took`; a failure is
+    /// logged and leaves the last size. Returns how long the walk took, if it was made.
+    pub fn refresh(&self, store: &MvccStore, took: &Histogram) -> Option<Duration> {
+        match self.measure(store) {
+            Ok(walk) => {
+                took.observe(walk.as_secs_f64());
+                Some(walk)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "measuring the store's size failed");
+                None
+            }
+        }
+    }
 }
 
 /// The measuring thread; dropping this stops it (after the walk in progress, if any).
@@ -99,16 +114,8 @@ fn run(store: &MvccStore, size: &SizeInUse, took: &Histogram, requests: &std_mps
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
-        match size.measure(store) {
-            Ok(walk) => {
-                took.observe(walk.as_secs_f64());
-                next = Instant::now() + MEASURE_INTERVAL.max(walk * MEASURE_SPACING);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "measuring the store's size failed");
-                next = Instant::now() + MEASURE_INTERVAL;
-            }
-        }
+        let walk = size.refresh(store, took).unwrap_or_default();
+        next = Instant::now() + MEASURE_INTERVAL.max(walk * MEASURE_SPACING);
     }
 }
 
