@@ -455,11 +455,14 @@ impl Faults {
     }
 
     /// Arms `point` with `actions` on `member`, retrying while its endpoint is not up yet (a
-    /// member just started).
-    async fn arm(&self, member: usize, point: &str, actions: &str) -> anyhow::Result<()> {
+    /// member just started); a member that exited meanwhile fails it with its log.
+    async fn arm(&mut self, member: usize, point: &str, actions: &str) -> anyhow::Result<()> {
         let host = self.cluster.network().address(member);
         let started = Instant::now();
         loop {
+            self.cluster
+                .check_alive(member)
+                .with_context(|| format!("arming {point} on {}", self.name(member)))?;
             match failpoints::arm(host, point, actions).await {
                 Ok(()) => return Ok(()),
                 Err(error) if started.elapsed() > Duration::from_secs(10) => {
@@ -566,10 +569,15 @@ impl Faults {
             self.note(undone.join(", "));
         }
         // A member that must install a large snapshot in a debug build can take minutes.
+        let running = self.cluster.running().len();
         let mut waited = 1;
         loop {
             match self.cluster.wait_healthy().await {
                 Ok(()) => return Ok(()),
+                // A member that exited needs no more time: the error says how, with its log.
+                Err(error) if self.cluster.running().len() < running => {
+                    return Err(error).context("a member exited while the cluster recovered")
+                }
                 Err(error) if waited == RECOVERY_WAITS => {
                     return Err(error)
                         .context("the cluster did not recover after its faults were undone")
