@@ -33,6 +33,10 @@ use crate::ports::ReservedPort;
 /// a loaded 2-core CI machine elects slowly.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The `--election-timeout` of a cluster's members unless its builder sets another: etcd's
+/// default. Tests that bound an election's length derive their bounds from it.
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+
 /// How long [`TestCluster::stop`] waits after SIGTERM before it sends SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -320,7 +324,7 @@ impl TestCluster {
             snapshot_count: None,
             // etcd's defaults, passed explicitly so the flags are exercised.
             heartbeat_interval_ms: 100,
-            election_timeout_ms: 1000,
+            election_timeout_ms: ELECTION_TIMEOUT.as_millis() as u64,
             extra_flags: Vec::new(),
             server: None,
             client_tls: None,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, WatchOptions,
 };
+use ferrokv_e2e::cluster::ELECTION_TIMEOUT;
 use ferrokv_e2e::TestCluster;
 
 async fn revision(client: &mut Client) -> i64 {
@@ -261,8 +262,10 @@ async fn lease_kept_alive_through_a_follower_survives_leader_sigkill() {
     const TTL: i64 = 6;
     // The new leader gives every lease a whole TTL when it takes office, so renewals may pause
     // for the election and then a TTL. An election after a SIGKILL takes up to 2 election
-    // timeouts (1 s here) per round, and a split vote makes a second round.
-    const RENEWAL_GAP_LIMIT: Duration = Duration::from_secs(TTL as u64 + 5);
+    // timeouts per round, a split vote makes a second round, and one more election timeout is
+    // slack, as storage_failures allows a failover.
+    const RENEWAL_GAP_LIMIT: Duration =
+        Duration::from_secs(TTL as u64).saturating_add(ELECTION_TIMEOUT.saturating_mul(5));
     let mut cluster = TestCluster::start(3)
         .await
         .expect("start a 3-member cluster");

@@ -23,15 +23,13 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 use ferrokv_e2e::binaries::server_is_etcd;
+use ferrokv_e2e::cluster::ELECTION_TIMEOUT;
 use ferrokv_e2e::keyspace::{read_prefix, read_prefix_at};
 use ferrokv_e2e::TestCluster;
 
 /// How long writes may pause while the survivors of a SIGKILL elect a leader, at most: far more
 /// than any election takes, so that only a cluster that stays stuck fails.
 const WRITES_RESUME_WITHIN: Duration = Duration::from_secs(30);
-
-/// `--election-timeout` of the test clusters (the harness passes etcd's default).
-const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How long a member that refuses to start may take to exit.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(30);
