@@ -211,6 +211,12 @@ impl RaftLog {
         self.wal.append(records, done);
     }
 
+    /// Runs `queue`, which appends or saves through this log, and writes what it queued on the
+    /// calling thread (`Wal::write_here`): durable, or failed, when this returns.
+    pub fn write_here<R>(&self, queue: impl FnOnce() -> R) -> R {
+        self.wal.write_here(queue)
+    }
+
     /// Records the hard state: term and vote synced (`done` runs once durable), the commit
     /// index alone written with the next synced write.
     pub fn save_hard_state(

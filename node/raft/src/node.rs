@@ -6,15 +6,18 @@
 //! For each Ready:
 //! - messages a leader may send at once go to the transport before anything is written, so the
 //!   leader's fsync and its followers' run in parallel (Raft thesis §10.2.1);
-//! - new entries and the hard state go to the WAL, whose writer thread group-commits them and
-//!   notifies the loop (`Command::Persisted`); messages that must follow persistence (a
-//!   follower's acknowledgements, votes) are held until every earlier write is durable;
+//! - new entries and the hard state go to the WAL, which group-commits them and notifies the
+//!   loop (`Command::Persisted`); messages that must follow persistence (a follower's
+//!   acknowledgements, votes) are held until every earlier write is durable. The leader's
+//!   writes go to the WAL's writer thread; a follower writes on this thread, as etcd's raftNode
+//!   does, since it has nothing to send until they are durable;
 //! - a received snapshot is installed by the apply stage before the log records it;
 //! - committed entries go to the apply stage; configuration changes are applied to Raft here,
 //!   in log order, as they are handed over.
 //!
-//! The loop never blocks on the WAL or on applying (only a snapshot install waits), so
-//! heartbeats keep their rhythm while storage is busy.
+//! The leader's loop never blocks on the WAL or on applying (only a snapshot install waits), so
+//! its heartbeats keep their rhythm while storage is busy; a follower's loop waits for its own
+//! WAL writes, one fsync at a time, and gathers what arrives meanwhile into its next Ready.
 //!
 //! Failpoints (failpoint builds only; docs/robustness.md): `raftAfterSave` when the WAL reports
 //! a Ready durable, before its held messages (a follower's acknowledgements) are sent;
@@ -407,6 +410,32 @@ impl ReadyLoop {
             }
         }
 
+        let writes = if self.node.raft.state == StateRole::Leader {
+            self.persist(&mut ready)
+        } else {
+            // A follower sends nothing for this Ready until it is durable: it writes it on this
+            // thread, as etcd's raftNode does, sparing two thread wake-ups (to the WAL's writer
+            // and back) on the path of every acknowledgement. The leader hands its writes to
+            // the writer thread and goes on handling its followers' answers meanwhile.
+            let log = self.log.clone();
+            log.write_here(|| self.persist(&mut ready))
+        };
+        let held = ready.take_persisted_messages();
+        self.node.advance_append_async(ready);
+        if writes {
+            self.writing.push_back((number, Instant::now()));
+        }
+        self.held.push_back(HeldMessages {
+            number,
+            messages: held,
+        });
+        self.release_held();
+        Ok(())
+    }
+
+    /// Sends the Ready's entries and hard state to the WAL; whether anything needs a sync.
+    fn persist(&mut self, ready: &mut raft::Ready) -> bool {
+        let number = ready.number();
         let entries = ready.take_entries();
         let mut writes = !entries.is_empty();
         if let Some(hs) = ready.hs().cloned() {
@@ -420,17 +449,7 @@ impl ReadyLoop {
         if !entries.is_empty() {
             self.log.append(&entries, self.persisted_notice(number));
         }
-        let held = ready.take_persisted_messages();
-        self.node.advance_append_async(ready);
-        if writes {
-            self.writing.push_back((number, Instant::now()));
-        }
-        self.held.push_back(HeldMessages {
-            number,
-            messages: held,
-        });
-        self.release_held();
-        Ok(())
+        writes
     }
 
     /// A WAL completion that tells the loop Ready `number` is durable; a failed write stops

@@ -14,8 +14,9 @@
 //! - `preallocate`: zero-filling the next segment file ahead of need, off the writer thread.
 //! - `recovery`: reading a directory back, repairing a torn tail, refusing corruption.
 //!
-//! All operations go through the one writer thread in the order they were sent, so the order of
-//! operations is total: an append sent after a truncate is applied after it.
+//! All operations go through one queue and are written in the order they were sent, so the order
+//! of operations is total: an append sent after a truncate is applied after it. The writer
+//! thread writes them, or a caller that asked to write on its own thread (`write_here`).
 //!
 //! Durability: an append's callback, and `save_vote`, `truncate` and `purge`, complete only
 //! after the frame holding them was written and fdatasync'ed. `save_committed` is ordered with
@@ -39,7 +40,6 @@ mod tests;
 
 use std::fs::{self, File, TryLockError};
 use std::path::Path;
-use std::sync::mpsc::{self, SendError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -50,7 +50,7 @@ use log_state::LogState;
 use record::Record;
 use recovery::SegmentSummary;
 use segment::{ActiveSegment, SegmentName, Syncs};
-use writer::{Completion, Request, Writer};
+use writer::{Completion, Queue, Request, Writer};
 
 /// How the WAL lays out its files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +90,7 @@ pub struct Wal {
 }
 
 struct Shared {
-    /// `Some` until drop, which closes the channel to stop the writer.
-    requests: Option<Sender<Request>>,
+    queue: Arc<Queue>,
     writer: Option<JoinHandle<()>>,
     syncs: Syncs,
     /// Released after the writer has stopped, when this is dropped.
@@ -100,10 +99,11 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.requests.take();
+        self.queue.close();
         if let Some(writer) = self.writer.take() {
             // A completion that drops the last handle runs on the writer thread itself, which
-            // then exits on its own once the channel is closed.
+            // then exits on its own once it sees the queue closed. (Not in `write_here`: its
+            // caller holds a handle.)
             if writer.thread().id() != thread::current().id() && writer.join().is_err() {
                 tracing::error!("wal: the writer thread panicked");
             }
@@ -197,13 +197,14 @@ impl Wal {
         )?;
         // A crash between a purge and deleting its segments leaves them behind.
         writer.delete_purged_segments();
-        let (sender, receiver) = mpsc::channel();
+        let queue = Arc::new(Queue::new(writer));
+        let served = queue.clone();
         let writer = thread::Builder::new()
             .name("ferrokv-wal-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || served.serve())
             .map_err(|e| segment::io_error("starting the writer thread".into(), e))?;
         let shared = Shared {
-            requests: Some(sender),
+            queue,
             writer: Some(writer),
             syncs,
             _lock: lock,
@@ -307,16 +308,26 @@ impl Wal {
     }
 
     fn send(&self, request: Request) {
-        let requests = self
-            .shared
-            .requests
-            .as_ref()
-            .expect("the channel is open until drop");
-        if let Err(SendError(request)) = requests.send(request) {
+        if let Err(request) = self.shared.queue.send(request) {
             if let Some(done) = request.into_completion() {
                 done(Err(Error::WalClosed));
             }
         }
+    }
+
+    /// Runs `queue`, which sends requests through this handle, then writes them (and anything
+    /// sent before) on the calling thread instead of the writer thread, and returns once all of
+    /// it is durable or refused; their completions run here, before this returns.
+    ///
+    /// For a caller that would only wait for its write anyway: it saves waking the writer
+    /// thread and being woken back, as etcd's raftNode saves a follower's entries on its own
+    /// goroutine. Blocks on disk I/O; call off the async runtime.
+    pub fn write_here<R>(&self, queue: impl FnOnce() -> R) -> R {
+        let hold = self.shared.queue.hold();
+        let result = queue();
+        self.shared.queue.write_queued();
+        drop(hold);
+        result
     }
 }
 

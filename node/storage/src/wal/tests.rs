@@ -723,6 +723,73 @@ fn a_completion_holding_the_last_handle_neither_deadlocks_nor_loses_the_write() 
 }
 
 #[test]
+fn write_here_writes_on_the_calling_thread_in_the_order_requests_were_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), OPTIONS);
+    append(&wal, entries(0..=2, "a")).unwrap();
+    let done_on = Arc::new(Mutex::new(Vec::new()));
+    let record = |tag: &'static str| -> Completion {
+        let done_on = done_on.clone();
+        Box::new(move |result| {
+            done_on
+                .lock()
+                .unwrap()
+                .push((tag, result.is_ok(), std::thread::current().id()))
+        })
+    };
+    wal.write_here(|| {
+        wal.truncate_with(2, record("truncate"));
+        wal.append(entries(2..=3, "b"), record("append"));
+    });
+    // Both are durable, in order, and their completions ran on this thread, before it returned.
+    let done_on = std::mem::take(&mut *done_on.lock().unwrap());
+    let here = std::thread::current().id();
+    assert_eq!(
+        done_on,
+        vec![("truncate", true, here), ("append", true, here)]
+    );
+    // The writer thread goes on as before.
+    append(&wal, entries(4..=4, "c")).unwrap();
+    let recovered = reopen(wal, dir.path(), OPTIONS);
+    let mut expected = entries(0..=1, "a");
+    expected.extend(entries(2..=3, "b"));
+    expected.extend(entries(4..=4, "c"));
+    assert_eq!(recovered.entries, expected);
+}
+
+#[test]
+fn a_request_sent_while_the_writer_thread_is_held_back_is_written_when_the_hold_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), OPTIONS);
+    let hold = wal.shared.queue.hold();
+    // Another thread's request, after the holder's last write: the writer thread must not take
+    // it while held back, and must not leave it queued after.
+    let (sender, receiver) = mpsc::channel();
+    let other = wal.clone();
+    std::thread::spawn(move || {
+        other.append(
+            entries(0..=0, "a"),
+            Box::new(move |result| sender.send(result).unwrap()),
+        )
+    })
+    .join()
+    .unwrap();
+    assert!(
+        receiver.recv_timeout(Duration::from_millis(200)).is_err(),
+        "written while held back"
+    );
+    drop(hold);
+    receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("written once the hold ended")
+        .unwrap();
+    assert_eq!(
+        reopen(wal, dir.path(), OPTIONS).entries,
+        entries(0..=0, "a")
+    );
+}
+
+#[test]
 fn sync_latencies_are_exported_under_etcds_metric_name() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = open(dir.path(), OPTIONS);

@@ -1,12 +1,15 @@
 //! The writer thread: the one place that writes to the WAL, with group commit.
 //!
-//! Every operation reaches the writer as a `Request` over one channel, so operations are applied
-//! in one total order. The writer takes whatever is pending — the first request blocks, the rest
-//! are drained without waiting — checks each against the log's rules, encodes the accepted ones
-//! into one frame, writes it with one `write`, makes it durable with one `fdatasync`, and only
-//! then runs the callbacks of the whole batch. Callers that arrive while a sync is in flight
-//! queue up and share the next one: under load the number of syncs stays near the number of
-//! batches, not of requests.
+//! Every operation reaches the writer as a `Request` on one queue, so operations are applied in
+//! one total order. Whoever writes takes whatever is pending (up to a batch's size), checks
+//! each request against the log's rules, encodes the accepted ones into one frame, writes it
+//! with one `write`, makes it durable with one `fdatasync`, and only then runs the callbacks of
+//! the whole batch. Callers that arrive while a sync is in flight queue up and share the next
+//! one: under load the number of syncs stays near the number of batches, not of requests.
+//!
+//! The writer thread writes, woken by each request. A caller about to wait for its own write
+//! anyway can write on its own thread instead (`Wal::write_here`), which spares the two thread
+//! wake-ups of the hand-off and back.
 //!
 //! After a failed write or sync the writer refuses everything that follows: the page cache may
 //! have dropped the failed pages, so a retry could report durability that is not there.
@@ -16,8 +19,9 @@
 //! `walAckBeforeWrite`, the broken model of the robustness suite's negative control, which
 //! runs the callbacks before the frame is written.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::frame::{self, FrameBuilder};
 use super::log_state::LogState;
@@ -128,20 +132,8 @@ impl Writer {
         })
     }
 
-    /// Serves requests until every sender is gone, then writes any pending committed marker.
-    pub(crate) fn run(mut self, requests: Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
-            let mut batch_bytes = first.size();
-            let mut batch = vec![first];
-            while batch_bytes < MAX_BATCH_BYTES {
-                let Ok(request) = requests.try_recv() else {
-                    break;
-                };
-                batch_bytes += request.size();
-                batch.push(request);
-            }
-            self.commit(batch);
-        }
+    /// Writes the committed marker still pending, if any: called once, when the WAL closes.
+    fn close(&mut self) {
         if self.pending_committed.is_some() && self.failure.is_none() {
             let before = self.state.clone();
             let mut frame = FrameBuilder::new();
@@ -352,6 +344,138 @@ impl Writer {
         if let Err(e) = segment::sync_dir(&self.dir, &self.syncs) {
             tracing::warn!(error = %e, "wal: could not sync the directory after deleting purged segments");
         }
+    }
+}
+
+/// The requests waiting to be written, and the writer that writes them.
+///
+/// Whoever holds the writer writes: the writer thread, woken by each request sent, or a caller
+/// of `Wal::write_here` on its own thread. A batch is taken from the queue only while the writer
+/// is held, so batches are written in the order their requests were sent, whoever writes them.
+pub(crate) struct Queue {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    writer: Mutex<Writer>,
+}
+
+struct Pending {
+    requests: VecDeque<Request>,
+    /// Callers of `hold` that will write what is queued themselves: while there are any, a
+    /// request sent does not wake the writer thread.
+    holders: usize,
+    /// Set when the last handle is gone: the writer thread writes what is left and stops.
+    closed: bool,
+}
+
+/// Keeps the writer thread asleep while its holder queues requests it will write itself.
+pub(crate) struct Hold<'a>(&'a Queue);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.0.pending();
+        pending.holders -= 1;
+        // Another thread's request that arrived after the holder's last write.
+        if pending.holders == 0 && !pending.requests.is_empty() {
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(writer: Writer) -> Queue {
+        Queue {
+            pending: Mutex::new(Pending {
+                requests: VecDeque::new(),
+                holders: 0,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            writer: Mutex::new(writer),
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            // A panic mid-batch leaves the files in doubt, as a failed write does.
+            let mut writer = poisoned.into_inner();
+            writer
+                .failure
+                .get_or_insert_with(|| "a WAL write panicked".into());
+            writer
+        })
+    }
+
+    /// Queues `request`, waking the writer thread unless someone holds it back; gives the
+    /// request back if the WAL is closed.
+    pub(crate) fn send(&self, request: Request) -> std::result::Result<(), Request> {
+        let mut pending = self.pending();
+        if pending.closed {
+            return Err(request);
+        }
+        pending.requests.push_back(request);
+        if pending.holders == 0 {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn hold(&self) -> Hold<'_> {
+        self.pending().holders += 1;
+        Hold(self)
+    }
+
+    /// Writes everything queued, batch by batch, on the calling thread; returns once every
+    /// request queued before the call is durable or refused, its completion run.
+    pub(crate) fn write_queued(&self) {
+        let mut writer = self.writer();
+        loop {
+            let batch = {
+                let mut pending = self.pending();
+                let mut batch = Vec::new();
+                let mut batch_bytes = 0;
+                while batch_bytes < MAX_BATCH_BYTES {
+                    let Some(request) = pending.requests.pop_front() else {
+                        break;
+                    };
+                    batch_bytes += request.size();
+                    batch.push(request);
+                }
+                batch
+            };
+            if batch.is_empty() {
+                return;
+            }
+            writer.commit(batch);
+        }
+    }
+
+    /// The writer thread: writes what is queued whenever nobody holds it back, until the WAL
+    /// closes; then writes what is left and the pending committed marker.
+    pub(crate) fn serve(&self) {
+        loop {
+            {
+                let mut pending = self.pending();
+                while pending.requests.is_empty() || pending.holders > 0 {
+                    if pending.closed && pending.requests.is_empty() {
+                        drop(pending);
+                        self.writer().close();
+                        return;
+                    }
+                    pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            self.write_queued();
+        }
+    }
+
+    /// Refuses every later request and has the writer thread finish.
+    pub(crate) fn close(&self) {
+        self.pending().closed = true;
+        self.wake.notify_one();
     }
 }
 
