@@ -12,7 +12,10 @@
 //! - a member whose data dir was lost refuses to come back under its old member ID: bootstrapping
 //!   again, joining again as `existing` (ferrokv only), or, with its separate WAL dir intact,
 //!   starting on that log alone (ferrokv only), which it refuses in its termination message
-//!   with the steps that replace it, leaving the log untouched; the others keep serving.
+//!   with the steps that replace it, leaving the log untouched; the others keep serving;
+//! - a member one of whose threads panics (the apply stage, through a failpoint) exits, as a
+//!   panic stops etcd, instead of answering on while never applying a write again (ferrokv's
+//!   failpoint build only).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,6 +28,8 @@ use etcd_client::{Client, ConnectOptions};
 use ferrokv_e2e::binaries::server_is_etcd;
 use ferrokv_e2e::cluster::ELECTION_TIMEOUT;
 use ferrokv_e2e::keyspace::{read_prefix, read_prefix_at};
+use ferrokv_e2e::ports::ReservedPort;
+use ferrokv_e2e::robustness::failpoints::{arm_at, failpoint_server, has_failpoints};
 use ferrokv_e2e::TestCluster;
 
 /// How long writes may pause while the survivors of a SIGKILL elect a leader, at most: far more
@@ -159,7 +164,8 @@ async fn member_with_a_corrupted_wal_frame_refuses_to_start_and_leaves_files_unt
         .wait_exit(victim, REFUSAL_TIMEOUT)
         .await
         .expect("the member exits instead of starting");
-    assert!(!status.success(), "exited with {status}");
+    // 101 is a panic's status: the process stopped at the panic, not later for its effects.
+    assert_eq!(status.code(), Some(101), "exited with {status}");
     let log = fs::read_to_string(cluster.log_path(victim)).expect("log");
     let last_start = log.rsplit("=== ferrokv-e2e: start").next().expect("log");
     assert!(
@@ -219,7 +225,8 @@ async fn member_restarted_with_another_cluster_token_refuses_naming_both_tokens(
         .wait_exit(victim, REFUSAL_TIMEOUT)
         .await
         .expect("the member exits instead of starting");
-    assert!(!status.success(), "exited with {status}");
+    // 101 is a panic's status: the process stopped at the panic, not later for its effects.
+    assert_eq!(status.code(), Some(101), "exited with {status}");
     let log = fs::read_to_string(cluster.log_path(victim)).expect("log");
     let last_start = log.rsplit("=== ferrokv-e2e: start").next().expect("log");
     // The error line itself, not the echoed command line.
@@ -632,4 +639,50 @@ async fn member_whose_dirs_were_lost_refuses_to_join_again_under_its_old_id() {
         "{log}"
     );
     client.put("lost/after", "v", None).await.expect("put");
+}
+
+#[tokio::test]
+async fn member_whose_apply_thread_panics_exits_instead_of_serving_half_alive() {
+    let server = failpoint_server();
+    if !has_failpoints(&server) {
+        eprintln!("skipped: {} has no failpoints", server.display());
+        return;
+    }
+    let endpoint = ReservedPort::reserve().unwrap();
+    let address = format!("127.0.0.1:{}", endpoint.port());
+    let mut cluster = TestCluster::builder(1).server(&server).create().unwrap();
+    cluster.set_env(0, "FERROKV_FAILPOINTS_HTTP", &address);
+    cluster.restart(0).unwrap();
+    cluster.wait_healthy().await.unwrap();
+    let mut client = cluster.client().await.unwrap();
+    client.put("before", "applied", None).await.unwrap();
+
+    arm_at(
+        address.parse().unwrap(),
+        "applyBeforeCommit",
+        "panic(apply stage failpoint)",
+    )
+    .await
+    .unwrap();
+    // The put's outcome is unknown to its client: the member dies before applying it.
+    let put = tokio::time::timeout(Duration::from_secs(5), client.put("after", "lost?", None));
+    let _ = put.await;
+    let status = cluster
+        .wait_exit(0, Duration::from_secs(10))
+        .await
+        .expect("the member exits once its apply thread panicked");
+    // 101 is a panic's status: the process stopped at the panic, not later for its effects.
+    assert_eq!(status.code(), Some(101), "exited with {status}");
+    let log = cluster.log_tail(0);
+    assert!(
+        log.contains("apply stage failpoint"),
+        "the log names the panic:\n{log}"
+    );
+
+    // Restarted (the point is armed only in memory), it serves again and holds the first write.
+    cluster.restart(0).unwrap();
+    cluster.wait_healthy().await.unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let got = client.get("before", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"applied");
 }

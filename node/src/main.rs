@@ -13,6 +13,7 @@ use ferrokv_node::snapshot_save::{run_save, SaveArgs, Saved};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub fn main() -> ExitCode {
+    exit_on_panic();
     let args = etcd_style_args(std::env::args_os());
     let is_restore =
         args.get(1).is_some_and(|a| a == "snapshot") && args.get(2).is_some_and(|a| a == "restore");
@@ -83,6 +84,22 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("ferrokv", &e.to_string()),
     }
+}
+
+/// Rust's exit status for a panic.
+const PANIC_EXIT_STATUS: i32 = 101;
+
+/// Makes a panic on any thread stop the process, as a panic stops etcd. Left to itself, a panic
+/// ends only its own thread: a member whose Raft, WAL or apply thread died would go on
+/// answering clients and peers while never committing or applying a write again. The panic is
+/// reported as usual on stderr, and in the termination message under Kubernetes.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        write_termination_message(&info.to_string());
+        std::process::exit(PANIC_EXIT_STATUS);
+    }));
 }
 
 fn init_logging(level: &str) {

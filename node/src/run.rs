@@ -577,7 +577,8 @@ async fn removed_from_cluster(
 ) -> String {
     let reason = format!("member {member_id:x} has been removed from the cluster");
     tokio::select! {
-        _ = applied_removal.wait_for(|removed| *removed) => {}
+        // Only a removal: the apply stage stopping (its sender dropped) is not one.
+        Ok(_) = applied_removal.wait_for(|removed| *removed) => {}
         _ = network.removed() => {}
     }
     tracing::error!("{reason}; stopping");

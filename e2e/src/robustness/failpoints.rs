@@ -5,7 +5,7 @@
 //! Only `ferrokv-failpoints`, the member built with the `failpoints` feature, has them; against
 //! `ferrokv` or etcd the failpoint nemeses are skipped and say so in the timeline.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -138,17 +138,29 @@ pub fn failpoint_server() -> PathBuf {
 
 /// Arms `point` with `actions` on the member at `host`.
 pub async fn arm(host: Ipv4Addr, point: &str, actions: &str) -> anyhow::Result<()> {
-    request(host, "PUT", point, actions).await
+    arm_at((host, FAILPOINT_PORT).into(), point, actions).await
+}
+
+/// Arms `point` with `actions` on the member whose endpoint listens at `endpoint` (its
+/// `FERROKV_FAILPOINTS_HTTP`), for members that share a host.
+pub async fn arm_at(endpoint: SocketAddr, point: &str, actions: &str) -> anyhow::Result<()> {
+    request(endpoint, "PUT", point, actions).await
 }
 
 /// Disarms `point` on the member at `host`.
 pub async fn disarm(host: Ipv4Addr, point: &str) -> anyhow::Result<()> {
-    request(host, "DELETE", point, "").await
+    request((host, FAILPOINT_PORT).into(), "DELETE", point, "").await
 }
 
-async fn request(host: Ipv4Addr, method: &str, point: &str, body: &str) -> anyhow::Result<()> {
+async fn request(
+    endpoint: SocketAddr,
+    method: &str,
+    point: &str,
+    body: &str,
+) -> anyhow::Result<()> {
+    let host = endpoint.ip();
     let call = async {
-        let mut stream = TcpStream::connect((host, FAILPOINT_PORT))
+        let mut stream = TcpStream::connect(endpoint)
             .await
             .context("connecting to the failpoint endpoint")?;
         let request = format!(

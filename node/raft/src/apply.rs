@@ -365,7 +365,7 @@ impl StateMachine {
 
     /// Resolves with the reason once applying has failed.
     pub async fn failed(&self) -> String {
-        super::node::failure(self.failed.clone()).await
+        super::node::failure(self.failed.clone(), "apply stage").await
     }
 
     /// The attributes every member has published, by member ID.

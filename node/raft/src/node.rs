@@ -165,19 +165,16 @@ impl RaftHandle {
 
     /// Resolves with the reason once the loop has failed.
     pub async fn failed(&self) -> String {
-        failure(self.failed.clone()).await
+        failure(self.failed.clone(), "Raft loop").await
     }
 }
 
-/// Resolves with the reason a stage reported for failing; never, if it stops without one.
-pub(super) async fn failure(mut failed: watch::Receiver<Option<String>>) -> String {
-    let reason = match failed.wait_for(|f| f.is_some()).await {
-        Ok(reason) => reason.clone(),
-        Err(_) => None,
-    };
-    match reason {
-        Some(reason) => reason,
-        None => std::future::pending().await,
+/// Resolves with the reason `stage` reported for failing, or once it stopped without one (a
+/// panic): while the member runs, a stage stops only by failing.
+pub(super) async fn failure(mut failed: watch::Receiver<Option<String>>, stage: &str) -> String {
+    match failed.wait_for(|f| f.is_some()).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => format!("the {stage} stopped without saying why"),
     }
 }
 
