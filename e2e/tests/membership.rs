@@ -1,5 +1,6 @@
 //! Membership changes through etcdctl (learners, promotion, update, removal and its refusals)
-//! and the plain HTTP endpoints on the client port (health, readiness, metrics).
+//! and the plain HTTP endpoints on the client port (health, readiness, metrics, and the process
+//! metrics `etcdctl check datascale` reads).
 
 use std::time::{Duration, Instant};
 
@@ -269,6 +270,21 @@ async fn removing_a_voter_that_would_cost_the_quorum_is_refused() {
     assert_eq!(list.lines().count(), 3, "nothing was removed: {list}");
 }
 
+/// `etcdctl check datascale` puts 10,000 keys of 1 KiB through 50 clients and reads the member's
+/// resident memory from its /metrics (`process_resident_memory_bytes`) before and after.
+#[tokio::test]
+async fn etcdctl_check_datascale_passes() {
+    let cluster = TestCluster::start(1).await.expect("start a member");
+    let out = cluster
+        .etcdctl(&["check", "datascale", "--load=s", "--auto-compact", "--auto-defrag"])
+        .await;
+    let stdout = out.expect_stdout();
+    assert!(
+        stdout.contains("PASS: Approximate system memory used"),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_version_and_metrics_are_served_on_the_client_port() {
     let mut cluster = TestCluster::start(3)
@@ -304,6 +320,11 @@ async fn health_readiness_version_and_metrics_are_served_on_the_client_port() {
             "etcd_disk_wal_fsync_duration_seconds_bucket",
             "etcd_disk_backend_commit_duration_seconds_bucket",
             "etcd_mvcc_db_total_size_in_bytes",
+            // The process metrics of Go's client, which etcd's dashboards read.
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_start_time_seconds",
         ] {
             assert!(
                 metrics.contains(series),

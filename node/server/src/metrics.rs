@@ -51,6 +51,12 @@ impl Metrics {
     /// `stages` the histograms the Raft layer updates.
     pub fn new(wal_fsync: Histogram, stages: Stages) -> Metrics {
         let r = Registry::new();
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...: what
+        // Go's client exports for etcd, which its dashboards and `etcdctl check datascale` read.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         r.register(Box::new(wal_fsync)).expect("unique metric");
         stages.register(&r).expect("unique metrics");
         let backend_commit_duration = Histogram::with_opts(
