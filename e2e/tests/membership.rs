@@ -276,7 +276,13 @@ async fn removing_a_voter_that_would_cost_the_quorum_is_refused() {
 async fn etcdctl_check_datascale_passes() {
     let cluster = TestCluster::start(1).await.expect("start a member");
     let out = cluster
-        .etcdctl(&["check", "datascale", "--load=s", "--auto-compact", "--auto-defrag"])
+        .etcdctl(&[
+            "check",
+            "datascale",
+            "--load=s",
+            "--auto-compact",
+            "--auto-defrag",
+        ])
         .await;
     let stdout = out.expect_stdout();
     assert!(

@@ -846,7 +846,7 @@ fn defragmentation_due(observed: &Observed, members: &[Member]) -> Option<Action
         })
 }
 
-/// The member's free space (file size minus bytes in use) passes the threshold, and it was not
+/// The member's free space (database size minus bytes in use) passes the threshold, and it was not
 /// defragmented for it a moment ago.
 fn over_threshold(
     member: &Member,

@@ -312,9 +312,16 @@ impl MvccStore {
         Ok(bytes)
     }
 
-    /// Size of the database file on disk.
+    /// Size of the database on disk: the space its file takes (etcd's `dbSize`, the pages bbolt
+    /// has allocated). Not the file's length: redb grows a full file by about its whole length
+    /// at once, as a sparse tail that takes no space until written, so the length of a store
+    /// just defragmented doubles at its next writes. Never more than the length, for file
+    /// systems that count more blocks than the data (preallocation).
     pub fn db_size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |metadata| metadata.len())
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).map_or(0, |metadata| {
+            metadata.len().min(metadata.blocks().saturating_mul(512))
+        })
     }
 
     /// etcd's HashKV: the hash of the history up to `revision` (0 = current), with the
