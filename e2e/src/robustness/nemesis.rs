@@ -186,6 +186,8 @@ pub struct Faults {
     killed: Vec<usize>,
     paused: Vec<usize>,
     cut: bool,
+    /// Large-put bursts so far: each writes values of its own.
+    large_put_bursts: usize,
     pub timeline: Vec<TimelineEntry>,
 }
 
@@ -200,6 +202,7 @@ impl Faults {
             killed: Vec::new(),
             paused: Vec::new(),
             cut: false,
+            large_put_bursts: 0,
             timeline: Vec::new(),
         }
     }
@@ -397,9 +400,14 @@ impl Faults {
                 self.note(format!(
                     "{LARGE_PUTS} concurrent puts of {LARGE_VALUE_BYTES} bytes"
                 ));
+                // A client id per burst: its values name it, and the checker tells writes apart
+                // by value, so a second burst with the same values would look like the first
+                // one applied twice.
+                let client = LARGE_PUT_CLIENT + self.large_put_bursts;
+                self.large_put_bursts += 1;
                 let operations = traffic::run_large_puts(
                     context.clone(),
-                    LARGE_PUT_CLIENT,
+                    client,
                     self.voters.clone(),
                     LARGE_PUTS,
                     LARGE_VALUE_BYTES,
@@ -704,7 +712,7 @@ impl Faults {
     }
 }
 
-/// Client id of the large-put burst's operations.
+/// Client id of the first large-put burst's operations; the next ones count up from it.
 pub const LARGE_PUT_CLIENT: usize = 900;
 
 /// Tries `attempt` every half second until it succeeds or [`RECONFIGURE_PATIENCE`] passes.
