@@ -407,6 +407,7 @@ impl ReadyLoop {
             }
         }
 
+        let handed_over = Instant::now();
         let writes = if self.node.raft.state == StateRole::Leader {
             self.persist(&mut ready)
         } else {
@@ -420,7 +421,7 @@ impl ReadyLoop {
         let held = ready.take_persisted_messages();
         self.node.advance_append_async(ready);
         if writes {
-            self.writing.push_back((number, Instant::now()));
+            self.writing.push_back((number, handed_over));
         }
         self.held.push_back(HeldMessages {
             number,

@@ -1,4 +1,5 @@
-//! The writer thread: the one place that writes to the WAL, with group commit.
+//! The writer: the one place that writes to the WAL, with group commit; on a thread of its own,
+//! or on a caller's that asked to write its requests itself (`Wal::write_here`).
 //!
 //! Every operation reaches the writer as a `Request` on one queue, so operations are applied in
 //! one total order. Whoever writes takes whatever is pending (up to a batch's size), checks
