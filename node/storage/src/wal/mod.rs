@@ -323,6 +323,11 @@ impl Wal {
     /// thread and being woken back, as etcd's raftNode saves a follower's entries on its own
     /// goroutine. Blocks on disk I/O; call off the async runtime.
     pub fn write_here<R>(&self, queue: impl FnOnce() -> R) -> R {
+        // The robustness suite's negative control: see `acknowledging_before_write`.
+        #[cfg(feature = "failpoints")]
+        if writer::acknowledging_before_write() {
+            return queue();
+        }
         let hold = self.shared.queue.hold();
         let result = queue();
         self.shared.queue.write_queued();

@@ -489,6 +489,14 @@ fn acknowledge_before_write(accepted: &mut Vec<Completion>) {
         .for_each(|done| done(Ok(()))));
 }
 
+/// Whether `walAckBeforeWrite` is armed. A caller of `Wal::write_here` could send nothing
+/// until its own write was over, so under the broken model the writer thread writes for it, as
+/// for any other caller, and what it was told is durable may not be yet.
+#[cfg(feature = "failpoints")]
+pub(crate) fn acknowledging_before_write() -> bool {
+    fail::eval("walAckBeforeWrite", |_| ()).is_some()
+}
+
 /// How many of the oldest `segments` (never the active, last one) hold no entry above the purge
 /// point of `state`.
 ///
