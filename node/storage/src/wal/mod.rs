@@ -317,7 +317,8 @@ impl Wal {
 
     /// Runs `queue`, which sends requests through this handle, then writes them (and anything
     /// sent before) on the calling thread instead of the writer thread, and returns once all of
-    /// it is durable or refused; their completions run here, before this returns.
+    /// it is durable or refused and the completions have run (here, or on the writer thread
+    /// if it was already writing when the requests arrived).
     ///
     /// For a caller that would only wait for its write anyway: it saves waking the writer
     /// thread and being woken back, as etcd's raftNode saves a follower's entries on its own
