@@ -317,8 +317,7 @@ impl Wal {
 
     /// Runs `queue`, which sends requests through this handle, then writes them (and anything
     /// sent before) on the calling thread instead of the writer thread, and returns once all of
-    /// it is durable or refused and the completions have run (here, or on the writer thread
-    /// if it was already writing when the requests arrived).
+    /// it is durable or refused; their completions run here, before this returns.
     ///
     /// For a caller that would only wait for its write anyway: it saves waking the writer
     /// thread and being woken back, as etcd's raftNode saves a follower's entries on its own
@@ -331,7 +330,7 @@ impl Wal {
         }
         let hold = self.shared.queue.hold();
         let result = queue();
-        self.shared.queue.write_queued();
+        self.shared.queue.write_queued(true);
         drop(hold);
         result
     }

@@ -723,23 +723,31 @@ fn a_completion_holding_the_last_handle_neither_deadlocks_nor_loses_the_write() 
 }
 
 #[test]
-fn write_here_returns_with_its_requests_durable_in_the_order_they_were_sent() {
+fn write_here_writes_on_the_calling_thread_in_the_order_requests_were_sent() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = open(dir.path(), OPTIONS);
     append(&wal, entries(0..=2, "a")).unwrap();
     let done_on = Arc::new(Mutex::new(Vec::new()));
     let record = |tag: &'static str| -> Completion {
         let done_on = done_on.clone();
-        Box::new(move |result| done_on.lock().unwrap().push((tag, result.is_ok())))
+        Box::new(move |result| {
+            done_on
+                .lock()
+                .unwrap()
+                .push((tag, result.is_ok(), std::thread::current().id()))
+        })
     };
     wal.write_here(|| {
         wal.truncate_with(2, record("truncate"));
         wal.append(entries(2..=3, "b"), record("append"));
     });
-    // Both are durable, in order, their completions run before it returned (on this thread,
-    // or on the writer thread when it was already writing as the requests arrived).
+    // Both are durable, in order, and their completions ran on this thread, before it returned.
     let done_on = std::mem::take(&mut *done_on.lock().unwrap());
-    assert_eq!(done_on, vec![("truncate", true), ("append", true)]);
+    let here = std::thread::current().id();
+    assert_eq!(
+        done_on,
+        vec![("truncate", true, here), ("append", true, here)]
+    );
     // The writer thread goes on as before.
     append(&wal, entries(4..=4, "c")).unwrap();
     let recovered = reopen(wal, dir.path(), OPTIONS);

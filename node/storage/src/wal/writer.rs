@@ -430,12 +430,17 @@ impl Queue {
     }
 
     /// Writes everything queued, batch by batch, on the calling thread; returns once every
-    /// request queued before the call is durable or refused, its completion run.
-    pub(crate) fn write_queued(&self) {
+    /// request queued before the call is durable or refused, its completion run. The writer
+    /// thread (`holder` false) stops as soon as someone holds it back, leaving the rest to the
+    /// holder, who writes it next.
+    pub(crate) fn write_queued(&self, holder: bool) {
         let mut writer = self.writer();
         loop {
             let batch = {
                 let mut pending = self.pending();
+                if !holder && pending.holders > 0 {
+                    return;
+                }
                 let mut batch = Vec::new();
                 let mut batch_bytes = 0;
                 while batch_bytes < MAX_BATCH_BYTES {
@@ -469,7 +474,7 @@ impl Queue {
                     pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
                 }
             }
-            self.write_queued();
+            self.write_queued(false);
         }
     }
 
